@@ -1,0 +1,3 @@
+from backupagent.cli import main
+
+main()

@@ -1,0 +1,176 @@
+"""Command line: parse, call, print. The work happens in the modules it calls."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from backupagent import __version__
+from backupagent.config import Config, ConfigError, default_config_path, load_config
+from backupagent.logging import configure, read_events, run_logs
+from backupagent.runner import EXIT_LOCKED, EXIT_USAGE, RunResult
+from backupagent.state import JobLocked
+
+
+class _Context:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path or default_config_path()
+
+    def config(self) -> Config:
+        """The validated config; on any problem print them all and exit 2."""
+        try:
+            return load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(problem, err=True)
+            sys.exit(EXIT_USAGE)
+
+    def job(self, name: str) -> Config:
+        config = self.config()
+        if name not in config.jobs:
+            known = ", ".join(sorted(config.jobs)) or "none"
+            click.echo(f"{self.config_path.name}: no [jobs.{name}] table (jobs: {known})", err=True)
+            sys.exit(EXIT_USAGE)
+        return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="jobs.toml to use [default: $BACKUPAGENT_CONFIG, else /etc/backupagent/jobs.toml]",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show the FTP dialogue on stderr too.")
+@click.version_option(__version__, prog_name="backupagent")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
+    """Back up web hosts to FTP/FTPS, and explain why a transfer failed."""
+    configure(verbose=verbose)
+    ctx.obj = _Context(config_path)
+
+
+@cli.command()
+@click.pass_obj
+def check(obj: _Context) -> None:
+    """Validate jobs.toml; print every problem with its table and key."""
+    config = obj.config()
+    click.echo(
+        f"{obj.config_path}: OK ({len(config.jobs)} jobs, {len(config.destinations)} destinations)"
+    )
+
+
+@cli.command("run-job")
+@click.argument("job")
+@click.pass_obj
+def run_job_command(obj: _Context, job: str) -> None:
+    """Run one job now, in the foreground."""
+    from backupagent.progress import terminal_progress
+    from backupagent.runner import run_job
+
+    config = obj.job(job)
+    try:
+        with terminal_progress(sys.stderr) as progress:
+            result = run_job(config, job, progress)
+    except JobLocked as exc:
+        click.echo(f"skipped: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
+    print_summary(result)
+    sys.exit(result.exit_code)
+
+
+def print_summary(result: RunResult) -> None:
+    """The end-of-run report: outcome, warnings, suggestion, where the log is."""
+    out = Console(highlight=False, soft_wrap=True)
+    if result.outcome != "failed":
+        s = result.stats
+        assert s is not None
+        head = "OK" if result.outcome == "success" else "OK with warnings"
+        out.print(
+            f"[bold green]{result.job}: {head}[/] — backup {result.backup_id} published: "
+            f"{s.files} files, {_size(s.bytes_read)} read, {_size(s.archive_bytes)} archive, "
+            f"{result.seconds:.1f}s"
+        )
+    else:
+        out.print(f"[bold red]{result.job}: FAILED[/] — {result.error}; nothing was published.")
+    if result.warnings:
+        out.print(f"[yellow]{len(result.warnings)} warning(s):[/]")
+        for warning in result.warnings[:20]:
+            out.print(f"  {warning}", markup=False)
+        if len(result.warnings) > 20:
+            out.print(f"  … and {len(result.warnings) - 20} more in the log")
+    if result.suggestion:
+        out.print("[bold yellow]Suggestion:[/]")
+        out.print(result.suggestion, markup=False)
+    out.print(f"Log: {result.log_path}", markup=False)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--run", "run_id", help="Run id (the log file's name); default: the last run.")
+@click.pass_obj
+def logs(obj: _Context, job: str, run_id: str | None) -> None:
+    """Print a run's debug log, human-readable, suggestion highlighted."""
+    from backupagent.logview import render_log
+
+    config = obj.job(job)
+    paths = run_logs(config.agent.log_dir, job)
+    if run_id:
+        paths = [p for p in paths if p.stem == run_id]
+    if not paths:
+        which = f"run {run_id}" if run_id else "any run"
+        click.echo(f"no log of {which} of job '{job}' in {config.agent.log_dir / job}", err=True)
+        sys.exit(1)
+    render_log(read_events(paths[-1]), Console(highlight=False, soft_wrap=True))
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_obj
+def diagnose(obj: _Context, job: str) -> None:
+    """Probe the job's destination: log in, then list a directory in each mode."""
+    from backupagent.destinations.ftp import probe
+    from backupagent.diagnosis import mode_name
+
+    config = obj.job(job)
+    dest = config.destination_of(job)
+    configured = config.passive_for(job)
+    out = Console(highlight=False)
+    results = {passive: probe(dest, passive) for passive in (True, False)}
+    for passive, result in results.items():
+        mark = "[green]works[/]" if result.ok else "[red]fails[/]"
+        out.print(f"{mode_name(passive):8} {mark}  {result.detail}")
+    working = [p for p, r in results.items() if r.ok]
+    if configured in working:
+        out.print(f"The configured mode ({mode_name(configured)}) works; no change needed.")
+    elif working:
+        value = "true" if working[0] else "false"
+        out.print(f"Change: in {config.path}, under [jobs.{job}], set passive = {value}")
+        sys.exit(1)
+    else:
+        out.print("Neither mode works from this host: check the login, host and firewall.")
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--clean", is_flag=True, help="Remove the demo's files afterwards.")
+def demo(clean: bool) -> None:
+    """Run an example job against a throwaway FTP server on 127.0.0.1."""
+    from backupagent.demo import run_demo
+
+    sys.exit(run_demo(keep=not clean))
+
+
+def main() -> None:
+    cli(prog_name="backupagent")

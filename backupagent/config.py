@@ -1,0 +1,268 @@
+"""jobs.toml: pydantic models and the loader.
+
+This module is the only place defaults live. Everything else receives validated
+models and never looks up a key with a fallback of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/backupagent/jobs.toml")
+CONFIG_ENV = "BACKUPAGENT_CONFIG"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_M = TypeVar("_M", bound="BaseModel")
+
+
+class ConfigError(Exception):
+    """jobs.toml is unreadable or invalid; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Table(BaseModel):
+    """A TOML table: unknown keys are errors, so a typo never disables a setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentConfig(_Table):
+    """The `[agent]` table: where the agent keeps state, logs and spooled archives."""
+
+    state_dir: Path = Path("/var/lib/backupagent")
+    log_dir: Path = Path("/var/log/backupagent")
+    spool_dir: Path = Path("/var/tmp/backupagent")
+
+
+class FtpDestination(_Table):
+    """A `[destinations.NAME]` table with `type = "ftp"`."""
+
+    type: Literal["ftp"]
+    host: str = Field(min_length=1)
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    user: str = "anonymous"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    directory: str = "/"
+    passive: StrictBool = True
+    tls: Literal["none", "explicit", "implicit"] = "none"
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+    keep: StrictInt = Field(default=14, ge=1)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> FtpDestination:
+        given = [k for k in ("password", "password_file", "password_env") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: give only one of {', '.join(given)}")
+        if self.password_file is not None:
+            try:
+                self.password_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise ValueError(f"password_file: cannot read {self.password_file}: {reason}")
+        if self.password_env is not None and self.password_env not in os.environ:
+            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        """The configured port, else 990 for implicit TLS and 21 otherwise."""
+        if self.port is not None:
+            return self.port
+        return 990 if self.tls == "implicit" else 21
+
+    def read_password(self) -> str:
+        """The password from whichever source is configured ("" for none)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        if self.password_env is not None:
+            return os.environ.get(self.password_env, "")
+        return ""
+
+
+Destination = FtpDestination
+
+
+class Job(_Table):
+    """A `[jobs.NAME]` table."""
+
+    schedule: str | None = None
+    destination: str
+    passive: StrictBool | None = None
+    sources: list[Path] = Field(min_length=1)
+    exclude: list[str] = []
+    zstd_level: StrictInt = Field(default=3, ge=1, le=22)
+    zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            if len(value.split()) != 5:
+                raise ValueError(f"{value!r} is not a 5-field cron expression")
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a valid cron expression: {exc}") from None
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{str(path)!r} is not an absolute path")
+        return value
+
+
+class Config(BaseModel):
+    """The whole validated jobs.toml."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    agent: AgentConfig = AgentConfig()
+    destinations: dict[str, Destination] = {}
+    jobs: dict[str, Job] = {}
+
+    def passive_for(self, job_name: str) -> bool:
+        """The job's passive setting, else its destination's (passive by default)."""
+        job = self.jobs[job_name]
+        return job.passive if job.passive is not None else self.destination_of(job_name).passive
+
+    def destination_of(self, job_name: str) -> Destination:
+        return self.destinations[self.jobs[job_name].destination]
+
+
+def default_config_path() -> Path:
+    """`$BACKUPAGENT_CONFIG`, else /etc/backupagent/jobs.toml."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate jobs.toml, reporting every problem at once as ConfigError."""
+    label = path.name
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    """Validate an already-parsed TOML document; see load_config."""
+    label = path.name
+    problems: list[str] = []
+    for key in raw:
+        if key not in ("agent", "destinations", "jobs"):
+            problems.append(f"{label}: {key}: {_unknown_key(key, ['agent', 'destinations', 'jobs'])}")
+
+    agent = _validate(AgentConfig, raw.get("agent", {}), "agent", label, problems)
+    destinations = {
+        name: dest
+        for name, table in _tables(raw, "destinations", label, problems).items()
+        if (dest := _validate(Destination, table, f"destinations.{name}", label, problems))
+    }
+    jobs: dict[str, Job] = {}
+    for name, table in _tables(raw, "jobs", label, problems).items():
+        job = _validate(Job, table, f"jobs.{name}", label, problems)
+        if job is None:
+            continue
+        jobs[name] = job
+        if job.destination not in destinations and job.destination not in raw.get(
+            "destinations", {}
+        ):
+            known = ", ".join(sorted(raw.get("destinations", {}))) or "none defined"
+            problems.append(
+                f"{label}: [jobs.{name}] destination: no [destinations.{job.destination}] "
+                f"table (destinations: {known})"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return Config(path=path, agent=agent or AgentConfig(), destinations=destinations, jobs=jobs)
+
+
+def _tables(
+    raw: dict[str, Any], section: str, label: str, problems: list[str]
+) -> dict[str, dict[str, Any]]:
+    """The sub-tables of `[section]`, reporting non-tables and unusable names."""
+    value = raw.get(section, {})
+    if not isinstance(value, dict):
+        problems.append(f"{label}: {section}: must be a table of [{section}.NAME] tables")
+        return {}
+    tables = {}
+    for name, table in value.items():
+        if not re.match(NAME_PATTERN, name):
+            problems.append(
+                f"{label}: [{section}.{name}]: the name may use only letters, digits, '.', '_' "
+                "and '-', and must start with a letter or digit"
+            )
+        elif not isinstance(table, dict):
+            problems.append(f"{label}: {section}.{name}: must be a table")
+        else:
+            tables[name] = table
+    return tables
+
+
+def _validate(
+    model: type[_M], table: Any, where: str, label: str, problems: list[str]
+) -> _M | None:
+    """Validate one table, appending `jobs.toml: [where] key: message` lines on failure."""
+    if not isinstance(table, dict):
+        problems.append(f"{label}: {where}: must be a table")
+        return None
+    try:
+        return model.model_validate(table)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append(f"{label}: [{where}] {_describe(model, err)}")
+        return None
+
+
+def _describe(model: type[BaseModel], err: Any) -> str:
+    """One pydantic error as `key: message`, worded for someone editing TOML."""
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = _unknown_key(key, list(model.model_fields))
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    elif "input" in err and err["type"] not in ("value_error",) and not isinstance(
+        err["input"], dict
+    ):
+        msg = f"{msg} (got {err['input']!r})"
+    if not key:
+        # model-level validators name their key as "key: message"
+        return msg
+    return f"{key}: {msg}"
+
+
+def _unknown_key(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(allowed)})"
+    return f"unknown key{hint}"

@@ -1,0 +1,88 @@
+"""A throwaway pyftpdlib server on 127.0.0.1, for `backupagent demo` and the fast tests.
+
+`block_passive` makes the server behave like one behind a firewall that blocks
+its passive port range: it answers PASV/EPSV with a port, then closes that port
+before anyone can connect, so the client's data connection is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+from pyftpdlib.servers import FTPServer
+
+
+class _BlockedPassiveDTP(PassiveDTP):
+    """Advertises a passive port, then stops listening on it: a real refused connection."""
+
+    def __init__(self, cmd_channel: Any, extmode: bool = False) -> None:
+        super().__init__(cmd_channel, extmode)
+        self.close()
+
+
+class LocalFtpServer:
+    """pyftpdlib serving `root` to one user, run in a background thread."""
+
+    def __init__(self, root: Path, user: str = "backup", password: str = "demo-secret") -> None:
+        self.root = root
+        self.user = user
+        self.password = password
+        # a handler of its own keeps pyftpdlib from installing its chatty stderr logging
+        pylog = logging.getLogger("pyftpdlib")
+        if not pylog.handlers:
+            pylog.addHandler(logging.NullHandler())
+        pylog.setLevel(logging.WARNING)
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(user, password, str(root), perm="elradfmwMT")
+        self._block = threading.Event()
+        outer = self
+
+        class Handler(FTPHandler):
+            banner = "backupagent test FTP server ready."
+            permit_foreign_addresses = False
+
+            def ftp_PASV(self, line: str) -> None:
+                self.passive_dtp = _BlockedPassiveDTP if outer._block.is_set() else PassiveDTP
+                super().ftp_PASV(line)
+
+            def ftp_EPSV(self, line: str) -> None:
+                self.passive_dtp = _BlockedPassiveDTP if outer._block.is_set() else PassiveDTP
+                super().ftp_EPSV(line)
+
+        Handler.authorizer = authorizer
+        self.server = FTPServer(("127.0.0.1", 0), Handler)
+        self.host, self.port = self.server.address[:2]
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="ftp-server", daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            self.server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+        self.server.close_all()
+
+    def block_passive(self, blocked: bool = True) -> None:
+        """Make passive data connections fail (or work again)."""
+        if blocked:
+            self._block.set()
+        else:
+            self._block.clear()
+
+    def start(self) -> LocalFtpServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> LocalFtpServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

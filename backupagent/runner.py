@@ -1,0 +1,341 @@
+"""One run of one job: archive, upload, publish, prune; or fail and explain why."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ftplib
+import json
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from backupagent import __version__
+from backupagent.archive import ArchiveStats, write_archive
+from backupagent.config import Config
+from backupagent.destinations import ftp
+from backupagent.diagnosis import Failure, diagnose, mode_name, suggestion_text
+from backupagent.logging import run_log
+from backupagent.retention import (
+    archive_name,
+    complete_backups,
+    manifest_name,
+    select_for_deletion,
+    temp_name,
+)
+from backupagent.sources.files import identity, walk
+from backupagent.state import job_lock
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 75
+
+
+@dataclass
+class Progress:
+    """Callbacks a front end may pass to watch a run; all optional."""
+
+    archived: Callable[[int], None] | None = None
+    upload_started: Callable[[int], None] | None = None
+    uploaded: Callable[[int], None] | None = None
+
+
+@dataclass
+class RunResult:
+    """What a run did, for the CLI summary (and later the run history)."""
+
+    job: str
+    run_id: str
+    log_path: Path
+    outcome: str = "failed"  # success | warning | failed
+    backup_id: str | None = None
+    stats: ArchiveStats | None = None
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+    suggestion: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if self.outcome == "failed" else EXIT_OK
+
+
+class RunError(Exception):
+    """A failure outside the FTP dialogue (missing source, local disk), in plain words."""
+
+
+def new_run_id(now: dt.datetime) -> str:
+    """`YYYYmmddTHHMMSSZ-xxxxxx`: sorts by start time, unique across quick reruns."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def run_job(config: Config, job_name: str, progress: Progress | None = None) -> RunResult:
+    """Run `job_name` once in the foreground; raises state.JobLocked if it is already running."""
+    with job_lock(config.agent.state_dir, job_name):
+        started = dt.datetime.now(dt.UTC)
+        run_id = new_run_id(started)
+        with run_log(config.agent.log_dir, job_name, run_id) as log_path:
+            result = RunResult(job_name, run_id, log_path)
+            clock = time.monotonic()
+            _Run(config, job_name, run_id, started, result, progress or Progress()).execute()
+            result.seconds = time.monotonic() - clock
+            return result
+
+
+class _Run:
+    """The steps of one run, sharing the job's settings and the result being filled in."""
+
+    def __init__(
+        self,
+        config: Config,
+        job_name: str,
+        run_id: str,
+        started: dt.datetime,
+        result: RunResult,
+        progress: Progress,
+    ) -> None:
+        self.config = config
+        self.job_name = job_name
+        self.job = config.jobs[job_name]
+        self.dest = config.destination_of(job_name)
+        self.passive = config.passive_for(job_name)
+        self.started = started
+        self.result = result
+        self.progress = progress
+        self.backup_id = f"{job_name}-{run_id}"
+        self.log = structlog.get_logger("backupagent.run")
+
+    def execute(self) -> None:
+        log = self.log
+        log.info(
+            "run started",
+            destination=f"{self.dest.host}:{self.dest.effective_port}{self.dest.directory}",
+            mode=mode_name(self.passive),
+            sources=[str(s) for s in self.job.sources],
+            agent_version=__version__,
+        )
+        spool = self.config.agent.spool_dir / self.job_name / f"{self.backup_id}.tar.zst.partial"
+        try:
+            stats = self._archive(spool)
+            self.result.stats = stats
+            self.result.warnings.extend(stats.warnings)
+            if not self._upload(spool, stats):
+                return
+        except RunError as exc:
+            self._fail(str(exc))
+            return
+        finally:
+            spool.unlink(missing_ok=True)
+        self.result.backup_id = self.backup_id
+        self.result.outcome = "warning" if self.result.warnings else "success"
+        log.info(
+            "run finished",
+            result=self.result.outcome,
+            backup_id=self.backup_id,
+            warnings=len(self.result.warnings),
+        )
+
+    def _fail(self, error: str, suggestion: str | None = None) -> None:
+        self.result.outcome = "failed"
+        self.result.error = error
+        self.result.suggestion = suggestion
+        self.log.error("run failed", result="failed", error=error)
+        if suggestion:
+            self.log.warning("suggestion", text=suggestion)
+
+    def _archive(self, spool: Path) -> ArchiveStats:
+        """Write the archive to the spool file; missing sources fail the run."""
+        missing = [str(s) for s in self.job.sources if not s.exists()]
+        if missing:
+            raise RunError(f"source not found: {', '.join(missing)}")
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        skip = frozenset(i for i in (identity(spool.parent),) if i is not None)
+
+        def entries():  # type: ignore[no-untyped-def]
+            for source in self.job.sources:
+                yield from walk(source, self.job.exclude, self._warn, skip)
+
+        try:
+            with spool.open("wb") as out:
+                stats = write_archive(
+                    entries(),
+                    out,
+                    level=self.job.zstd_level,
+                    threads=self.job.zstd_threads,
+                    on_bytes=self.progress.archived,
+                )
+        except OSError as exc:
+            raise RunError(f"writing the archive to {spool} failed: {exc}") from exc
+        self.log.info(
+            "archive written",
+            files=stats.files,
+            directories=stats.directories,
+            symlinks=stats.symlinks,
+            bytes_read=stats.bytes_read,
+            archive_bytes=stats.archive_bytes,
+            sha256=stats.sha256,
+            warnings=len(stats.warnings),
+        )
+        return stats
+
+    def _warn(self, path: str, reason: str) -> None:
+        self.result.warnings.append(f"{path}: {reason}")
+        self.log.warning("file skipped or stored with a warning", path=path, reason=reason)
+
+    def _manifest(self, stats: ArchiveStats) -> bytes:
+        manifest = {
+            "format": 1,
+            "job": self.job_name,
+            "backup_id": self.backup_id,
+            "created": self.started.isoformat(timespec="seconds"),
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "agent_version": __version__,
+            "sources": [str(s) for s in self.job.sources],
+            "files": [
+                {
+                    "name": archive_name(self.backup_id),
+                    "size": stats.archive_bytes,
+                    "sha256": stats.sha256,
+                }
+            ],
+            "contents": {
+                "files": stats.files,
+                "directories": stats.directories,
+                "symlinks": stats.symlinks,
+                "bytes": stats.bytes_read,
+            },
+            "warnings": len(self.result.warnings),
+        }
+        return json.dumps(manifest, indent=2).encode() + b"\n"
+
+    def _upload(self, spool: Path, stats: ArchiveStats) -> bool:
+        """Upload archive then manifest, each under a temporary name; prune afterwards.
+
+        Returns whether the backup was published; on failure the run is already
+        marked failed and explained.
+        """
+        final = archive_name(self.backup_id)
+        written: list[str] = []  # remote names to remove if the run fails
+        session = ftp.FtpSession(self.dest, self.passive)
+        try:
+            session.open()
+            session.change_directory(self.dest.directory)
+            if self.progress.upload_started:
+                self.progress.upload_started(stats.archive_bytes)
+            written.append(temp_name(final))
+            with spool.open("rb") as source:
+                session.upload(source, temp_name(final), self.progress.uploaded)
+            session.rename(temp_name(final), final)
+            written.append(final)
+            self._check_size(session, final, stats.archive_bytes)
+            manifest = manifest_name(self.backup_id)
+            written.append(temp_name(manifest))
+            session.upload_bytes(self._manifest(stats), temp_name(manifest))
+            session.rename(temp_name(manifest), manifest)
+            written.clear()
+            self.log.info("backup published", archive=final, manifest=manifest)
+            self._prune(session)
+            return True
+        except ftp.TRANSFER_ERRORS as exc:
+            failure = session.failure(exc)
+            self._remove_leftovers(session, written)
+            self._explain(failure)
+        except SizeMismatch as exc:
+            self._remove_leftovers(session, written)
+            self._fail(str(exc))
+        finally:
+            session.close()
+        return False
+
+    def _check_size(self, session: ftp.FtpSession, name: str, expected: int) -> None:
+        try:
+            size = session.size(name)
+        except ftplib.error_perm as exc:
+            if str(exc)[:3] in ("500", "502", "504"):
+                self._warn(name, "the server does not support SIZE; upload size not verified")
+                return
+            raise
+        if size != expected:
+            raise SizeMismatch(
+                f"size check failed: the server reports {size} bytes for {name}, "
+                f"{expected} were sent"
+            )
+        self.log.info("size verified", name=name, size=size)
+
+    def _prune(self, session: ftp.FtpSession) -> None:
+        """Delete this job's oldest complete backups beyond `keep`; failures are warnings."""
+        try:
+            backups = complete_backups(self.job_name, session.names())
+            doomed = select_for_deletion(backups, self.dest.keep)
+            for backup in doomed:
+                # manifest first: from that moment the backup no longer counts as complete
+                session.delete(manifest_name(backup.backup_id))
+                if backup.has_archive:
+                    session.delete(archive_name(backup.backup_id))
+                self.log.info("old backup deleted", backup_id=backup.backup_id)
+            self.log.info("retention applied", kept=len(backups) - len(doomed), deleted=len(doomed))
+        except ftp.TRANSFER_ERRORS as exc:
+            self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
+
+    def _remove_leftovers(self, session: ftp.FtpSession, names: list[str]) -> None:
+        """Best effort: delete what this run uploaded, reconnecting if the session died."""
+        if not names:
+            return
+        self.log.info("removing incomplete upload", names=names)
+        for attempt in (session, None):
+            try:
+                if attempt is None:
+                    attempt = ftp.FtpSession(self.dest, self.passive).open()
+                    attempt.change_directory(self.dest.directory, create=False)
+                for name in list(names):
+                    try:
+                        attempt.delete(name)
+                    except ftplib.error_perm:
+                        pass  # never created (e.g. the data connection failed first)
+                    names.remove(name)
+                return
+            except ftp.TRANSFER_ERRORS:
+                continue
+            finally:
+                if attempt is not session and attempt is not None:
+                    attempt.close()
+        self.log.warning("could not remove incomplete upload from the server", names=names)
+
+    def _explain(self, failure: Failure) -> None:
+        """Diagnose an FTP failure; probe the other mode before suggesting a flip."""
+        diagnosis = diagnose(failure)
+        probe = None
+        if diagnosis.flips_mode:
+            other = bool(diagnosis.passive_should_be)
+            self.log.info(f"probing {mode_name(other)} mode with a directory listing")
+            probe = ftp.probe(self.dest, other)
+            self.log.info("probe finished", probe_mode=mode_name(other), ok=probe.ok,
+                          detail=probe.detail)
+        text = suggestion_text(diagnosis, self.job_name, self.config.path, probe)
+        self.result.outcome = "failed"
+        self.result.error = diagnosis.what
+        self.result.suggestion = text
+        self.log.error("run failed", result="failed", error=diagnosis.what,
+                       category=str(diagnosis.category))
+        self.log.warning(
+            "suggestion",
+            text=text,
+            category=str(diagnosis.category),
+            evidence=list(diagnosis.evidence),
+            change=(
+                None
+                if not diagnosis.flips_mode or (probe is not None and not probe.ok)
+                else f"passive = {'true' if diagnosis.passive_should_be else 'false'}"
+            ),
+            verified=None if probe is None else probe.ok,
+        )
+
+
+class SizeMismatch(Exception):
+    """The server holds a different number of bytes than were sent."""

@@ -1,0 +1,1 @@
+"""What goes into a backup: files now; databases and WordPress sites later."""
