@@ -11,7 +11,7 @@ from dataclasses import dataclass
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
 TEMP_SUFFIX = ".partial"
-RUN_ID_PATTERN = r"(?P<stamp>\d{8}T\d{6}Z)-(?P<nonce>[0-9a-f]{6})"
+RUN_ID_PATTERN = r"(?P<stamp>\d{8}T\d{6}\.\d{3}Z)-(?P<nonce>[0-9a-f]{6})"
 
 
 def archive_name(backup_id: str) -> str:
@@ -31,7 +31,7 @@ def temp_name(final_name: str) -> str:
 class RemoteBackup:
     """A complete backup of one job: its manifest is on the server."""
 
-    stamp: str  # UTC, YYYYmmddTHHMMSSZ: sorts chronologically
+    stamp: str  # UTC, YYYYmmddTHHMMSS.mmmZ: sorts chronologically
     backup_id: str
     has_archive: bool
 

@@ -70,8 +70,8 @@ class RunError(Exception):
 
 
 def new_run_id(now: dt.datetime) -> str:
-    """`YYYYmmddTHHMMSSZ-xxxxxx`: sorts by start time, unique across quick reruns."""
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    """`YYYYmmddTHHMMSS.mmmZ-xxxxxx`: sorts by start time, unique across quick reruns."""
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def run_job(config: Config, job_name: str, progress: Progress | None = None) -> RunResult:
@@ -245,9 +245,11 @@ class _Run:
         except ftp.TRANSFER_ERRORS as exc:
             failure = session.failure(exc)
             self._remove_leftovers(session, written)
+            session.close()  # before explaining: the suggestion is the run's last event
             self._explain(failure)
         except SizeMismatch as exc:
             self._remove_leftovers(session, written)
+            session.close()
             self._fail(str(exc))
         finally:
             session.close()

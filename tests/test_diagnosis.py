@@ -1,0 +1,154 @@
+"""The pure diagnosis: what a failed dialogue means and what the user is told."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backupagent.diagnosis import (
+    Category,
+    Failure,
+    FailureKind,
+    Line,
+    ProbeResult,
+    diagnose,
+    suggestion_text,
+)
+
+LOGIN = (
+    Line("reply", "220 ready"),
+    Line("command", "USER backup"),
+    Line("reply", "331 Password required"),
+    Line("command", "PASS ****"),
+)
+LOGGED_IN = (*LOGIN, Line("reply", "230 Login successful."), Line("command", "TYPE I"),
+             Line("reply", "200 Type set to: Binary."))
+
+
+def c(text: str) -> Line:
+    return Line("command", text)
+
+
+def r(text: str) -> Line:
+    return Line("reply", text)
+
+
+CASES = [
+    # (name, failure, category, passive value suggested or None)
+    ("pasv connect timeout",
+     Failure(FailureKind.DATA_CONNECT, True, (*LOGGED_IN, c("PASV"), r("227 Entering Passive Mode (10,0,0,2,156,64).")),
+             "timed out after 5s", "10.0.0.2:40000"),
+     Category.PASSIVE_DATA, False),
+    ("pasv connect refused",
+     Failure(FailureKind.DATA_CONNECT, True, (*LOGGED_IN, c("EPSV"), r("229 Entering Extended Passive Mode (|||40001|)")),
+             "connection refused", "10.0.0.2:40001"),
+     Category.PASSIVE_DATA, False),
+    ("425 after pasv",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("PASV"), r("227 Entering Passive Mode (10,0,0,2,156,64)."),
+                                        c("STOR a.partial"), r("425 Security: Bad IP connecting.")), "425"),
+     Category.PASSIVE_DATA, False),
+    ("425 after accepted PORT",
+     Failure(FailureKind.REPLY, False, (*LOGGED_IN, c("PORT 10,0,0,1,200,10"), r("200 PORT command successful."),
+                                         c("STOR a.partial"), r("425 Failed to establish connection.")), "425"),
+     Category.ACTIVE_DATA, True),
+    ("active accept timeout",
+     Failure(FailureKind.DATA_CONNECT, False, (*LOGGED_IN, c("EPRT |1|10.0.0.1|5000|"), r("200 EPRT ok"),
+                                               c("STOR a"), r("150 Ok to send data.")), "timed out after 5s"),
+     Category.ACTIVE_DATA, True),
+    ("PORT refused 500",
+     Failure(FailureKind.REPLY, False, (*LOGGED_IN, c("PORT 10,0,0,1,200,10"), r("500 Illegal PORT command.")), "500"),
+     Category.ACTIVE_DATA, True),
+    ("EPRT refused 501",
+     Failure(FailureKind.REPLY, False, (*LOGGED_IN, c("EPRT |1|10.0.0.1|5000|"), r("501 Rejected data connection")), "501"),
+     Category.ACTIVE_DATA, True),
+    ("PASV not implemented",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("PASV"), r("502 Command not implemented.")), "502"),
+     Category.PASSIVE_UNSUPPORTED, False),
+    ("EPSV unknown 500",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("EPSV"), r("500 Unknown command.")), "500"),
+     Category.PASSIVE_UNSUPPORTED, False),
+    ("wrong password",
+     Failure(FailureKind.REPLY, True, (*LOGIN, r("530 Login incorrect.")), "530"),
+     Category.LOGIN, None),
+    ("550 on STOR in passive",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("PASV"), r("227 Entering Passive Mode (10,0,0,2,156,64)."),
+                                        c("STOR a"), r("550 Permission denied.")), "550"),
+     Category.PATH, None),
+    ("553 file name",
+     Failure(FailureKind.REPLY, False, (*LOGGED_IN, c("STOR a"), r("553 Could not create file.")), "553"),
+     Category.PATH, None),
+    ("552 quota",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("STOR a"), r("552 Quota exceeded")), "552"),
+     Category.NO_SPACE, None),
+    ("452 disk full",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("STOR a"), r("452 Insufficient storage space")), "452"),
+     Category.NO_SPACE, None),
+    ("control refused",
+     Failure(FailureKind.CONTROL_CONNECT, True, (), "connection refused", "ftp.example.com:21"),
+     Category.HOST, None),
+    ("dns failure",
+     Failure(FailureKind.CONTROL_CONNECT, False, (), "name lookup failed (Name or service not known)", "nohost:21"),
+     Category.HOST, None),
+    ("522 tls required on data",
+     Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("PASV"), r("227 Entering Passive Mode (10,0,0,2,156,64)."),
+                                        c("STOR a"), r("522 SSL connection required on data channel")), "522"),
+     Category.TLS, None),
+    ("534 policy",
+     Failure(FailureKind.REPLY, True, (r("220 ready"), c("AUTH TLS"), r("534 Policy requires SSL.")), "534"),
+     Category.TLS, None),
+    ("530 asking for TLS is not a password problem",
+     Failure(FailureKind.REPLY, True, (r("220 ready"), c("AUTH TLS"), r("530 Please login with USER and PASS.")), "530"),
+     Category.TLS, None),
+    ("stall mid-transfer",
+     Failure(FailureKind.DATA_TRANSFER, True, (*LOGGED_IN, c("PASV"), r("227 Entering Passive Mode (10,0,0,2,156,64)."),
+                                                c("STOR a"), r("150 ok")), "after 1048576 bytes: timed out"),
+     Category.DATA_BROKEN, None),
+    ("control lost",
+     Failure(FailureKind.CONTROL_LOST, True, (*LOGGED_IN, c("NOOP")), "connection reset by peer"),
+     Category.CONTROL_LOST, None),
+]
+
+
+@pytest.mark.parametrize(("failure", "category", "passive"), [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_classification(failure: Failure, category: Category, passive: bool | None) -> None:
+    diagnosis = diagnose(failure)
+    assert diagnosis.category is category
+    assert diagnosis.passive_should_be is passive
+    assert diagnosis.evidence, "every diagnosis quotes evidence"
+
+
+def test_passive_suggestion_quotes_reply_address_and_change() -> None:
+    failure = CASES[0][1]
+    probe = ProbeResult(passive=False, ok=True, detail="3 entries listed")
+    text = suggestion_text(diagnose(failure), "nightly", Path("/etc/backupagent/jobs.toml"), probe)
+    assert "FTP client command: PASV" in text
+    assert "FTP server reply: 227 Entering Passive Mode (10,0,0,2,156,64)." in text
+    assert "10.0.0.2:40000: timed out after 5s" in text
+    assert "Verified: a directory listing in active mode worked from this host." in text
+    assert text.endswith("in /etc/backupagent/jobs.toml, under [jobs.nightly], set passive = false")
+
+
+def test_active_suggestion_quotes_port_and_425() -> None:
+    failure = CASES[3][1]
+    probe = ProbeResult(passive=True, ok=True, detail="ok")
+    text = suggestion_text(diagnose(failure), "nightly", Path("jobs.toml"), probe)
+    assert "FTP client command: PORT 10,0,0,1,200,10" in text
+    assert "FTP server reply: 425 Failed to establish connection." in text
+    assert text.endswith("set passive = true")
+
+
+def test_neither_mode_works_points_at_firewall_not_flip() -> None:
+    probe = ProbeResult(passive=False, ok=False, detail="timed out after 5s")
+    text = suggestion_text(diagnose(CASES[0][1]), "nightly", Path("jobs.toml"), probe)
+    assert "neither mode works" in text
+    assert "passive port range" in text
+    assert "set passive" not in text
+
+
+def test_login_advice_never_mentions_a_flip() -> None:
+    text = suggestion_text(diagnose(CASES[9][1]), "nightly", Path("jobs.toml"), None)
+    assert "FTP server reply: 530 Login incorrect." in text
+    assert "password" in text
+    assert "set passive" not in text

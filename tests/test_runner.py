@@ -1,0 +1,188 @@
+"""Whole runs against an in-process FTP server, in both modes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from backupagent.destinations.ftp import FtpSession
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.logging import read_events
+from backupagent.runner import run_job
+
+from .conftest import WriteConfig
+from .helpers import tree, unpack
+
+REMOTE = "backups/site"
+
+
+def remote_files(server: LocalFtpServer) -> list[str]:
+    d = server.root / REMOTE
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def download(config, name: str) -> bytes:
+    buf = io.BytesIO()
+    with FtpSession(config.destination_of("www"), True) as s:
+        s.change_directory("/" + REMOTE, create=False)
+        s.download(name, buf.write)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_round_trip(write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path,
+                    tmp_path: Path, passive: bool) -> None:
+    config = write_config(job=f"passive = {str(passive).lower()}")
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    assert result.exit_code == 0
+    archive = f"{result.backup_id}.tar.zst"
+    manifest = f"{result.backup_id}.manifest.json"
+    assert remote_files(ftp_server) == [manifest, archive]
+
+    data = download(config, archive)
+    meta = json.loads(download(config, manifest))
+    assert meta["job"] == "www"
+    assert meta["files"] == [{"name": archive, "size": len(data),
+                              "sha256": __import__("hashlib").sha256(data).hexdigest()}]
+    assert "password" not in json.dumps(meta).lower()
+
+    unpack(data, tmp_path / "restored")
+    restored = tree(tmp_path / "restored" / "files" / str(site).lstrip("/"))
+    expected = {k: v for k, v in tree(site).items()
+                if not k.startswith("wp-content/cache") and not k.endswith(".log")}
+    assert restored == expected
+    assert restored["wp-content/uploads/latest"] == ("link", "big.bin")
+    assert restored["dangling"] == ("link", "/nonexistent/target")
+
+    events = read_events(result.log_path)
+    modes = {e["mode"] for e in events if e["event"].startswith("FTP client command")}
+    assert modes == {"passive" if passive else "active"}
+    commands = [e["event"] for e in events if e["event"].startswith("FTP client command")]
+    assert ("FTP client command: PASV" in commands) is passive
+    assert ("FTP client command: PORT" in " ".join(commands)) is not passive
+
+
+def test_upload_order_temp_then_rename_then_size_then_manifest(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    result = run_job(write_config(), "www")
+    archive = f"{result.backup_id}.tar.zst"
+    manifest = f"{result.backup_id}.manifest.json"
+    commands = [e["event"].removeprefix("FTP client command: ")
+                for e in read_events(result.log_path)
+                if e["event"].startswith("FTP client command")]
+    order = [commands.index(c) for c in (
+        f"STOR {archive}.partial", f"RNFR {archive}.partial", f"RNTO {archive}",
+        f"SIZE {archive}", f"STOR {manifest}.partial", f"RNFR {manifest}.partial",
+        f"RNTO {manifest}")]
+    assert order == sorted(order)
+
+
+def test_log_has_every_command_and_reply_and_masks_pass(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    result = run_job(write_config(), "www")
+    raw = result.log_path.read_text()
+    assert ftp_server.password not in raw
+    events = read_events(result.log_path)
+    ftp_events = [e for e in events if e["event"].startswith(("FTP client command: ",
+                                                              "FTP server reply: "))]
+    assert "FTP client command: PASS ****" in [e["event"] for e in ftp_events]
+    assert ftp_events[0]["event"].startswith("FTP server reply: 220")
+    for e in ftp_events:
+        assert e["job"] == "www" and e["run_id"] == result.run_id and e["mode"] == "passive"
+        assert set(e) >= {"timestamp", "level", "code"}
+    # every command is answered: each command is followed by at least one reply
+    kinds = ["c" if e["event"].startswith("FTP client") else "r" for e in ftp_events]
+    assert "cc" not in "".join(kinds)
+    replies = [e for e in ftp_events if e["event"].startswith("FTP server reply")]
+    assert all(isinstance(e["code"], int) for e in replies)
+
+
+def test_multiline_reply_is_one_event(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:
+    config = write_config()
+    with FtpSession(config.destination_of("www"), True) as s:
+        s.ftp.sendcmd("FEAT")
+        feat = [line for line in s.dialogue if line.text.startswith("211")]
+    assert len(feat) == 1 and "\n" in feat[0].text and feat[0].text.endswith("211 End FEAT.")
+
+
+def test_retention_keeps_newest_and_spares_other_jobs(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config(dest="")  # keep = 3
+    d = ftp_server.root / REMOTE
+    d.mkdir(parents=True)
+    foreign = ["www-db-20200101T000000.000Z-aaaaaa.tar.zst",
+               "www-db-20200101T000000.000Z-aaaaaa.manifest.json",
+               "www-20200101T000000.000Z-bbbbbb.tar.zst"]  # no manifest: incomplete, not ours to count
+    for name in foreign:
+        (d / name).write_bytes(b"x")
+    ids = [run_job(config, "www").backup_id for _ in range(5)]
+    names = remote_files(ftp_server)
+    kept = sorted({n.split(".tar")[0].split(".manifest")[0] for n in names if n.startswith("www-2026")})
+    assert kept == sorted(ids[-3:])
+    for name in foreign:
+        assert name in names
+
+
+def test_blocked_passive_fails_cleanly_with_verified_suggestion(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config()
+    ftp_server.block_passive()
+    result = run_job(config, "www")
+    assert result.exit_code == 1
+    assert remote_files(ftp_server) == []  # nothing under a final name, no partial either
+    assert result.suggestion is not None
+    assert "Verified: a directory listing in active mode worked" in result.suggestion
+    assert result.suggestion.endswith("under [jobs.www], set passive = false")
+    events = read_events(result.log_path)
+    last = events[-1]
+    assert last["event"] == "suggestion"
+    assert last["change"] == "passive = false" and last["verified"] is True
+    assert any(f.startswith("FTP server reply: 227") for f in last["evidence"])
+
+
+def test_failure_after_rename_removes_the_final_archive(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    """Make the manifest upload fail: the already-renamed archive must go too."""
+    config = write_config()
+    original = FtpSession.upload_bytes
+
+    def refuse(self, data, name):  # the server answers 553 as for a forbidden name
+        self.ftp.sendcmd("STOR /nonexistent-dir/x")
+
+    FtpSession.upload_bytes = refuse  # type: ignore[method-assign]
+    try:
+        result = run_job(config, "www")
+    finally:
+        FtpSession.upload_bytes = original  # type: ignore[method-assign]
+    assert result.exit_code == 1
+    assert remote_files(ftp_server) == []
+
+
+def test_wrong_password_gives_credentials_advice(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    result = run_job(write_config(password="wrong"), "www")
+    assert result.exit_code == 1
+    assert "530" in result.suggestion
+    assert "set passive" not in result.suggestion
+    assert not any(e["event"].startswith("probing") for e in read_events(result.log_path))
+
+
+def test_missing_source_fails_before_connecting(write_config: WriteConfig, site: Path) -> None:
+    config = write_config()
+    import shutil
+
+    shutil.rmtree(site)
+    result = run_job(config, "www")
+    assert result.exit_code == 1
+    assert "source not found" in result.error
+    assert not any(e["event"].startswith("FTP") for e in read_events(result.log_path))
