@@ -92,10 +92,12 @@ def write_archive(
 
     sink = HashingWriter(out)
     compressor = zstandard.ZstdCompressor(level=level, threads=-1 if threads == 0 else threads)
-    with compressor.stream_writer(sink, closefd=False) as zstream:  # type: ignore[arg-type]
-        with tarfile.open(fileobj=zstream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for entry in entries:
-                _add(tar, entry, stats, warn, on_bytes)
+    with (
+        compressor.stream_writer(sink, closefd=False) as zstream,  # type: ignore[arg-type]
+        tarfile.open(fileobj=zstream, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for entry in entries:
+            _add(tar, entry, stats, warn, on_bytes)
     stats.archive_bytes = sink.size
     stats.sha256 = sink.hash.hexdigest()
     return stats

@@ -80,7 +80,9 @@ class FtpDestination(_Table):
                 self.password_file.read_text(encoding="utf-8")
             except OSError as exc:
                 reason = exc.strerror or str(exc)
-                raise ValueError(f"password_file: cannot read {self.password_file}: {reason}")
+                raise ValueError(
+                    f"password_file: cannot read {self.password_file}: {reason}"
+                ) from None
         if self.password_env is not None and self.password_env not in os.environ:
             raise ValueError(f"password_env: environment variable {self.password_env} is not set")
         return self
@@ -180,7 +182,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     problems: list[str] = []
     for key in raw:
         if key not in ("agent", "destinations", "jobs"):
-            problems.append(f"{label}: {key}: {_unknown_key(key, ['agent', 'destinations', 'jobs'])}")
+            problems.append(
+                f"{label}: {key}: {_unknown_key(key, ['agent', 'destinations', 'jobs'])}"
+            )
 
     agent = _validate(AgentConfig, raw.get("agent", {}), "agent", label, problems)
     destinations = {
@@ -252,8 +256,10 @@ def _describe(model: type[BaseModel], err: Any) -> str:
         msg = _unknown_key(key, list(model.model_fields))
     elif err["type"] == "missing":
         msg = "required key is missing"
-    elif "input" in err and err["type"] not in ("value_error",) and not isinstance(
-        err["input"], dict
+    elif (
+        "input" in err
+        and err["type"] not in ("value_error",)
+        and not isinstance(err["input"], dict)
     ):
         msg = f"{msg} (got {err['input']!r})"
     if not key:

@@ -75,8 +75,9 @@ def run_demo(keep: bool = True) -> int:
         os.chmod(base / "ftp.pass", 0o600)
         jobs = base / "jobs.toml"
         jobs.write_text(JOBS_TOML.format(base=base, port=server.port, user=server.user))
-        out.print(f"[bold]backupagent demo[/] — FTP server on 127.0.0.1:{server.port}, "
-                  f"files in {base}")
+        out.print(
+            f"[bold]backupagent demo[/] — FTP server on 127.0.0.1:{server.port}, files in {base}"
+        )
 
         out.rule("1. Back up the example site in passive mode")
         first = run_job(load_config(jobs), "site")
@@ -95,8 +96,10 @@ def run_demo(keep: bool = True) -> int:
 
     out.rule("Where things are")
     out.print(f"jobs.toml:        {jobs}", markup=False)
-    out.print(f"run logs:         {base / 'log' / 'site'}  (backupagent --config {jobs} logs site)",
-              markup=False)
+    out.print(
+        f"run logs:         {base / 'log' / 'site'}  (backupagent --config {jobs} logs site)",
+        markup=False,
+    )
     out.print(f"uploaded backups: {ftp_root / 'backups' / 'www'}", markup=False)
     for path in sorted((ftp_root / "backups" / "www").iterdir()):
         out.print(f"  {path.name}  {path.stat().st_size} bytes", markup=False)

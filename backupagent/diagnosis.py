@@ -142,14 +142,16 @@ def diagnose(failure: Failure) -> Diagnosis:
             "Check `host` and `port` of the destination, that the server is running, and "
             "that this host may reach it (DNS, firewall).",
         )
-    if failure.kind is FailureKind.TLS or code in (522, 534) or (
-        verb in ("AUTH", "PBSZ", "PROT") and code is not None and code >= 500
+    if (
+        failure.kind is FailureKind.TLS
+        or code in (522, 534)
+        or (verb in ("AUTH", "PBSZ", "PROT") and code is not None and code >= 500)
     ):
         return Diagnosis(
             Category.TLS,
             f"the TLS negotiation failed: {failure.error or (reply.text if reply else '')}",
             exchange or (failure.error,),
-            "Check the destination's `tls` setting (\"none\", \"explicit\" or \"implicit\") "
+            'Check the destination\'s `tls` setting ("none", "explicit" or "implicit") '
             "against what the server offers, and the server's certificate.",
         )
     if code == 530 or (verb in LOGIN_VERBS and code is not None and code >= 400):

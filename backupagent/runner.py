@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ftplib
 import json
@@ -296,10 +297,9 @@ class _Run:
                     attempt = ftp.FtpSession(self.dest, self.passive).open()
                     attempt.change_directory(self.dest.directory, create=False)
                 for name in list(names):
-                    try:
+                    # 550: never created (e.g. the data connection failed first)
+                    with contextlib.suppress(ftplib.error_perm):
                         attempt.delete(name)
-                    except ftplib.error_perm:
-                        pass  # never created (e.g. the data connection failed first)
                     names.remove(name)
                 return
             except ftp.TRANSFER_ERRORS:
@@ -317,14 +317,16 @@ class _Run:
             other = bool(diagnosis.passive_should_be)
             self.log.info(f"probing {mode_name(other)} mode with a directory listing")
             probe = ftp.probe(self.dest, other)
-            self.log.info("probe finished", probe_mode=mode_name(other), ok=probe.ok,
-                          detail=probe.detail)
+            self.log.info(
+                "probe finished", probe_mode=mode_name(other), ok=probe.ok, detail=probe.detail
+            )
         text = suggestion_text(diagnosis, self.job_name, self.config.path, probe)
         self.result.outcome = "failed"
         self.result.error = diagnosis.what
         self.result.suggestion = text
-        self.log.error("run failed", result="failed", error=diagnosis.what,
-                       category=str(diagnosis.category))
+        self.log.error(
+            "run failed", result="failed", error=diagnosis.what, category=str(diagnosis.category)
+        )
         self.log.warning(
             "suggestion",
             text=text,

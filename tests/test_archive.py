@@ -92,7 +92,11 @@ def test_unreadable_file_is_skipped_with_a_warning() -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
         result = subprocess.run(
             [sys.executable, "-c", UNREADABLE_SCRIPT, str(base)],
-            capture_output=True, text=True, env=env, check=True, cwd="/",
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+            cwd="/",
         )
         assert f"WARN {secret}: not readable, skipped: Permission denied" in result.stdout
         assert "FILES 1" in result.stdout

@@ -39,32 +39,79 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
 @pytest.mark.parametrize(
     ("parts", "expected"),
     [
-        ({"job": 'passive = "yes"'}, "jobs.toml: [jobs.nightly] passive: Input should be a valid boolean"),
-        ({"job": "pasive = true"}, "jobs.toml: [jobs.nightly] pasive: unknown key; did you mean 'passive'?"),
-        ({"extra": TWO.format('schedule = "61 3 * * *"\nsources = ["/srv"]')}, "jobs.toml: [jobs.two] schedule: '61 3 * * *' is not a valid cron"),
-        ({"extra": TWO.format('schedule = "0 3 * *"\nsources = ["/srv"]')}, "jobs.toml: [jobs.two] schedule: '0 3 * *' is not a 5-field cron"),
-        ({"extra": TWO.format('sources = ["relative/dir"]')}, "jobs.toml: [jobs.two] sources: 'relative/dir' is not an absolute path"),
-        ({"extra": TWO.format("sources = []")}, "jobs.toml: [jobs.two] sources: List should have at least 1 item"),
-        ({"dest": "port = 70000"}, "jobs.toml: [destinations.offsite] port: Input should be less than or equal to 65535"),
-        ({"dest": 'tls = "maybe"'}, "jobs.toml: [destinations.offsite] tls: Input should be 'none', 'explicit' or 'implicit'"),
-        ({"dest": "keep = 0"}, "jobs.toml: [destinations.offsite] keep: Input should be greater than or equal to 1"),
-        ({"dest": 'password_file = "/nonexistent/offsite.pass"'}, "jobs.toml: [destinations.offsite] password_file: cannot read /nonexistent/offsite.pass: No such file or directory"),
-        ({"dest": 'password_env = "BACKUPAGENT_TEST_UNSET_VAR"'}, "jobs.toml: [destinations.offsite] password_env: environment variable BACKUPAGENT_TEST_UNSET_VAR is not set"),
-        ({"dest": 'password = "a"\npassword_env = "HOME"'}, "jobs.toml: [destinations.offsite] password_env: give only one of password, password_env"),
-        ({"extra": '[jobs.other]\ndestination = "nowhere"\nsources = ["/srv"]\n'}, "jobs.toml: [jobs.other] destination: no [destinations.nowhere] table (destinations: offsite)"),
-        ({"extra": '[jobs.other]\nsources = ["/srv"]\n'}, "jobs.toml: [jobs.other] destination: required key is missing"),
+        (
+            {"job": 'passive = "yes"'},
+            "jobs.toml: [jobs.nightly] passive: Input should be a valid boolean",
+        ),
+        (
+            {"job": "pasive = true"},
+            "jobs.toml: [jobs.nightly] pasive: unknown key; did you mean 'passive'?",
+        ),
+        (
+            {"extra": TWO.format('schedule = "61 3 * * *"\nsources = ["/srv"]')},
+            "jobs.toml: [jobs.two] schedule: '61 3 * * *' is not a valid cron",
+        ),
+        (
+            {"extra": TWO.format('schedule = "0 3 * *"\nsources = ["/srv"]')},
+            "jobs.toml: [jobs.two] schedule: '0 3 * *' is not a 5-field cron",
+        ),
+        (
+            {"extra": TWO.format('sources = ["relative/dir"]')},
+            "jobs.toml: [jobs.two] sources: 'relative/dir' is not an absolute path",
+        ),
+        (
+            {"extra": TWO.format("sources = []")},
+            "jobs.toml: [jobs.two] sources: List should have at least 1 item",
+        ),
+        (
+            {"dest": "port = 70000"},
+            "jobs.toml: [destinations.offsite] port: Input should be less than or equal to 65535",
+        ),
+        (
+            {"dest": 'tls = "maybe"'},
+            "jobs.toml: [destinations.offsite] tls: Input should be 'none', 'explicit' or 'implicit'",
+        ),
+        (
+            {"dest": "keep = 0"},
+            "jobs.toml: [destinations.offsite] keep: Input should be greater than or equal to 1",
+        ),
+        (
+            {"dest": 'password_file = "/nonexistent/offsite.pass"'},
+            "jobs.toml: [destinations.offsite] password_file: cannot read /nonexistent/offsite.pass: No such file or directory",
+        ),
+        (
+            {"dest": 'password_env = "BACKUPAGENT_TEST_UNSET_VAR"'},
+            "jobs.toml: [destinations.offsite] password_env: environment variable BACKUPAGENT_TEST_UNSET_VAR is not set",
+        ),
+        (
+            {"dest": 'password = "a"\npassword_env = "HOME"'},
+            "jobs.toml: [destinations.offsite] password_env: give only one of password, password_env",
+        ),
+        (
+            {"extra": '[jobs.other]\ndestination = "nowhere"\nsources = ["/srv"]\n'},
+            "jobs.toml: [jobs.other] destination: no [destinations.nowhere] table (destinations: offsite)",
+        ),
+        (
+            {"extra": '[jobs.other]\nsources = ["/srv"]\n'},
+            "jobs.toml: [jobs.other] destination: required key is missing",
+        ),
         ({"extra": "[agnet]\n"}, "jobs.toml: agnet: unknown key; did you mean 'agent'?"),
-        ({"extra": '["jobs"."bad name"]\ndestination = "offsite"\nsources = ["/srv"]\n'}, "jobs.toml: [jobs.bad name]: the name may use only letters"),
+        (
+            {"extra": '["jobs"."bad name"]\ndestination = "offsite"\nsources = ["/srv"]\n'},
+            "jobs.toml: [jobs.bad name]: the name may use only letters",
+        ),
     ],
 )
-def test_each_problem_names_table_and_key(tmp_path: Path, parts: dict[str, str], expected: str) -> None:
+def test_each_problem_names_table_and_key(
+    tmp_path: Path, parts: dict[str, str], expected: str
+) -> None:
     problems = _problems(tmp_path, **parts)
     assert any(p.startswith(expected) for p in problems), problems
 
 
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     problems = _problems(
-        tmp_path, dest="port = \"21\"\ntimeout = -1", job='passive = 1\nexclude = "*.log"'
+        tmp_path, dest='port = "21"\ntimeout = -1', job='passive = 1\nexclude = "*.log"'
     )
     keys = sorted(p.split("] ", 1)[1].split(":")[0] for p in problems)
     assert keys == ["exclude", "passive", "port", "timeout"], problems
@@ -80,19 +127,33 @@ def test_invalid_toml_is_one_clear_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("dest", "job", "passive"),
-    [("", "", True), ("passive = false", "", False), ("passive = false", "passive = true", True),
-     ("", "passive = false", False)],
+    [
+        ("", "", True),
+        ("passive = false", "", False),
+        ("passive = false", "passive = true", True),
+        ("", "passive = false", False),
+    ],
 )
-def test_job_passive_overrides_destination(tmp_path: Path, dest: str, job: str, passive: bool) -> None:
+def test_job_passive_overrides_destination(
+    tmp_path: Path, dest: str, job: str, passive: bool
+) -> None:
     assert _load(tmp_path, dest=dest, job=job).passive_for("nightly") is passive
 
 
 def test_password_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = tmp_path / "pass"
     secret.write_text("s3cret\n")
-    assert _load(tmp_path, dest=f'password_file = "{secret}"').destination_of("nightly").read_password() == "s3cret"
+    assert (
+        _load(tmp_path, dest=f'password_file = "{secret}"')
+        .destination_of("nightly")
+        .read_password()
+        == "s3cret"
+    )
     monkeypatch.setenv("BA_PASS", "from-env")
-    assert _load(tmp_path, dest='password_env = "BA_PASS"').destination_of("nightly").read_password() == "from-env"
+    assert (
+        _load(tmp_path, dest='password_env = "BA_PASS"').destination_of("nightly").read_password()
+        == "from-env"
+    )
     config = _load(tmp_path, dest='password = "inline"')
     assert "inline" not in repr(config)
 

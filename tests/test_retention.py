@@ -33,8 +33,16 @@ DAYS = [f"202611{d:02d}T030000.000Z" for d in range(1, 8)]
         # incomplete backups (no manifest) are neither counted as kept nor deleted
         (names("www", DAYS[:3]) + names("www", DAYS[3:], manifest=False), 2, DAYS[:1]),
         # temporary uploads and foreign files are ignored
-        (names("www", DAYS[:2]) + ["www-20261108T030000.000Z-abcdef.tar.zst.partial", "notes.txt",
-                                   "www-20261108T030000.000Z-abcdef.manifest.json.partial"], 1, DAYS[:1]),
+        (
+            [
+                *names("www", DAYS[:2]),
+                "www-20261108T030000.000Z-abcdef.tar.zst.partial",
+                "notes.txt",
+                "www-20261108T030000.000Z-abcdef.manifest.json.partial",
+            ],
+            1,
+            DAYS[:1],
+        ),
     ],
 )
 def test_selection(listing: list[str], keep: int, deleted_stamps: list[str]) -> None:

@@ -33,8 +33,9 @@ def download(config, name: str) -> bytes:
 
 
 @pytest.mark.parametrize("passive", [True, False])
-def test_round_trip(write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path,
-                    tmp_path: Path, passive: bool) -> None:
+def test_round_trip(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path, passive: bool
+) -> None:
     config = write_config(job=f"passive = {str(passive).lower()}")
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
@@ -46,14 +47,22 @@ def test_round_trip(write_config: WriteConfig, ftp_server: LocalFtpServer, site:
     data = download(config, archive)
     meta = json.loads(download(config, manifest))
     assert meta["job"] == "www"
-    assert meta["files"] == [{"name": archive, "size": len(data),
-                              "sha256": __import__("hashlib").sha256(data).hexdigest()}]
+    assert meta["files"] == [
+        {
+            "name": archive,
+            "size": len(data),
+            "sha256": __import__("hashlib").sha256(data).hexdigest(),
+        }
+    ]
     assert "password" not in json.dumps(meta).lower()
 
     unpack(data, tmp_path / "restored")
     restored = tree(tmp_path / "restored" / "files" / str(site).lstrip("/"))
-    expected = {k: v for k, v in tree(site).items()
-                if not k.startswith("wp-content/cache") and not k.endswith(".log")}
+    expected = {
+        k: v
+        for k, v in tree(site).items()
+        if not k.startswith("wp-content/cache") and not k.endswith(".log")
+    }
     assert restored == expected
     assert restored["wp-content/uploads/latest"] == ("link", "big.bin")
     assert restored["dangling"] == ("link", "/nonexistent/target")
@@ -72,13 +81,23 @@ def test_upload_order_temp_then_rename_then_size_then_manifest(
     result = run_job(write_config(), "www")
     archive = f"{result.backup_id}.tar.zst"
     manifest = f"{result.backup_id}.manifest.json"
-    commands = [e["event"].removeprefix("FTP client command: ")
-                for e in read_events(result.log_path)
-                if e["event"].startswith("FTP client command")]
-    order = [commands.index(c) for c in (
-        f"STOR {archive}.partial", f"RNFR {archive}.partial", f"RNTO {archive}",
-        f"SIZE {archive}", f"STOR {manifest}.partial", f"RNFR {manifest}.partial",
-        f"RNTO {manifest}")]
+    commands = [
+        e["event"].removeprefix("FTP client command: ")
+        for e in read_events(result.log_path)
+        if e["event"].startswith("FTP client command")
+    ]
+    order = [
+        commands.index(c)
+        for c in (
+            f"STOR {archive}.partial",
+            f"RNFR {archive}.partial",
+            f"RNTO {archive}",
+            f"SIZE {archive}",
+            f"STOR {manifest}.partial",
+            f"RNFR {manifest}.partial",
+            f"RNTO {manifest}",
+        )
+    ]
     assert order == sorted(order)
 
 
@@ -89,8 +108,9 @@ def test_log_has_every_command_and_reply_and_masks_pass(
     raw = result.log_path.read_text()
     assert ftp_server.password not in raw
     events = read_events(result.log_path)
-    ftp_events = [e for e in events if e["event"].startswith(("FTP client command: ",
-                                                              "FTP server reply: "))]
+    ftp_events = [
+        e for e in events if e["event"].startswith(("FTP client command: ", "FTP server reply: "))
+    ]
     assert "FTP client command: PASS ****" in [e["event"] for e in ftp_events]
     assert ftp_events[0]["event"].startswith("FTP server reply: 220")
     for e in ftp_events:
@@ -103,7 +123,9 @@ def test_log_has_every_command_and_reply_and_masks_pass(
     assert all(isinstance(e["code"], int) for e in replies)
 
 
-def test_multiline_reply_is_one_event(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:
+def test_multiline_reply_is_one_event(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
     config = write_config()
     with FtpSession(config.destination_of("www"), True) as s:
         s.ftp.sendcmd("FEAT")
@@ -117,14 +139,18 @@ def test_retention_keeps_newest_and_spares_other_jobs(
     config = write_config(dest="")  # keep = 3
     d = ftp_server.root / REMOTE
     d.mkdir(parents=True)
-    foreign = ["www-db-20200101T000000.000Z-aaaaaa.tar.zst",
-               "www-db-20200101T000000.000Z-aaaaaa.manifest.json",
-               "www-20200101T000000.000Z-bbbbbb.tar.zst"]  # no manifest: incomplete, not ours to count
+    foreign = [
+        "www-db-20200101T000000.000Z-aaaaaa.tar.zst",
+        "www-db-20200101T000000.000Z-aaaaaa.manifest.json",
+        "www-20200101T000000.000Z-bbbbbb.tar.zst",
+    ]  # no manifest: incomplete, not ours to count
     for name in foreign:
         (d / name).write_bytes(b"x")
     ids = [run_job(config, "www").backup_id for _ in range(5)]
     names = remote_files(ftp_server)
-    kept = sorted({n.split(".tar")[0].split(".manifest")[0] for n in names if n.startswith("www-2026")})
+    kept = sorted(
+        {n.split(".tar")[0].split(".manifest")[0] for n in names if n.startswith("www-2026")}
+    )
     assert kept == sorted(ids[-3:])
     for name in foreign:
         assert name in names

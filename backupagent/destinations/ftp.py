@@ -232,9 +232,7 @@ class FtpSession:
                 if isinstance(conn, ssl.SSLSocket):
                     conn.unwrap()
             except OSError as exc:
-                raise DataTransferError(
-                    f"after {sent} bytes: {_describe_os_error(exc)}"
-                ) from exc
+                raise DataTransferError(f"after {sent} bytes: {_describe_os_error(exc)}") from exc
         self.ftp.voidresp()
         return sent
 

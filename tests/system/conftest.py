@@ -1,0 +1,265 @@
+"""A two-host lab for system tests: vsftpd in a "server" network namespace, the agent
+in a "client" namespace, joined by a veth pair, with iptables rules to block one
+FTP data-connection mode for real. Everything is torn down by the fixture."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ..conftest import require_system
+
+CLIENT_ADDR = "10.231.7.1"
+SERVER_ADDR = "10.231.7.2"
+PASV_PORTS = (40000, 40009)
+FTP_USER = "bafttest"
+FTP_PASSWORD = "vsftpd-test-pw"
+
+VSFTPD_CONF = """\
+listen=YES
+listen_ipv6=NO
+listen_address={server}
+listen_port=21
+background=NO
+anonymous_enable=NO
+local_enable=YES
+write_enable=YES
+local_umask=022
+pam_service_name=vsftpd
+secure_chroot_dir={base}/empty
+seccomp_sandbox=NO
+isolate=NO
+isolate_network=NO
+pasv_enable=YES
+pasv_min_port={pasv_min}
+pasv_max_port={pasv_max}
+port_enable=YES
+connect_from_port_20=NO
+connect_timeout=3
+data_connection_timeout=20
+idle_session_timeout=60
+xferlog_enable=YES
+vsftpd_log_file={base}/vsftpd.log
+log_ftp_protocol=YES
+syslog_enable=NO
+userlist_enable=NO
+"""
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
+
+
+@dataclass
+class Lab:
+    base: Path
+    client_ns: str
+    server_ns: str
+    ftp_root: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def client(self, *argv: str, **kwargs) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the client namespace."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.client_ns, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
+
+    def agent(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the backupagent CLI on the client host."""
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": src}
+        return self.client(
+            sys.executable, "-m", "backupagent", "--config", str(config), *args, env=env
+        )
+
+    def iptables(self, ns: str, *rule: str) -> None:
+        _run("ip", "netns", "exec", ns, "iptables", *rule)
+
+    def block_active(self) -> None:
+        """The client drops every new inbound TCP connection: the server cannot connect back."""
+        self.iptables(self.client_ns, "-A", "INPUT", "-p", "tcp", "--syn", "-j", "DROP")
+
+    def block_passive(self) -> None:
+        """The server drops connections to its passive port range."""
+        self.iptables(
+            self.server_ns,
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            f"{PASV_PORTS[0]}:{PASV_PORTS[1]}",
+            "-j",
+            "DROP",
+        )
+
+    def unblock(self) -> None:
+        for ns in (self.client_ns, self.server_ns):
+            self.iptables(ns, "-F", "INPUT")
+
+    def write_config(self, passive: bool, password: str = FTP_PASSWORD) -> Path:
+        (self.base / "ftp.pass").write_text(password + "\n")
+        site = self.base / "site"
+        if not site.exists():
+            (site / "wp-content" / "uploads").mkdir(parents=True)
+            (site / "index.php").write_text("<?php echo 'hello';\n")
+            (site / "wp-content" / "uploads" / "photo.bin").write_bytes(os.urandom(2_000_000))
+            (site / "current").symlink_to("wp-content/uploads")
+        path = self.base / "jobs.toml"
+        path.write_text(f"""
+[agent]
+state_dir = "{self.base}/state"
+log_dir = "{self.base}/log"
+spool_dir = "{self.base}/spool"
+
+[destinations.lab]
+type = "ftp"
+host = "{SERVER_ADDR}"
+user = "{FTP_USER}"
+password_file = "{self.base}/ftp.pass"
+directory = "backups/site"
+timeout = 4
+keep = 5
+
+[jobs.site]
+destination = "lab"
+passive = {str(passive).lower()}
+sources = ["{site}"]
+""")
+        return path
+
+    def remote_names(self) -> list[str]:
+        d = self.ftp_root / "backups" / "site"
+        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def _missing_parts() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in ("ip", "iptables", "vsftpd", "useradd", "chpasswd"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed"
+    if not Path("/etc/pam.d/vsftpd").exists():
+        return "vsftpd's PAM configuration is missing"
+    probe = _run("ip", "netns", "add", "ba-probe", check=False)
+    if probe.returncode != 0:
+        return f"cannot create network namespaces: {probe.stderr.strip()}"
+    _run("ip", "netns", "del", "ba-probe", check=False)
+    return None
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    missing = _missing_parts()
+    require_system(missing is None, missing or "")
+    tag = f"{os.getpid() % 100000}"
+    base = Path(tempfile.mkdtemp(prefix="ba-lab-"))
+    os.chmod(base, 0o755)
+    cns, sns = f"ba-cli-{tag}", f"ba-srv-{tag}"
+    veth_c, veth_s = f"bac{tag}", f"bas{tag}"
+    lab = Lab(base, cns, sns, base / "home")
+    created_user = False
+    try:
+        for ns in (cns, sns):
+            _run("ip", "netns", "add", ns)
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run(
+            "ip",
+            "link",
+            "add",
+            veth_c,
+            "netns",
+            cns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            veth_s,
+            "netns",
+            sns,
+        )
+        _run("ip", "-n", cns, "addr", "add", f"{CLIENT_ADDR}/30", "dev", veth_c)
+        _run("ip", "-n", sns, "addr", "add", f"{SERVER_ADDR}/30", "dev", veth_s)
+        _run("ip", "-n", cns, "link", "set", veth_c, "up")
+        _run("ip", "-n", sns, "link", "set", veth_s, "up")
+
+        lab.ftp_root.mkdir()
+        (base / "empty").mkdir()
+        try:
+            pwd.getpwnam(FTP_USER)
+        except KeyError:
+            _run(
+                "useradd",
+                "--no-create-home",
+                "--home-dir",
+                str(lab.ftp_root),
+                "--shell",
+                "/bin/sh",
+                FTP_USER,
+            )
+            created_user = True
+        _run("usermod", "--home", str(lab.ftp_root), FTP_USER)
+        subprocess.run(["chpasswd"], input=f"{FTP_USER}:{FTP_PASSWORD}\n", text=True, check=True)
+        user = pwd.getpwnam(FTP_USER)
+        os.chown(lab.ftp_root, user.pw_uid, user.pw_gid)
+
+        conf = base / "vsftpd.conf"
+        conf.write_text(
+            VSFTPD_CONF.format(
+                server=SERVER_ADDR, base=base, pasv_min=PASV_PORTS[0], pasv_max=PASV_PORTS[1]
+            )
+        )
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", sns, "vsftpd", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        lab.procs.append(server)
+        _wait_for_listener(lab, server)
+        yield lab
+    finally:
+        for proc in lab.procs:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for ns in (cns, sns):
+            _run("ip", "netns", "del", ns, check=False)
+        if created_user:
+            _run("userdel", FTP_USER, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_for_listener(lab: Lab, server: subprocess.Popen[bytes]) -> None:
+    """Block until vsftpd answers on port 21 (bounded), or fail with its stderr."""
+    script = (
+        "import socket, time\n"
+        "end = time.monotonic() + 15\n"
+        "while True:\n"
+        "    try:\n"
+        f"        s = socket.create_connection(('{SERVER_ADDR}', 21), timeout=2)\n"
+        "        print(s.recv(100).decode().strip()); break\n"
+        "    except OSError:\n"
+        "        if time.monotonic() > end: raise\n"
+        "        time.sleep(0.05)\n"
+    )
+    result = lab.client(sys.executable, "-c", script)
+    if result.returncode != 0 or not result.stdout.startswith("220"):
+        server.terminate()
+        err = server.stderr.read().decode() if server.stderr else ""
+        pytest.fail(f"vsftpd did not start: {result.stderr.strip()} {err.strip()}")

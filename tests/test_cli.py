@@ -1,0 +1,126 @@
+"""The command line as users and scripts see it: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from backupagent.ftpserver import LocalFtpServer
+
+from .conftest import WriteConfig
+
+
+def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "backupagent"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=120)
+
+
+def test_check_reports_all_problems_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(
+        '[destinations.d]\ntype = "ftp"\nhost = "h"\ntimeot = 3\n\n'
+        '[jobs.nightly]\ndestination = "d"\npassive = "no"\nsources = ["/srv"]\n'
+        'schedule = "every night"\n'
+    )
+    result = cli(path, "check")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "jobs.toml: [destinations.d] timeot: unknown key; did you mean 'timeout'?" in lines
+    assert any(line.startswith("jobs.toml: [jobs.nightly] passive: ") for line in lines)
+    assert any(line.startswith("jobs.toml: [jobs.nightly] schedule: ") for line in lines)
+    assert "Traceback" not in result.stderr
+
+
+def test_check_ok(write_config: WriteConfig) -> None:
+    config = write_config()
+    result = cli(config.path, "check")
+    assert result.returncode == 0, result.stderr
+    assert "OK (1 jobs, 1 destinations)" in result.stdout
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = cli(tmp_path / "nope.toml", "check")
+    assert result.returncode == 2
+    assert "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_from_environment(write_config: WriteConfig) -> None:
+    config = write_config()
+    env = {**os.environ, "BACKUPAGENT_CONFIG": str(config.path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "backupagent", "check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_unknown_job_exits_2(write_config: WriteConfig) -> None:
+    result = cli(write_config().path, "run-job", "nosuch")
+    assert result.returncode == 2
+    assert "no [jobs.nosuch] table (jobs: www)" in result.stderr
+
+
+def test_run_job_success_then_logs(write_config: WriteConfig) -> None:
+    config = write_config()
+    result = cli(config.path, "run-job", "www")
+    assert result.returncode == 0, result.stderr
+    assert "www: OK" in result.stdout and "Log: " in result.stdout
+    logs = cli(config.path, "logs", "www")
+    assert logs.returncode == 0
+    assert "FTP client command: PASS ****" in logs.stdout
+    assert "[passive] FTP client command: PASV" in logs.stdout
+
+
+def test_run_job_failure_exits_1_with_suggestion_and_logs_highlight(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config()
+    ftp_server.block_passive()
+    result = cli(config.path, "run-job", "www")
+    assert result.returncode == 1
+    assert "www: FAILED" in result.stdout
+    assert "Suggestion:" in result.stdout
+    assert "set passive = false" in result.stdout
+    assert "Traceback" not in result.stderr
+    logs = cli(config.path, "logs", "www")
+    assert "==================== SUGGESTION ====================" in logs.stdout
+    run_id = Path(result.stdout.split("Log: ")[1].split()[0]).stem
+    by_id = cli(config.path, "logs", "www", "--run", run_id)
+    assert by_id.stdout == logs.stdout
+
+
+def test_second_run_of_same_job_exits_75(write_config: WriteConfig) -> None:
+    config = write_config()
+    lock = config.agent.state_dir / "locks" / "www.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = cli(config.path, "run-job", "www")
+    assert result.returncode == 75
+    assert "already running" in result.stderr
+    assert cli(config.path, "run-job", "www").returncode == 0  # released: runs again
+
+
+def test_diagnose_reports_each_mode(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:
+    config = write_config()
+    ftp_server.block_passive()
+    result = cli(config.path, "diagnose", "www")
+    assert result.returncode == 1
+    assert "passive  fails" in result.stdout and "active   works" in result.stdout
+    assert "set passive = false" in result.stdout
+
+
+def test_demo_runs_the_whole_story() -> None:
+    result = cli(None, "demo", "--clean")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert out.count("site: OK") == 2 and out.count("site: FAILED") == 1
+    assert "Verified: a directory listing in active mode worked from this host." in out
