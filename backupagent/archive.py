@@ -56,10 +56,13 @@ class HashingWriter:
 class _SizedReader:
     """Reads exactly `size` bytes from a file, padding with zeros if it shrank."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(
+        self, handle: BinaryIO, size: int, on_bytes: Callable[[int], None] | None
+    ) -> None:
         self.handle = handle
         self.left = size
         self.shrunk_by = 0
+        self.on_bytes = on_bytes
 
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
@@ -68,6 +71,8 @@ class _SizedReader:
             self.shrunk_by += n - len(data)
             data += b"\0" * (n - len(data))
         self.left -= len(data)
+        if self.on_bytes:
+            self.on_bytes(len(data))
         return data
 
 
@@ -140,7 +145,7 @@ def _add(
             warn(entry.path, "changed type while being archived, skipped")
             return
         info = tar.gettarinfo(arcname=entry.arcname, fileobj=handle)
-        reader = _SizedReader(handle, info.size)
+        reader = _SizedReader(handle, info.size, on_bytes)
         try:
             tar.addfile(info, reader)  # type: ignore[arg-type]
         except OSError as exc:
@@ -150,8 +155,6 @@ def _add(
         after = os.fstat(fd)
     stats.files += 1
     stats.bytes_read += info.size
-    if on_bytes:
-        on_bytes(info.size)
     if reader.shrunk_by:
         warn(entry.path, f"shrank by {reader.shrunk_by} bytes while read; stored padded with zeros")
     elif grew or after.st_mtime_ns != before.st_mtime_ns or after.st_size != before.st_size:

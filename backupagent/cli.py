@@ -11,7 +11,7 @@ from rich.console import Console
 from backupagent import __version__
 from backupagent.config import Config, ConfigError, default_config_path, load_config
 from backupagent.logging import configure, read_events, run_logs
-from backupagent.runner import EXIT_LOCKED, EXIT_USAGE, RunResult
+from backupagent.runner import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, RunResult, SetupError
 from backupagent.state import JobLocked
 
 
@@ -78,6 +78,9 @@ def run_job_command(obj: _Context, job: str) -> None:
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)
+    except SetupError as exc:
+        click.echo(f"{job}: FAILED — {exc}", err=True)
+        sys.exit(EXIT_FAILED)
     print_summary(result)
     sys.exit(result.exit_code)
 

@@ -77,8 +77,9 @@ class Diagnosis:
     category: Category
     what: str  # what failed, in plain words
     evidence: tuple[str, ...]  # log lines or facts that show it
-    advice: str  # what to do when no jobs.toml key fixes it
+    advice: str  # what to do when no mode flip fixes it
     passive_should_be: bool | None = None  # the passive value to suggest, if a flip helps
+    keys: tuple[str, ...] = ()  # the destination's jobs.toml keys to look at
 
     @property
     def flips_mode(self) -> bool:
@@ -141,6 +142,7 @@ def diagnose(failure: Failure) -> Diagnosis:
             (f"connecting to {failure.address}: {failure.error}",),
             "Check `host` and `port` of the destination, that the server is running, and "
             "that this host may reach it (DNS, firewall).",
+            keys=("host", "port"),
         )
     if (
         failure.kind is FailureKind.TLS
@@ -153,6 +155,7 @@ def diagnose(failure: Failure) -> Diagnosis:
             exchange or (failure.error,),
             'Check the destination\'s `tls` setting ("none", "explicit" or "implicit") '
             "against what the server offers, and the server's certificate.",
+            keys=("tls", "port"),
         )
     if code == 530 or (verb in LOGIN_VERBS and code is not None and code >= 400):
         return Diagnosis(
@@ -161,6 +164,7 @@ def diagnose(failure: Failure) -> Diagnosis:
             exchange,
             "Check `user` and the password (`password_file`, `password_env` or `password`) "
             "of the destination. This is not a passive/active mode problem.",
+            keys=("user", "password_file", "password_env", "password"),
         )
     if verb in PASSIVE_VERBS and code in (500, 502, 504):
         return Diagnosis(
@@ -208,6 +212,7 @@ def diagnose(failure: Failure) -> Diagnosis:
             exchange,
             "Free space on the server or raise the quota, or lower `keep` so fewer backups "
             "are kept. This is not a passive/active mode problem.",
+            keys=("keep",),
         )
     if code in (550, 553):
         return Diagnosis(
@@ -217,6 +222,7 @@ def diagnose(failure: Failure) -> Diagnosis:
             "Check the destination's `directory` exists or can be created, and that the FTP "
             "user may write, rename and delete files there. This is not a passive/active "
             "mode problem.",
+            keys=("directory", "user"),
         )
     if failure.kind is FailureKind.DATA_TRANSFER or code == 426:
         return Diagnosis(
@@ -227,6 +233,7 @@ def diagnose(failure: Failure) -> Diagnosis:
             "The connection was established, so the mode works; the network or the server "
             "dropped it midway. Run the job again; if it recurs, raise `timeout` and check "
             "the server's idle and transfer limits.",
+            keys=("timeout",),
         )
     if failure.kind is FailureKind.CONTROL_LOST:
         return Diagnosis(
@@ -245,7 +252,11 @@ def diagnose(failure: Failure) -> Diagnosis:
 
 
 def suggestion_text(
-    diagnosis: Diagnosis, job: str, config_path: Path, probe: ProbeResult | None
+    diagnosis: Diagnosis,
+    job: str,
+    destination: str,
+    config_path: Path,
+    probe: ProbeResult | None,
 ) -> str:
     """The plain-words suggestion: what failed, the evidence, and the exact change to make."""
     lines = [f"Job '{job}': {diagnosis.what}."]
@@ -271,4 +282,7 @@ def suggestion_text(
         )
     else:
         lines.append(f"Advice: {diagnosis.advice}")
+        if diagnosis.keys:
+            keys = ", ".join(diagnosis.keys)
+            lines.append(f"Where: in {config_path}, under [destinations.{destination}]: {keys}")
     return "\n".join(lines)

@@ -77,6 +77,7 @@ def new_run_id(now: dt.datetime) -> str:
 
 def run_job(config: Config, job_name: str, progress: Progress | None = None) -> RunResult:
     """Run `job_name` once in the foreground; raises state.JobLocked if it is already running."""
+    _prepare_directories(config, job_name)
     with job_lock(config.agent.state_dir, job_name):
         started = dt.datetime.now(dt.UTC)
         run_id = new_run_id(started)
@@ -86,6 +87,25 @@ def run_job(config: Config, job_name: str, progress: Progress | None = None) -> 
             _Run(config, job_name, run_id, started, result, progress or Progress()).execute()
             result.seconds = time.monotonic() - clock
             return result
+
+
+class SetupError(Exception):
+    """The agent's own directories cannot be used; names the [agent] key to fix."""
+
+
+def _prepare_directories(config: Config, job_name: str) -> None:
+    for key, path in (
+        ("state_dir", config.agent.state_dir / "locks"),
+        ("log_dir", config.agent.log_dir / job_name),
+        ("spool_dir", config.agent.spool_dir / job_name),
+    ):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError(
+                f"cannot create {path}: {exc.strerror or exc} "
+                f"(set [agent] {key} in {config.path} to a directory this user may write)"
+            ) from None
 
 
 class _Run:
@@ -129,6 +149,10 @@ class _Run:
                 return
         except RunError as exc:
             self._fail(str(exc))
+            return
+        except Exception as exc:  # a bug: record it in the run's log rather than lose it
+            log.exception("internal error")
+            self._fail(f"internal error: {type(exc).__name__}: {exc}")
             return
         finally:
             spool.unlink(missing_ok=True)
@@ -320,7 +344,9 @@ class _Run:
             self.log.info(
                 "probe finished", probe_mode=mode_name(other), ok=probe.ok, detail=probe.detail
             )
-        text = suggestion_text(diagnosis, self.job_name, self.config.path, probe)
+        text = suggestion_text(
+            diagnosis, self.job_name, self.job.destination, self.config.path, probe
+        )
         self.result.outcome = "failed"
         self.result.error = diagnosis.what
         self.result.suggestion = text

@@ -124,3 +124,16 @@ def test_demo_runs_the_whole_story() -> None:
     out = result.stdout
     assert out.count("site: OK") == 2 and out.count("site: FAILED") == 1
     assert "Verified: a directory listing in active mode worked from this host." in out
+
+
+def test_unwritable_log_dir_is_a_clear_failure(write_config: WriteConfig, tmp_path: Path) -> None:
+    config = write_config()
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where log_dir should be")
+    text = config.path.read_text().replace(f'log_dir = "{tmp_path}/log"', f'log_dir = "{blocker}"')
+    config.path.write_text(text)
+    result = cli(config.path, "run-job", "www")
+    assert result.returncode == 1
+    assert f"cannot create {blocker}/www" in result.stderr
+    assert "[agent] log_dir" in result.stderr
+    assert "Traceback" not in result.stderr

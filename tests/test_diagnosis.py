@@ -303,7 +303,9 @@ def test_classification(failure: Failure, category: Category, passive: bool | No
 def test_passive_suggestion_quotes_reply_address_and_change() -> None:
     failure = CASES[0][1]
     probe = ProbeResult(passive=False, ok=True, detail="3 entries listed")
-    text = suggestion_text(diagnose(failure), "nightly", Path("/etc/backupagent/jobs.toml"), probe)
+    text = suggestion_text(
+        diagnose(failure), "nightly", "offsite", Path("/etc/backupagent/jobs.toml"), probe
+    )
     assert "FTP client command: PASV" in text
     assert "FTP server reply: 227 Entering Passive Mode (10,0,0,2,156,64)." in text
     assert "10.0.0.2:40000: timed out after 5s" in text
@@ -314,7 +316,7 @@ def test_passive_suggestion_quotes_reply_address_and_change() -> None:
 def test_active_suggestion_quotes_port_and_425() -> None:
     failure = CASES[3][1]
     probe = ProbeResult(passive=True, ok=True, detail="ok")
-    text = suggestion_text(diagnose(failure), "nightly", Path("jobs.toml"), probe)
+    text = suggestion_text(diagnose(failure), "nightly", "offsite", Path("jobs.toml"), probe)
     assert "FTP client command: PORT 10,0,0,1,200,10" in text
     assert "FTP server reply: 425 Failed to establish connection." in text
     assert text.endswith("set passive = true")
@@ -322,14 +324,17 @@ def test_active_suggestion_quotes_port_and_425() -> None:
 
 def test_neither_mode_works_points_at_firewall_not_flip() -> None:
     probe = ProbeResult(passive=False, ok=False, detail="timed out after 5s")
-    text = suggestion_text(diagnose(CASES[0][1]), "nightly", Path("jobs.toml"), probe)
+    text = suggestion_text(diagnose(CASES[0][1]), "nightly", "offsite", Path("jobs.toml"), probe)
     assert "neither mode works" in text
     assert "passive port range" in text
     assert "set passive" not in text
 
 
 def test_login_advice_never_mentions_a_flip() -> None:
-    text = suggestion_text(diagnose(CASES[9][1]), "nightly", Path("jobs.toml"), None)
+    text = suggestion_text(diagnose(CASES[9][1]), "nightly", "offsite", Path("jobs.toml"), None)
     assert "FTP server reply: 530 Login incorrect." in text
     assert "password" in text
     assert "set passive" not in text
+    assert text.endswith(
+        "Where: in jobs.toml, under [destinations.offsite]: user, password_file, password_env, password"
+    )
