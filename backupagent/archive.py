@@ -56,9 +56,7 @@ class HashingWriter:
 class _SizedReader:
     """Reads exactly `size` bytes from a file, padding with zeros if it shrank."""
 
-    def __init__(
-        self, handle: BinaryIO, size: int, on_bytes: Callable[[int], None] | None
-    ) -> None:
+    def __init__(self, handle: BinaryIO, size: int, on_bytes: Callable[[int], None] | None) -> None:
         self.handle = handle
         self.left = size
         self.shrunk_by = 0

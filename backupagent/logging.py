@@ -10,7 +10,7 @@ import contextlib
 import json
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,7 +43,7 @@ def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
     )
 
 
-def _emit(_logger: Any, _method: str, event: dict[str, Any]) -> Any:
+def _emit(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
     """Final processor: write the event to both sinks, then drop it."""
     run_file = _run_file.get()
     if run_file is not None:

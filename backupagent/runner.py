@@ -9,7 +9,7 @@ import json
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from backupagent.retention import (
     select_for_deletion,
     temp_name,
 )
-from backupagent.sources.files import identity, walk
+from backupagent.sources.files import Entry, identity, walk
 from backupagent.state import job_lock
 
 EXIT_OK = 0
@@ -135,7 +135,9 @@ class _Run:
         log = self.log
         log.info(
             "run started",
-            destination=f"{self.dest.host}:{self.dest.effective_port}{self.dest.directory}",
+            destination=self.job.destination,
+            server=f"{self.dest.host}:{self.dest.effective_port}",
+            directory=self.dest.directory,
             mode=mode_name(self.passive),
             sources=[str(s) for s in self.job.sources],
             agent_version=__version__,
@@ -165,23 +167,22 @@ class _Run:
             warnings=len(self.result.warnings),
         )
 
-    def _fail(self, error: str, suggestion: str | None = None) -> None:
+    def _fail(self, error: str) -> None:
         self.result.outcome = "failed"
         self.result.error = error
-        self.result.suggestion = suggestion
         self.log.error("run failed", result="failed", error=error)
-        if suggestion:
-            self.log.warning("suggestion", text=suggestion)
 
     def _archive(self, spool: Path) -> ArchiveStats:
         """Write the archive to the spool file; missing sources fail the run."""
         missing = [str(s) for s in self.job.sources if not s.exists()]
         if missing:
             raise RunError(f"source not found: {', '.join(missing)}")
-        spool.parent.mkdir(parents=True, exist_ok=True)
-        skip = frozenset(i for i in (identity(spool.parent),) if i is not None)
+        agent = self.config.agent
+        # the agent's own files change while it runs: never archive them
+        own = (agent.spool_dir, agent.log_dir, agent.state_dir)
+        skip = frozenset(i for i in map(identity, own) if i is not None)
 
-        def entries():  # type: ignore[no-untyped-def]
+        def entries() -> Iterator[Entry]:
             for source in self.job.sources:
                 yield from walk(source, self.job.exclude, self._warn, skip)
 

@@ -212,3 +212,21 @@ def test_missing_source_fails_before_connecting(write_config: WriteConfig, site:
     assert result.exit_code == 1
     assert "source not found" in result.error
     assert not any(e["event"].startswith("FTP") for e in read_events(result.log_path))
+
+
+def test_agent_dirs_inside_a_source_are_not_archived(
+    write_config: WriteConfig, site: Path, tmp_path: Path
+) -> None:
+    config = write_config()
+    text = config.path.read_text()
+    for key in ("state", "log", "spool"):
+        text = text.replace(f'"{tmp_path}/{key}"', f'"{site}/.agent/{key}"')
+    config.path.write_text(text)
+    from backupagent.config import load_config
+
+    result = run_job(load_config(config.path), "www")
+    assert result.outcome == "success", result.warnings
+    data = download(config, f"{result.backup_id}.tar.zst")
+    names = unpack(data, tmp_path / "out")
+    assert not any("/.agent/" in n for n in names), names
+    assert any(n.endswith("/.agent") for n in names)

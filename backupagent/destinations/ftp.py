@@ -11,8 +11,7 @@ import ftplib
 import io
 import socket
 import ssl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import structlog
@@ -67,11 +66,13 @@ def _describe_os_error(exc: BaseException) -> str:
 class _DialogueMixin:
     """Hooks into ftplib's line I/O to log and record every command and reply."""
 
-    log: Any
-    dialogue: list[Line]
-    _data_target: str | None
-    passiveserver: bool
-    timeout: float
+    passiveserver: bool | int
+
+    def __init__(self, log: Any, dialogue: list[Line], **kwargs: Any) -> None:
+        self.log = log
+        self.dialogue = dialogue
+        self._data_target: str | None = None  # the passive address being connected to
+        super().__init__(**kwargs)
 
     def putcmd(self, line: str) -> None:
         shown = "PASS ****" if line[:5].upper() == "PASS " else line
@@ -105,7 +106,7 @@ class _DialogueMixin:
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, Any]:
         try:
             return super().ntransfercmd(cmd, rest)  # type: ignore[misc]
-        except (ftplib.Error, EOFError):
+        except (ftplib.Error, EOFError, ssl.SSLError):
             raise
         except OSError as exc:
             if self.passiveserver and self._data_target is not None:
@@ -139,7 +140,7 @@ class ImplicitFTPS(LoggingFTPS):
         return self.welcome
 
 
-_CLIENTS: dict[str, type[ftplib.FTP]] = {
+_CLIENTS: dict[str, Any] = {  # tls setting -> ftplib class with the dialogue hooks
     "none": LoggingFTP,
     "explicit": LoggingFTPS,
     "implicit": ImplicitFTPS,
@@ -154,14 +155,10 @@ class FtpSession:
         self.passive = passive
         self.dialogue: list[Line] = []
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
-        client_cls = _CLIENTS[dest.tls]
         kwargs: dict[str, Any] = {"timeout": dest.timeout}
         if dest.tls != "none":
             kwargs["context"] = ssl.create_default_context()
-        self.ftp: ftplib.FTP = client_cls(**kwargs)
-        self.ftp.log = self.log  # type: ignore[attr-defined]
-        self.ftp.dialogue = self.dialogue  # type: ignore[attr-defined]
-        self.ftp._data_target = None  # type: ignore[attr-defined]
+        self.ftp: ftplib.FTP = _CLIENTS[dest.tls](self.log, self.dialogue, **kwargs)
 
     def open(self) -> FtpSession:
         address = f"{self.dest.host}:{self.dest.effective_port}"
@@ -292,13 +289,6 @@ def _classify_exception(exc: BaseException) -> tuple[FailureKind, str, str | Non
         case EOFError() | OSError():
             return FailureKind.CONTROL_LOST, _describe_os_error(exc) or "connection closed", None
     return FailureKind.OTHER, f"{type(exc).__name__}: {exc}", None
-
-
-@contextmanager
-def session(dest: FtpDestination, passive: bool) -> Iterator[FtpSession]:
-    """An open, logged-in session that is closed on exit."""
-    with FtpSession(dest, passive) as s:
-        yield s
 
 
 def probe(dest: FtpDestination, passive: bool) -> ProbeResult:
