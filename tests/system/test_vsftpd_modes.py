@@ -5,6 +5,7 @@ vsftpd runs in a server namespace, the agent in a client namespace (see conftest
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -27,46 +28,54 @@ def _assert_nothing_published(lab: Lab) -> None:
     assert not [n for n in names if n.endswith((".tar.zst", ".manifest.json", ".partial"))], names
 
 
-def test_blocked_active_mode_suggests_passive_verified(lab: Lab) -> None:
-    lab.block_active()
-    config = lab.write_config(passive=False)
-    failed = lab.agent(config, "run-job", "site")
-    assert failed.returncode == 1, failed.stdout + failed.stderr
-    assert "set passive = true" in failed.stdout
-    assert "Verified: a directory listing in passive mode worked from this host." in failed.stdout
-    suggestion = _last_suggestion(lab)
-    assert suggestion["category"] == "active_data_connection"
-    assert suggestion["change"] == "passive = true" and suggestion["verified"] is True
-    assert any(e.startswith("FTP client command: PORT ") for e in suggestion["evidence"])
-    assert any(e.startswith("FTP server reply: 425") for e in suggestion["evidence"])
-    _assert_nothing_published(lab)
-
-    rerun = lab.agent(lab.write_config(passive=True), "run-job", "site")
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+def _assert_one_complete_backup(lab: Lab) -> None:
     names = lab.remote_names()
     manifests = [n for n in names if n.endswith(".manifest.json")]
-    assert len(manifests) == 1 and manifests[0].replace(".manifest.json", ".tar.zst") in names
+    assert len(manifests) == 1, names
     meta = json.loads((lab.ftp_root / "backups/site" / manifests[0]).read_text())
     archive = lab.ftp_root / "backups/site" / meta["files"][0]["name"]
-    assert archive.stat().st_size == meta["files"][0]["size"]
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == meta["files"][0]["sha256"]
 
 
-def test_blocked_passive_mode_suggests_active_verified(lab: Lab) -> None:
-    lab.block_passive()
-    config = lab.write_config(passive=True)
-    failed = lab.agent(config, "run-job", "site")
+@pytest.mark.parametrize(
+    ("blocked", "passive", "category", "evidence"),
+    [
+        # the client drops inbound SYNs: vsftpd cannot connect back for PORT, answers 425
+        (
+            "active",
+            False,
+            "active_data_connection",
+            ("FTP client command: PORT ", "FTP server reply: 425"),
+        ),
+        # the server drops its passive port range: connecting to the 227 address times out
+        (
+            "passive",
+            True,
+            "passive_data_connection",
+            ("FTP server reply: 227", "data connection to 10.231.7.2:"),
+        ),
+    ],
+)
+def test_blocked_mode_suggests_the_other_verified_and_rerun_succeeds(
+    lab: Lab, blocked: str, passive: bool, category: str, evidence: tuple[str, ...]
+) -> None:
+    getattr(lab, f"block_{blocked}")()
+    failed = lab.agent(lab.write_config(passive=passive), "run-job", "site")
     assert failed.returncode == 1, failed.stdout + failed.stderr
-    assert "set passive = false" in failed.stdout
-    assert "Verified: a directory listing in active mode worked from this host." in failed.stdout
+    other = "active" if passive else "passive"
+    flip = f"passive = {str(not passive).lower()}"
+    assert f"set {flip}" in failed.stdout
+    assert f"Verified: a directory listing in {other} mode worked from this host." in failed.stdout
     suggestion = _last_suggestion(lab)
-    assert suggestion["category"] == "passive_data_connection"
-    assert any(e.startswith("FTP server reply: 227") for e in suggestion["evidence"])
-    assert any("timed out after 4s" in e for e in suggestion["evidence"])
+    assert suggestion["category"] == category
+    assert suggestion["change"] == flip and suggestion["verified"] is True
+    for marker in evidence:
+        assert any(e.startswith(marker) for e in suggestion["evidence"]), suggestion["evidence"]
     _assert_nothing_published(lab)
 
-    rerun = lab.agent(lab.write_config(passive=False), "run-job", "site")
+    rerun = lab.agent(lab.write_config(passive=not passive), "run-job", "site")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert len([n for n in lab.remote_names() if n.endswith(".manifest.json")]) == 1
+    _assert_one_complete_backup(lab)
 
 
 def test_both_modes_blocked_points_at_the_firewall(lab: Lab) -> None:
