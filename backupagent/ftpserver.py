@@ -1,4 +1,4 @@
-"""A throwaway pyftpdlib server on 127.0.0.1, for `backupagent demo` and the fast tests.
+"""A throwaway pyftpdlib server on loopback, for `backupagent demo` and the fast tests.
 
 `block_passive` makes the server behave like one behind a firewall that blocks
 its passive port range: it answers PASV/EPSV with a port, then closes that port
@@ -29,7 +29,13 @@ class _BlockedPassiveDTP(PassiveDTP):
 class LocalFtpServer:
     """pyftpdlib serving `root` to one user, run in a background thread."""
 
-    def __init__(self, root: Path, user: str = "backup", password: str = "demo-secret") -> None:
+    def __init__(
+        self,
+        root: Path,
+        user: str = "backup",
+        password: str = "demo-secret",
+        host: str = "127.0.0.1",
+    ) -> None:
         self.root = root
         self.user = user
         self.password = password
@@ -56,7 +62,7 @@ class LocalFtpServer:
                 super().ftp_EPSV(line)
 
         Handler.authorizer = authorizer
-        self.server = FTPServer(("127.0.0.1", 0), Handler)
+        self.server = FTPServer((host, 0), Handler)
         self.host, self.port = self.server.address[:2]
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="ftp-server", daemon=True)

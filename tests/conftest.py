@@ -30,10 +30,11 @@ def _quiet_logging() -> None:
 
 
 @pytest.fixture
-def ftp_server(tmp_path: Path) -> Iterator[LocalFtpServer]:
+def ftp_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalFtpServer]:
+    """pyftpdlib on 127.0.0.1 (or the address given by indirect parametrization)."""
     root = tmp_path / "ftp-root"
     root.mkdir()
-    with LocalFtpServer(root) as server:
+    with LocalFtpServer(root, host=getattr(request, "param", "127.0.0.1")) as server:
         yield server
 
 
@@ -77,7 +78,7 @@ spool_dir = "{tmp_path}/spool"
 
 [destinations.test]
 type = "ftp"
-host = "127.0.0.1"
+host = "{ftp_server.host}"
 port = {ftp_server.port}
 user = "{ftp_server.user}"
 password_file = "{pass_file}"

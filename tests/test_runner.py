@@ -230,3 +230,17 @@ def test_agent_dirs_inside_a_source_are_not_archived(
     names = unpack(data, tmp_path / "out")
     assert not any("/.agent/" in n for n in names), names
     assert any(n.endswith("/.agent") for n in names)
+
+
+@pytest.mark.parametrize("ftp_server", ["::1"], indirect=True)
+@pytest.mark.parametrize(("passive", "verb"), [(True, "EPSV"), (False, "EPRT")])
+def test_ipv6_uses_extended_commands(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, passive: bool, verb: str
+) -> None:
+    result = run_job(write_config(job=f"passive = {str(passive).lower()}"), "www")
+    assert result.outcome == "success", result.error
+    commands = [e["event"] for e in read_events(result.log_path)]
+    assert any(c.startswith(f"FTP client command: {verb}") for c in commands)
+    assert not any(
+        c.startswith(("FTP client command: PASV", "FTP client command: PORT")) for c in commands
+    )
