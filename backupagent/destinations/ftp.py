@@ -29,20 +29,20 @@ class FtpError(Exception):
 class ControlConnectError(FtpError):
     """The control connection could not be opened."""
 
-    def __init__(self, address: str, cause: BaseException) -> None:
-        super().__init__(f"{address}: {_describe_os_error(cause)}")
+    def __init__(self, address: str, cause: BaseException, timeout: float) -> None:
         self.address = address
-        self.cause = cause
+        self.reason = _describe_os_error(cause, timeout)
+        super().__init__(f"{address}: {self.reason}")
 
 
 class DataConnectionError(FtpError):
     """The data connection could not be opened (passive connect or active accept)."""
 
-    def __init__(self, address: str | None, cause: BaseException) -> None:
-        where = f" to {address}" if address else ""
-        super().__init__(f"data connection{where}: {_describe_os_error(cause)}")
+    def __init__(self, address: str | None, cause: BaseException, timeout: float) -> None:
         self.address = address
-        self.cause = cause
+        self.reason = _describe_os_error(cause, timeout)
+        where = f" to {address}" if address else ""
+        super().__init__(f"data connection{where}: {self.reason}")
 
 
 class DataTransferError(FtpError):
@@ -53,9 +53,9 @@ class DataTransferError(FtpError):
 TRANSFER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ftplib.Error, FtpError)
 
 
-def _describe_os_error(exc: BaseException) -> str:
+def _describe_os_error(exc: BaseException, timeout: float | None = None) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
-        return "timed out"
+        return f"timed out after {timeout:g}s" if timeout else "timed out"
     if isinstance(exc, socket.gaierror):
         return f"name lookup failed ({exc.strerror})"
     if isinstance(exc, OSError) and exc.strerror:
@@ -67,6 +67,7 @@ class _DialogueMixin:
     """Hooks into ftplib's line I/O to log and record every command and reply."""
 
     passiveserver: bool | int
+    timeout: float
 
     def __init__(self, log: Any, dialogue: list[Line], **kwargs: Any) -> None:
         self.log = log
@@ -99,7 +100,8 @@ class _DialogueMixin:
 
     def makeport(self) -> socket.socket:
         sock = super().makeport()  # type: ignore[misc]
-        host, port = sock.getsockname()[:2]
+        host = self.sock.getsockname()[0]  # type: ignore[attr-defined]  # what PORT advertised
+        port = sock.getsockname()[1]
         self.log.debug(f"FTP data connection: waiting for the server on {host}:{port}")
         return sock
 
@@ -109,12 +111,16 @@ class _DialogueMixin:
         except (ftplib.Error, EOFError, ssl.SSLError):
             raise
         except OSError as exc:
-            if self.passiveserver and self._data_target is not None:
-                raise DataConnectionError(self._data_target, exc) from exc
             last = self.dialogue[-1] if self.dialogue else None
-            if not self.passiveserver and last is not None and str(last.code).startswith("1"):
-                raise DataConnectionError(None, exc) from exc
-            raise
+            if self.passiveserver and self._data_target is not None:
+                error = DataConnectionError(self._data_target, exc, self.timeout)
+            elif not self.passiveserver and last is not None and str(last.code).startswith("1"):
+                # the server never connected back
+                error = DataConnectionError(None, exc, self.timeout)
+            else:
+                raise
+            self.log.warning(f"FTP {error}")
+            raise error from exc
 
 
 class LoggingFTP(_DialogueMixin, ftplib.FTP):
@@ -168,7 +174,7 @@ class FtpSession:
         except ssl.SSLError:
             raise
         except OSError as exc:
-            raise ControlConnectError(address, exc) from exc
+            raise ControlConnectError(address, exc, self.dest.timeout) from exc
         self.ftp.login(self.dest.user, self.dest.read_password())
         if isinstance(self.ftp, ftplib.FTP_TLS):
             self.ftp.prot_p()
@@ -229,7 +235,8 @@ class FtpSession:
                 if isinstance(conn, ssl.SSLSocket):
                     conn.unwrap()
             except OSError as exc:
-                raise DataTransferError(f"after {sent} bytes: {_describe_os_error(exc)}") from exc
+                reason = _describe_os_error(exc, self.dest.timeout)
+                raise DataTransferError(f"after {sent} bytes: {reason}") from exc
         self.ftp.voidresp()
         return sent
 
@@ -268,18 +275,17 @@ class FtpSession:
     def failure(self, exc: BaseException) -> Failure:
         """Describe an exception raised by this session as plain data for diagnosis."""
         dialogue = tuple(self.dialogue)
-        kind, error, address = _classify_exception(exc)
-        if error == "timed out":
-            error = f"timed out after {self.dest.timeout:g}s"
+        kind, error, address = _classify_exception(exc, self.dest.timeout)
         return Failure(kind, self.passive, dialogue, error, address)
 
 
-def _classify_exception(exc: BaseException) -> tuple[FailureKind, str, str | None]:
+def _classify_exception(exc: BaseException, timeout: float) -> tuple[FailureKind, str, str | None]:
+    """(kind, error text, unreachable address) of an exception from an FTP session."""
     match exc:
         case ControlConnectError():
-            return FailureKind.CONTROL_CONNECT, _describe_os_error(exc.cause), exc.address
+            return FailureKind.CONTROL_CONNECT, exc.reason, exc.address
         case DataConnectionError():
-            return FailureKind.DATA_CONNECT, _describe_os_error(exc.cause), exc.address
+            return FailureKind.DATA_CONNECT, exc.reason, exc.address
         case DataTransferError():
             return FailureKind.DATA_TRANSFER, str(exc), None
         case ssl.SSLError() | ssl.CertificateError():
@@ -287,7 +293,7 @@ def _classify_exception(exc: BaseException) -> tuple[FailureKind, str, str | Non
         case ftplib.Error():
             return FailureKind.REPLY, str(exc), None
         case EOFError() | OSError():
-            return FailureKind.CONTROL_LOST, _describe_os_error(exc) or "connection closed", None
+            return FailureKind.CONTROL_LOST, _describe_os_error(exc, timeout) or "closed", None
     return FailureKind.OTHER, f"{type(exc).__name__}: {exc}", None
 
 
