@@ -67,7 +67,7 @@ class _DialogueMixin:
     """Hooks into ftplib's line I/O to log and record every command and reply."""
 
     passiveserver: bool | int
-    timeout: float
+    timeout: float | None
 
     def __init__(self, log: Any, dialogue: list[Line], **kwargs: Any) -> None:
         self.log = log
