@@ -38,7 +38,7 @@ class ControlConnectError(FtpError):
 class DataConnectionError(FtpError):
     """The data connection could not be opened (passive connect or active accept)."""
 
-    def __init__(self, address: str | None, cause: BaseException, timeout: float) -> None:
+    def __init__(self, address: str | None, cause: BaseException, timeout: float | None) -> None:
         self.address = address
         self.reason = _describe_os_error(cause, timeout)
         where = f" to {address}" if address else ""
