@@ -7,6 +7,7 @@ plain data so that diagnosis.py can explain a failure from it.
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import io
 import socket
@@ -302,10 +303,8 @@ def probe(dest: FtpDestination, passive: bool) -> ProbeResult:
     s = FtpSession(dest, passive)
     try:
         s.open()
-        try:
+        with contextlib.suppress(ftplib.error_perm):  # not created yet: list the login dir
             s.change_directory(dest.directory, create=False)
-        except ftplib.error_perm:
-            s.change_directory("/", create=False)
         entries = s.listing()
         return ProbeResult(passive, True, f"{len(entries)} entries listed")
     except TRANSFER_ERRORS as exc:
