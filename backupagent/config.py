@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
@@ -54,24 +54,15 @@ class AgentConfig(_Table):
     spool_dir: Path = Path("/var/tmp/backupagent")
 
 
-class FtpDestination(_Table):
-    """A `[destinations.NAME]` table with `type = "ftp"`."""
+class _Credentials(_Table):
+    """A table that may carry a password: inline, from a file, or from the environment."""
 
-    type: Literal["ftp"]
-    host: str = Field(min_length=1)
-    port: StrictInt | None = Field(default=None, ge=1, le=65535)
-    user: str = "anonymous"
     password: SecretStr | None = None
     password_file: Path | None = None
     password_env: str | None = None
-    directory: str = "/"
-    passive: StrictBool = True
-    tls: Literal["none", "explicit", "implicit"] = "none"
-    timeout: float = Field(default=30.0, gt=0, le=3600)
-    keep: StrictInt = Field(default=14, ge=1)
 
     @model_validator(mode="after")
-    def _one_password_source(self) -> FtpDestination:
+    def _one_password_source(self) -> _Credentials:
         given = [k for k in ("password", "password_file", "password_env") if getattr(self, k)]
         if len(given) > 1:
             raise ValueError(f"{given[1]}: give only one of {', '.join(given)}")
@@ -88,24 +79,104 @@ class FtpDestination(_Table):
         return self
 
     @property
+    def password_key(self) -> str:
+        """The key the password comes from, to name in advice."""
+        for key in ("password_file", "password_env", "password"):
+            if getattr(self, key):
+                return key
+        return "password_file"
+
+    def read_password(self) -> str | None:
+        """The password from whichever source is configured (None when there is none)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            lines = self.password_file.read_text(encoding="utf-8").splitlines()
+            return lines[0] if lines else ""
+        if self.password_env is not None:
+            return os.environ.get(self.password_env, "")
+        return None
+
+
+class FtpDestination(_Credentials):
+    """A `[destinations.NAME]` table with `type = "ftp"`."""
+
+    type: Literal["ftp"]
+    host: str = Field(min_length=1)
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    user: str = "anonymous"
+    directory: str = "/"
+    passive: StrictBool = True
+    tls: Literal["none", "explicit", "implicit"] = "none"
+    timeout: float = Field(default=30.0, gt=0, le=3600)
+    keep: StrictInt = Field(default=14, ge=1)
+
+    @property
     def effective_port(self) -> int:
         """The configured port, else 990 for implicit TLS and 21 otherwise."""
         if self.port is not None:
             return self.port
         return 990 if self.tls == "implicit" else 21
 
-    def read_password(self) -> str:
-        """The password from whichever source is configured ("" for none)."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        if self.password_file is not None:
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        if self.password_env is not None:
-            return os.environ.get(self.password_env, "")
-        return ""
-
 
 Destination = FtpDestination
+
+
+class MysqlDatabase(_Credentials):
+    """A MySQL/MariaDB database to dump with mariadb-dump (or mysqldump)."""
+
+    type: Literal["mysql"]
+    name: str = Field(min_length=1)  # a database, or "all" for every non-system one
+    host: str | None = None  # default: the local server through its socket
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    socket: Path | None = None
+    user: str | None = None  # default: the dump tool's own default (the login user)
+    table_prefix: str | None = None  # dump only the tables whose names start with this
+
+
+class PostgresDatabase(_Credentials):
+    """A PostgreSQL database to dump with pg_dump in custom format."""
+
+    type: Literal["postgresql"]
+    name: str = Field(min_length=1)  # a database, or "all" for every non-template one
+    host: str | None = None  # a host name, or a socket directory such as /run/postgresql
+    port: StrictInt | None = Field(default=None, ge=1, le=65535)
+    user: str | None = None
+
+
+class SqliteDatabase(_Table):
+    """An SQLite file, copied consistently through SQLite's online backup API."""
+
+    type: Literal["sqlite"]
+    path: Path
+    name: str | None = Field(default=None, min_length=1)  # default: the file name's stem
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
+
+    @property
+    def dump_name(self) -> str:
+        return self.name or self.path.stem
+
+
+Database = Annotated[MysqlDatabase | PostgresDatabase | SqliteDatabase, Field(discriminator="type")]
+
+# Caches and other backup plugins' archives: large, rebuildable, or backups themselves.
+WORDPRESS_EXCLUDES = [
+    "wp-content/cache/",
+    "wp-content/upgrade/",
+    "wp-content/updraft/",
+    "wp-content/ai1wm-backups/",
+    "wp-content/backups-dup-lite/",
+    "wp-content/wpvividbackups/",
+    "wp-content/uploads/backwpup*/",
+    "wp-content/uploads/backupbuddy_backups/",
+    "*.log",
+]
 
 
 class Job(_Table):
@@ -114,8 +185,12 @@ class Job(_Table):
     schedule: str | None = None
     destination: str
     passive: StrictBool | None = None
-    sources: list[Path] = Field(min_length=1)
+    sources: list[Path] = []
     exclude: list[str] = []
+    databases: list[Database] = []
+    wordpress: Path | None = None  # a site root: its files plus the database in wp-config.php
+    wordpress_exclude: list[str] = WORDPRESS_EXCLUDES  # replaces the default list when set
+    wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
 
@@ -138,6 +213,30 @@ class Job(_Table):
             if not path.is_absolute():
                 raise ValueError(f"{str(path)!r} is not an absolute path")
         return value
+
+    @field_validator("wordpress")
+    @classmethod
+    def _absolute_root(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"{str(value)!r} is not an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_back_up(self) -> Job:
+        if not (self.sources or self.databases or self.wordpress):
+            raise ValueError("sources: nothing to back up: give sources, databases or wordpress")
+        names = [d.dump_name if isinstance(d, SqliteDatabase) else d.name for d in self.databases]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"databases[{i}].name: {name!r} is dumped twice in this job")
+        return self
+
+
+DATABASE_MODELS: dict[str, type[BaseModel]] = {
+    "mysql": MysqlDatabase,
+    "postgresql": PostgresDatabase,
+    "sqlite": SqliteDatabase,
+}
 
 
 class Config(BaseModel):
@@ -250,22 +349,26 @@ def _validate(
 
 def _describe(model: type[BaseModel], err: Any) -> str:
     """One pydantic error as `key: message`, worded for someone editing TOML."""
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    raw_loc = err["loc"]
+    # drop the discriminator tag pydantic inserts after a list index: databases[0].mysql.port
+    tags = [p for i, p in enumerate(raw_loc) if i and isinstance(raw_loc[i - 1], int)]
+    loc = [p for p in raw_loc if p not in tags or p not in DATABASE_MODELS]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = _unknown_key(key, list(model.model_fields))
+        table = next((DATABASE_MODELS[t] for t in tags if t in DATABASE_MODELS), model)
+        msg = _unknown_key(str(loc[-1]), list(table.model_fields))
     elif err["type"] == "missing":
         msg = "required key is missing"
-    elif (
-        "input" in err
-        and err["type"] not in ("value_error",)
-        and not isinstance(err["input"], dict)
+    elif err["type"] == "value_error" and (
+        named := re.match(r"^([a-z_]+(?:\[\d+\])?[a-z_.]*): ", msg)
     ):
+        # a model-level check names its key first: "password_file: cannot read ..."
+        key = f"{key}.{named[1]}".lstrip(".")
+        msg = msg[named.end() :]
+    elif "input" in err and err["type"] != "value_error" and not isinstance(err["input"], dict):
         msg = f"{msg} (got {err['input']!r})"
-    if not key:
-        # model-level validators name their key as "key: message"
-        return msg
-    return f"{key}: {msg}"
+    return f"{key}: {msg}" if key else msg
 
 
 def _unknown_key(key: str, allowed: list[str]) -> str:

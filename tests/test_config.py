@@ -61,7 +61,7 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
         ),
         (
             {"extra": TWO.format("sources = []")},
-            "jobs.toml: [jobs.two] sources: List should have at least 1 item",
+            "jobs.toml: [jobs.two] sources: nothing to back up: give sources, databases or wordpress",
         ),
         (
             {"dest": "port = 70000"},
@@ -176,3 +176,32 @@ def test_example_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     path.write_text(text.replace("/etc/backupagent/offsite.pass", str(secret)))
     config = load_config(path)
     assert "nightly" in config.jobs
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('{ type = "mysql" }', "[jobs.two] databases[0].name: required key is missing"),
+        ('{ type = "mysql", name = "wp", port = "x" }', "[jobs.two] databases[0].port: Input should be a valid integer"),
+        ('{ type = "mysql", name = "wp", pasword = "x" }', "[jobs.two] databases[0].pasword: unknown key; did you mean 'password'?"),
+        ('{ type = "oracle", name = "wp" }', "[jobs.two] databases[0]: Input tag 'oracle' found using 'type' does not match"),
+        ('{ type = "sqlite", path = "rel.db" }', "[jobs.two] databases[0].path: 'rel.db' is not an absolute path"),
+        ('{ type = "postgresql", name = "app", password_file = "/nonexistent/pg.pass" }', "[jobs.two] databases[0].password_file: cannot read /nonexistent/pg.pass"),
+    ],
+)
+def test_database_entries_are_validated(tmp_path: Path, entry: str, expected: str) -> None:
+    problems = _problems(tmp_path, extra=TWO.format(f"databases = [{entry}]"))
+    assert any(p.startswith(f"jobs.toml: {expected}") for p in problems), problems
+
+
+def test_duplicate_dump_names_are_rejected(tmp_path: Path) -> None:
+    entries = '{ type = "mysql", name = "wp" }, { type = "postgresql", name = "wp" }'
+    problems = _problems(tmp_path, extra=TWO.format(f"databases = [{entries}]"))
+    assert problems == ["jobs.toml: [jobs.two] databases[1].name: 'wp' is dumped twice in this job"]
+
+
+def test_wordpress_job_needs_no_sources(tmp_path: Path) -> None:
+    config = _load(tmp_path, extra=TWO.format('wordpress = "/var/www/html"'))
+    job = config.jobs["two"]
+    assert job.sources == [] and "wp-content/cache/" in job.wordpress_exclude
+    assert job.wordpress_tables == "all"

@@ -176,7 +176,7 @@ class FtpSession:
             raise
         except OSError as exc:
             raise ControlConnectError(address, exc, self.dest.timeout) from exc
-        self.ftp.login(self.dest.user, self.dest.read_password())
+        self.ftp.login(self.dest.user, self.dest.read_password() or "")
         if isinstance(self.ftp, ftplib.FTP_TLS):
             self.ftp.prot_p()
         self.ftp.set_pasv(self.passive)
