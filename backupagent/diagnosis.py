@@ -38,6 +38,12 @@ class Category(StrEnum):
     DATA_BROKEN = "data_transfer_broken"
     CONTROL_LOST = "control_connection_lost"
     UNKNOWN = "unknown"
+    DB_LOGIN = "database_login"
+    DB_UNKNOWN = "database_unknown"
+    DB_UNREACHABLE = "database_unreachable"
+    DB_TOOL_MISSING = "dump_tool_missing"
+    DB_INCOMPLETE = "dump_incomplete"
+    DB_FAILED = "dump_failed"
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,9 @@ class Diagnosis:
     evidence: tuple[str, ...]  # log lines or facts that show it
     advice: str  # what to do when no mode flip fixes it
     passive_should_be: bool | None = None  # the passive value to suggest, if a flip helps
-    keys: tuple[str, ...] = ()  # the destination's jobs.toml keys to look at
+    keys: tuple[str, ...] = ()  # the jobs.toml keys to look at
+    table: str | None = None  # where those keys are; None: the job's destination table
+    file: Path | None = None  # the file holding them; None: jobs.toml
 
     @property
     def flips_mode(self) -> bool:
@@ -284,5 +292,162 @@ def suggestion_text(
         lines.append(f"Advice: {diagnosis.advice}")
         if diagnosis.keys:
             keys = ", ".join(diagnosis.keys)
-            lines.append(f"Where: in {config_path}, under [destinations.{destination}]: {keys}")
+            table = f"destinations.{destination}" if diagnosis.table is None else diagnosis.table
+            under = f", under [{table}]" if table else ""
+            lines.append(f"Where: in {diagnosis.file or config_path}{under}: {keys}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DumpFailure:
+    """A database dump that failed, as plain data."""
+
+    engine: str  # "mysql" | "postgresql" | "sqlite"
+    database: str
+    tool: str  # the program run, or the names looked for when none was found
+    returncode: int | None  # None: the tool could not be started at all
+    stderr: str
+    complete: bool = True  # the dump ended with its completion marker
+    keys: tuple[tuple[str, str], ...] = ()  # role ("user", "password", "name", "host") -> key
+    table: str | None = None
+    file: Path | None = None
+
+
+DUMP_TOOL_PACKAGES = {"mysql": "mariadb-client", "postgresql": "postgresql-client"}
+
+# (engine, pattern in the tool's stderr, category, what failed, roles of the keys to check)
+DUMP_ERRORS: tuple[tuple[str, str, Category, str, tuple[str, ...]], ...] = (
+    (
+        "mysql",
+        "access denied for user",
+        Category.DB_LOGIN,
+        "the database server refused the login",
+        ("user", "password"),
+    ),
+    (
+        "mysql",
+        "unknown database",
+        Category.DB_UNKNOWN,
+        "the database does not exist on the server",
+        ("name",),
+    ),
+    (
+        "mysql",
+        "can't connect",
+        Category.DB_UNREACHABLE,
+        "the database server could not be reached",
+        ("host", "port", "socket"),
+    ),
+    (
+        "mysql",
+        "unknown server host",
+        Category.DB_UNREACHABLE,
+        "the database server's host name could not be resolved",
+        ("host",),
+    ),
+    (
+        "mysql",
+        "lost connection",
+        Category.DB_UNREACHABLE,
+        "the connection to the database server was lost",
+        ("host", "port", "socket"),
+    ),
+    (
+        "postgresql",
+        "password authentication failed",
+        Category.DB_LOGIN,
+        "the database server refused the login",
+        ("user", "password"),
+    ),
+    (
+        "postgresql",
+        "no password supplied",
+        Category.DB_LOGIN,
+        "the database server asked for a password and none is configured",
+        ("user", "password"),
+    ),
+    ("postgresql", 'role "', Category.DB_LOGIN, "the database user does not exist", ("user",)),
+    (
+        "postgresql",
+        "does not exist",
+        Category.DB_UNKNOWN,
+        "the database does not exist on the server",
+        ("name",),
+    ),
+    (
+        "postgresql",
+        "could not connect",
+        Category.DB_UNREACHABLE,
+        "the database server could not be reached",
+        ("host", "port"),
+    ),
+    (
+        "postgresql",
+        "connection refused",
+        Category.DB_UNREACHABLE,
+        "the database server could not be reached",
+        ("host", "port"),
+    ),
+    (
+        "postgresql",
+        "could not translate host name",
+        Category.DB_UNREACHABLE,
+        "the database server's host name could not be resolved",
+        ("host",),
+    ),
+    (
+        "postgresql",
+        "server version mismatch",
+        Category.DB_FAILED,
+        "pg_dump is older than the server; install the postgresql-client matching the server",
+        (),
+    ),
+)
+
+
+def diagnose_dump(failure: DumpFailure) -> Diagnosis:
+    """Classify a failed dump from the tool's own words; the advice names the keys to check."""
+    roles = dict(failure.keys)
+
+    def keys(*wanted: str) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(roles[r] for r in wanted if r in roles))
+
+    label = f"the {failure.engine} dump of {failure.database!r}"
+    tail = tuple(line for line in failure.stderr.strip().splitlines()[-5:] if line.strip())
+    where = {"table": failure.table, "file": failure.file}
+    if failure.returncode is None:
+        package = DUMP_TOOL_PACKAGES.get(failure.engine, "")
+        return Diagnosis(
+            Category.DB_TOOL_MISSING,
+            f"{label} could not start: {failure.tool} is not installed",
+            (f"not found on PATH: {failure.tool}",),
+            f"Install it: apt-get install {package}" if package else "Install the dump tool.",
+        )
+    lowered = failure.stderr.lower()
+    for engine, pattern, category, what, wanted in DUMP_ERRORS:
+        if engine == failure.engine and pattern in lowered:
+            return Diagnosis(
+                category,
+                f"{label} failed: {what}",
+                tail,
+                "Check these settings; this is not an FTP problem.",
+                keys=keys(*wanted),
+                **where,
+            )
+    if failure.returncode != 0 or any("error" in line.lower() for line in tail):
+        return Diagnosis(
+            Category.DB_FAILED,
+            f"{label} failed (exit code {failure.returncode})",
+            tail or (f"{failure.tool} exited with {failure.returncode} and printed nothing",),
+            "Read the tool's error above; run it by hand to see more.",
+            keys=keys("name"),
+            **where,
+        )
+    return Diagnosis(
+        Category.DB_INCOMPLETE,
+        f"{label} is incomplete: it ended without its completion marker",
+        tail or (f"{failure.tool} exited 0 but the dump does not end with its marker",),
+        "The dump was cut short (a killed tool, a full disk, a server that went away). "
+        "Run the job again; if it recurs, run the dump tool by hand.",
+        **where,
+    )

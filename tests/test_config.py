@@ -182,11 +182,26 @@ def test_example_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     ("entry", "expected"),
     [
         ('{ type = "mysql" }', "[jobs.two] databases[0].name: required key is missing"),
-        ('{ type = "mysql", name = "wp", port = "x" }', "[jobs.two] databases[0].port: Input should be a valid integer"),
-        ('{ type = "mysql", name = "wp", pasword = "x" }', "[jobs.two] databases[0].pasword: unknown key; did you mean 'password'?"),
-        ('{ type = "oracle", name = "wp" }', "[jobs.two] databases[0]: Input tag 'oracle' found using 'type' does not match"),
-        ('{ type = "sqlite", path = "rel.db" }', "[jobs.two] databases[0].path: 'rel.db' is not an absolute path"),
-        ('{ type = "postgresql", name = "app", password_file = "/nonexistent/pg.pass" }', "[jobs.two] databases[0].password_file: cannot read /nonexistent/pg.pass"),
+        (
+            '{ type = "mysql", name = "wp", port = "x" }',
+            "[jobs.two] databases[0].port: Input should be a valid integer",
+        ),
+        (
+            '{ type = "mysql", name = "wp", pasword = "x" }',
+            "[jobs.two] databases[0].pasword: unknown key; did you mean 'password'?",
+        ),
+        (
+            '{ type = "oracle", name = "wp" }',
+            "[jobs.two] databases[0]: Input tag 'oracle' found using 'type' does not match",
+        ),
+        (
+            '{ type = "sqlite", path = "rel.db" }',
+            "[jobs.two] databases[0].path: 'rel.db' is not an absolute path",
+        ),
+        (
+            '{ type = "postgresql", name = "app", password_file = "/nonexistent/pg.pass" }',
+            "[jobs.two] databases[0].password_file: cannot read /nonexistent/pg.pass",
+        ),
     ],
 )
 def test_database_entries_are_validated(tmp_path: Path, entry: str, expected: str) -> None:

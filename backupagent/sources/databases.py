@@ -1,0 +1,457 @@
+"""Database dumps: MySQL/MariaDB, PostgreSQL and SQLite, spooled compressed before archiving.
+
+Each dump is checked before it may enter an archive: the tool's exit code, its
+stderr, and (for MySQL) the completion marker. A failed dump raises DumpFailed
+carrying a diagnosis, so the job fails with advice instead of publishing a backup
+without its database. Passwords reach the tools only through an inherited pipe
+(MySQL) or a 0600 passfile named in the child's environment (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+import zstandard
+
+from backupagent import process
+from backupagent.config import Job, MysqlDatabase, PostgresDatabase, SqliteDatabase
+from backupagent.diagnosis import Diagnosis, DumpFailure, diagnose_dump
+
+AnyDatabase = MysqlDatabase | PostgresDatabase | SqliteDatabase
+MYSQL_SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
+MYSQL_DUMP_OPTIONS = (
+    "--single-transaction",
+    "--quick",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+)
+MYSQL_MARKER = b"-- Dump completed"
+PG_MAGIC = b"PGDMP"
+TAIL_BYTES = 256
+
+
+@dataclass
+class Dump:
+    """One database dump waiting in the spool to be added to the archive."""
+
+    name: str
+    engine: str
+    arcname: str  # where it lands in the archive: databases/NAME.sql|.pgdump|.sqlite3
+    spool: Path
+    compressed: bool  # spooled as zstd (decompressed again into the archive)
+    size: int = 0  # bytes of the dump itself
+    sha256: str = ""
+    tables: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+class DumpFailed(Exception):
+    """A dump failed or came out incomplete; `diagnosis` says why and what to check."""
+
+    def __init__(self, diagnosis: Diagnosis) -> None:
+        super().__init__(diagnosis.what)
+        self.diagnosis = diagnosis
+
+
+@dataclass(frozen=True)
+class Target:
+    """A database to dump with its resolved password and where its settings live."""
+
+    db: AnyDatabase
+    password: str | None
+    keys: tuple[tuple[str, str], ...]  # role -> the key to name in advice
+    table: str | None  # "jobs.NAME", or "" when the keys are in another file
+    file: Path | None = None  # that other file (wp-config.php)
+    table_prefix: str | None = None  # MySQL: dump only tables starting with this
+
+
+def targets_from_job(job_name: str, job: Job) -> list[Target]:
+    """The `databases = [...]` entries of a job, with passwords read now."""
+    targets = []
+    for i, db in enumerate(job.databases):
+        at = f"databases[{i}]"
+        if isinstance(db, SqliteDatabase):
+            keys: tuple[tuple[str, str], ...] = (("name", f"{at}.path"),)
+            targets.append(Target(db, None, keys, f"jobs.{job_name}"))
+            continue
+        keys = (
+            ("user", f"{at}.user"),
+            ("password", f"{at}.{db.password_key}"),
+            ("name", f"{at}.name"),
+            ("host", f"{at}.host"),
+            ("port", f"{at}.port"),
+        )
+        if isinstance(db, MysqlDatabase):
+            keys += (("socket", f"{at}.socket"),)
+            prefix = db.table_prefix
+        else:
+            prefix = None
+        targets.append(Target(db, db.read_password(), keys, f"jobs.{job_name}", None, prefix))
+    return targets
+
+
+class _SpoolWriter:
+    """Compresses a dump into the spool while hashing the raw bytes and keeping its tail."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = path.open("wb")
+        os.chmod(path, 0o600)
+        self.writer = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(self.handle)
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.head = b""
+        self.tail = b""
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+        if len(self.head) < TAIL_BYTES:
+            self.head += data[: TAIL_BYTES - len(self.head)]
+        self.tail = (self.tail + data)[-TAIL_BYTES:]
+
+    def close(self) -> None:
+        self.writer.close()  # flushes the zstd frame and closes the file
+
+
+def dump(target: Target, spool_dir: Path) -> list[Dump]:
+    """Dump one configured database (several for name = "all") into `spool_dir`."""
+    return DUMPERS[target.db.type](target, spool_dir)
+
+
+def _fail(
+    target: Target, name: str, tool: str, code: int | None, stderr: str, complete: bool = True
+) -> DumpFailed:
+    failure = DumpFailure(
+        target.db.type,
+        name,
+        tool,
+        code,
+        stderr,
+        complete,
+        target.keys,
+        target.table,
+        target.file,
+    )
+    return DumpFailed(diagnose_dump(failure))
+
+
+def _looks_failed(finished: process.Finished) -> bool:
+    """Non-zero exit, or an error printed even though the tool exited 0."""
+    return finished.returncode != 0 or any(
+        "error" in line.lower() and "warning" not in line.lower()
+        for line in finished.stderr.splitlines()
+    )
+
+
+def _tool_warnings(finished: process.Finished) -> list[str]:
+    return [
+        f"{Path(finished.argv[0]).name}: {line}"
+        for line in finished.stderr.splitlines()
+        if line.strip()
+    ]
+
+
+@contextlib.contextmanager
+def _timed(dumps: list[Dump], item: Dump) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    item.seconds = time.monotonic() - started
+    dumps.append(item)
+    structlog.get_logger("backupagent.databases").info(
+        "database dumped",
+        database=item.name,
+        engine=item.engine,
+        bytes=item.size,
+        seconds=round(item.seconds, 3),
+        tables=len(item.tables),
+    )
+
+
+# --- MySQL / MariaDB ------------------------------------------------------------------
+
+
+def _option_value(value: str) -> str:
+    """A value for a MySQL option file, double-quoted with \\ and " escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _mysql_options(target: Target) -> str:
+    """The [client] option file handed to the tools through a pipe: it holds the password."""
+    db = target.db
+    assert isinstance(db, MysqlDatabase)
+    lines = ["[client]"]
+    if db.user:
+        lines.append(f"user={_option_value(db.user)}")
+    if target.password is not None:
+        lines.append(f"password={_option_value(target.password)}")
+    host = db.host
+    if db.port is not None:
+        # a port means TCP; "localhost" would make the client use the socket instead
+        host = "127.0.0.1" if host in (None, "localhost") else host
+        lines += [f"port={db.port}", "protocol=TCP"]
+    if host:
+        lines.append(f"host={_option_value(host)}")
+    if db.socket:
+        lines.append(f"socket={_option_value(str(db.socket))}")
+    return "\n".join(lines) + "\n"
+
+
+def _mysql_run(
+    target: Target, tool: str, args: list[str], sink: Callable[[bytes], None]
+) -> process.Finished:
+    fd = process.secret_fd(_mysql_options(target))
+    try:
+        # --defaults-extra-file must come first; /dev/fd/N is the inherited pipe
+        return process.stream(
+            [tool, f"--defaults-extra-file=/dev/fd/{fd}", *args], sink, pass_fds=(fd,)
+        )
+    finally:
+        os.close(fd)
+
+
+def _mysql_query(target: Target, client: str, name: str, sql: str) -> list[str]:
+    out = bytearray()
+    finished = _mysql_run(target, client, ["-N", "-B", "-e", sql], out.extend)
+    if _looks_failed(finished):
+        raise _fail(target, name, client, finished.returncode, finished.stderr)
+    return [line for line in out.decode("utf-8", "replace").splitlines() if line]
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def dump_mysql(target: Target, spool_dir: Path) -> list[Dump]:
+    db = target.db
+    assert isinstance(db, MysqlDatabase)
+    try:
+        tool = process.find_tool("mariadb-dump", "mysqldump")
+        client = process.find_tool("mariadb", "mysql")
+    except process.ToolMissing as exc:
+        raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
+    if db.name == "all":
+        names = [
+            n
+            for n in _mysql_query(target, client, "all", "SHOW DATABASES")
+            if n not in MYSQL_SYSTEM_DATABASES
+        ]
+    else:
+        names = [db.name]
+    dumps: list[Dump] = []
+    for name in names:
+        tables = _mysql_query(
+            target,
+            client,
+            name,
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            f"{_sql_string(name)} ORDER BY table_name",
+        )
+        selected = tables  # empty for an unknown database too: the dump tool will say which
+        if target.table_prefix is not None:
+            selected = [t for t in tables if t.startswith(target.table_prefix)]
+            if not selected:
+                raise _fail(
+                    target,
+                    name,
+                    tool,
+                    1,
+                    f"error: no table in {name!r} starts with {target.table_prefix!r}",
+                )
+        item = Dump(
+            name,
+            "mysql",
+            f"databases/{name}.sql",
+            spool_dir / f"{name}.sql.zst",
+            True,
+            tables=selected,
+        )
+        with _timed(dumps, item):
+            spool = _SpoolWriter(item.spool)
+            try:
+                args = [*MYSQL_DUMP_OPTIONS, "--", name]
+                if target.table_prefix is not None:
+                    args += selected
+                finished = _mysql_run(target, tool, args, spool.write)
+            finally:
+                spool.close()
+            complete = MYSQL_MARKER in spool.tail
+            if _looks_failed(finished) or not complete:
+                raise _fail(target, name, tool, finished.returncode, finished.stderr, complete)
+            item.size, item.sha256 = spool.size, spool.hash.hexdigest()
+            item.warnings = _tool_warnings(finished)
+    return dumps
+
+
+# --- PostgreSQL ------------------------------------------------------------------------
+
+
+def _pg_passfile_line(password: str) -> str:
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:*:{escaped}\n"
+
+
+@contextlib.contextmanager
+def _pg_env(target: Target, spool_dir: Path) -> Iterator[dict[str, str]]:
+    """The environment for pg_dump/psql: a 0600 passfile that is removed afterwards."""
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env.setdefault("PGCONNECT_TIMEOUT", "15")
+    passfile = spool_dir / ".pgpass"
+    if target.password is not None:
+        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_pg_passfile_line(target.password))
+        env["PGPASSFILE"] = str(passfile)
+    try:
+        yield env
+    finally:
+        passfile.unlink(missing_ok=True)
+
+
+def _pg_args(db: PostgresDatabase) -> list[str]:
+    args = ["--no-password"]
+    if db.host:
+        args.append(f"--host={db.host}")
+    if db.port:
+        args.append(f"--port={db.port}")
+    if db.user:
+        args.append(f"--username={db.user}")
+    return args
+
+
+def _pg_query(target: Target, env: dict[str, str], psql: str, database: str, sql: str) -> list[str]:
+    assert isinstance(target.db, PostgresDatabase)
+    finished, out = process.capture(
+        [
+            psql,
+            *_pg_args(target.db),
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+            "--dbname",
+            database,
+        ],
+        env=env,
+    )
+    if _looks_failed(finished):
+        raise _fail(target, database, psql, finished.returncode, finished.stderr)
+    return [line for line in out.splitlines() if line]
+
+
+def dump_postgres(target: Target, spool_dir: Path) -> list[Dump]:
+    db = target.db
+    assert isinstance(db, PostgresDatabase)
+    try:
+        tool = process.find_tool("pg_dump")
+        psql = process.find_tool("psql")
+    except process.ToolMissing as exc:
+        raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
+    dumps: list[Dump] = []
+    with _pg_env(target, spool_dir) as env:
+        if db.name == "all":
+            names = _pg_query(
+                target,
+                env,
+                psql,
+                "postgres",
+                "SELECT datname FROM pg_database WHERE NOT datistemplate "
+                "AND datname <> 'postgres' ORDER BY datname",
+            )
+        else:
+            names = [db.name]
+        for name in names:
+            tables = _pg_query(
+                target,
+                env,
+                psql,
+                name,
+                "SELECT schemaname || '.' || tablename FROM pg_tables WHERE "
+                "schemaname NOT IN ('pg_catalog', 'information_schema') "
+                "ORDER BY 1",
+            )
+            item = Dump(
+                name,
+                "postgresql",
+                f"databases/{name}.pgdump",
+                spool_dir / f"{name}.pgdump.zst",
+                True,
+                tables=tables,
+            )
+            with _timed(dumps, item):
+                spool = _SpoolWriter(item.spool)
+                try:
+                    finished = process.stream(
+                        [tool, *_pg_args(db), "--format=custom", f"--dbname={name}"],
+                        spool.write,
+                        env=env,
+                    )
+                finally:
+                    spool.close()
+                complete = spool.head.startswith(PG_MAGIC)
+                if _looks_failed(finished) or not complete:
+                    raise _fail(target, name, tool, finished.returncode, finished.stderr, complete)
+                item.size, item.sha256 = spool.size, spool.hash.hexdigest()
+                item.warnings = _tool_warnings(finished)
+    return dumps
+
+
+# --- SQLite ----------------------------------------------------------------------------
+
+
+def dump_sqlite(target: Target, spool_dir: Path) -> list[Dump]:
+    """A consistent copy of a live SQLite database through the online backup API."""
+    db = target.db
+    assert isinstance(db, SqliteDatabase)
+    name = db.dump_name
+    item = Dump(name, "sqlite", f"databases/{name}.sqlite3", spool_dir / f"{name}.sqlite3", False)
+    dumps: list[Dump] = []
+    with _timed(dumps, item):
+        try:
+            if not db.path.is_file():
+                raise sqlite3.OperationalError(f"error: no database file at {db.path}")
+            source = sqlite3.connect(f"file:{db.path}?mode=ro", uri=True, timeout=30)
+            copy = sqlite3.connect(item.spool)
+            try:
+                source.backup(copy)  # one step: a snapshot no writer can tear
+                item.tables = [
+                    row[0]
+                    for row in copy.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+                    )
+                ]
+                check = copy.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(f"error: the copy failed its check: {check}")
+            finally:
+                source.close()
+                copy.close()
+        except sqlite3.Error as exc:
+            raise _fail(target, name, "sqlite3 backup API", 1, f"error: {exc}") from None
+        with item.spool.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256")
+        item.size, item.sha256 = item.spool.stat().st_size, digest.hexdigest()
+    return dumps
+
+
+DUMPERS: dict[str, Callable[[Target, Path], list[Dump]]] = {
+    "mysql": dump_mysql,
+    "postgresql": dump_postgres,
+    "sqlite": dump_sqlite,
+}

@@ -1,0 +1,302 @@
+"""WordPress sites: read the database settings from wp-config.php without running PHP.
+
+Only literal values are read (strings in either quote style, numbers, booleans, and
+literal strings joined with `.`); anything else, such as `getenv('DB_PASSWORD')`,
+is reported as a problem, never guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from backupagent.config import Job, MysqlDatabase
+from backupagent.sources.databases import Target
+
+SETTINGS = ("DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST")
+
+
+class WordPressError(Exception):
+    """wp-config.php is missing or does not give the database settings plainly."""
+
+    def __init__(self, config_file: Path, problems: list[str]) -> None:
+        super().__init__(f"{config_file}: " + "; ".join(problems))
+        self.config_file = config_file
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Unevaluable:
+    """A value the parser will not evaluate (it would need PHP)."""
+
+    source: str
+
+
+Value = str | int | float | bool | None | Unevaluable
+
+
+@dataclass
+class PhpAssignments:
+    """The `define()`d constants and `$variable = ...;` assignments found in a PHP file."""
+
+    constants: dict[str, Value] = field(default_factory=dict)
+    variables: dict[str, Value] = field(default_factory=dict)
+
+
+def strip_comments(php: str) -> str:
+    """PHP source with comments blanked out; string literals are kept as they are."""
+    out: list[str] = []
+    i, n = 0, len(php)
+    while i < n:
+        ch = php[i]
+        if ch in "'\"":
+            end = _string_end(php, i)
+            out.append(php[i:end])
+            i = end
+        elif php.startswith("/*", i):
+            end = php.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            out.append(" ")
+            i = end
+        elif ch == "#" or php.startswith("//", i):
+            end = i
+            while end < n and php[end] != "\n" and not php.startswith("?>", end):
+                end += 1
+            out.append(" ")
+            i = end
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _string_end(text: str, start: int) -> int:
+    """Index just past the string literal that opens at `start` (or the end of text)."""
+    quote = text[start]
+    i = start + 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == quote:
+            return i + 1
+        else:
+            i += 1
+    return len(text)
+
+
+_DOUBLE_ESCAPES = {
+    "n": "\n",
+    "t": "\t",
+    "r": "\r",
+    "v": "\v",
+    "e": "\x1b",
+    "f": "\f",
+    "\\": "\\",
+    "$": "$",
+    '"': '"',
+}
+
+
+def _unquote(literal: str) -> str | Unevaluable:
+    """The value of one PHP string literal; interpolating strings are Unevaluable."""
+    body = literal[1:-1]
+    if literal[0] == "'":
+        return re.sub(r"\\([\\'])", r"\1", body)
+    if re.search(r"(?<!\\)\$[A-Za-z_{]|\{\$", body):
+        return Unevaluable(literal)
+
+    def escape(match: re.Match[str]) -> str:
+        seq = match.group(1)
+        if seq in _DOUBLE_ESCAPES:
+            return _DOUBLE_ESCAPES[seq]
+        if seq[0] == "x":
+            return chr(int(seq[1:], 16))
+        if seq[0] in "01234567":
+            return chr(int(seq, 8) % 256)
+        return match.group(0)
+
+    return re.sub(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", escape, body)
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")"""
+    r"""|(?P<num>-?\d+(?:\.\d+)?)|(?P<word>true|false|null)|(?P<dot>\.))\s*""",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def evaluate(expression: str) -> Value:
+    """A literal, or literal strings joined with `.`; anything else is Unevaluable."""
+    text = expression.strip()
+    parts: list[str] = []
+    pos, want_value = 0, True
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            return Unevaluable(text)
+        pos = match.end()
+        if want_value:
+            if match["str"]:
+                value = _unquote(match["str"])
+                if isinstance(value, Unevaluable):
+                    return Unevaluable(text)
+                parts.append(value)
+            elif (match["num"] or match["word"]) and not parts and pos == len(text):
+                if match["num"]:
+                    number = match["num"]
+                    return float(number) if "." in number else int(number)
+                return {"true": True, "false": False, "null": None}[match["word"].lower()]
+            else:
+                return Unevaluable(text)
+        elif not match["dot"]:
+            return Unevaluable(text)
+        want_value = not want_value
+    if want_value:  # empty, or ends with a dangling "."
+        return Unevaluable(text)
+    return "".join(parts)
+
+
+def _call_arguments(code: str, start: int) -> tuple[list[str], int]:
+    """Split the arguments of a call whose "(" is at `start`; returns them and the end index."""
+    depth, i, args, current = 0, start, [], start + 1
+    while i < len(code):
+        ch = code[i]
+        if ch in "'\"":
+            i = _string_end(code, i)
+            continue
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                args.append(code[current:i])
+                return args, i + 1
+        elif ch == "," and depth == 1:
+            args.append(code[current:i])
+            current = i + 1
+        i += 1
+    return args, len(code)
+
+
+def parse_php(php: str) -> PhpAssignments:
+    """Collect `define('NAME', value)` calls and `$name = value;` assignments."""
+    code = strip_comments(php)
+    found = PhpAssignments()
+    for match in re.finditer(r"\bdefine\s*\(", code, re.IGNORECASE):
+        args, _ = _call_arguments(code, match.end() - 1)
+        if len(args) >= 2:
+            name = evaluate(args[0])
+            if isinstance(name, str):
+                found.constants[name] = evaluate(args[1])
+    for match in re.finditer(r"\$([A-Za-z_]\w*)\s*=(?!=)", code):
+        end = match.end()
+        while end < len(code) and code[end] != ";":
+            end = _string_end(code, end) if code[end] in "'\"" else end + 1
+        found.variables[match[1]] = evaluate(code[match.end() : end])
+    return found
+
+
+@dataclass(frozen=True)
+class DbHost:
+    host: str | None
+    port: int | None
+    socket: str | None
+
+
+def parse_db_host(value: str) -> DbHost:
+    """DB_HOST as WordPress reads it: host, host:port, host:/socket, host:port:/socket, [v6]."""
+    host, port, socket = value.strip(), None, None
+    if ":/" in host:
+        host, socket = host.split(":/", 1)
+        socket = "/" + socket
+    bracketed = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", host)
+    if bracketed:
+        host, port = bracketed[1], int(bracketed[2]) if bracketed[2] else None
+    elif host.count(":") == 1:
+        host, _, port_text = host.partition(":")
+        if port_text.isdigit():
+            port = int(port_text)
+    return DbHost(host or None, port, socket)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What the agent learned about a WordPress site."""
+
+    root: Path
+    config_file: Path
+    database: str
+    table_prefix: str
+    version: str | None
+    target: Target
+
+
+def find_config(root: Path) -> Path:
+    """wp-config.php in the root, or one level up as WordPress allows."""
+    here = root / "wp-config.php"
+    above = root.parent / "wp-config.php"
+    if not here.exists() and above.exists() and not (root.parent / "wp-settings.php").exists():
+        return above
+    return here
+
+
+def read_site(root: Path, job: Job) -> Site:
+    """Parse wp-config.php (and the version file) into a MySQL dump target."""
+    config_file = find_config(root)
+    try:
+        parsed = parse_php(config_file.read_text(encoding="utf-8", errors="replace"))
+    except OSError as exc:
+        raise WordPressError(config_file, [f"cannot read: {exc.strerror or exc}"]) from None
+    problems = []
+    values: dict[str, str] = {}
+    for name in SETTINGS:
+        value = parsed.constants.get(name, Unevaluable(""))
+        if name not in parsed.constants:
+            problems.append(f"{name} is not defined")
+        elif isinstance(value, Unevaluable):
+            problems.append(
+                f"{name} is set by an expression that needs PHP to evaluate ({value.source}); "
+                "define it as a plain string"
+            )
+        else:
+            values[name] = "" if value is None else str(value)
+    prefix = parsed.variables.get("table_prefix", "wp_")
+    if isinstance(prefix, Unevaluable) or not isinstance(prefix, str):
+        problems.append(f"$table_prefix is not a plain string ({prefix})")
+    if problems:
+        raise WordPressError(config_file, problems)
+    assert isinstance(prefix, str)
+    where = DbHost(None, None, None) if not values["DB_HOST"] else parse_db_host(values["DB_HOST"])
+    db = MysqlDatabase(
+        type="mysql",
+        name=values["DB_NAME"],
+        host=where.host,
+        port=where.port,
+        socket=Path(where.socket) if where.socket else None,
+        user=values["DB_USER"] or None,
+        password=SecretStr(values["DB_PASSWORD"]),
+    )
+    keys = (
+        ("user", "DB_USER"),
+        ("password", "DB_PASSWORD"),
+        ("name", "DB_NAME"),
+        ("host", "DB_HOST"),
+        ("port", "DB_HOST"),
+        ("socket", "DB_HOST"),
+    )
+    only_prefix = prefix if job.wordpress_tables == "prefix" else None
+    target = Target(db, values["DB_PASSWORD"], keys, "", config_file, only_prefix)
+    return Site(root, config_file, values["DB_NAME"], prefix, read_version(root), target)
+
+
+def read_version(root: Path) -> str | None:
+    """$wp_version from wp-includes/version.php, if readable."""
+    try:
+        text = (root / "wp-includes" / "version.php").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    version = parse_php(text).variables.get("wp_version")
+    return version if isinstance(version, str) else None
