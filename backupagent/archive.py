@@ -12,12 +12,15 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 import zstandard
 
 from backupagent.sources.files import Entry
+
+if TYPE_CHECKING:
+    from backupagent.sources.databases import Dump
 
 COPY_BLOCK = 1 << 20
 
@@ -75,7 +78,7 @@ class _SizedReader:
 
 
 def write_archive(
-    entries: Iterable[Entry],
+    entries: Iterable[Entry | Dump],
     out: BinaryIO,
     *,
     level: int = 3,
@@ -83,6 +86,9 @@ def write_archive(
     on_bytes: Callable[[int], None] | None = None,
 ) -> ArchiveStats:
     """Write `entries` as a zstd-compressed PAX tar into `out`; unreadable files become warnings.
+
+    Entries are files and directories to read from disk, or database dumps waiting
+    in the spool (decompressed again on their way into the archive).
 
     `threads = 0` uses one compression thread per core.
     """
@@ -100,10 +106,27 @@ def write_archive(
         tarfile.open(fileobj=zstream, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
         for entry in entries:
-            _add(tar, entry, stats, warn, on_bytes)
+            if isinstance(entry, Entry):
+                _add(tar, entry, stats, warn, on_bytes)
+            else:
+                _add_dump(tar, entry, on_bytes)
     stats.archive_bytes = sink.size
     stats.sha256 = sink.hash.hexdigest()
     return stats
+
+
+def _add_dump(tar: tarfile.TarFile, dump: Dump, on_bytes: Callable[[int], None] | None) -> None:
+    """A spooled database dump as a regular 0600 file member."""
+    info = tarfile.TarInfo(dump.arcname)
+    info.size = dump.size
+    info.mode = 0o600
+    info.mtime = int(dump.spool.stat().st_mtime)
+    with dump.spool.open("rb") as raw:
+        if dump.compressed:
+            with zstandard.ZstdDecompressor().stream_reader(raw) as plain:
+                tar.addfile(info, _SizedReader(plain, dump.size, on_bytes))  # type: ignore[arg-type]
+        else:
+            tar.addfile(info, _SizedReader(raw, dump.size, on_bytes))
 
 
 def _add(

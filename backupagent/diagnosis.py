@@ -44,6 +44,7 @@ class Category(StrEnum):
     DB_TOOL_MISSING = "dump_tool_missing"
     DB_INCOMPLETE = "dump_incomplete"
     DB_FAILED = "dump_failed"
+    WORDPRESS_CONFIG = "wordpress_config"
 
 
 @dataclass(frozen=True)
@@ -414,7 +415,6 @@ def diagnose_dump(failure: DumpFailure) -> Diagnosis:
 
     label = f"the {failure.engine} dump of {failure.database!r}"
     tail = tuple(line for line in failure.stderr.strip().splitlines()[-5:] if line.strip())
-    where = {"table": failure.table, "file": failure.file}
     if failure.returncode is None:
         package = DUMP_TOOL_PACKAGES.get(failure.engine, "")
         return Diagnosis(
@@ -432,7 +432,8 @@ def diagnose_dump(failure: DumpFailure) -> Diagnosis:
                 tail,
                 "Check these settings; this is not an FTP problem.",
                 keys=keys(*wanted),
-                **where,
+                table=failure.table,
+                file=failure.file,
             )
     if failure.returncode != 0 or any("error" in line.lower() for line in tail):
         return Diagnosis(
@@ -441,7 +442,8 @@ def diagnose_dump(failure: DumpFailure) -> Diagnosis:
             tail or (f"{failure.tool} exited with {failure.returncode} and printed nothing",),
             "Read the tool's error above; run it by hand to see more.",
             keys=keys("name"),
-            **where,
+            table=failure.table,
+            file=failure.file,
         )
     return Diagnosis(
         Category.DB_INCOMPLETE,
@@ -449,5 +451,6 @@ def diagnose_dump(failure: DumpFailure) -> Diagnosis:
         tail or (f"{failure.tool} exited 0 but the dump does not end with its marker",),
         "The dump was cut short (a killed tool, a full disk, a server that went away). "
         "Run the job again; if it recurs, run the dump tool by hand.",
-        **where,
+        table=failure.table,
+        file=failure.file,
     )

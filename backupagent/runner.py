@@ -7,6 +7,7 @@ import datetime as dt
 import ftplib
 import json
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,15 @@ from backupagent import __version__
 from backupagent.archive import ArchiveStats, write_archive
 from backupagent.config import Config
 from backupagent.destinations import ftp
-from backupagent.diagnosis import Failure, diagnose, mode_name, suggestion_text
+from backupagent.diagnosis import (
+    Category,
+    Diagnosis,
+    Failure,
+    ProbeResult,
+    diagnose,
+    mode_name,
+    suggestion_text,
+)
 from backupagent.logging import run_log
 from backupagent.retention import (
     archive_name,
@@ -28,7 +37,9 @@ from backupagent.retention import (
     select_for_deletion,
     temp_name,
 )
+from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
 from backupagent.sources.files import Entry, identity, walk
+from backupagent.sources.wordpress import Site, WordPressError, read_site
 from backupagent.state import job_lock
 
 EXIT_OK = 0
@@ -142,15 +153,23 @@ class _Run:
             sources=[str(s) for s in self.job.sources],
             agent_version=__version__,
         )
-        spool = self.config.agent.spool_dir / self.job_name / f"{self.backup_id}.tar.zst.partial"
+        work = self.config.agent.spool_dir / self.job_name / self.backup_id
+        spool = work.with_name(f"{self.backup_id}.tar.zst.partial")
         try:
-            stats = self._archive(spool)
+            self._check_sources()
+            site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
+            work.mkdir(mode=0o700)
+            dumps = self._dump_databases(site, work)
+            stats = self._archive(spool, dumps)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
-            if not self._upload(spool, stats):
+            if not self._upload(spool, stats.archive_bytes, self._manifest(stats, dumps, site)):
                 return
         except RunError as exc:
             self._fail(str(exc))
+            return
+        except (DumpFailed, WordPressError) as exc:
+            self._suggest(exc.diagnosis if isinstance(exc, DumpFailed) else _wp_diagnosis(exc))
             return
         except Exception as exc:  # a bug: record it in the run's log rather than lose it
             log.exception("internal error")
@@ -158,6 +177,7 @@ class _Run:
             return
         finally:
             spool.unlink(missing_ok=True)
+            shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
         self.result.outcome = "warning" if self.result.warnings else "success"
         log.info(
@@ -167,24 +187,46 @@ class _Run:
             warnings=len(self.result.warnings),
         )
 
+    def _check_sources(self) -> None:
+        roots = [*self.job.sources, *([self.job.wordpress] if self.job.wordpress else [])]
+        missing = [str(s) for s in roots if not s.exists()]
+        if missing:
+            raise RunError(f"source not found: {', '.join(missing)}")
+
+    def _dump_databases(self, site: Site | None, work: Path) -> list[Dump]:
+        """Dump every database first: a failed dump fails the run before anything is archived."""
+        targets = targets_from_job(self.job_name, self.job)
+        if site is not None:
+            targets.append(site.target)
+        dumps: list[Dump] = []
+        for target in targets:
+            for item in dump(target, work):
+                if any(d.arcname == item.arcname for d in dumps):
+                    raise RunError(f"two databases would be stored as {item.arcname}")
+                dumps.append(item)
+                for warning in item.warnings:
+                    self._warn(f"database {item.name}", warning)
+        return dumps
+
     def _fail(self, error: str) -> None:
         self.result.outcome = "failed"
         self.result.error = error
         self.log.error("run failed", result="failed", error=error)
 
-    def _archive(self, spool: Path) -> ArchiveStats:
-        """Write the archive to the spool file; missing sources fail the run."""
-        missing = [str(s) for s in self.job.sources if not s.exists()]
-        if missing:
-            raise RunError(f"source not found: {', '.join(missing)}")
+    def _archive(self, spool: Path, dumps: list[Dump]) -> ArchiveStats:
+        """Write files, then the spooled dumps, into one archive in the spool."""
         agent = self.config.agent
         # the agent's own files change while it runs: never archive them
         own = (agent.spool_dir, agent.log_dir, agent.state_dir)
         skip = frozenset(i for i in map(identity, own) if i is not None)
+        roots = {source: list(self.job.exclude) for source in self.job.sources}
+        if self.job.wordpress:
+            roots[self.job.wordpress] = [*self.job.exclude, *self.job.wordpress_exclude]
 
-        def entries() -> Iterator[Entry]:
-            for source in self.job.sources:
-                yield from walk(source, self.job.exclude, self._warn, skip)
+        def entries() -> Iterator[Entry | Dump]:
+            for root, patterns in roots.items():
+                yield from walk(root, patterns, self._warn, skip)
+            yield from dumps
 
         try:
             with spool.open("wb") as out:
@@ -213,8 +255,9 @@ class _Run:
         self.result.warnings.append(f"{path}: {reason}")
         self.log.warning("file skipped or stored with a warning", path=path, reason=reason)
 
-    def _manifest(self, stats: ArchiveStats) -> bytes:
-        manifest = {
+    def _manifest(self, stats: ArchiveStats, dumps: list[Dump], site: Site | None) -> bytes:
+        """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
+        manifest: dict[str, object] = {
             "format": 1,
             "job": self.job_name,
             "backup_id": self.backup_id,
@@ -236,11 +279,30 @@ class _Run:
                 "symlinks": stats.symlinks,
                 "bytes": stats.bytes_read,
             },
+            "databases": [
+                {
+                    "name": d.name,
+                    "engine": d.engine,
+                    "member": d.arcname,
+                    "size": d.size,
+                    "sha256": d.sha256,
+                    "tables": d.tables,
+                }
+                for d in dumps
+            ],
             "warnings": len(self.result.warnings),
         }
+        if site is not None:
+            manifest["wordpress"] = {
+                "root": str(site.root),
+                "version": site.version,
+                "table_prefix": site.table_prefix,
+                "database": site.database,
+                "tables": "prefix" if site.target.table_prefix is not None else "all",
+            }
         return json.dumps(manifest, indent=2).encode() + b"\n"
 
-    def _upload(self, spool: Path, stats: ArchiveStats) -> bool:
+    def _upload(self, spool: Path, size: int, manifest_data: bytes) -> bool:
         """Upload archive then manifest, each under a temporary name; prune afterwards.
 
         Returns whether the backup was published; on failure the run is already
@@ -253,16 +315,16 @@ class _Run:
             session.open()
             session.change_directory(self.dest.directory)
             if self.progress.upload_started:
-                self.progress.upload_started(stats.archive_bytes)
+                self.progress.upload_started(size)
             written.append(temp_name(final))
             with spool.open("rb") as source:
                 session.upload(source, temp_name(final), self.progress.uploaded)
             session.rename(temp_name(final), final)
             written.append(final)
-            self._check_size(session, final, stats.archive_bytes)
+            self._check_size(session, final, size)
             manifest = manifest_name(self.backup_id)
             written.append(temp_name(manifest))
-            session.upload_bytes(self._manifest(stats), temp_name(manifest))
+            session.upload_bytes(manifest_data, temp_name(manifest))
             session.rename(temp_name(manifest), manifest)
             written.clear()
             self.log.info("backup published", archive=final, manifest=manifest)
@@ -345,6 +407,10 @@ class _Run:
             self.log.info(
                 "probe finished", probe_mode=mode_name(other), ok=probe.ok, detail=probe.detail
             )
+        self._suggest(diagnosis, probe)
+
+    def _suggest(self, diagnosis: Diagnosis, probe: ProbeResult | None = None) -> None:
+        """Fail the run with a diagnosis; the suggestion is the run's last event."""
         text = suggestion_text(
             diagnosis, self.job_name, self.job.destination, self.config.path, probe
         )
@@ -366,6 +432,19 @@ class _Run:
             ),
             verified=None if probe is None else probe.ok,
         )
+
+
+def _wp_diagnosis(exc: WordPressError) -> Diagnosis:
+    return Diagnosis(
+        Category.WORDPRESS_CONFIG,
+        "the database settings could not be read from wp-config.php",
+        tuple(exc.problems),
+        "Give DB_NAME, DB_USER, DB_PASSWORD and DB_HOST as plain strings in wp-config.php, "
+        "or replace `wordpress` in the job by `sources` and an explicit `databases` entry.",
+        keys=("DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST"),
+        table="",
+        file=exc.config_file,
+    )
 
 
 class SizeMismatch(Exception):

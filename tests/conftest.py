@@ -98,3 +98,11 @@ exclude = ["wp-content/cache/", "*.log"]
         return load_config(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory):
+    """A throwaway MariaDB server on a socket, shared by the session's tests."""
+    from .databases import start_mariadb
+
+    yield from start_mariadb(tmp_path_factory.mktemp("mariadb"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -24,7 +23,8 @@ class MariaDB:
         self, statement: str, database: str = "", user: str = "root", password: str | None = None
     ) -> str:
         """Run SQL as root (or another user) through the socket; return tab-separated rows."""
-        argv = ["mariadb", "--no-defaults", f"--socket={self.socket}", f"--user={user}", "-N", "-B"]
+        argv = ["mariadb", "--no-defaults", f"--socket={self.socket}", f"--user={user}", "-N", "-B",
+                "--default-character-set=utf8mb4"]
         env = {**os.environ, "MYSQL_PWD": self.root_password if password is None else password}
         if database:
             argv.append(database)
