@@ -106,3 +106,11 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory):
     from .databases import start_mariadb
 
     yield from start_mariadb(tmp_path_factory.mktemp("mariadb"))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server on a socket, shared by the session's tests."""
+    from .databases import start_postgres
+
+    yield from start_postgres()

@@ -1,0 +1,89 @@
+"""PostgreSQL dumps (custom format) against a real throwaway server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from backupagent.logging import read_events
+from backupagent.runner import run_job
+
+from ..conftest import WriteConfig
+from ..databases import Postgres
+from .test_mysql import _members
+
+PASSWORD = "pg:pa\\ss 'w\"rd"
+TABLE_DIGEST = "SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM items t"
+
+
+@pytest.fixture(scope="module")
+def shop(postgres: Postgres) -> Postgres:
+    escaped = PASSWORD.replace("'", "''")
+    postgres.sql(f"CREATE ROLE backup LOGIN SUPERUSER PASSWORD '{escaped}';")
+    postgres.sql("CREATE DATABASE shop ENCODING 'UTF8';")
+    postgres.sql(
+        "CREATE TABLE items (id serial PRIMARY KEY, name text, data bytea);"
+        "INSERT INTO items (name, data) SELECT 'Grüße 🎉 #' || g, decode(md5(g::text), 'hex')"
+        " FROM generate_series(1, 1000) g;",
+        database="shop",
+    )
+    return postgres
+
+
+def _entry(db: Postgres, name: str, password_file: Path) -> str:
+    fields = {"type": "postgresql", "name": name, "host": str(db.socket_dir), "port": db.port,
+              "user": "backup", "password_file": str(password_file)}
+    inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
+    return f"databases = [{{ {inner} }}]"
+
+
+def _password_file(tmp_path: Path, password: str) -> Path:
+    path = tmp_path / "pg.pass"
+    path.write_text(password + "\n")
+    return path
+
+
+def test_round_trip(shop: Postgres, write_config: WriteConfig, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    record = tmp_path / "argv.log"
+    script = wrappers / "pg_dump"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {record}\n'
+                      f'echo "PGPASSWORD=${{PGPASSWORD:-}}" >> {record}\n'
+                      f'exec {shutil.which("pg_dump")} "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    monkeypatch.setenv("PGPASSWORD", "must-not-be-inherited")
+
+    config = write_config(job=_entry(shop, "shop", _password_file(tmp_path, PASSWORD)))
+    result = run_job(config, "www")
+    assert result.outcome == "success", (result.error, result.suggestion)
+    dump = _members(config, result)["databases/shop.pgdump"]
+    assert dump.startswith(b"PGDMP")
+    restored = tmp_path / "shop.pgdump"
+    restored.write_bytes(dump)
+    shop.sql("DROP DATABASE IF EXISTS shop_restored; CREATE DATABASE shop_restored;")
+    shop.restore("shop_restored", restored)
+    assert shop.sql(TABLE_DIGEST, "shop_restored") == shop.sql(TABLE_DIGEST, "shop")
+    calls = record.read_text()
+    assert PASSWORD not in calls and "PGPASSWORD=\n" in calls
+    assert PASSWORD not in result.log_path.read_text()
+    assert not list((tmp_path / "spool" / "www").iterdir())  # passfile and dumps removed
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "category"),
+    [("shop", "Wr0ng-pg-secret", "database_login"), ("nope", PASSWORD, "database_unknown")],
+)
+def test_failures(shop: Postgres, write_config: WriteConfig, tmp_path: Path, name: str,
+                  password: str, category: str) -> None:
+    result = run_job(write_config(job=_entry(shop, name, _password_file(tmp_path, password))), "www")
+    assert result.exit_code == 1
+    last = read_events(result.log_path)[-1]
+    assert last["event"] == "suggestion" and last["category"] == category
+    assert password not in result.log_path.read_text()
