@@ -25,8 +25,15 @@ class MariaDB:
         self, statement: str, database: str = "", user: str = "root", password: str | None = None
     ) -> str:
         """Run SQL as root (or another user) through the socket; return tab-separated rows."""
-        argv = ["mariadb", "--no-defaults", f"--socket={self.socket}", f"--user={user}", "-N", "-B",
-                "--default-character-set=utf8mb4"]
+        argv = [
+            "mariadb",
+            "--no-defaults",
+            f"--socket={self.socket}",
+            f"--user={user}",
+            "-N",
+            "-B",
+            "--default-character-set=utf8mb4",
+        ]
         env = {**os.environ, "MYSQL_PWD": self.root_password if password is None else password}
         if database:
             argv.append(database)
@@ -136,20 +143,34 @@ class Postgres:
     superuser_password: str = "pg-super-pw"
 
     def _env(self, password: str | None) -> dict[str, str]:
-        return {**os.environ, "PGPASSWORD": password or self.superuser_password,
-                "PGHOST": str(self.socket_dir), "PGPORT": str(self.port)}
+        return {
+            **os.environ,
+            "PGPASSWORD": password or self.superuser_password,
+            "PGHOST": str(self.socket_dir),
+            "PGPORT": str(self.port),
+        }
 
     def sql(self, statement: str, database: str = "postgres", user: str = "postgres") -> str:
         result = subprocess.run(
             ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", user, "-d", database],
-            input=statement, capture_output=True, text=True, env=self._env(None), timeout=120)
+            input=statement,
+            capture_output=True,
+            text=True,
+            env=self._env(None),
+            timeout=120,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
 
     def restore(self, database: str, dump: Path) -> None:
-        subprocess.run(["pg_restore", "-U", "postgres", "--no-owner", "-d", database, str(dump)],
-                       check=True, env=self._env(None), capture_output=True, timeout=300)
+        subprocess.run(
+            ["pg_restore", "-U", "postgres", "--no-owner", "-d", database, str(dump)],
+            check=True,
+            env=self._env(None),
+            capture_output=True,
+            timeout=300,
+        )
 
 
 def _pg_bin(name: str) -> str | None:
@@ -162,8 +183,9 @@ def start_postgres() -> Iterator[Postgres]:
     tools = {name: _pg_bin(name) for name in ("initdb", "postgres", "pg_isready")}
     missing = [n for n, p in tools.items() if p is None]
     missing += [t for t in ("psql", "pg_dump", "pg_restore") if shutil.which(t) is None]
-    require_system(not missing, f"PostgreSQL tools missing: {', '.join(missing)} "
-                                "(apt-get install postgresql)")
+    require_system(
+        not missing, f"PostgreSQL tools missing: {', '.join(missing)} (apt-get install postgresql)"
+    )
     as_user: dict[str, str] = {}
     base = Path(tempfile.mkdtemp(prefix="ba-pg-"))
     db = Postgres(base, base, 54329)
@@ -176,19 +198,53 @@ def start_postgres() -> Iterator[Postgres]:
         as_user = {"user": "postgres", "group": "postgres"}
     server = None
     try:
-        subprocess.run([tools["initdb"], "-D", str(base / "data"), "-U", "postgres",
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8"],
-                       check=True, capture_output=True, timeout=300, cwd=base, **as_user)
+        subprocess.run(
+            [
+                tools["initdb"],
+                "-D",
+                str(base / "data"),
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+            cwd=base,
+            **as_user,
+        )
         server = subprocess.Popen(
-            [tools["postgres"], "-D", str(base / "data"), "-k", str(base),
-             "-c", "listen_addresses=", "-p", str(db.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=base, **as_user)
+            [
+                tools["postgres"],
+                "-D",
+                str(base / "data"),
+                "-k",
+                str(base),
+                "-c",
+                "listen_addresses=",
+                "-p",
+                str(db.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=base,
+            **as_user,
+        )
 
         def ready() -> bool:
             if server.poll() is not None:
                 raise RuntimeError("postgres exited during start-up")
-            return subprocess.run([tools["pg_isready"], "-h", str(base), "-p", str(db.port)],
-                                  capture_output=True, timeout=30).returncode == 0
+            return (
+                subprocess.run(
+                    [tools["pg_isready"], "-h", str(base), "-p", str(db.port)],
+                    capture_output=True,
+                    timeout=30,
+                ).returncode
+                == 0
+            )
+
         _wait(ready, "postgres")
         yield db
     finally:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from backupagent.config import ConfigError, load_config
+from backupagent.config import WORDPRESS_EXCLUDES, ConfigError, load_config
 
 BASE = """
 [destinations.offsite]
@@ -173,9 +174,11 @@ def test_example_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     secret = tmp_path / "offsite.pass"
     secret.write_text("x\n")
     path = tmp_path / "jobs.toml"
-    path.write_text(text.replace("/etc/backupagent/offsite.pass", str(secret)))
+    path.write_text(re.sub(r"/etc/backupagent/[\w-]+\.pass", str(secret), text))
     config = load_config(path)
-    assert "nightly" in config.jobs
+    assert set(config.jobs) == {"nightly", "blog"}
+    assert [d.type for d in config.jobs["nightly"].databases] == ["mysql", "postgresql", "sqlite"]
+    assert config.jobs["blog"].wordpress_exclude == WORDPRESS_EXCLUDES
 
 
 @pytest.mark.parametrize(

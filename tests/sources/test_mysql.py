@@ -20,7 +20,7 @@ from ..conftest import WriteConfig
 from ..databases import MariaDB
 from ..test_runner import download
 
-PASSWORD = 'tri"cky \'pa$$\\word #1'
+PASSWORD = "tri\"cky 'pa$$\\word #1"
 DUMP_TOOLS = ("mariadb-dump", "mariadb")
 
 
@@ -55,8 +55,14 @@ def shop(mariadb: MariaDB) -> MariaDB:
 
 
 def _entry(db: MariaDB, name: str, password_file: Path, **extra: str) -> str:
-    fields = {"type": "mysql", "name": name, "socket": str(db.socket), "user": "backup",
-              "password_file": str(password_file), **extra}
+    fields = {
+        "type": "mysql",
+        "name": name,
+        "socket": str(db.socket),
+        "user": "backup",
+        "password_file": str(password_file),
+        **extra,
+    }
     inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
     return f"databases = [{{ {inner} }}]"
 
@@ -82,8 +88,9 @@ def _checksums(db: MariaDB, database: str) -> dict[str, str]:
     return {row.split("\t")[0].split(".")[1]: row.split("\t")[1] for row in rows}
 
 
-def test_dump_round_trip_checksums_match(shop: MariaDB, write_config: WriteConfig,
-                                         ftp_server: LocalFtpServer, password_file: Path) -> None:
+def test_dump_round_trip_checksums_match(
+    shop: MariaDB, write_config: WriteConfig, ftp_server: LocalFtpServer, password_file: Path
+) -> None:
     config = write_config(job=_entry(shop, "shop", password_file))
     result = run_job(config, "www")
     assert result.outcome == "success", (result.error, result.warnings)
@@ -96,7 +103,9 @@ def test_dump_round_trip_checksums_match(shop: MariaDB, write_config: WriteConfi
     assert entry["sha256"] == __import__("hashlib").sha256(dump).hexdigest()
     assert entry["tables"] == ["audit", "blobs", "notes"]
 
-    shop.sql("DROP DATABASE IF EXISTS shop_restored; CREATE DATABASE shop_restored CHARACTER SET utf8mb4;")
+    shop.sql(
+        "DROP DATABASE IF EXISTS shop_restored; CREATE DATABASE shop_restored CHARACTER SET utf8mb4;"
+    )
     shop.load("shop_restored", dump)
     assert _checksums(shop, "shop_restored") == _checksums(shop, "shop")
     assert "notes_ai" in shop.sql("SHOW TRIGGERS", "shop_restored")
@@ -105,9 +114,13 @@ def test_dump_round_trip_checksums_match(shop: MariaDB, write_config: WriteConfi
     assert PASSWORD.encode() not in download(config, f"{result.backup_id}.manifest.json")
 
 
-def test_password_never_on_the_command_line(shop: MariaDB, write_config: WriteConfig,
-                                           password_file: Path, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_never_on_the_command_line(
+    shop: MariaDB,
+    write_config: WriteConfig,
+    password_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Wrap the tools: each records its argv and the option file it was handed."""
     wrappers = tmp_path / "bin"
     wrappers.mkdir()
@@ -115,11 +128,7 @@ def test_password_never_on_the_command_line(shop: MariaDB, write_config: WriteCo
     for tool in DUMP_TOOLS:
         real = __import__("shutil").which(tool)
         script = wrappers / tool
-        script.write_text(
-            "#!/bin/sh\n"
-            f'printf "%s\\n" "$0 $*" >> {record}\n'
-            f'exec {real} "$@"\n'
-        )
+        script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$0 $*" >> {record}\nexec {real} "$@"\n')
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
     result = run_job(write_config(job=_entry(shop, "shop", password_file)), "www")
@@ -132,13 +141,24 @@ def test_password_never_on_the_command_line(shop: MariaDB, write_config: WriteCo
 @pytest.mark.parametrize(
     ("name", "password", "category", "where"),
     [
-        ("shop", "wrong-password", "database_login", "databases[0].user, databases[0].password_file"),
+        (
+            "shop",
+            "wrong-password",
+            "database_login",
+            "databases[0].user, databases[0].password_file",
+        ),
         ("no_such_db", PASSWORD, "database_unknown", "databases[0].name"),
     ],
 )
 def test_failures_are_explained_and_publish_nothing(
-    shop: MariaDB, write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path,
-    name: str, password: str, category: str, where: str,
+    shop: MariaDB,
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    tmp_path: Path,
+    name: str,
+    password: str,
+    category: str,
+    where: str,
 ) -> None:
     pw = tmp_path / "given.pass"
     pw.write_text(password)
@@ -153,9 +173,13 @@ def test_failures_are_explained_and_publish_nothing(
     assert not list((tmp_path / "spool" / "www").iterdir())
 
 
-def test_dump_without_completion_marker_fails(shop: MariaDB, write_config: WriteConfig,
-                                              password_file: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dump_without_completion_marker_fails(
+    shop: MariaDB,
+    write_config: WriteConfig,
+    password_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A dump tool that exits 0 but stops early (as if its output were cut) is not accepted."""
     wrappers = tmp_path / "bin"
     wrappers.mkdir()
@@ -169,8 +193,9 @@ def test_dump_without_completion_marker_fails(shop: MariaDB, write_config: Write
     assert read_events(result.log_path)[-1]["category"] == "dump_incomplete"
 
 
-def test_missing_dump_tool_names_the_package(write_config: WriteConfig, password_file: Path,
-                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_dump_tool_names_the_package(
+    write_config: WriteConfig, password_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
@@ -183,15 +208,20 @@ def _entry_for_missing(password_file: Path) -> str:
     return f'databases = [{{ type = "mysql", name = "x", password_file = "{password_file}" }}]'
 
 
-def test_all_dumps_every_non_system_database(shop: MariaDB, write_config: WriteConfig,
-                                             password_file: Path) -> None:
+def test_all_dumps_every_non_system_database(
+    shop: MariaDB, write_config: WriteConfig, password_file: Path
+) -> None:
     config = write_config(job=_entry(shop, "all", password_file))
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
     names = {n for n in _members(config, result) if n.startswith("databases/")}
     assert {"databases/shop.sql", "databases/wpsite.sql"} <= names
-    assert not names & {"databases/mysql.sql", "databases/sys.sql",
-                        "databases/information_schema.sql", "databases/performance_schema.sql"}
+    assert not names & {
+        "databases/mysql.sql",
+        "databases/sys.sql",
+        "databases/information_schema.sql",
+        "databases/performance_schema.sql",
+    }
 
 
 def test_wordpress_job(shop: MariaDB, write_config: WriteConfig, tmp_path: Path) -> None:
@@ -223,14 +253,20 @@ def test_wordpress_job(shop: MariaDB, write_config: WriteConfig, tmp_path: Path)
     dump = members["databases/wpsite.sql"]
     assert b"CREATE TABLE `wp_posts`" in dump and b"other_posts" not in dump
     meta = json.loads(download(config, f"{result.backup_id}.manifest.json"))
-    assert meta["wordpress"] == {"root": str(root), "version": "6.8.1", "table_prefix": "wp_",
-                                 "database": "wpsite", "tables": "prefix"}
+    assert meta["wordpress"] == {
+        "root": str(root),
+        "version": "6.8.1",
+        "table_prefix": "wp_",
+        "database": "wpsite",
+        "tables": "prefix",
+    }
     assert meta["databases"][0]["tables"] == ["wp_options", "wp_posts"]
     assert PASSWORD not in result.log_path.read_text()
 
 
-def test_wordpress_wrong_password_points_at_wp_config(shop: MariaDB, write_config: WriteConfig,
-                                                      tmp_path: Path) -> None:
+def test_wordpress_wrong_password_points_at_wp_config(
+    shop: MariaDB, write_config: WriteConfig, tmp_path: Path
+) -> None:
     root = tmp_path / "wp"
     root.mkdir()
     (root / "wp-config.php").write_text(

@@ -35,8 +35,14 @@ def shop(postgres: Postgres) -> Postgres:
 
 
 def _entry(db: Postgres, name: str, password_file: Path) -> str:
-    fields = {"type": "postgresql", "name": name, "host": str(db.socket_dir), "port": db.port,
-              "user": "backup", "password_file": str(password_file)}
+    fields = {
+        "type": "postgresql",
+        "name": name,
+        "host": str(db.socket_dir),
+        "port": db.port,
+        "user": "backup",
+        "password_file": str(password_file),
+    }
     inner = ", ".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
     return f"databases = [{{ {inner} }}]"
 
@@ -47,15 +53,18 @@ def _password_file(tmp_path: Path, password: str) -> Path:
     return path
 
 
-def test_round_trip(shop: Postgres, write_config: WriteConfig, tmp_path: Path,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_round_trip(
+    shop: Postgres, write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wrappers = tmp_path / "bin"
     wrappers.mkdir()
     record = tmp_path / "argv.log"
     script = wrappers / "pg_dump"
-    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {record}\n'
-                      f'echo "PGPASSWORD=${{PGPASSWORD:-}}" >> {record}\n'
-                      f'exec {shutil.which("pg_dump")} "$@"\n')
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {record}\n'
+        f'echo "PGPASSWORD=${{PGPASSWORD:-}}" >> {record}\n'
+        f'exec {shutil.which("pg_dump")} "$@"\n'
+    )
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
     monkeypatch.setenv("PGPASSWORD", "must-not-be-inherited")
@@ -80,9 +89,17 @@ def test_round_trip(shop: Postgres, write_config: WriteConfig, tmp_path: Path,
     ("name", "password", "category"),
     [("shop", "Wr0ng-pg-secret", "database_login"), ("nope", PASSWORD, "database_unknown")],
 )
-def test_failures(shop: Postgres, write_config: WriteConfig, tmp_path: Path, name: str,
-                  password: str, category: str) -> None:
-    result = run_job(write_config(job=_entry(shop, name, _password_file(tmp_path, password))), "www")
+def test_failures(
+    shop: Postgres,
+    write_config: WriteConfig,
+    tmp_path: Path,
+    name: str,
+    password: str,
+    category: str,
+) -> None:
+    result = run_job(
+        write_config(job=_entry(shop, name, _password_file(tmp_path, password))), "www"
+    )
     assert result.exit_code == 1
     last = read_events(result.log_path)[-1]
     assert last["event"] == "suggestion" and last["category"] == category

@@ -43,7 +43,9 @@ def test_copy_of_a_live_database_is_consistent(write_config: WriteConfig, tmp_pa
     thread.start()
     try:
         assert started.wait(60)
-        config = write_config(job=f'databases = [{{ type = "sqlite", path = "{path}", name = "app" }}]')
+        config = write_config(
+            job=f'databases = [{{ type = "sqlite", path = "{path}", name = "app" }}]'
+        )
         result = run_job(config, "www")
     finally:
         stop.set()
@@ -58,9 +60,13 @@ def test_copy_of_a_live_database_is_consistent(write_config: WriteConfig, tmp_pa
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_missing_sqlite_file_fails_without_creating_it(write_config: WriteConfig, tmp_path: Path) -> None:
+def test_missing_sqlite_file_fails_without_creating_it(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
     path = tmp_path / "missing.db"
-    result = run_job(write_config(job=f'databases = [{{ type = "sqlite", path = "{path}" }}]'), "www")
+    result = run_job(
+        write_config(job=f'databases = [{{ type = "sqlite", path = "{path}" }}]'), "www"
+    )
     assert result.exit_code == 1
     assert "no database file" in result.suggestion
     assert "databases[0].path" in result.suggestion
