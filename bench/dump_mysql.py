@@ -15,11 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backupagent.config import load_config  # noqa: E402
-from backupagent.ftpserver import LocalFtpServer  # noqa: E402
-from backupagent.logging import configure, read_events  # noqa: E402
-from backupagent.runner import run_job  # noqa: E402
-from tests.databases import start_mariadb  # noqa: E402
+from backupagent.config import load_config
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.logging import configure, read_events
+from backupagent.runner import run_job
+from tests.databases import start_mariadb
 
 
 def main(rows: int) -> None:
@@ -44,9 +44,13 @@ def main(rows: int) -> None:
             FROM seq_1_to_{rows};  -- MariaDB's Sequence engine
             ANALYZE TABLE wp_posts;
         """)
-        size = db.sql("SELECT SUM(data_length + index_length) FROM information_schema.tables "
-                      "WHERE table_schema = 'wp'").strip()
-        print(f"filled {rows} rows in {time.monotonic() - started:.1f}s; InnoDB size {int(size) / 2**20:.1f} MiB")
+        size = db.sql(
+            "SELECT SUM(data_length + index_length) FROM information_schema.tables "
+            "WHERE table_schema = 'wp'"
+        ).strip()
+        print(
+            f"filled {rows} rows in {time.monotonic() - started:.1f}s; InnoDB size {int(size) / 2**20:.1f} MiB"
+        )
         (base / "ftp").mkdir()
         with LocalFtpServer(base / "ftp") as ftp:
             (base / "ftp.pass").write_text(ftp.password)
@@ -73,8 +77,10 @@ databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", user = "roo
         dumped = next(e for e in events if e["event"] == "database dumped")
         assert result.stats is not None
         print(f"result: {result.outcome}")
-        print(f"dump: {dumped['bytes'] / 2**20:.1f} MiB of SQL in {dumped['seconds']:.2f}s "
-              f"({dumped['bytes'] / 2**20 / dumped['seconds']:.0f} MiB/s)")
+        print(
+            f"dump: {dumped['bytes'] / 2**20:.1f} MiB of SQL in {dumped['seconds']:.2f}s "
+            f"({dumped['bytes'] / 2**20 / dumped['seconds']:.0f} MiB/s)"
+        )
         print(f"archive: {result.stats.archive_bytes / 2**20:.1f} MiB (.tar.zst, level 3)")
         print(f"whole run (dump + archive + upload + manifest): {result.seconds:.2f}s")
     finally:

@@ -181,6 +181,19 @@ def _timed(dumps: list[Dump], item: Dump) -> Iterator[None]:
     )
 
 
+def _require_some(target: Target, names: list[str], tool: str) -> None:
+    """`name = "all"` that finds nothing is a failure, not an empty backup."""
+    if not names:
+        raise _fail(
+            target,
+            "all",
+            tool,
+            1,
+            "error: the server lists no database to dump (none besides system ones, "
+            "or the user may not see them)",
+        )
+
+
 # --- MySQL / MariaDB ------------------------------------------------------------------
 
 
@@ -249,6 +262,7 @@ def dump_mysql(target: Target, spool_dir: Path) -> list[Dump]:
             for n in _mysql_query(target, client, "all", "SHOW DATABASES")
             if n not in MYSQL_SYSTEM_DATABASES
         ]
+        _require_some(target, names, client)
     else:
         names = [db.name]
     dumps: list[Dump] = []
@@ -374,6 +388,7 @@ def dump_postgres(target: Target, spool_dir: Path) -> list[Dump]:
                 "SELECT datname FROM pg_database WHERE NOT datistemplate "
                 "AND datname <> 'postgres' ORDER BY datname",
             )
+            _require_some(target, names, psql)
         else:
             names = [db.name]
         for name in names:

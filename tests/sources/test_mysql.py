@@ -276,3 +276,15 @@ def test_wordpress_wrong_password_points_at_wp_config(
     result = run_job(write_config(job=f'wordpress = "{root}"'), "www")
     assert result.exit_code == 1
     assert f"Where: in {root / 'wp-config.php'}: DB_USER, DB_PASSWORD" in result.suggestion
+
+
+def test_all_with_nothing_visible_fails(
+    shop: MariaDB, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    shop.sql("CREATE USER IF NOT EXISTS 'nobody'@'localhost' IDENTIFIED BY 'nobody-pw';")
+    pw = tmp_path / "nobody.pass"
+    pw.write_text("nobody-pw")
+    entry = _entry(shop, "all", pw).replace('"backup"', '"nobody"')
+    result = run_job(write_config(job=entry), "www")
+    assert result.exit_code == 1
+    assert "lists no database to dump" in result.suggestion
