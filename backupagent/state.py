@@ -1,12 +1,39 @@
-"""Per-job state on this host: the run lock (the run history joins it later)."""
+"""Per-job state on this host: the run lock and the run history (SQLite in state_dir).
+
+The history is written by whichever process runs a job (the daemon or a manual
+`run-job`), so the database runs in WAL mode with a busy timeout and every write is
+one short transaction.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import os
+import sqlite3
 from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
+
+DB_NAME = "history.sqlite3"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    trigger TEXT NOT NULL,             -- manual | schedule | catch-up
+    started TEXT NOT NULL,             -- ISO 8601, UTC
+    finished TEXT,
+    result TEXT NOT NULL,              -- running | success | warning | failed | aborted
+    bytes_archived INTEGER,            -- bytes read from sources and dumps
+    bytes_uploaded INTEGER,            -- size of the uploaded archive
+    archive TEXT,
+    error TEXT,
+    suggestion TEXT,
+    log_path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
+"""
 
 
 class JobLocked(Exception):
@@ -32,3 +59,91 @@ def job_lock(state_dir: Path, job: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@dataclass
+class Run:
+    """One row of the run history."""
+
+    run_id: str
+    job: str
+    trigger: str
+    started: dt.datetime
+    log_path: str
+    result: str = "running"
+    finished: dt.datetime | None = None
+    bytes_archived: int | None = None
+    bytes_uploaded: int | None = None
+    archive: str | None = None
+    error: str | None = None
+    suggestion: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return (self.finished - self.started).total_seconds() if self.finished else None
+
+
+class History:
+    """The run history database; open one per thread or process (connections are cheap)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(state_dir / DB_NAME, timeout=30, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def save(self, run: Run) -> None:
+        """Insert or update a run (one statement: atomic against other writers)."""
+        row = {f.name: _to_sql(getattr(run, f.name)) for f in fields(Run)}
+        names = ", ".join(row)
+        marks = ", ".join(f":{n}" for n in row)
+        self.conn.execute(f"INSERT OR REPLACE INTO runs ({names}) VALUES ({marks})", row)
+
+    def interrupted(self, job: str) -> int:
+        """Mark runs still recorded as running as failed; call only while holding the job lock."""
+        cursor = self.conn.execute(
+            "UPDATE runs SET result = 'failed', error = 'the agent stopped during this run', "
+            "finished = COALESCE(finished, started) WHERE job = ? AND result = 'running'",
+            (job,),
+        )
+        return cursor.rowcount
+
+    def runs(self, job: str, limit: int = 50, results: tuple[str, ...] = ()) -> list[Run]:
+        """The job's most recent runs (with one of `results`, if given), newest first."""
+        where, params = "job = ?", [job]
+        if results:
+            where += f" AND result IN ({', '.join('?' * len(results))})"
+            params += list(results)
+        cursor = self.conn.execute(
+            f"SELECT * FROM runs WHERE {where} ORDER BY started DESC LIMIT ?", (*params, limit)
+        )
+        names = [d[0] for d in cursor.description]
+        return [_from_row(dict(zip(names, row, strict=True))) for row in cursor]
+
+    def last(self, job: str, results: tuple[str, ...] = ()) -> Run | None:
+        """The job's most recent run (with one of `results`, if given)."""
+        found = self.runs(job, limit=1, results=results)
+        return found[0] if found else None
+
+
+def _to_sql(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    return value
+
+
+def _from_row(row: dict[str, object]) -> Run:
+    for key in ("started", "finished"):
+        if row[key] is not None:
+            row[key] = dt.datetime.fromisoformat(str(row[key]))
+    return Run(**row)  # type: ignore[arg-type]

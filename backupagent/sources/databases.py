@@ -121,7 +121,7 @@ class _SpoolWriter:
         self.size += len(data)
         if len(self.head) < TAIL_BYTES:
             self.head += data[: TAIL_BYTES - len(self.head)]
-        self.tail = (self.tail + data)[-TAIL_BYTES:]
+        self.tail = (self.tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
 
     def close(self) -> None:
         self.writer.close()  # flushes the zstd frame and closes the file
