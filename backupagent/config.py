@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
@@ -52,6 +53,21 @@ class AgentConfig(_Table):
     state_dir: Path = Path("/var/lib/backupagent")
     log_dir: Path = Path("/var/log/backupagent")
     spool_dir: Path = Path("/var/tmp/backupagent")
+    timezone: str | None = None  # for schedules; default: the host's
+    keep_logs: StrictInt = Field(default=30, ge=1)  # run logs kept per job
+    stop_timeout: float = Field(default=30.0, gt=0, le=3600)  # seconds to clean up on SIGTERM
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"{value!r} is not a known time zone (e.g. 'Europe/Berlin')"
+                ) from None
+        return value
 
 
 class _Credentials(_Table):
@@ -191,6 +207,7 @@ class Job(_Table):
     wordpress: Path | None = None  # a site root: its files plus the database in wp-config.php
     wordpress_exclude: list[str] = WORDPRESS_EXCLUDES  # replaces the default list when set
     wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
+    catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
 
@@ -198,12 +215,7 @@ class Job(_Table):
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is not None:
-            if len(value.split()) != 5:
-                raise ValueError(f"{value!r} is not a 5-field cron expression")
-            try:
-                CronTrigger.from_crontab(value)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not a valid cron expression: {exc}") from None
+            cron_trigger(value, None)
         return value
 
     @field_validator("sources")
@@ -256,6 +268,65 @@ class Config(BaseModel):
 
     def destination_of(self, job_name: str) -> Destination:
         return self.destinations[self.jobs[job_name].destination]
+
+
+def cron_trigger(schedule: str, timezone: str | None) -> CronTrigger:
+    """A trigger for a cron expression: 5 fields, or 6 with a leading seconds field.
+
+    The seconds field is an extension for schedules finer than a minute (and for tests).
+    Raises ValueError with a message fit for `jobs.toml: [jobs.X] schedule: ...`.
+    """
+    parts = schedule.split()
+    if len(parts) not in (5, 6):
+        raise ValueError(f"{schedule!r} is not a cron expression of 5 fields (or 6 with seconds)")
+    second = parts.pop(0) if len(parts) == 6 else "0"
+    minute, hour, day, month, day_of_week = parts
+    try:
+        return CronTrigger(
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=cron_weekdays(day_of_week),
+            timezone=ZoneInfo(timezone) if timezone else None,
+        )
+    except ValueError as exc:
+        raise ValueError(f"{schedule!r} is not a valid cron expression: {exc}") from None
+
+
+WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def cron_weekdays(field: str) -> str:
+    """A crontab day-of-week field (0 or 7 = Sunday) as APScheduler day names.
+
+    APScheduler 3 counts 0 as Monday, so "0" must not be passed through as it is.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.lower().split(","):
+        span, _, step_text = item.partition("/")
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
+        if step_text and step is None:
+            raise ValueError(f"bad step in day of week: {item!r}")
+        if span == "*":
+            first, last = 0, 6
+        else:
+            start, _, end = span.partition("-")
+            first = _weekday(start)
+            last = _weekday(end) if end else (6 if step else first)
+        days.update(d % 7 for d in range(first, last + 1, step or 1))
+    return ",".join(WEEKDAYS[d] for d in sorted(days))
+
+
+def _weekday(token: str) -> int:
+    if token.isdigit() and 0 <= int(token) <= 7:
+        return int(token)
+    if token[:3] in WEEKDAYS and len(token) == 3:
+        return WEEKDAYS.index(token)
+    raise ValueError(f"bad day of week: {token!r} (use 0-7 or sun..sat)")
 
 
 def default_config_path() -> Path:

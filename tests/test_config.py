@@ -54,7 +54,7 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
         ),
         (
             {"extra": TWO.format('schedule = "0 3 * *"\nsources = ["/srv"]')},
-            "jobs.toml: [jobs.two] schedule: '0 3 * *' is not a 5-field cron",
+            "jobs.toml: [jobs.two] schedule: '0 3 * *' is not a cron expression of 5 fields",
         ),
         (
             {"extra": TWO.format('sources = ["relative/dir"]')},
@@ -223,3 +223,27 @@ def test_wordpress_job_needs_no_sources(tmp_path: Path) -> None:
     job = config.jobs["two"]
     assert job.sources == [] and "wp-content/cache/" in job.wordpress_exclude
     assert job.wordpress_tables == "all"
+
+
+@pytest.mark.parametrize(
+    ("schedule", "after", "expected"),
+    [
+        # 2026-11-22 is a Sunday; crontab counts 0 and 7 as Sunday (APScheduler 3 does not)
+        ("0 3 * * 0", "2026-11-22T00:00", "2026-11-22T03:00"),
+        ("0 3 * * 7", "2026-11-22T00:00", "2026-11-22T03:00"),
+        ("0 3 * * 1-5", "2026-11-22T00:00", "2026-11-23T03:00"),
+        ("0 3 * * sat", "2026-11-22T00:00", "2026-11-28T03:00"),
+        ("0 3 * * 5-7", "2026-11-22T04:00", "2026-11-27T03:00"),
+        ("30 2 1 * *", "2026-11-22T00:00", "2026-12-01T02:30"),
+        ("*/20 * * * * *", "2026-11-22T00:00:01", "2026-11-22T00:00:20"),
+    ],
+)
+def test_schedules_follow_crontab(schedule: str, after: str, expected: str) -> None:
+    import datetime as dt
+
+    from backupagent.config import cron_trigger
+
+    utc = dt.UTC
+    start = dt.datetime.fromisoformat(after).replace(tzinfo=utc)
+    fire = cron_trigger(schedule, "UTC").get_next_fire_time(None, start)
+    assert fire == dt.datetime.fromisoformat(expected).replace(tzinfo=utc)
