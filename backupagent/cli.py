@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from backupagent import __version__
 from backupagent.config import Config, ConfigError, default_config_path, load_config
@@ -72,9 +78,12 @@ def run_job_command(obj: _Context, job: str) -> None:
     from backupagent.runner import run_job
 
     config = obj.job(job)
+    cancel = threading.Event()  # SIGTERM/SIGINT: abort cleanly, remove what was uploaded
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: cancel.set())
     try:
         with terminal_progress(sys.stderr) as progress:
-            result = run_job(config, job, progress)
+            result = run_job(config, job, progress, cancel=cancel)
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)
@@ -97,6 +106,8 @@ def print_summary(result: RunResult) -> None:
             f"{s.files} files, {_size(s.bytes_read)} read, {_size(s.archive_bytes)} archive, "
             f"{result.seconds:.1f}s"
         )
+    elif result.outcome == "aborted":
+        out.print(f"[bold red]{result.job}: ABORTED[/] — {result.error}; nothing was published.")
     else:
         out.print(f"[bold red]{result.job}: FAILED[/] — {result.error}; nothing was published.")
     if result.warnings:
@@ -164,6 +175,107 @@ def diagnose(obj: _Context, job: str) -> None:
     else:
         out.print("Neither mode works from this host: check the login, host and firewall.")
         sys.exit(1)
+
+
+@cli.command()
+@click.pass_obj
+def daemon(obj: _Context) -> None:
+    """Run every job on its schedule until SIGTERM (what systemd starts)."""
+    import logging
+
+    from backupagent.scheduler import Daemon
+
+    logging.basicConfig(level=logging.WARNING)  # APScheduler's own warnings, to stderr
+    try:
+        runner = Daemon(obj.config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(problem, err=True)
+        sys.exit(EXIT_USAGE)
+    sys.exit(runner.serve())
+
+
+@cli.command("list")
+@click.pass_obj
+def list_jobs(obj: _Context) -> None:
+    """Jobs, their schedule, next run time and last result."""
+    from backupagent.config import cron_trigger
+    from backupagent.state import History
+
+    config = obj.config()
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    with History(config.agent.state_dir) as history:
+        for name, job in sorted(config.jobs.items()):
+            next_run = "manual only"
+            if job.schedule:
+                fire = cron_trigger(job.schedule, config.agent.timezone).get_next_fire_time(
+                    None, now
+                )
+                next_run = _when(fire) if fire else "never"
+            last = history.last(name)
+            rows.append(
+                [
+                    name,
+                    job.schedule or "-",
+                    next_run,
+                    f"{last.result} ({_when(last.started)})" if last else "never run",
+                ]
+            )
+    _table(["job", "schedule", "next run", "last result"], rows, result_column=3)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
+@click.pass_obj
+def history(obj: _Context, job: str, limit: int) -> None:
+    """Past runs of a job: start, duration, size, result, suggestion."""
+    from backupagent.state import History
+
+    config = obj.job(job)
+    with History(config.agent.state_dir) as db:
+        runs = db.runs(job, limit=limit)
+    rows = [
+        [
+            run.run_id,
+            _when(run.started),
+            f"{run.seconds:.1f}s" if run.seconds is not None else "-",
+            _size(run.bytes_uploaded) if run.bytes_uploaded is not None else "-",
+            run.result,
+            run.trigger,
+            _last_line(run.suggestion or run.error or ""),
+        ]
+        for run in runs
+    ]
+    _table(["run", "started", "took", "uploaded", "result", "trigger", "note"], rows, 4)
+
+
+def _last_line(text: str) -> str:
+    """A suggestion's last line is its change or advice: the part worth a column."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _when(moment: dt.datetime) -> str:
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _table(headers: list[str], rows: list[list[str]], result_column: int) -> None:
+    """A rich table on a terminal; tab-separated lines (with a header) when piped."""
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        for row in [headers, *rows]:
+            click.echo("\t".join(row))
+        return
+    table = Table(*headers, box=box.SIMPLE_HEAD)
+    for row in rows:
+        result = row[result_column].split(" ", 1)[0]
+        table.add_row(*map(escape, row), style=_RESULT_STYLES.get(result, ""))
+    out.print(table)
+
+
+_RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow"}
 
 
 @cli.command()

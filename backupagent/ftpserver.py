@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.servers import FTPServer
 
@@ -35,7 +35,9 @@ class LocalFtpServer:
         user: str = "backup",
         password: str = "demo-secret",
         host: str = "127.0.0.1",
+        throttle: int | None = None,
     ) -> None:
+        """`throttle`: bytes per second the server reads from a data connection (slow link)."""
         self.root = root
         self.user = user
         self.password = password
@@ -62,6 +64,12 @@ class LocalFtpServer:
                 super().ftp_EPSV(line)
 
         Handler.authorizer = authorizer
+        if throttle:
+
+            class SlowDTP(ThrottledDTPHandler):
+                read_limit = throttle
+
+            Handler.dtp_handler = SlowDTP
         self.server = FTPServer((host, 0), Handler)
         self.host, self.port = self.server.address[:2]
         self._stopping = threading.Event()

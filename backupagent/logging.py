@@ -79,6 +79,12 @@ def run_logs(log_dir: Path, job: str) -> list[Path]:
     return sorted((log_dir / job).glob("*.jsonl"))
 
 
+def prune_run_logs(log_dir: Path, job: str, keep: int) -> None:
+    """Delete the job's oldest run logs beyond the newest `keep`."""
+    for path in run_logs(log_dir, job)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Parse one run log; a line that is not JSON (a torn write) is skipped."""
     events = []

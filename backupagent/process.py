@@ -18,6 +18,10 @@ import structlog
 STDERR_KEEP = 64 * 1024  # bytes of a tool's stderr kept for the log and the advice
 
 
+class Cancelled(Exception):
+    """The caller's cancel event was set; the child was killed."""
+
+
 class ToolMissing(Exception):
     """None of the named programs is on PATH."""
 
@@ -64,11 +68,13 @@ def stream(
     env: dict[str, str] | None = None,
     pass_fds: Sequence[int] = (),
     chunk: int = 1 << 20,
+    cancel: threading.Event | None = None,
 ) -> Finished:
     """Run `argv`, handing its stdout to `sink` chunk by chunk; keep the tail of stderr.
 
     The command line is logged (it never holds a secret); stderr is read on a thread
-    so a chatty tool cannot block on a full pipe.
+    so a chatty tool cannot block on a full pipe. Setting `cancel` kills the child and
+    raises Cancelled.
     """
     log = structlog.get_logger("backupagent.process")
     log.debug("running", argv=list(argv))
@@ -91,6 +97,16 @@ def stream(
 
     reader = threading.Thread(target=drain, name="stderr", daemon=True)
     reader.start()
+    done = threading.Event()
+    if cancel is not None:
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                if cancel.is_set():
+                    proc.kill()
+                    return
+
+        threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
     try:
         while data := proc.stdout.read(chunk):
             sink(data)
@@ -100,8 +116,11 @@ def stream(
     finally:
         proc.stdout.close()
         proc.wait()
+        done.set()
         reader.join()
         proc.stderr.close()
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(f"{argv[0]} was stopped")
     text = errors.decode("utf-8", "replace")
     log.debug("finished", argv=list(argv)[:1], returncode=proc.returncode, stderr=text[-2000:])
     return Finished(tuple(argv), proc.returncode, text)

@@ -9,6 +9,8 @@ import json
 import secrets
 import shutil
 import socket
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from backupagent import __version__
+from backupagent import __version__, process
 from backupagent.archive import ArchiveStats, write_archive
 from backupagent.config import Config
 from backupagent.destinations import ftp
@@ -24,12 +26,13 @@ from backupagent.diagnosis import (
     Category,
     Diagnosis,
     Failure,
+    FailureKind,
     ProbeResult,
     diagnose,
     mode_name,
     suggestion_text,
 )
-from backupagent.logging import run_log
+from backupagent.logging import prune_run_logs, run_log
 from backupagent.retention import (
     archive_name,
     complete_backups,
@@ -40,7 +43,7 @@ from backupagent.retention import (
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
 from backupagent.sources.files import Entry, identity, walk
 from backupagent.sources.wordpress import Site, WordPressError, read_site
-from backupagent.state import job_lock
+from backupagent.state import History, Run, job_lock
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -59,12 +62,13 @@ class Progress:
 
 @dataclass
 class RunResult:
-    """What a run did, for the CLI summary (and later the run history)."""
+    """What a run did, for the CLI summary and the run history."""
 
     job: str
     run_id: str
     log_path: Path
-    outcome: str = "failed"  # success | warning | failed
+    trigger: str = "manual"  # manual | schedule | catch-up
+    outcome: str = "failed"  # success | warning | failed | aborted
     backup_id: str | None = None
     stats: ArchiveStats | None = None
     warnings: list[str] = field(default_factory=list)
@@ -74,11 +78,15 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.outcome == "failed" else EXIT_OK
+        return EXIT_OK if self.outcome in ("success", "warning") else EXIT_FAILED
 
 
 class RunError(Exception):
     """A failure outside the FTP dialogue (missing source, local disk), in plain words."""
+
+
+class Aborted(Exception):
+    """The run was asked to stop (SIGTERM/SIGINT); it cleans up and records itself aborted."""
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -86,18 +94,59 @@ def new_run_id(now: dt.datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
-def run_job(config: Config, job_name: str, progress: Progress | None = None) -> RunResult:
-    """Run `job_name` once in the foreground; raises state.JobLocked if it is already running."""
+def run_job(
+    config: Config,
+    job_name: str,
+    progress: Progress | None = None,
+    *,
+    trigger: str = "manual",
+    cancel: threading.Event | None = None,
+) -> RunResult:
+    """Run `job_name` once and record it in the history.
+
+    Raises state.JobLocked if the job is already running (here or in another process).
+    Setting `cancel` aborts the run: what it uploaded and spooled is removed.
+    """
     _prepare_directories(config, job_name)
     with job_lock(config.agent.state_dir, job_name):
         started = dt.datetime.now(dt.UTC)
         run_id = new_run_id(started)
         with run_log(config.agent.log_dir, job_name, run_id) as log_path:
-            result = RunResult(job_name, run_id, log_path)
+            result = RunResult(job_name, run_id, log_path, trigger)
+            record = Run(run_id, job_name, trigger, started, str(log_path))
+            _record(config, record, interrupted=True)
             clock = time.monotonic()
-            _Run(config, job_name, run_id, started, result, progress or Progress()).execute()
+            run = _Run(config, job_name, run_id, started, result, progress or Progress(), cancel)
+            run.execute()
             result.seconds = time.monotonic() - clock
-            return result
+            _record(config, _finished(record, result))
+        prune_run_logs(config.agent.log_dir, job_name, config.agent.keep_logs)
+        return result
+
+
+def _finished(record: Run, result: RunResult) -> Run:
+    stats = result.stats
+    record.result = result.outcome
+    record.finished = dt.datetime.now(dt.UTC)
+    record.bytes_archived = stats.bytes_read if stats else None
+    record.bytes_uploaded = stats.archive_bytes if stats and result.backup_id else None
+    record.archive = archive_name(result.backup_id) if result.backup_id else None
+    record.error = result.error
+    record.suggestion = result.suggestion
+    return record
+
+
+def _record(config: Config, run: Run, interrupted: bool = False) -> None:
+    """Write the run to the history; a history problem never fails a backup."""
+    try:
+        with History(config.agent.state_dir) as history:
+            if interrupted:
+                history.interrupted(run.job)  # we hold the lock: such rows are stale
+            history.save(run)
+    except sqlite3.Error as exc:
+        structlog.get_logger("backupagent.run").warning(
+            "could not record the run in the history", error=str(exc)
+        )
 
 
 class SetupError(Exception):
@@ -130,7 +179,9 @@ class _Run:
         started: dt.datetime,
         result: RunResult,
         progress: Progress,
+        cancel: threading.Event | None = None,
     ) -> None:
+        self.cancel = cancel or threading.Event()
         self.config = config
         self.job_name = job_name
         self.job = config.jobs[job_name]
@@ -168,6 +219,11 @@ class _Run:
         except RunError as exc:
             self._fail(str(exc))
             return
+        except (Aborted, process.Cancelled):
+            self.result.outcome = "aborted"
+            self.result.error = "stopped by a signal before the backup was published"
+            log.warning("run aborted", result="aborted")
+            return
         except (DumpFailed, WordPressError) as exc:
             self._suggest(exc.diagnosis if isinstance(exc, DumpFailed) else _wp_diagnosis(exc))
             return
@@ -200,13 +256,23 @@ class _Run:
             targets.append(site.target)
         dumps: list[Dump] = []
         for target in targets:
-            for item in dump(target, work):
+            self._check_cancel()
+            for item in dump(target, work, self.cancel):
                 if any(d.arcname == item.arcname for d in dumps):
                     raise RunError(f"two databases would be stored as {item.arcname}")
                 dumps.append(item)
                 for warning in item.warnings:
                     self._warn(f"database {item.name}", warning)
         return dumps
+
+    def _check_cancel(self, _bytes: int = 0) -> None:
+        if self.cancel.is_set():
+            raise Aborted()
+
+    def _uploaded(self, n: int) -> None:
+        self._check_cancel()
+        if self.progress.uploaded:
+            self.progress.uploaded(n)
 
     def _fail(self, error: str) -> None:
         self.result.outcome = "failed"
@@ -225,7 +291,9 @@ class _Run:
 
         def entries() -> Iterator[Entry | Dump]:
             for root, patterns in roots.items():
-                yield from walk(root, patterns, self._warn, skip)
+                for entry in walk(root, patterns, self._warn, skip):
+                    self._check_cancel()
+                    yield entry
             yield from dumps
 
         try:
@@ -318,7 +386,7 @@ class _Run:
                 self.progress.upload_started(size)
             written.append(temp_name(final))
             with spool.open("rb") as source:
-                session.upload(source, temp_name(final), self.progress.uploaded)
+                session.upload(source, temp_name(final), self._uploaded)
             session.rename(temp_name(final), final)
             written.append(final)
             self._check_size(session, final, size)
@@ -330,9 +398,18 @@ class _Run:
             self.log.info("backup published", archive=final, manifest=manifest)
             self._prune(session)
             return True
+        except Aborted:
+            session.close()  # mid-transfer: the control connection is out of step
+            self._remove_leftovers(None, written)
+            raise
         except ftp.TRANSFER_ERRORS as exc:
             failure = session.failure(exc)
-            self._remove_leftovers(session, written)
+            in_step = failure.kind is FailureKind.REPLY or (
+                failure.kind is FailureKind.DATA_CONNECT and self.passive
+            )
+            if not in_step:  # a reply may still be on its way: clean up on a new connection
+                session.close()
+            self._remove_leftovers(session if in_step else None, written)
             session.close()  # before explaining: the suggestion is the run's last event
             self._explain(failure)
         except SizeMismatch as exc:
@@ -373,12 +450,12 @@ class _Run:
         except ftp.TRANSFER_ERRORS as exc:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
 
-    def _remove_leftovers(self, session: ftp.FtpSession, names: list[str]) -> None:
-        """Best effort: delete what this run uploaded, reconnecting if the session died."""
+    def _remove_leftovers(self, session: ftp.FtpSession | None, names: list[str]) -> None:
+        """Best effort: delete what this run uploaded, on `session` or else a new one."""
         if not names:
             return
         self.log.info("removing incomplete upload", names=names)
-        for attempt in (session, None):
+        for attempt in (session, None) if session else (None,):
             try:
                 if attempt is None:
                     attempt = ftp.FtpSession(self.dest, self.passive).open()

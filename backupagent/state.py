@@ -130,6 +130,11 @@ class History:
         names = [d[0] for d in cursor.description]
         return [_from_row(dict(zip(names, row, strict=True))) for row in cursor]
 
+    def first_started(self, job: str) -> dt.datetime | None:
+        """When the job's oldest recorded run started."""
+        row = self.conn.execute("SELECT MIN(started) FROM runs WHERE job = ?", (job,)).fetchone()
+        return dt.datetime.fromisoformat(row[0]) if row and row[0] else None
+
     def last(self, job: str, results: tuple[str, ...] = ()) -> Run | None:
         """The job's most recent run (with one of `results`, if given)."""
         found = self.runs(job, limit=1, results=results)

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -127,9 +128,12 @@ class _SpoolWriter:
         self.writer.close()  # flushes the zstd frame and closes the file
 
 
-def dump(target: Target, spool_dir: Path) -> list[Dump]:
-    """Dump one configured database (several for name = "all") into `spool_dir`."""
-    return DUMPERS[target.db.type](target, spool_dir)
+def dump(target: Target, spool_dir: Path, cancel: threading.Event | None = None) -> list[Dump]:
+    """Dump one configured database (several for name = "all") into `spool_dir`.
+
+    Setting `cancel` kills a running dump tool; the run then sees it as aborted.
+    """
+    return DUMPERS[target.db.type](target, spool_dir, cancel or threading.Event())
 
 
 def _fail(
@@ -224,13 +228,20 @@ def _mysql_options(target: Target) -> str:
 
 
 def _mysql_run(
-    target: Target, tool: str, args: list[str], sink: Callable[[bytes], None]
+    target: Target,
+    tool: str,
+    args: list[str],
+    sink: Callable[[bytes], None],
+    cancel: threading.Event | None = None,
 ) -> process.Finished:
     fd = process.secret_fd(_mysql_options(target))
     try:
         # --defaults-extra-file must come first; /dev/fd/N is the inherited pipe
         return process.stream(
-            [tool, f"--defaults-extra-file=/dev/fd/{fd}", *args], sink, pass_fds=(fd,)
+            [tool, f"--defaults-extra-file=/dev/fd/{fd}", *args],
+            sink,
+            pass_fds=(fd,),
+            cancel=cancel,
         )
     finally:
         os.close(fd)
@@ -248,7 +259,7 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def dump_mysql(target: Target, spool_dir: Path) -> list[Dump]:
+def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list[Dump]:
     db = target.db
     assert isinstance(db, MysqlDatabase)
     try:
@@ -299,7 +310,7 @@ def dump_mysql(target: Target, spool_dir: Path) -> list[Dump]:
                 args = [*MYSQL_DUMP_OPTIONS, "--", name]
                 if target.table_prefix is not None:
                     args += selected
-                finished = _mysql_run(target, tool, args, spool.write)
+                finished = _mysql_run(target, tool, args, spool.write, cancel)
             finally:
                 spool.close()
             complete = MYSQL_MARKER in spool.tail
@@ -369,7 +380,7 @@ def _pg_query(target: Target, env: dict[str, str], psql: str, database: str, sql
     return [line for line in out.splitlines() if line]
 
 
-def dump_postgres(target: Target, spool_dir: Path) -> list[Dump]:
+def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> list[Dump]:
     db = target.db
     assert isinstance(db, PostgresDatabase)
     try:
@@ -416,6 +427,7 @@ def dump_postgres(target: Target, spool_dir: Path) -> list[Dump]:
                         [tool, *_pg_args(db), "--format=custom", f"--dbname={name}"],
                         spool.write,
                         env=env,
+                        cancel=cancel,
                     )
                 finally:
                     spool.close()
@@ -430,7 +442,7 @@ def dump_postgres(target: Target, spool_dir: Path) -> list[Dump]:
 # --- SQLite ----------------------------------------------------------------------------
 
 
-def dump_sqlite(target: Target, spool_dir: Path) -> list[Dump]:
+def dump_sqlite(target: Target, spool_dir: Path, cancel: threading.Event) -> list[Dump]:
     """A consistent copy of a live SQLite database through the online backup API."""
     db = target.db
     assert isinstance(db, SqliteDatabase)
@@ -465,7 +477,7 @@ def dump_sqlite(target: Target, spool_dir: Path) -> list[Dump]:
     return dumps
 
 
-DUMPERS: dict[str, Callable[[Target, Path], list[Dump]]] = {
+DUMPERS: dict[str, Callable[[Target, Path, threading.Event], list[Dump]]] = {
     "mysql": dump_mysql,
     "postgresql": dump_postgres,
     "sqlite": dump_sqlite,

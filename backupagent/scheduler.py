@@ -1,0 +1,226 @@
+"""`backupagent daemon`: every job on its cron schedule until SIGTERM.
+
+APScheduler 3 runs each job in a worker thread (one instance per job, misfires
+coalesced), so a long job never delays another's start. At start-up, a job whose
+scheduled time passed since its last successful run (per the run history, not memory)
+runs once (catch-up). SIGHUP reloads jobs.toml; SIGTERM/SIGINT stop new runs, abort
+running ones cleanly, and exit within `[agent] stop_timeout` seconds plus the FTP
+`timeout` of an operation under way. With NOTIFY_SOCKET set it speaks sd_notify.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+
+from backupagent.config import Config, ConfigError, cron_trigger, load_config
+from backupagent.runner import run_job
+from backupagent.state import History, JobLocked
+
+MAX_WORKERS = 64
+
+
+def missed_run(
+    trigger: BaseTrigger, since: dt.datetime | None, now: dt.datetime
+) -> dt.datetime | None:
+    """The first scheduled time after `since` that is already past, if any.
+
+    `since` is the start of the last successful run (or, for a job that never
+    succeeded, of its first recorded run); None means the job never ran here, and
+    nothing counts as missed.
+    """
+    if since is None:
+        return None
+    due = trigger.get_next_fire_time(None, since + dt.timedelta(seconds=1))
+    return due if due is not None and due <= now else None
+
+
+def catch_up_reference(history: History, job: str) -> dt.datetime | None:
+    """When the job last succeeded, else when it first ran at all (None: never ran)."""
+    success = history.last(job, ("success", "warning"))
+    if success is not None:
+        return success.started
+    return history.first_started(job)
+
+
+class Notifier:
+    """sd_notify over the datagram socket systemd names in NOTIFY_SOCKET (no-op without it)."""
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
+        address = environ.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = environ.get("WATCHDOG_USEC", "")
+        pid = environ.get("WATCHDOG_PID", "")
+        enabled = usec.isdigit() and (not pid or pid == str(os.getpid()))
+        self.watchdog_interval = int(usec) / 2_000_000 if enabled else None
+
+    def send(self, *lines: str) -> None:
+        if not self.address:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto("\n".join(lines).encode(), self.address)
+            except OSError as exc:
+                structlog.get_logger("backupagent.daemon").warning(
+                    "sd_notify failed", error=str(exc)
+                )
+
+
+class Daemon:
+    """The scheduler loop, its signal handling and the jobs it is running."""
+
+    def __init__(self, config_path: Path, notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.config = load_config(config_path)  # ConfigError propagates: exit 2 at start
+        self.notifier = notifier or Notifier()
+        self.log = structlog.get_logger("backupagent.daemon")
+        self.cancel = threading.Event()  # set on SIGTERM: running jobs abort
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.wake = threading.Event()
+        self.running: set[str] = set()
+        self.running_changed = threading.Condition()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(MAX_WORKERS)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        )
+
+    # --- planning -------------------------------------------------------------------
+
+    def plan(self, config: Config) -> None:
+        """(Re)create one cron trigger per scheduled job; running jobs are not touched."""
+        for aps_job in self.scheduler.get_jobs():
+            if aps_job.id.startswith("cron:"):
+                aps_job.remove()
+        for name, job in config.jobs.items():
+            if job.schedule is None:
+                continue
+            trigger = cron_trigger(job.schedule, config.agent.timezone)
+            self.scheduler.add_job(
+                self._run, trigger, args=(name, "schedule"), id=f"cron:{name}", name=name
+            )
+        self.config = config
+        self.log.info("jobs planned", jobs=self._next_runs())
+
+    def catch_up(self) -> None:
+        """Run once, now, each job whose scheduled time passed since it last succeeded."""
+        now = dt.datetime.now(dt.UTC)
+        with History(self.config.agent.state_dir) as history:
+            for name, job in self.config.jobs.items():
+                if job.schedule is None or not job.catch_up:
+                    continue
+                trigger = cron_trigger(job.schedule, self.config.agent.timezone)
+                due = missed_run(trigger, catch_up_reference(history, name), now)
+                if due is not None:
+                    self.log.info("catching up a missed run", job=name, was_due=due.isoformat())
+                    self.scheduler.add_job(
+                        self._run, args=(name, "catch-up"), id=f"catch-up:{name}", name=name
+                    )
+
+    def _next_runs(self) -> dict[str, str]:
+        return {
+            j.name: j.next_run_time.isoformat() if j.next_run_time else "paused"
+            for j in self.scheduler.get_jobs()
+        }
+
+    # --- running --------------------------------------------------------------------
+
+    def _run(self, name: str, trigger: str) -> None:
+        """One scheduled run, in a worker thread."""
+        if self.cancel.is_set():
+            return
+        config = self.config  # a reload during the run does not change it
+        with self.running_changed:
+            self.running.add(name)
+        self.wake.set()  # refresh STATUS
+        try:
+            result = run_job(config, name, trigger=trigger, cancel=self.cancel)
+            self.log.info("run ended", job=name, result=result.outcome, run_id=result.run_id)
+        except JobLocked as exc:
+            self.log.warning("run skipped", job=name, reason=str(exc))
+        except Exception:  # never let one job's bug stop the daemon
+            self.log.exception("run crashed", job=name)
+        finally:
+            with self.running_changed:
+                self.running.discard(name)
+                self.running_changed.notify_all()
+            self.wake.set()
+
+    # --- the main loop ----------------------------------------------------------------
+
+    def _signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested.set()
+        else:
+            self.stop_requested.set()
+        self.wake.set()
+
+    def reload(self) -> None:
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                self.log.error("reload refused: invalid jobs.toml", problem=problem)
+            self.log.warning("keeping the jobs as they were")
+            return
+        self.plan(config)
+        self.log.info("jobs.toml reloaded")
+
+    def status(self) -> str:
+        upcoming = sorted(
+            (j.next_run_time, j.name) for j in self.scheduler.get_jobs() if j.next_run_time
+        )
+        nxt = f"next: {upcoming[0][1]} at {upcoming[0][0]:%Y-%m-%d %H:%M:%S %Z}" if upcoming else ""
+        busy = ", ".join(sorted(self.running)) or "none"
+        return f"{nxt}; running: {busy}".lstrip("; ")
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the exit code."""
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._signal)
+        self.scheduler.start()
+        self.plan(self.config)
+        self.catch_up()
+        self.notifier.send("READY=1", f"STATUS={self.status()}")
+        self.log.info("daemon started", config=str(self.config_path), pid=os.getpid())
+        interval = self.notifier.watchdog_interval
+        while not self.stop_requested.is_set():
+            self.wake.wait(timeout=interval if interval else 60)
+            self.wake.clear()
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.notifier.send("RELOADING=1")
+                self.reload()
+                self.notifier.send("READY=1")
+            if interval:
+                self.notifier.send("WATCHDOG=1")
+            self.notifier.send(f"STATUS={self.status()}")
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        """No new runs; running ones abort and clean up within stop_timeout."""
+        self.notifier.send("STOPPING=1", "STATUS=stopping: aborting running jobs")
+        self.log.info("stopping", running=sorted(self.running))
+        self.scheduler.pause()
+        self.cancel.set()
+        with self.running_changed:
+            done = self.running_changed.wait_for(
+                lambda: not self.running, timeout=self.config.agent.stop_timeout
+            )
+        self.scheduler.shutdown(wait=False)
+        if not done:
+            self.log.error("jobs still running at exit", jobs=sorted(self.running))
+            return 1
+        self.log.info("daemon stopped")
+        return 0
