@@ -376,33 +376,20 @@ class _Run:
         Returns whether the backup was published; on failure the run is already
         marked failed and explained.
         """
-        final = archive_name(self.backup_id)
         written: list[str] = []  # remote names to remove if the run fails
         session = ftp.FtpSession(self.dest, self.passive)
         try:
-            session.open()
-            session.change_directory(self.dest.directory)
-            if self.progress.upload_started:
-                self.progress.upload_started(size)
-            written.append(temp_name(final))
-            with spool.open("rb") as source:
-                session.upload(source, temp_name(final), self._uploaded)
-            session.rename(temp_name(final), final)
-            written.append(final)
-            self._check_size(session, final, size)
-            manifest = manifest_name(self.backup_id)
-            written.append(temp_name(manifest))
-            session.upload_bytes(manifest_data, temp_name(manifest))
-            session.rename(temp_name(manifest), manifest)
-            written.clear()
-            self.log.info("backup published", archive=final, manifest=manifest)
-            self._prune(session)
-            return True
+            with self._interrupt_on_cancel(session):
+                return self._publish(session, spool, size, manifest_data, written)
         except Aborted:
             session.close()  # mid-transfer: the control connection is out of step
             self._remove_leftovers(None, written)
             raise
         except ftp.TRANSFER_ERRORS as exc:
+            if self.cancel.is_set():  # the error is our own interruption
+                session.close()
+                self._remove_leftovers(None, written)
+                raise Aborted() from exc
             failure = session.failure(exc)
             in_step = failure.kind is FailureKind.REPLY or (
                 failure.kind is FailureKind.DATA_CONNECT and self.passive
@@ -419,6 +406,54 @@ class _Run:
         finally:
             session.close()
         return False
+
+    @contextlib.contextmanager
+    def _interrupt_on_cancel(self, session: ftp.FtpSession) -> Iterator[None]:
+        """While inside, a cancel request breaks off the session's blocking I/O at once."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                if self.cancel.is_set():
+                    session.interrupt()
+                    return
+
+        watcher = threading.Thread(target=watch, name="ftp-cancel", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join()
+
+    def _publish(
+        self,
+        session: ftp.FtpSession,
+        spool: Path,
+        size: int,
+        manifest_data: bytes,
+        written: list[str],
+    ) -> bool:
+        """The upload steps proper; `written` tracks what to remove if they fail."""
+        final = archive_name(self.backup_id)
+        session.open()
+        session.change_directory(self.dest.directory)
+        if self.progress.upload_started:
+            self.progress.upload_started(size)
+        written.append(temp_name(final))
+        with spool.open("rb") as source:
+            session.upload(source, temp_name(final), self._uploaded)
+        session.rename(temp_name(final), final)
+        written.append(final)
+        self._check_size(session, final, size)
+        manifest = manifest_name(self.backup_id)
+        written.append(temp_name(manifest))
+        session.upload_bytes(manifest_data, temp_name(manifest))
+        session.rename(temp_name(manifest), manifest)
+        written.clear()
+        self.log.info("backup published", archive=final, manifest=manifest)
+        self._prune(session)
+        return True
 
     def _check_size(self, session: ftp.FtpSession, name: str, expected: int) -> None:
         try:

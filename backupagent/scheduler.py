@@ -70,7 +70,8 @@ class Notifier:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             try:
-                sock.sendto("\n".join(lines).encode(), self.address)
+                # never block: a listener that stops reading must not stall the daemon
+                sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self.address)
             except OSError as exc:
                 structlog.get_logger("backupagent.daemon").warning(
                     "sd_notify failed", error=str(exc)
@@ -195,6 +196,7 @@ class Daemon:
         self.notifier.send("READY=1", f"STATUS={self.status()}")
         self.log.info("daemon started", config=str(self.config_path), pid=os.getpid())
         interval = self.notifier.watchdog_interval
+        shown = ""
         while not self.stop_requested.is_set():
             self.wake.wait(timeout=interval if interval else 60)
             self.wake.clear()
@@ -205,7 +207,9 @@ class Daemon:
                 self.notifier.send("READY=1")
             if interval:
                 self.notifier.send("WATCHDOG=1")
-            self.notifier.send(f"STATUS={self.status()}")
+            if (status := self.status()) != shown:
+                self.notifier.send(f"STATUS={status}")
+                shown = status
         return self.shutdown()
 
     def shutdown(self) -> int:

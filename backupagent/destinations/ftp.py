@@ -20,7 +20,10 @@ import structlog
 from backupagent.config import FtpDestination
 from backupagent.diagnosis import Failure, FailureKind, Line, ProbeResult, mode_name
 
-BLOCK_SIZE = 1 << 20
+BLOCK_SIZE = 256 << 10
+# seconds to wait for the reply after the last byte of an upload; servers may take a
+# while to flush or check a large file (a destination setting in a later version)
+FINAL_REPLY_TIMEOUT = 120.0
 
 
 class FtpError(Exception):
@@ -161,6 +164,7 @@ class FtpSession:
         self.dest = dest
         self.passive = passive
         self.dialogue: list[Line] = []
+        self._data_conn: socket.socket | None = None
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
         kwargs: dict[str, Any] = {"timeout": dest.timeout}
         if dest.tls != "none":
@@ -226,6 +230,7 @@ class FtpSession:
         self.ftp.voidcmd("TYPE I")
         sent = 0
         conn, _ = self.ftp.ntransfercmd(f"STOR {name}")
+        self._data_conn = conn
         with conn:
             try:
                 while block := source.read(BLOCK_SIZE):
@@ -238,8 +243,24 @@ class FtpSession:
             except OSError as exc:
                 reason = _describe_os_error(exc, self.dest.timeout)
                 raise DataTransferError(f"after {sent} bytes: {reason}") from exc
-        self.ftp.voidresp()
+            finally:
+                self._data_conn = None
+        # the server may still be writing what sat in the buffers: give 226 longer
+        control = self.ftp.sock
+        assert control is not None
+        control.settimeout(max(self.dest.timeout, FINAL_REPLY_TIMEOUT))
+        try:
+            self.ftp.voidresp()
+        finally:
+            control.settimeout(self.dest.timeout)
         return sent
+
+    def interrupt(self) -> None:
+        """From another thread: break off whatever this session is waiting for."""
+        for sock in (self._data_conn, self.ftp.sock):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def upload_bytes(self, data: bytes, name: str) -> None:
         self.upload(io.BytesIO(data), name)

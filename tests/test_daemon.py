@@ -1,0 +1,264 @@
+"""`backupagent daemon` as a real subprocess: schedule, reload, locking, catch-up, stop.
+
+Schedules use the optional leading seconds field ("*/2 * * * * *") so that nothing
+waits minutes. The tests synchronise on what the daemon does (sd_notify datagrams,
+rows in the run history, files on the FTP server), each wait bounded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.state import History, Run
+
+from .conftest import WriteConfig
+
+EVERY_2S = 'schedule = "*/2 * * * * *"'
+
+
+class DaemonProcess:
+    """The daemon in a subprocess, with a datagram socket standing in for systemd."""
+
+    def __init__(self, config: Path, tmp_path: Path, watchdog_usec: int | None = None) -> None:
+        self.config = config
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock_path = tmp_path / f"notify-{time.monotonic_ns()}"
+        self.sock.bind(str(self.sock_path))
+        self.stderr_path = tmp_path / f"daemon-{time.monotonic_ns()}.err"
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.sock_path)}
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        self.stderr = self.stderr_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "backupagent", "--config", str(config), "daemon"],
+            stdout=subprocess.DEVNULL,
+            stderr=self.stderr,
+            env=env,
+        )
+        self.messages: list[str] = []
+
+    def wait_message(self, wanted: str, timeout: float = 20) -> None:
+        """Block until a datagram containing `wanted` arrives."""
+        deadline = time.monotonic() + timeout
+        while not any(wanted in m for m in self.messages):
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                raise AssertionError(
+                    f"no {wanted!r} from the daemon; got {self.messages}\n"
+                    f"{self.stderr_path.read_text()}"
+                )
+            self.sock.settimeout(left)
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except TimeoutError:
+                continue
+
+    def stop(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr.close()
+        self.sock.close()
+
+    @property
+    def output(self) -> str:
+        return self.stderr_path.read_text()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def launch(config: Path, **kwargs: int) -> DaemonProcess:
+        daemon = DaemonProcess(config, tmp_path, **kwargs)
+        started.append(daemon)
+        return daemon
+
+    yield launch
+    for daemon in started:
+        daemon.close()
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 30) -> object:
+    """Poll an observable condition (history rows, server files), bounded."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def runs(state_dir: Path, job: str = "www") -> list[Run]:
+    with History(state_dir) as history:
+        return history.runs(job)
+
+
+def test_runs_on_schedule_and_speaks_sd_notify(
+    write_config: WriteConfig, tmp_path: Path, start: Callable[..., DaemonProcess]
+) -> None:
+    config = write_config(job=EVERY_2S)
+    daemon = start(config.path, watchdog_usec=300_000)
+    daemon.wait_message("READY=1")
+    daemon.wait_message("STATUS=next: www at ")
+    done = wait_for(
+        lambda: [r for r in runs(config.agent.state_dir) if r.result == "success"],
+        "a scheduled run",
+    )
+    assert done[0].trigger == "schedule"
+    daemon.wait_message("WATCHDOG=1")
+    assert daemon.stop() == 0
+
+
+def test_sigterm_sends_stopping(
+    write_config: WriteConfig, start: Callable[..., DaemonProcess]
+) -> None:
+    config = write_config(job='schedule = "0 3 * * *"')
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.wait_message("STOPPING=1")
+    assert daemon.proc.wait(timeout=30) == 0
+
+
+def test_reload_keeps_old_jobs_on_invalid_file_and_adds_new_ones(
+    write_config: WriteConfig, tmp_path: Path, start: Callable[..., DaemonProcess]
+) -> None:
+    config = write_config(job='schedule = "0 3 * * *"')
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    original = config.path.read_text()
+
+    config.path.write_text(original.replace('schedule = "0 3 * * *"', 'schedule = "soon"'))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "keeping the jobs as they were" in daemon.output, "the refused reload")
+    assert "[jobs.www] schedule: 'soon' is not a cron expression" in daemon.output
+    assert daemon.proc.poll() is None
+
+    config.path.write_text(
+        original + f'\n[jobs.second]\ndestination = "test"\n'
+        f'sources = ["{tmp_path / "www"}"]\n{EVERY_2S}\n'
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: [r for r in runs(config.agent.state_dir, "second") if r.result == "success"],
+        "the new job to run",
+    )
+    assert runs(config.agent.state_dir, "www") == []  # its 03:00 schedule did not fire
+    assert daemon.stop() == 0
+
+
+def _slow_site(tmp_path: Path) -> None:
+    (tmp_path / "www" / "big.bin").write_bytes(os.urandom(3_000_000))
+
+
+@pytest.fixture
+def slow_server(tmp_path: Path) -> Iterator[LocalFtpServer]:
+    root = tmp_path / "slow-root"
+    root.mkdir()
+    with LocalFtpServer(root, throttle=300_000) as server:  # ~10 s for the site
+        yield server
+
+
+def _partials(server: LocalFtpServer) -> list[Path]:
+    return list(server.root.rglob("*.partial"))
+
+
+def test_manual_run_refused_while_daemon_runs_it_then_sigterm_mid_upload(
+    write_config: WriteConfig,
+    tmp_path: Path,
+    slow_server: LocalFtpServer,
+    start: Callable[..., DaemonProcess],
+) -> None:
+    _slow_site(tmp_path)
+    config = write_config(job=EVERY_2S)
+    text = config.path.read_text().replace(
+        f"port = {config.destinations['test'].port}", f"port = {slow_server.port}"
+    )
+    config.path.write_text(text)
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    wait_for(lambda: _partials(slow_server), "the upload to start")
+
+    manual = subprocess.run(
+        [sys.executable, "-m", "backupagent", "--config", str(config.path), "run-job", "www"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert manual.returncode == 75
+    assert "already running" in manual.stderr
+
+    stopping = time.monotonic()
+    assert daemon.stop(timeout=60) == 0
+    assert time.monotonic() - stopping < 30
+    assert _partials(slow_server) == []
+    assert not [p for p in slow_server.root.rglob("*") if p.is_file()]
+    history = runs(config.agent.state_dir)
+    assert [r.result for r in history] == ["aborted"]
+    assert list((config.agent.spool_dir / "www").iterdir()) == []
+
+
+def test_catch_up_uses_the_run_history(
+    write_config: WriteConfig, tmp_path: Path, start: Callable[..., DaemonProcess]
+) -> None:
+    daily = 'schedule = "0 3 * * *"'
+    config = write_config(job=daily)
+    extra = "".join(
+        f'\n[jobs.{name}]\ndestination = "test"\nsources = ["{tmp_path / "www"}"]\n{daily}\n'
+        for name in ("recent", "never")
+    )
+    config.path.write_text(config.path.read_text() + extra)
+    now = dt.datetime.now(dt.UTC)
+    with History(config.agent.state_dir) as history:
+        history.save(
+            Run(
+                "old",
+                "www",
+                "schedule",
+                now - dt.timedelta(days=2),
+                "l",
+                "success",
+                now - dt.timedelta(days=2),
+            )
+        )
+        history.save(Run("new", "recent", "schedule", now, "l", "success", now))
+
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    caught = wait_for(
+        lambda: [
+            r
+            for r in runs(config.agent.state_dir)
+            if r.trigger == "catch-up" and r.result == "success"
+        ],
+        "the catch-up run",
+    )
+    assert len(caught) == 1
+    assert "catching up a missed run" in daemon.output
+    assert "job=recent" not in daemon.output.split("catching up")[1]
+    assert runs(config.agent.state_dir, "never") == []
+    assert daemon.stop() == 0
+
+    restarted = start(config.path)  # the catch-up succeeded: nothing is missed now
+    restarted.wait_message("READY=1")
+    assert "catching up" not in restarted.output
+    assert restarted.stop() == 0
