@@ -1,8 +1,8 @@
 """A throwaway pyftpdlib server on loopback, for `backupagent demo` and the fast tests.
 
-`block_passive` makes the server behave like one behind a firewall that blocks
-its passive port range: it answers PASV/EPSV with a port, then closes that port
-before anyone can connect, so the client's data connection is refused.
+`block_passive` makes the server behave like one behind a firewall that rejects
+connections to its passive port range: it answers PASV/EPSV with a port that is
+bound but not listening, so the client's data connection is refused.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
@@ -19,11 +18,10 @@ from pyftpdlib.servers import FTPServer
 
 
 class _BlockedPassiveDTP(PassiveDTP):
-    """Advertises a passive port, then stops listening on it: a real refused connection."""
+    """Advertises a passive port that is bound but never listening: connecting is refused."""
 
-    def __init__(self, cmd_channel: Any, extmode: bool = False) -> None:
-        super().__init__(cmd_channel, extmode)
-        self.close()
+    def listen(self, num: int) -> None:
+        pass
 
 
 class LocalFtpServer:
