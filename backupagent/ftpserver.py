@@ -14,6 +14,7 @@ from pathlib import Path
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 
@@ -68,7 +69,8 @@ class LocalFtpServer:
                 read_limit = throttle
 
             Handler.dtp_handler = SlowDTP
-        self.server = FTPServer((host, 0), Handler)
+        # an IOLoop of its own: pyftpdlib's default is one shared by every server in the process
+        self.server = FTPServer((host, 0), Handler, ioloop=IOLoop())
         self.host, self.port = self.server.address[:2]
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="ftp-server", daemon=True)

@@ -137,3 +137,70 @@ def test_unwritable_log_dir_is_a_clear_failure(write_config: WriteConfig, tmp_pa
     assert f"cannot create {blocker}/www" in result.stderr
     assert "[agent] log_dir" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_job_sigterm_mid_upload_aborts_cleanly(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    (tmp_path / "www" / "big.bin").write_bytes(os.urandom(3_000_000))
+    root = tmp_path / "slow-root"
+    root.mkdir()
+    with LocalFtpServer(root, throttle=300_000) as slow:
+        config = write_config()
+        config.path.write_text(
+            config.path.read_text().replace(
+                f"port = {config.destinations['test'].port}", f"port = {slow.port}"
+            )
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backupagent", "--config", str(config.path), "run-job", "www"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not list(root.rglob("*.partial")):  # bounded wait for the upload to begin
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1, out + err
+        assert "www: ABORTED" in out
+        assert not [p for p in root.rglob("*") if p.is_file()]
+    history = cli(config.path, "history", "www")
+    assert history.stdout.splitlines()[1].split("\t")[4] == "aborted"
+
+
+def test_list_and_history_are_plain_text_when_piped(write_config: WriteConfig) -> None:
+    config = write_config(job='schedule = "30 2 * * *"')
+    assert cli(config.path, "run-job", "www").returncode == 0
+    listing = cli(config.path, "list").stdout.splitlines()
+    assert listing[0] == "job\tschedule\tnext run\tlast result"
+    name, schedule, next_run, last = listing[1].split("\t")
+    assert (name, schedule) == ("www", "30 2 * * *")
+    assert ":30:00" in next_run and last.startswith("success (")
+    history = cli(config.path, "history", "www").stdout.splitlines()
+    assert history[0].split("\t") == [
+        "run",
+        "started",
+        "took",
+        "uploaded",
+        "result",
+        "trigger",
+        "note",
+    ]
+    assert history[1].split("\t")[4:6] == ["success", "manual"]
+
+
+def test_old_run_logs_are_pruned(write_config: WriteConfig, tmp_path: Path) -> None:
+    config = write_config()
+    config.path.write_text(config.path.read_text().replace("[agent]\n", "[agent]\nkeep_logs = 2\n"))
+    for _ in range(4):
+        assert cli(config.path, "run-job", "www").returncode == 0
+    logs = sorted((tmp_path / "log" / "www").glob("*.jsonl"))
+    history = cli(config.path, "history", "www").stdout.splitlines()[1:]
+    assert len(logs) == 2 and len(history) == 4
+    assert [p.stem for p in logs] == sorted(line.split("\t")[0] for line in history)[-2:]

@@ -1,0 +1,83 @@
+"""The run history and the job lock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backupagent.state import History, JobLocked, Run, job_lock
+
+WRITER = """
+import datetime as dt, sys
+from pathlib import Path
+from backupagent.state import History, Run
+with History(Path(sys.argv[1])) as h:
+    for i in range(300):
+        run = Run(f"{sys.argv[2]}-{i}", sys.argv[2], "manual", dt.datetime.now(dt.UTC), "log")
+        h.save(run)
+        run.result = "success"
+        run.finished = dt.datetime.now(dt.UTC)
+        h.save(run)
+"""
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), job], env=env)
+        for job in ("a", "b", "c")
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
+    with History(tmp_path) as history:
+        for job in ("a", "b", "c"):
+            runs = history.runs(job, limit=1000)
+            assert len(runs) == 300 and {r.result for r in runs} == {"success"}
+        assert history.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_round_trip_and_interrupted_runs(tmp_path: Path) -> None:
+    started = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.UTC)
+    with History(tmp_path) as history:
+        history.save(Run("r1", "www", "schedule", started, "/log/r1", "running"))
+        assert history.interrupted("www") == 1
+        run = history.last("www")
+        assert run is not None and run.result == "failed" and run.started == started
+        assert "stopped during this run" in (run.error or "")
+        assert history.interrupted("www") == 0
+
+
+def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    with job_lock(tmp_path, "www"):
+        with pytest.raises(JobLocked, match="already running"), job_lock(tmp_path, "www"):
+            pass
+        with job_lock(tmp_path, "other"):
+            pass
+    with job_lock(tmp_path, "www"):
+        pass
+
+
+def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from backupagent.state import job_lock\n"
+            "with job_lock(Path(sys.argv[1]), 'www'):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with pytest.raises(JobLocked), job_lock(tmp_path, "www"):
+        pass
+    holder.kill()
+    holder.wait()
+    with job_lock(tmp_path, "www"):  # the kernel dropped the dead holder's lock
+        pass
