@@ -262,3 +262,33 @@ def test_catch_up_uses_the_run_history(
     restarted.wait_message("READY=1")
     assert "catching up" not in restarted.output
     assert restarted.stop() == 0
+
+
+def test_a_long_job_does_not_delay_another(
+    write_config: WriteConfig,
+    tmp_path: Path,
+    slow_server: LocalFtpServer,
+    start: Callable[..., DaemonProcess],
+) -> None:
+    _slow_site(tmp_path)  # "www" goes to the slow server and takes ~10 s
+    config = write_config(job=EVERY_2S)
+    quick_site = tmp_path / "quick"
+    quick_site.mkdir()
+    (quick_site / "index.html").write_text("small")
+    fast_port = config.destinations["test"].port
+    text = config.path.read_text().replace(f"port = {fast_port}", f"port = {slow_server.port}")
+    fast_dest = text.split("[destinations.test]")[1].split("[jobs.www]")[0]
+    text += (
+        f"\n[destinations.fast]{fast_dest.replace(f'port = {slow_server.port}', f'port = {fast_port}')}"
+        f'\n[jobs.quick]\ndestination = "fast"\nsources = ["{quick_site}"]\n{EVERY_2S}\n'
+    )
+    config.path.write_text(text)
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    wait_for(lambda: _partials(slow_server), "the slow upload to start")
+    wait_for(
+        lambda: [r for r in runs(config.agent.state_dir, "quick") if r.result == "success"],
+        "the quick job to run",
+    )
+    assert [r.result for r in runs(config.agent.state_dir, "www")] == ["running"]
+    assert daemon.stop() == 0
