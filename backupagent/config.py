@@ -123,9 +123,55 @@ class FtpDestination(_Credentials):
     user: str = "anonymous"
     directory: str = "/"
     passive: StrictBool = True
+    epsv: Literal["auto"] | StrictBool = "auto"  # auto: EPSV first, PASV after a 500/502
+    active_address: str | None = None  # the address to advertise in PORT/EPRT (NAT)
+    active_ports: str | None = None  # "50000-50100": local ports for active mode
     tls: Literal["none", "explicit", "implicit"] = "none"
-    timeout: float = Field(default=30.0, gt=0, le=3600)
+    tls_verify: StrictBool = True
+    tls_ca_file: Path | None = None  # CA bundle for a private or self-signed certificate
+    tls_fingerprint: str | None = None  # SHA-256 of the server certificate (pinning)
+    tls_max_version: Literal["1.2", "1.3"] | None = None  # "1.2" for servers where 1.3 breaks reuse
+    connect_timeout: float = Field(default=15.0, gt=0, le=600)
+    timeout: float = Field(default=30.0, gt=0, le=3600)  # a connection that stops moving
+    final_reply_timeout: float = Field(default=300.0, gt=0, le=86400)  # 226 after the last byte
+    retries: StrictInt = Field(default=5, ge=0, le=100)  # extra attempts after transient errors
+    retry_wait: float = Field(default=2.0, ge=0, le=600)  # first backoff; doubles each time
+    retry_time: float = Field(default=900.0, gt=0, le=86400)  # give up retrying after this
+    resume: Literal["auto", "rest", "appe", "off"] = "auto"  # auto: REST if FEAT says so
     keep: StrictInt = Field(default=14, ge=1)
+
+    @field_validator("active_ports")
+    @classmethod
+    def _port_range(cls, value: str | None) -> str | None:
+        if value is not None:
+            low, _, high = value.partition("-")
+            if not (low.isdigit() and high.isdigit() and 1024 <= int(low) <= int(high) <= 65535):
+                raise ValueError(f'{value!r} is not a port range like "50000-50100"')
+        return value
+
+    @field_validator("tls_fingerprint")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is not None:
+            digits = value.replace(":", "").lower()
+            if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+                raise ValueError("must be a SHA-256 fingerprint: 64 hex digits, colons allowed")
+            return digits
+        return value
+
+    @field_validator("tls_ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def active_port_range(self) -> range | None:
+        if self.active_ports is None:
+            return None
+        low, _, high = self.active_ports.partition("-")
+        return range(int(low), int(high) + 1)
 
     @property
     def effective_port(self) -> int:
@@ -208,6 +254,7 @@ class Job(_Table):
     wordpress_exclude: list[str] = WORDPRESS_EXCLUDES  # replaces the default list when set
     wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
     catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed
+    fallback: StrictBool = False  # data connection failed: retry once in the other mode
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
 
