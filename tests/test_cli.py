@@ -76,7 +76,7 @@ def test_run_job_success_then_logs(write_config: WriteConfig) -> None:
     logs = cli(config.path, "logs", "www")
     assert logs.returncode == 0
     assert "FTP client command: PASS ****" in logs.stdout
-    assert "[passive] FTP client command: PASV" in logs.stdout
+    assert "[passive] FTP client command: EPSV" in logs.stdout
 
 
 def test_run_job_failure_exits_1_with_suggestion_and_logs_highlight(

@@ -71,7 +71,7 @@ def test_round_trip(
     modes = {e["mode"] for e in events if e["event"].startswith("FTP client command")}
     assert modes == {"passive" if passive else "active"}
     commands = [e["event"] for e in events if e["event"].startswith("FTP client command")]
-    assert ("FTP client command: PASV" in commands) is passive
+    assert ("FTP client command: EPSV" in commands) is passive  # epsv = "auto"
     assert ("FTP client command: PORT" in " ".join(commands)) is not passive
 
 
@@ -171,7 +171,7 @@ def test_blocked_passive_fails_cleanly_with_verified_suggestion(
     last = events[-1]
     assert last["event"] == "suggestion"
     assert last["change"] == "passive = false" and last["verified"] is True
-    assert any(f.startswith("FTP server reply: 227") for f in last["evidence"])
+    assert any(f.startswith("FTP server reply: 229") for f in last["evidence"])
 
 
 def test_failure_after_rename_removes_the_final_archive(

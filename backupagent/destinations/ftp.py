@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ftplib
+import hashlib
 import io
+import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
@@ -21,9 +23,6 @@ from backupagent.config import FtpDestination
 from backupagent.diagnosis import Failure, FailureKind, Line, ProbeResult, mode_name
 
 BLOCK_SIZE = 256 << 10
-# seconds to wait for the reply after the last byte of an upload; servers may take a
-# while to flush or check a large file (a destination setting in a later version)
-FINAL_REPLY_TIMEOUT = 120.0
 
 
 class FtpError(Exception):
@@ -68,14 +67,21 @@ def _describe_os_error(exc: BaseException, timeout: float | None = None) -> str:
 
 
 class _DialogueMixin:
-    """Hooks into ftplib's line I/O to log and record every command and reply."""
+    """Hooks into ftplib to log and record every command and reply, and to open data
+    connections the way the destination asks (EPSV/PASV, active address and ports,
+    separate connect and stall timeouts, TLS session reuse)."""
 
     passiveserver: bool | int
     timeout: float | None
+    sock: socket.socket | None
+    host: str
+    af: int
 
-    def __init__(self, log: Any, dialogue: list[Line], **kwargs: Any) -> None:
+    def __init__(self, log: Any, dialogue: list[Line], dest: FtpDestination, **kwargs: Any) -> None:
         self.log = log
         self.dialogue = dialogue
+        self.dest = dest
+        self.epsv_refused = False  # learned in "auto": this server wants PASV
         self._data_target: str | None = None  # the passive address being connected to
         super().__init__(**kwargs)
 
@@ -97,21 +103,74 @@ class _DialogueMixin:
         self.log.debug(f"FTP {who}: {text}", direction=direction, code=line.code)
 
     def makepasv(self) -> tuple[str, int]:
-        host, port = super().makepasv()  # type: ignore[misc]
+        """EPSV or PASV as configured; the control connection's peer is always the host."""
+        assert self.sock is not None
+        peer = self.sock.getpeername()
+        want_epsv = (
+            self.af == socket.AF_INET6
+            or self.dest.epsv is True
+            or (self.dest.epsv == "auto" and not self.epsv_refused)
+        )
+        if want_epsv:
+            try:
+                host, port = ftplib.parse229(self.sendcmd("EPSV"), peer)  # type: ignore[attr-defined]
+                return self._target(host, port)
+            except ftplib.error_perm as exc:
+                auto = self.dest.epsv == "auto" and self.af == socket.AF_INET
+                if not auto or str(exc)[:3] not in ("500", "502"):
+                    raise
+                self.epsv_refused = True
+                self.log.info("FTP server refused EPSV; using PASV from now on")
+        advertised, port = ftplib.parse227(self.sendcmd("PASV"))  # type: ignore[attr-defined]
+        if advertised != peer[0]:
+            kind = "a private or unroutable" if _unroutable(advertised) else "another"
+            self.log.warning(
+                f"FTP server's passive reply names {kind} address; using the control "
+                "connection's address instead",
+                advertised=advertised,
+                control=peer[0],
+            )
+        return self._target(peer[0], port)
+
+    def _target(self, host: str, port: int) -> tuple[str, int]:
         self._data_target = f"{host}:{port}"
         self.log.debug(f"FTP data connection: connecting to {self._data_target}")
         return host, port
 
     def makeport(self) -> socket.socket:
-        sock = super().makeport()  # type: ignore[misc]
-        host = self.sock.getsockname()[0]  # type: ignore[attr-defined]  # what PORT advertised
-        port = sock.getsockname()[1]
-        self.log.debug(f"FTP data connection: waiting for the server on {host}:{port}")
-        return sock
+        """Listen for the server's data connection (in active_ports) and send PORT/EPRT."""
+        assert self.sock is not None
+        local = self.sock.getsockname()[0]
+        ports = self.dest.active_port_range or range(0, 1)
+        listener = None
+        for port in ports:
+            candidate = socket.socket(self.af, socket.SOCK_STREAM)
+            try:
+                candidate.bind(("", port))
+            except OSError:
+                candidate.close()
+                continue
+            listener = candidate
+            break
+        if listener is None:
+            raise DataConnectionError(
+                None, OSError(f"no free local port in active_ports {self.dest.active_ports}"), None
+            )
+        listener.listen(1)
+        listener.settimeout(self.dest.connect_timeout)
+        port = listener.getsockname()[1]
+        advertised = self.dest.active_address or local
+        if ":" in advertised:
+            self.sendeprt(advertised, port)  # type: ignore[attr-defined]
+        else:
+            self.sendport(advertised, port)  # type: ignore[attr-defined]
+        self.log.debug(f"FTP data connection: waiting for the server on {advertised}:{port}")
+        return listener
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, Any]:
+        self.timeout = self.dest.connect_timeout  # ftplib opens data connections with it
         try:
-            return super().ntransfercmd(cmd, rest)  # type: ignore[misc]
+            conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)  # type: ignore[arg-type]
         except (ftplib.Error, EOFError, ssl.SSLError):
             raise
         except OSError as exc:
@@ -125,6 +184,13 @@ class _DialogueMixin:
                 raise
             self.log.warning(f"FTP {error}")
             raise error from exc
+        finally:
+            self.timeout = self.dest.timeout
+        conn.settimeout(self.dest.timeout)  # from now on: how long it may stop moving
+        return self._secure(conn), size
+
+    def _secure(self, conn: socket.socket) -> socket.socket:
+        return conn
 
 
 class LoggingFTP(_DialogueMixin, ftplib.FTP):
@@ -132,7 +198,22 @@ class LoggingFTP(_DialogueMixin, ftplib.FTP):
 
 
 class LoggingFTPS(_DialogueMixin, ftplib.FTP_TLS):
-    pass
+    def _secure(self, conn: socket.socket) -> socket.socket:
+        """TLS on the data connection, resuming the control connection's session.
+
+        Servers such as vsftpd with require_ssl_reuse=YES refuse a data connection
+        that does not reuse it.
+        """
+        if not self._prot_p:  # type: ignore[attr-defined]
+            return conn
+        assert isinstance(self.sock, ssl.SSLSocket)
+        secured = self.context.wrap_socket(  # type: ignore[attr-defined]
+            conn, server_hostname=self.host, session=self.sock.session
+        )
+        self.log.debug(
+            "FTP data connection: TLS", version=secured.version(), reused=secured.session_reused
+        )
+        return secured
 
 
 class ImplicitFTPS(LoggingFTPS):
@@ -157,6 +238,30 @@ _CLIENTS: dict[str, Any] = {  # tls setting -> ftplib class with the dialogue ho
 }
 
 
+def _unroutable(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return True
+    return ip.is_private or ip.is_unspecified or ip.is_link_local or ip.is_reserved
+
+
+def tls_context(dest: FtpDestination) -> ssl.SSLContext:
+    """Verification against the system store (or tls_ca_file) unless pinned or disabled."""
+    context = ssl.create_default_context(cafile=str(dest.tls_ca_file) if dest.tls_ca_file else None)
+    if dest.tls_fingerprint or not dest.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the pin (checked after connecting) replaces it
+    if dest.tls_max_version == "1.2":
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def certificate_fingerprint(sock: socket.socket) -> str | None:
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
 class FtpSession:
     """One logged-in FTP connection in one data-connection mode."""
 
@@ -165,26 +270,66 @@ class FtpSession:
         self.passive = passive
         self.dialogue: list[Line] = []
         self._data_conn: socket.socket | None = None
+        self._features: set[str] | None = None
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
-        kwargs: dict[str, Any] = {"timeout": dest.timeout}
+        kwargs: dict[str, Any] = {"timeout": dest.connect_timeout}
         if dest.tls != "none":
-            kwargs["context"] = ssl.create_default_context()
-        self.ftp: ftplib.FTP = _CLIENTS[dest.tls](self.log, self.dialogue, **kwargs)
+            kwargs["context"] = tls_context(dest)
+        self.ftp: ftplib.FTP = _CLIENTS[dest.tls](self.log, self.dialogue, dest, **kwargs)
 
     def open(self) -> FtpSession:
+        """Connect (within connect_timeout), check TLS, log in, set the mode."""
         address = f"{self.dest.host}:{self.dest.effective_port}"
         self.log.debug(f"FTP connecting to {address}", tls=self.dest.tls)
         try:
-            self.ftp.connect(self.dest.host, self.dest.effective_port, self.dest.timeout)
+            self.ftp.connect(self.dest.host, self.dest.effective_port, self.dest.connect_timeout)
         except ssl.SSLError:
             raise
         except OSError as exc:
-            raise ControlConnectError(address, exc, self.dest.timeout) from exc
+            raise ControlConnectError(address, exc, self.dest.connect_timeout) from exc
+        assert self.ftp.sock is not None
+        self.ftp.sock.settimeout(self.dest.timeout)
+        self.ftp.timeout = self.dest.timeout
+        _keepalive(self.ftp.sock)
+        if isinstance(self.ftp, ftplib.FTP_TLS):
+            if not isinstance(self.ftp.sock, ssl.SSLSocket):
+                self.ftp.auth()
+            self._check_certificate()
         self.ftp.login(self.dest.user, self.dest.read_password() or "")
         if isinstance(self.ftp, ftplib.FTP_TLS):
             self.ftp.prot_p()
         self.ftp.set_pasv(self.passive)
         return self
+
+    def _check_certificate(self) -> None:
+        """Pinning and the loud warning for tls_verify = false."""
+        assert self.ftp.sock is not None
+        if self.dest.tls_fingerprint:
+            seen = certificate_fingerprint(self.ftp.sock)
+            if seen != self.dest.tls_fingerprint:
+                raise ssl.SSLError(
+                    f"certificate fingerprint mismatch: the server presented SHA-256 {seen}, "
+                    f"tls_fingerprint expects {self.dest.tls_fingerprint}"
+                )
+        elif not self.dest.tls_verify:
+            self.log.warning(
+                "TLS CERTIFICATE NOT VERIFIED (tls_verify = false): anyone between this host "
+                "and the server can read the password and the backups; set tls_ca_file or "
+                "tls_fingerprint instead"
+            )
+
+    def tls_info(self) -> dict[str, Any]:
+        """Protocol, certificate subject, expiry and fingerprint of the control connection."""
+        sock = self.ftp.sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return {}
+        info: dict[str, Any] = {"protocol": sock.version(), "cipher": (sock.cipher() or ("",))[0]}
+        info["fingerprint_sha256"] = certificate_fingerprint(sock)
+        details = sock.getpeercert() or {}
+        if details:
+            info["subject"] = ", ".join("=".join(pair[0]) for pair in details.get("subject", ()))
+            info["expires"] = details.get("notAfter")
+        return info
 
     def close(self) -> None:
         """QUIT politely; fall back to dropping the connection."""
@@ -206,6 +351,17 @@ class FtpSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def features(self) -> set[str]:
+        """The FEAT lines, upper-cased (empty if the server has no FEAT)."""
+        if self._features is None:
+            try:
+                reply = self.ftp.sendcmd("FEAT")
+            except ftplib.error_perm:
+                reply = ""
+            lines = reply.splitlines()[1:-1]
+            self._features = {line.strip().upper() for line in lines if line.strip()}
+        return self._features
+
     def change_directory(self, path: str, create: bool = True) -> None:
         """CWD to `path`, creating missing components (MKD) when `create` is set."""
         try:
@@ -224,12 +380,21 @@ class FtpSession:
                 self.ftp.cwd(part)
 
     def upload(
-        self, source: BinaryIO, name: str, progress: Callable[[int], None] | None = None
+        self,
+        source: BinaryIO,
+        name: str,
+        progress: Callable[[int], None] | None = None,
+        *,
+        offset: int = 0,
+        append: bool = False,
     ) -> int:
-        """STOR `source` as `name` in binary mode; returns the bytes sent."""
+        """Send `source` (already at `offset`) as `name`: STOR, REST+STOR, or APPE."""
         self.ftp.voidcmd("TYPE I")
         sent = 0
-        conn, _ = self.ftp.ntransfercmd(f"STOR {name}")
+        if append:
+            conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
+        else:
+            conn, _ = self.ftp.ntransfercmd(f"STOR {name}", offset or None)
         self._data_conn = conn
         with conn:
             try:
@@ -239,16 +404,16 @@ class FtpSession:
                     if progress:
                         progress(len(block))
                 if isinstance(conn, ssl.SSLSocket):
-                    conn.unwrap()
+                    conn.unwrap()  # bounded by the data timeout
             except OSError as exc:
                 reason = _describe_os_error(exc, self.dest.timeout)
-                raise DataTransferError(f"after {sent} bytes: {reason}") from exc
+                raise DataTransferError(f"after {offset + sent} bytes: {reason}") from exc
             finally:
                 self._data_conn = None
         # the server may still be writing what sat in the buffers: give 226 longer
         control = self.ftp.sock
         assert control is not None
-        control.settimeout(max(self.dest.timeout, FINAL_REPLY_TIMEOUT))
+        control.settimeout(self.dest.final_reply_timeout)
         try:
             self.ftp.voidresp()
         finally:
@@ -275,6 +440,28 @@ class FtpSession:
         self.ftp.voidcmd("TYPE I")
         return self.ftp.size(name)
 
+    def size_or_none(self, name: str) -> int | None:
+        """SIZE of a file that may not exist (550 -> None)."""
+        try:
+            return self.size(name)
+        except ftplib.error_perm:
+            return None
+
+    def remote_hash(self, name: str) -> tuple[str, str] | None:
+        """(algorithm, hex digest) the server computes for `name`, if FEAT offers a way."""
+        features = self.features()
+        hash_feature = next((f for f in features if f.startswith("HASH ")), None)
+        if hash_feature and "SHA-256" in hash_feature:
+            if "SHA-256*" not in hash_feature:
+                self.ftp.sendcmd("OPTS HASH SHA-256")
+            reply = self.ftp.sendcmd(f"HASH {name}")  # 213 SHA-256 0-N <hex> <name>
+            return "sha256", reply.split()[3].lower()
+        for command, algorithm in (("XSHA256", "sha256"), ("XMD5", "md5")):
+            if command in features:
+                reply = self.ftp.sendcmd(f"{command} {name}")  # 213 <hex>
+                return algorithm, reply.split()[1].lower()
+        return None
+
     def delete(self, name: str) -> None:
         self.ftp.delete(name)
 
@@ -299,6 +486,15 @@ class FtpSession:
         dialogue = tuple(self.dialogue)
         kind, error, address = _classify_exception(exc, self.dest.timeout)
         return Failure(kind, self.passive, dialogue, error, address)
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """TCP keepalive on the control connection, so NAT boxes keep it during long uploads."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 20)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
 
 
 def _classify_exception(exc: BaseException, timeout: float) -> tuple[FailureKind, str, str | None]:

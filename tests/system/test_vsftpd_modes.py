@@ -47,12 +47,12 @@ def _assert_one_complete_backup(lab: Lab) -> None:
             "active_data_connection",
             ("FTP client command: PORT ", "FTP server reply: 425"),
         ),
-        # the server drops its passive port range: connecting to the 227 address times out
+        # the server drops its passive port range: connecting to the 229 port times out
         (
             "passive",
             True,
             "passive_data_connection",
-            ("FTP server reply: 227", "data connection to 10.231.7.2:"),
+            ("FTP server reply: 229", "data connection to 10.231.7.2:"),
         ),
     ],
 )
