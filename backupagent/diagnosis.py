@@ -260,6 +260,24 @@ def diagnose(failure: Failure) -> Diagnosis:
     )
 
 
+TRANSIENT_CODES = {421, 426, 450, 451}
+
+
+def is_transient(failure: Failure) -> bool:
+    """Worth retrying the same way: the server or network hiccupped, nothing is misconfigured.
+
+    A data connection that cannot be opened is not transient (it is a mode or firewall
+    problem, for `fallback` and the suggestion); neither are permanent replies
+    (530, 550, 552, 553) nor TLS failures.
+    """
+    if failure.kind is FailureKind.REPLY:
+        _, reply = _last_exchange(failure.dialogue)
+        return reply is not None and reply.code in TRANSIENT_CODES
+    if failure.kind is FailureKind.CONTROL_CONNECT:
+        return not failure.error.startswith("name lookup failed")
+    return failure.kind in (FailureKind.DATA_TRANSFER, FailureKind.CONTROL_LOST)
+
+
 def suggestion_text(
     diagnosis: Diagnosis,
     job: str,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ftplib
+import functools
+import hashlib
 import json
 import secrets
 import shutil
@@ -26,7 +28,6 @@ from backupagent.diagnosis import (
     Category,
     Diagnosis,
     Failure,
-    FailureKind,
     ProbeResult,
     diagnose,
     mode_name,
@@ -214,7 +215,7 @@ class _Run:
             stats = self._archive(spool, dumps)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
-            if not self._upload(spool, stats.archive_bytes, self._manifest(stats, dumps, site)):
+            if not self._upload(spool, stats, self._manifest(stats, dumps, site)):
                 return
         except RunError as exc:
             self._fail(str(exc))
@@ -370,52 +371,76 @@ class _Run:
             }
         return json.dumps(manifest, indent=2).encode() + b"\n"
 
-    def _upload(self, spool: Path, size: int, manifest_data: bytes) -> bool:
-        """Upload archive then manifest, each under a temporary name; prune afterwards.
+    def _upload(self, spool: Path, stats: ArchiveStats, manifest_data: bytes) -> bool:
+        """Publish in the configured mode; with `fallback`, once more in the other mode.
 
         Returns whether the backup was published; on failure the run is already
         marked failed and explained.
         """
-        written: list[str] = []  # remote names to remove if the run fails
-        session = ftp.FtpSession(self.dest, self.passive)
-        try:
-            with self._interrupt_on_cancel(session):
-                return self._publish(session, spool, size, manifest_data, written)
-        except Aborted:
-            session.close()  # mid-transfer: the control connection is out of step
-            self._remove_leftovers(None, written)
-            raise
-        except ftp.TRANSFER_ERRORS as exc:
-            if self.cancel.is_set():  # the error is our own interruption
-                session.close()
-                self._remove_leftovers(None, written)
-                raise Aborted() from exc
-            failure = session.failure(exc)
-            in_step = failure.kind is FailureKind.REPLY or (
-                failure.kind is FailureKind.DATA_CONNECT and self.passive
+        failure = self._attempt(self.passive, spool, stats, manifest_data)
+        if failure is None:
+            return True
+        diagnosis = diagnose(failure)
+        if self.job.fallback and diagnosis.flips_mode:
+            failed, other = mode_name(self.passive), mode_name(not self.passive)
+            self.log.warning(
+                f"the data connection failed in {failed} mode; trying {other} mode once "
+                "(fallback = true)",
+                reason=diagnosis.what,
             )
-            if not in_step:  # a reply may still be on its way: clean up on a new connection
-                session.close()
-            self._remove_leftovers(session if in_step else None, written)
-            session.close()  # before explaining: the suggestion is the run's last event
-            self._explain(failure)
-        except SizeMismatch as exc:
-            self._remove_leftovers(session, written)
-            session.close()
-            self._fail(str(exc))
-        finally:
-            session.close()
+            second = self._attempt(not self.passive, spool, stats, manifest_data)
+            if second is None:
+                change = f"passive = {'true' if not self.passive else 'false'}"
+                note = (
+                    f"the data connection failed in {failed} mode, {other} mode worked "
+                    f"(fallback). To skip the failed attempt next time, set {change} under "
+                    f"[jobs.{self.job_name}] in {self.config.path}"
+                )
+                self._warn(f"{failed} mode", note)
+                self.result.suggestion = f"Job '{self.job_name}': {note}."
+                self.log.warning("fallback", text=self.result.suggestion, change=change)
+                return True
+            probe = ProbeResult(not self.passive, False, second.error or "the upload failed")
+            self._suggest(diagnosis, probe)
+            return False
+        self._explain(failure)
         return False
 
+    def _attempt(
+        self, passive: bool, spool: Path, stats: ArchiveStats, manifest_data: bytes
+    ) -> Failure | None:
+        """One try at publishing in one mode; None on success, else what failed."""
+        written: list[str] = []  # remote names to remove if the run fails
+        remote = ftp.FtpRemote(self.dest, passive, self.cancel)
+        try:
+            with self._interrupt_on_cancel(remote):
+                self._publish(remote, spool, stats, manifest_data, written)
+            return None
+        except (Aborted, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
+            remote.close()
+            self._remove_leftovers(passive, written)
+            if self.cancel.is_set():  # the error is our own interruption
+                raise Aborted() from exc
+            if isinstance(exc, Aborted):
+                raise
+            assert remote.last_failure is not None
+            return remote.last_failure
+        except VerifyFailed as exc:
+            remote.close()
+            self._remove_leftovers(passive, written)
+            raise RunError(str(exc)) from exc
+        finally:
+            remote.close()
+
     @contextlib.contextmanager
-    def _interrupt_on_cancel(self, session: ftp.FtpSession) -> Iterator[None]:
-        """While inside, a cancel request breaks off the session's blocking I/O at once."""
+    def _interrupt_on_cancel(self, remote: ftp.FtpRemote) -> Iterator[None]:
+        """While inside, a cancel request breaks off the remote's blocking I/O at once."""
         done = threading.Event()
 
         def watch() -> None:
             while not done.wait(0.2):
                 if self.cancel.is_set():
-                    session.interrupt()
+                    remote.interrupt()
                     return
 
         watcher = threading.Thread(target=watch, name="ftp-cancel", daemon=True)
@@ -428,85 +453,94 @@ class _Run:
 
     def _publish(
         self,
-        session: ftp.FtpSession,
+        remote: ftp.FtpRemote,
         spool: Path,
-        size: int,
+        stats: ArchiveStats,
         manifest_data: bytes,
         written: list[str],
-    ) -> bool:
-        """The upload steps proper; `written` tracks what to remove if they fail."""
+    ) -> None:
+        """Archive under a temporary name, rename, verify; then the manifest; then prune."""
         final = archive_name(self.backup_id)
-        session.open()
-        session.change_directory(self.dest.directory)
         if self.progress.upload_started:
-            self.progress.upload_started(size)
+            self.progress.upload_started(stats.archive_bytes)
         written.append(temp_name(final))
-        with spool.open("rb") as source:
-            session.upload(source, temp_name(final), self._uploaded)
-        session.rename(temp_name(final), final)
+        remote.upload_file(spool, temp_name(final), self._uploaded)
+        remote.call("rename", lambda s, attempt: _rename(s, temp_name(final), final, attempt))
         written.append(final)
-        self._check_size(session, final, size)
+        remote.call("check", lambda s, _: self._verify(s, final, stats, spool))
         manifest = manifest_name(self.backup_id)
         written.append(temp_name(manifest))
-        session.upload_bytes(manifest_data, temp_name(manifest))
-        session.rename(temp_name(manifest), manifest)
+        remote.call(
+            "manifest upload", lambda s, _: s.upload_bytes(manifest_data, temp_name(manifest))
+        )
+        remote.call("rename", lambda s, attempt: _rename(s, temp_name(manifest), manifest, attempt))
         written.clear()
         self.log.info("backup published", archive=final, manifest=manifest)
-        self._prune(session)
-        return True
+        self._prune(remote)
 
-    def _check_size(self, session: ftp.FtpSession, name: str, expected: int) -> None:
+    def _verify(self, session: ftp.FtpSession, name: str, stats: ArchiveStats, spool: Path) -> None:
+        """SIZE, and the server's own checksum where FEAT offers HASH, XSHA256 or XMD5."""
         try:
             size = session.size(name)
         except ftplib.error_perm as exc:
-            if str(exc)[:3] in ("500", "502", "504"):
-                self._warn(name, "the server does not support SIZE; upload size not verified")
-                return
-            raise
-        if size != expected:
-            raise SizeMismatch(
-                f"size check failed: the server reports {size} bytes for {name}, "
-                f"{expected} were sent"
+            if str(exc)[:3] not in ("500", "502", "504"):
+                raise
+            self._warn(name, "the server does not support SIZE; upload size not verified")
+        else:
+            if size != stats.archive_bytes:
+                raise VerifyFailed(
+                    f"size check failed: the server reports {size} bytes for {name}, "
+                    f"{stats.archive_bytes} were sent"
+                )
+            self.log.info("size verified", name=name, size=size)
+        try:
+            remote = session.remote_hash(name)
+        except ftplib.error_perm as exc:
+            self.log.info("the server could not hash the file", reply=str(exc))
+            return
+        if remote is None:
+            return
+        algorithm, digest = remote
+        if algorithm == "sha256":
+            local = stats.sha256
+        else:
+            with spool.open("rb") as handle:
+                local = hashlib.file_digest(handle, algorithm).hexdigest()
+        if digest != local:
+            raise VerifyFailed(
+                f"checksum mismatch: the server's {algorithm} of {name} is {digest}, "
+                f"the archive's is {local}"
             )
-        self.log.info("size verified", name=name, size=size)
+        self.log.info("checksum verified by the server", name=name, algorithm=algorithm)
 
-    def _prune(self, session: ftp.FtpSession) -> None:
+    def _prune(self, remote: ftp.FtpRemote) -> None:
         """Delete this job's oldest complete backups beyond `keep`; failures are warnings."""
         try:
-            backups = complete_backups(self.job_name, session.names())
+            backups = complete_backups(self.job_name, remote.call("listing", _names))
             doomed = select_for_deletion(backups, self.dest.keep)
             for backup in doomed:
                 # manifest first: from that moment the backup no longer counts as complete
-                session.delete(manifest_name(backup.backup_id))
+                names = [manifest_name(backup.backup_id)]
                 if backup.has_archive:
-                    session.delete(archive_name(backup.backup_id))
+                    names.append(archive_name(backup.backup_id))
+                remote.call("delete", functools.partial(_delete_names, names))
                 self.log.info("old backup deleted", backup_id=backup.backup_id)
             self.log.info("retention applied", kept=len(backups) - len(doomed), deleted=len(doomed))
         except ftp.TRANSFER_ERRORS as exc:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
 
-    def _remove_leftovers(self, session: ftp.FtpSession | None, names: list[str]) -> None:
-        """Best effort: delete what this run uploaded, on `session` or else a new one."""
+    def _remove_leftovers(self, passive: bool, names: list[str]) -> None:
+        """Best effort, on a fresh connection: delete what this run uploaded."""
         if not names:
             return
         self.log.info("removing incomplete upload", names=names)
-        for attempt in (session, None) if session else (None,):
-            try:
-                if attempt is None:
-                    attempt = ftp.FtpSession(self.dest, self.passive).open()
-                    attempt.change_directory(self.dest.directory, create=False)
-                for name in list(names):
-                    # 550: never created (e.g. the data connection failed first)
-                    with contextlib.suppress(ftplib.error_perm):
-                        attempt.delete(name)
-                    names.remove(name)
-                return
-            except ftp.TRANSFER_ERRORS:
-                continue
-            finally:
-                if attempt is not session and attempt is not None:
-                    attempt.close()
-        self.log.warning("could not remove incomplete upload from the server", names=names)
+        remote = ftp.FtpRemote(self.dest, passive)
+        try:
+            remote.call("clean-up", lambda s, _: _delete_all(s, names))
+        except ftp.TRANSFER_ERRORS:
+            self.log.warning("could not remove incomplete upload from the server", names=names)
+        finally:
+            remote.close()
 
     def _explain(self, failure: Failure) -> None:
         """Diagnose an FTP failure; probe the other mode before suggesting a flip."""
@@ -559,5 +593,30 @@ def _wp_diagnosis(exc: WordPressError) -> Diagnosis:
     )
 
 
-class SizeMismatch(Exception):
-    """The server holds a different number of bytes than were sent."""
+class VerifyFailed(Exception):
+    """The server holds a different size or checksum than was sent."""
+
+
+def _rename(session: ftp.FtpSession, old: str, new: str, attempt: int) -> None:
+    """RNFR/RNTO; on a retry, a rename that already happened counts as done."""
+    try:
+        session.rename(old, new)
+    except ftplib.error_perm:
+        if attempt and session.size_or_none(old) is None and session.size_or_none(new) is not None:
+            return
+        raise
+
+
+def _names(session: ftp.FtpSession, _attempt: int) -> list[str]:
+    return session.names()
+
+
+def _delete_names(names: list[str], session: ftp.FtpSession, _attempt: int) -> None:
+    _delete_all(session, names)
+
+
+def _delete_all(session: ftp.FtpSession, names: list[str]) -> None:
+    """DELE each name; 550 (already gone, or never created) is fine."""
+    for name in names:
+        with contextlib.suppress(ftplib.error_perm):
+            session.delete(name)

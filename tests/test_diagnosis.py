@@ -13,6 +13,7 @@ from backupagent.diagnosis import (
     Line,
     ProbeResult,
     diagnose,
+    is_transient,
     suggestion_text,
 )
 
@@ -338,3 +339,31 @@ def test_login_advice_never_mentions_a_flip() -> None:
     assert text.endswith(
         "Where: in jobs.toml, under [destinations.offsite]: user, password_file, password_env, password"
     )
+
+
+def _reply_failure(code_line: str) -> Failure:
+    return Failure(FailureKind.REPLY, True, (*LOGGED_IN, c("STOR a"), r(code_line)), code_line[:3])
+
+
+@pytest.mark.parametrize(
+    ("failure", "transient"),
+    [
+        (_reply_failure("421 Service not available, closing control connection."), True),
+        (_reply_failure("426 Connection closed; transfer aborted."), True),
+        (_reply_failure("450 File unavailable."), True),
+        (_reply_failure("451 Local error in processing."), True),
+        (_reply_failure("530 Login incorrect."), False),
+        (_reply_failure("550 Permission denied."), False),
+        (_reply_failure("552 Quota exceeded."), False),
+        (_reply_failure("553 Could not create file."), False),
+        (_reply_failure("425 Failed to establish connection."), False),
+        (Failure(FailureKind.DATA_TRANSFER, True, LOGGED_IN, "after 5 bytes: timed out after 5s"), True),
+        (Failure(FailureKind.CONTROL_LOST, True, LOGGED_IN, "connection reset by peer"), True),
+        (Failure(FailureKind.CONTROL_CONNECT, True, (), "connection refused", "h:21"), True),
+        (Failure(FailureKind.CONTROL_CONNECT, True, (), "name lookup failed (Name or service not known)", "nohost:21"), False),
+        (Failure(FailureKind.DATA_CONNECT, True, LOGGED_IN, "timed out after 5s", "h:40000"), False),
+        (Failure(FailureKind.TLS, True, LOGGED_IN, "certificate verify failed"), False),
+    ],
+)
+def test_transient_failures(failure: Failure, transient: bool) -> None:
+    assert is_transient(failure) is transient

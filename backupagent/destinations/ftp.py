@@ -14,13 +14,23 @@ import io
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
 from backupagent.config import FtpDestination
-from backupagent.diagnosis import Failure, FailureKind, Line, ProbeResult, mode_name
+from backupagent.diagnosis import (
+    Failure,
+    FailureKind,
+    Line,
+    ProbeResult,
+    is_transient,
+    mode_name,
+)
 
 BLOCK_SIZE = 256 << 10
 
@@ -495,6 +505,106 @@ def _keepalive(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 20)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+
+
+T = TypeVar("T")
+
+
+class FtpRemote:
+    """The destination directory, reached through sessions that are reopened after
+    transient failures: each operation is retried with exponential backoff, at most
+    `retries` times and within `retry_time` seconds, and every attempt is logged."""
+
+    def __init__(
+        self, dest: FtpDestination, passive: bool, cancel: threading.Event | None = None
+    ) -> None:
+        self.dest = dest
+        self.passive = passive
+        self.cancel = cancel or threading.Event()
+        self.session: FtpSession | None = None
+        self.last_failure: Failure | None = None
+        self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
+
+    def _connected(self) -> FtpSession:
+        if self.session is None:
+            self.session = FtpSession(self.dest, self.passive)  # before open: for failure()
+            self.session.open()
+            self.session.change_directory(self.dest.directory)
+        return self.session
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def interrupt(self) -> None:
+        """From another thread: break off the current operation."""
+        if self.session is not None:
+            self.session.interrupt()
+
+    def call(self, what: str, op: Callable[[FtpSession, int], T]) -> T:
+        """Run `op(session, attempt)`, retrying transient failures on a fresh session.
+
+        On giving up, the last exception propagates and `last_failure` describes it.
+        """
+        delay = self.dest.retry_wait
+        deadline = time.monotonic() + self.dest.retry_time
+        attempt = 0
+        while True:
+            try:
+                return op(self._connected(), attempt)
+            except TRANSFER_ERRORS as exc:
+                assert self.session is not None
+                failure = self.session.failure(exc)
+                self.last_failure = failure
+                self.close()  # a fresh connection for whatever comes next
+                if (
+                    self.cancel.is_set()
+                    or not is_transient(failure)
+                    or attempt >= self.dest.retries
+                    or time.monotonic() + delay > deadline
+                ):
+                    raise
+                attempt += 1
+                self.log.warning(
+                    f"FTP {what} failed; retrying",
+                    attempt=attempt,
+                    retries=self.dest.retries,
+                    wait_seconds=delay,
+                    reason=failure.error or (failure.dialogue[-1].text if failure.dialogue else ""),
+                )
+                if self.cancel.wait(delay):
+                    raise
+                delay = min(delay * 2, 60.0)
+
+    def upload_file(
+        self, path: Path, name: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Upload a local file; after an interruption, continue from the size on the server."""
+        total = path.stat().st_size
+
+        def send(session: FtpSession, attempt: int) -> None:
+            offset = 0
+            if attempt and self.dest.resume != "off":
+                offset = min(session.size_or_none(name) or 0, total)
+            append = False
+            if offset:
+                method = self.dest.resume
+                if method == "auto":
+                    method = "rest" if "REST STREAM" in session.features() else "appe"
+                append = method == "appe"
+                self.log.info(
+                    "resuming upload",
+                    name=name,
+                    offset=offset,
+                    of=total,
+                    method="APPE" if append else "REST + STOR",
+                )
+            with path.open("rb") as source:
+                source.seek(offset)
+                session.upload(source, name, progress, offset=offset, append=append)
+
+        self.call(f"upload of {name}", send)
 
 
 def _classify_exception(exc: BaseException, timeout: float) -> tuple[FailureKind, str, str | None]:

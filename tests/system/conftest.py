@@ -132,6 +132,7 @@ user = "{FTP_USER}"
 password_file = "{self.base}/ftp.pass"
 directory = "backups/site"
 timeout = 4
+connect_timeout = 3
 keep = 5
 
 [jobs.site]
