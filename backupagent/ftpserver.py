@@ -7,9 +7,11 @@ bound but not listening, so the client's data connection is refused.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
@@ -35,8 +37,22 @@ class LocalFtpServer:
         password: str = "demo-secret",
         host: str = "127.0.0.1",
         throttle: int | None = None,
+        *,
+        port: int = 0,
+        refuse_epsv: bool = False,
+        masquerade_address: str | None = None,
+        permit_foreign_addresses: bool = False,
+        xsha256: str | None = None,
+        tls_cert: tuple[Path, Path] | None = None,
     ) -> None:
-        """`throttle`: bytes per second the server reads from a data connection (slow link)."""
+        """A server with behaviours the tests need.
+
+        `throttle`: bytes per second read from a data connection (a slow link);
+        `refuse_epsv`: answer EPSV with 500, like servers that only know PASV;
+        `masquerade_address`: the address given in 227 replies (a NATed server);
+        `xsha256`: "honest" or "lying" support of the XSHA256 checksum command;
+        `tls_cert`: (certificate, key) files for explicit FTPS (needs pyOpenSSL).
+        """
         self.root = root
         self.user = user
         self.password = password
@@ -50,19 +66,52 @@ class LocalFtpServer:
         self._block = threading.Event()
         outer = self
 
-        class Handler(FTPHandler):
+        base: type[FTPHandler] = FTPHandler
+        if tls_cert is not None:
+            from pyftpdlib.handlers import TLS_FTPHandler
+
+            base = TLS_FTPHandler
+
+        class Handler(base):  # type: ignore[valid-type,misc]
             banner = "backupagent test FTP server ready."
-            permit_foreign_addresses = False
+            proto_cmds: ClassVar[dict[str, dict[str, object]]] = {
+                **base.proto_cmds,
+                "XSHA256": {"perm": "r", "auth": True, "arg": True, "help": "XSHA256 <file>"},
+            }
+
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)
+                if xsha256:
+                    self._extra_feats.append("XSHA256")
+
+            def ftp_XSHA256(self, path: str) -> None:
+                if not xsha256:
+                    self.respond("500 Command not understood.")
+                    return
+                with open(path, "rb") as handle:  # pyftpdlib already mapped it to a real path
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                if xsha256 == "lying":
+                    digest = digest[::-1]
+                self.respond(f"213 {digest}")
 
             def ftp_PASV(self, line: str) -> None:
                 self.passive_dtp = _BlockedPassiveDTP if outer._block.is_set() else PassiveDTP
                 super().ftp_PASV(line)
 
             def ftp_EPSV(self, line: str) -> None:
+                if refuse_epsv:
+                    self.respond("500 Command not understood.")
+                    return
                 self.passive_dtp = _BlockedPassiveDTP if outer._block.is_set() else PassiveDTP
                 super().ftp_EPSV(line)
 
         Handler.authorizer = authorizer
+        Handler.masquerade_address = masquerade_address
+        Handler.permit_foreign_addresses = permit_foreign_addresses
+        if tls_cert is not None:
+            Handler.certfile, Handler.keyfile = str(tls_cert[0]), str(tls_cert[1])
+            Handler.tls_control_required = True
+            Handler.tls_data_required = True
         if throttle:
 
             class SlowDTP(ThrottledDTPHandler):
@@ -70,7 +119,7 @@ class LocalFtpServer:
 
             Handler.dtp_handler = SlowDTP
         # an IOLoop of its own: pyftpdlib's default is one shared by every server in the process
-        self.server = FTPServer((host, 0), Handler, ioloop=IOLoop())
+        self.server = FTPServer((host, port), Handler, ioloop=IOLoop())
         self.host, self.port = self.server.address[:2]
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="ftp-server", daemon=True)

@@ -357,11 +357,28 @@ def _reply_failure(code_line: str) -> Failure:
         (_reply_failure("552 Quota exceeded."), False),
         (_reply_failure("553 Could not create file."), False),
         (_reply_failure("425 Failed to establish connection."), False),
-        (Failure(FailureKind.DATA_TRANSFER, True, LOGGED_IN, "after 5 bytes: timed out after 5s"), True),
+        (
+            Failure(
+                FailureKind.DATA_TRANSFER, True, LOGGED_IN, "after 5 bytes: timed out after 5s"
+            ),
+            True,
+        ),
         (Failure(FailureKind.CONTROL_LOST, True, LOGGED_IN, "connection reset by peer"), True),
         (Failure(FailureKind.CONTROL_CONNECT, True, (), "connection refused", "h:21"), True),
-        (Failure(FailureKind.CONTROL_CONNECT, True, (), "name lookup failed (Name or service not known)", "nohost:21"), False),
-        (Failure(FailureKind.DATA_CONNECT, True, LOGGED_IN, "timed out after 5s", "h:40000"), False),
+        (
+            Failure(
+                FailureKind.CONTROL_CONNECT,
+                True,
+                (),
+                "name lookup failed (Name or service not known)",
+                "nohost:21",
+            ),
+            False,
+        ),
+        (
+            Failure(FailureKind.DATA_CONNECT, True, LOGGED_IN, "timed out after 5s", "h:40000"),
+            False,
+        ),
         (Failure(FailureKind.TLS, True, LOGGED_IN, "certificate verify failed"), False),
     ],
 )

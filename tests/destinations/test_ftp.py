@@ -1,0 +1,247 @@
+"""FTP robustness against an in-process pyftpdlib server: EPSV/PASV, active options,
+resume after a server restart, stalls, server-side checksums, FTPS, fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backupagent.config import Config, load_config
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.logging import read_events
+from backupagent.runner import RunResult, run_job
+
+from ..conftest import WriteConfig
+from ..helpers import make_certificates
+
+REMOTE = Path("backups/site")
+
+
+def point_at(config: Config, server: LocalFtpServer) -> Config:
+    """The same jobs.toml, talking to another test server."""
+    port = config.destinations["test"].port
+    config.path.write_text(
+        config.path.read_text().replace(f"port = {port}", f"port = {server.port}")
+    )
+    return load_config(config.path)
+
+
+def commands(result: RunResult) -> list[str]:
+    return [
+        e["event"].removeprefix("FTP client command: ")
+        for e in read_events(result.log_path)
+        if e["event"].startswith("FTP client command: ")
+    ]
+
+
+def events(result: RunResult, prefix: str) -> list[dict]:
+    return [e for e in read_events(result.log_path) if e["event"].startswith(prefix)]
+
+
+def published(server: LocalFtpServer) -> list[str]:
+    d = server.root / REMOTE
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+@pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest):
+    root = tmp_path / "custom-root"
+    root.mkdir()
+    with LocalFtpServer(root, **getattr(request, "param", {})) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("server", [{"refuse_epsv": True}], indirect=True)
+def test_epsv_auto_falls_back_to_pasv(write_config: WriteConfig, server: LocalFtpServer) -> None:
+    result = run_job(point_at(write_config(), server), "www")
+    assert result.outcome == "success", result.error
+    sent = commands(result)
+    assert sent.count("EPSV") == 1  # learned once per session, then PASV
+    assert "PASV" in sent
+    assert events(result, "FTP server refused EPSV")
+
+
+@pytest.mark.parametrize("server", [{"masquerade_address": "10.99.0.7"}], indirect=True)
+def test_pasv_with_private_address_uses_the_control_address(
+    write_config: WriteConfig, server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(dest="epsv = false"), server), "www")
+    assert result.outcome == "success", result.error
+    warning = events(result, "FTP server's passive reply names a private")[0]
+    assert (warning["advertised"], warning["control"]) == ("10.99.0.7", "127.0.0.1")
+    assert "EPSV" not in commands(result)
+
+
+def test_active_ports_range(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:
+    result = run_job(
+        write_config(job="passive = false", dest='active_ports = "50100-50110"'), "www"
+    )
+    assert result.outcome == "success", result.error
+    ports = [c for c in commands(result) if c.startswith("PORT ")]
+    assert ports
+    for command in ports:
+        p1, p2 = map(int, command.split(",")[-2:])
+        assert 50100 <= p1 * 256 + p2 <= 50110
+
+
+@pytest.mark.parametrize("server", [{"permit_foreign_addresses": True}], indirect=True)
+def test_active_address_is_advertised(write_config: WriteConfig, server: LocalFtpServer) -> None:
+    config = point_at(
+        write_config(job="passive = false", dest='active_address = "127.0.0.2"'), server
+    )
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    assert any(c.startswith("PORT 127,0,0,2,") for c in commands(result))
+
+
+def test_resume_after_the_server_restarts_mid_upload(
+    write_config: WriteConfig, tmp_path: Path, site: Path
+) -> None:
+    (site / "big.bin").write_bytes(os.urandom(4_000_000))
+    root = tmp_path / "restart-root"
+    root.mkdir()
+    first = LocalFtpServer(root, throttle=400_000).start()
+    config = point_at(write_config(dest="retry_wait = 0.2\nretries = 20"), first)
+    outcome: dict[str, RunResult] = {}
+    runner = threading.Thread(target=lambda: outcome.update(r=run_job(config, "www")))
+    runner.start()
+    deadline = time.monotonic() + 30
+    partial = None
+    while partial is None or partial.stat().st_size < 1_000_000:  # bounded: see deadline
+        assert time.monotonic() < deadline, "the upload did not get going"
+        partial = next(root.rglob("*.partial"), None)
+        time.sleep(0.02)
+    first.stop()  # the server goes away mid-upload
+    second = LocalFtpServer(root, port=first.port).start()
+    try:
+        runner.join(timeout=120)
+    finally:
+        second.stop()
+    result = outcome["r"]
+    assert result.outcome == "success", (result.error, result.suggestion)
+    resumed = events(result, "resuming upload")
+    assert resumed and resumed[0]["offset"] > 0 and resumed[0]["method"] == "REST + STOR"
+    assert events(result, "FTP upload of")  # the retry is logged with its reason
+    manifest = json.loads((root / REMOTE / f"{result.backup_id}.manifest.json").read_text())
+    archive = root / REMOTE / f"{result.backup_id}.tar.zst"
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == manifest["files"][0]["sha256"]
+
+
+def test_server_that_stops_reading_fails_within_the_bound(
+    write_config: WriteConfig, tmp_path: Path, site: Path
+) -> None:
+    (site / "big.bin").write_bytes(os.urandom(12_000_000))
+    root = tmp_path / "stall-root"
+    root.mkdir()
+    with LocalFtpServer(root, throttle=1) as stalled:
+        config = write_config(dest="retries = 1\nretry_wait = 0.1")
+        config.path.write_text(config.path.read_text().replace("timeout = 5", "timeout = 1"))
+        config = point_at(config, stalled)
+        started = time.monotonic()
+        result = run_job(config, "www")
+        took = time.monotonic() - started
+    assert result.exit_code == 1
+    assert took < 20
+    assert "the data connection broke during the transfer" in result.error
+    assert "timed out after 1s" in result.suggestion
+    assert len(events(result, "FTP upload of")) == 1  # one retry, then it gave up
+    assert not [p for p in root.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("server", [{"xsha256": "honest"}], indirect=True)
+def test_server_checksum_is_verified(write_config: WriteConfig, server: LocalFtpServer) -> None:
+    result = run_job(point_at(write_config(), server), "www")
+    assert result.outcome == "success", result.error
+    assert events(result, "checksum verified by the server")[0]["algorithm"] == "sha256"
+
+
+@pytest.mark.parametrize("server", [{"xsha256": "lying"}], indirect=True)
+def test_checksum_mismatch_publishes_nothing(
+    write_config: WriteConfig, server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(), server), "www")
+    assert result.exit_code == 1
+    assert "checksum mismatch" in result.error
+    assert published(server) == []
+
+
+def test_fallback_succeeds_in_the_other_mode_and_says_so(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    ftp_server.block_passive()
+    result = run_job(write_config(job="fallback = true"), "www")
+    assert result.outcome == "warning", result.error
+    assert result.exit_code == 0
+    assert "set passive = false under [jobs.www]" in result.suggestion
+    assert any("active mode worked (fallback)" in w for w in result.warnings)
+    assert len([n for n in published(ftp_server) if n.endswith(".manifest.json")]) == 1
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Path]:
+    pytest.importorskip("OpenSSL", reason="pyOpenSSL is needed for pyftpdlib's FTPS")
+    return make_certificates(tmp_path)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, tls_files: dict[str, Path]):
+    root = tmp_path / "tls-root"
+    root.mkdir()
+    with LocalFtpServer(root, tls_cert=(tls_files["cert"], tls_files["key"])) as srv:
+        yield srv
+
+
+def test_explicit_ftps_with_the_ca_file(
+    write_config: WriteConfig, tls_server: LocalFtpServer, tls_files: dict[str, Path]
+) -> None:
+    config = point_at(
+        write_config(dest=f'tls = "explicit"\ntls_ca_file = "{tls_files["ca"]}"'), tls_server
+    )
+    result = run_job(config, "www")
+    assert result.outcome == "success", (result.error, result.suggestion)
+    sent = commands(result)
+    assert sent[:1] == ["AUTH TLS"] and "PBSZ 0" in sent and "PROT P" in sent
+    assert sent.index("AUTH TLS") < sent.index("PASS ****")
+
+
+def test_pinned_fingerprint(
+    write_config: WriteConfig,
+    tls_server: LocalFtpServer,
+    tls_files: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    pin = (tmp_path / "fingerprint").read_text()
+    good = point_at(write_config(dest=f'tls = "explicit"\ntls_fingerprint = "{pin}"'), tls_server)
+    assert run_job(good, "www").outcome == "success"
+    wrong = "0" * 64
+    bad = point_at(write_config(dest=f'tls = "explicit"\ntls_fingerprint = "{wrong}"'), tls_server)
+    result = run_job(bad, "www")
+    assert result.exit_code == 1
+    assert "fingerprint mismatch" in result.suggestion
+    assert "PASS ****" not in commands(result)  # no password sent to an unverified server
+    assert read_events(result.log_path)[-1]["category"] == "tls"
+
+
+def test_unverifiable_certificate_is_a_tls_failure(
+    write_config: WriteConfig, tls_server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(dest='tls = "explicit"'), tls_server), "www")
+    assert result.exit_code == 1
+    assert read_events(result.log_path)[-1]["category"] == "tls"
+    assert "certificate verify failed" in result.suggestion
+    assert "set passive" not in result.suggestion
+
+
+def test_tls_verify_false_warns_loudly(
+    write_config: WriteConfig, tls_server: LocalFtpServer
+) -> None:
+    config = point_at(write_config(dest='tls = "explicit"\ntls_verify = false'), tls_server)
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    assert events(result, "TLS CERTIFICATE NOT VERIFIED")
