@@ -153,28 +153,55 @@ def logs(obj: _Context, job: str, run_id: str | None) -> None:
 @click.argument("job")
 @click.pass_obj
 def diagnose(obj: _Context, job: str) -> None:
-    """Probe the job's destination: log in, then list a directory in each mode."""
-    from backupagent.destinations.ftp import probe
-    from backupagent.diagnosis import mode_name
+    """Test the job's destination: connect, TLS, login, FEAT, then EPSV, PASV and active."""
+    from backupagent.checkup import configured_mode, run_checkup
+    from backupagent.logging import run_log
+    from backupagent.runner import new_run_id
 
     config = obj.job(job)
     dest = config.destination_of(job)
-    configured = config.passive_for(job)
-    out = Console(highlight=False)
-    results = {passive: probe(dest, passive) for passive in (True, False)}
-    for passive, result in results.items():
-        mark = "[green]works[/]" if result.ok else "[red]fails[/]"
-        out.print(f"{mode_name(passive):8} {mark}  {result.detail}")
-    working = [p for p, r in results.items() if r.ok]
-    if configured in working:
-        out.print(f"The configured mode ({mode_name(configured)}) works; no change needed.")
-    elif working:
-        value = "true" if working[0] else "false"
-        out.print(f"Change: in {config.path}, under [jobs.{job}], set passive = {value}")
-        sys.exit(1)
-    else:
-        out.print("Neither mode works from this host: check the login, host and firewall.")
-        sys.exit(1)
+    log_dir = config.agent.log_dir / "diagnose"
+    run_id = new_run_id(dt.datetime.now(dt.UTC))
+    with run_log(log_dir, job, run_id) as log_path:
+        report = run_checkup(config, job)
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(
+        f"Destination {job!r} -> {dest.host}:{dest.effective_port} (tls = {dest.tls})", markup=False
+    )
+    for step in report.steps:
+        mark = "ok  " if step.ok else "FAIL"
+        out.print(f"  {mark} {step.name} ({step.seconds:.2f}s) {step.detail}", markup=False)
+    for key, value in report.tls.items():
+        out.print(f"  TLS {key}: {value}", markup=False)
+    if report.features:
+        out.print(f"  FEAT: {', '.join(report.features)}", markup=False)
+    if report.modes:
+        rows = [
+            [m.name, "works" if m.ok else "fails", f"{m.seconds:.2f}s", m.detail]
+            for m in report.modes.values()
+        ]
+        _table(["mode", "result", "time", "reply or error"], rows, result_column=1)
+        configured = configured_mode(config.passive_for(job), dest.epsv)
+        if report.configured_works:
+            out.print(f"The configured mode ({configured}) works; no change needed.", markup=False)
+        elif report.changes:
+            tables = {
+                "job": f"jobs.{job}",
+                "destination": f"destinations.{config.jobs[job].destination}",
+            }
+            changes = "; ".join(f"under [{tables[t]}] set {value}" for t, value in report.changes)
+            out.print(
+                f"The configured mode ({configured}) fails. Change: in {config.path}, {changes}",
+                markup=False,
+            )
+        else:
+            out.print(
+                "No mode works from this host: a firewall blocks the data connection; "
+                "ask for the server's passive port range and allow it.",
+                markup=False,
+            )
+    out.print(f"Log: {log_path}", markup=False)
+    sys.exit(0 if report.configured_works else 1)
 
 
 @cli.command()
@@ -275,7 +302,7 @@ def _table(headers: list[str], rows: list[list[str]], result_column: int) -> Non
     out.print(table)
 
 
-_RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow"}
+_RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails": "red"}
 
 
 @cli.command()

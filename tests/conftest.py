@@ -39,6 +39,15 @@ def ftp_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Local
 
 
 @pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalFtpServer]:
+    """A second test server with options given by indirect parametrization."""
+    root = tmp_path / "custom-root"
+    root.mkdir()
+    with LocalFtpServer(root, **getattr(request, "param", {})) as srv:
+        yield srv
+
+
+@pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A small tree with unicode, spaces, an empty dir, symlinks and excluded parts."""
     root = tmp_path / "www"

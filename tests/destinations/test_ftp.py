@@ -49,14 +49,6 @@ def published(server: LocalFtpServer) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
-@pytest.fixture
-def server(tmp_path: Path, request: pytest.FixtureRequest):
-    root = tmp_path / "custom-root"
-    root.mkdir()
-    with LocalFtpServer(root, **getattr(request, "param", {})) as srv:
-        yield srv
-
-
 @pytest.mark.parametrize("server", [{"refuse_epsv": True}], indirect=True)
 def test_epsv_auto_falls_back_to_pasv(write_config: WriteConfig, server: LocalFtpServer) -> None:
     result = run_job(point_at(write_config(), server), "www")
