@@ -237,3 +237,16 @@ def test_tls_verify_false_warns_loudly(
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
     assert events(result, "TLS CERTIFICATE NOT VERIFIED")
+
+
+def test_control_connection_has_keepalive(write_config: WriteConfig) -> None:
+    import socket
+
+    from backupagent.destinations.ftp import FtpSession
+
+    config = write_config()
+    with FtpSession(config.destination_of("www"), True) as session:
+        sock = session.ftp.sock
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
+        assert sock.gettimeout() == config.destination_of("www").timeout

@@ -4,9 +4,11 @@ FTP data-connection mode for real. Everything is torn down by the fixture."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import require_system
+from ..helpers import make_certificates
 
 CLIENT_ADDR = "10.231.7.1"
 SERVER_ADDR = "10.231.7.2"
@@ -55,6 +58,18 @@ userlist_enable=NO
 """
 
 
+TLS_CONF = """\
+ssl_enable=YES
+rsa_cert_file={cert}
+rsa_private_key_file={key}
+allow_anon_ssl=NO
+force_local_logins_ssl=YES
+force_local_data_ssl=YES
+require_ssl_reuse=YES
+ssl_ciphers=HIGH
+"""
+
+
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
 
@@ -66,6 +81,8 @@ class Lab:
     server_ns: str
     ftp_root: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tls: dict[str, Path] = field(default_factory=dict)
+    agents: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def client(self, *argv: str, **kwargs) -> subprocess.CompletedProcess[str]:
         """Run a command inside the client namespace."""
@@ -79,11 +96,72 @@ class Lab:
 
     def agent(self, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
         """Run the backupagent CLI on the client host."""
-        src = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": src}
-        return self.client(
-            sys.executable, "-m", "backupagent", "--config", str(config), *args, env=env
+        return self.client(*self._agent_argv(config, *args), env=self._agent_env())
+
+    def agent_background(self, config: Path, *args: str) -> subprocess.Popen[str]:
+        """Start the CLI on the client host without waiting for it."""
+        agent = subprocess.Popen(
+            ["ip", "netns", "exec", self.client_ns, *self._agent_argv(config, *args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._agent_env(),
         )
+        self.agents.append(agent)
+        return agent
+
+    def _agent_argv(self, config: Path, *args: str) -> list[str]:
+        return [sys.executable, "-m", "backupagent", "--config", str(config), *args]
+
+    def _agent_env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    # --- the vsftpd server ----------------------------------------------------------
+
+    conf_extra: str = ""
+
+    def start_server(self) -> None:
+        conf = self.base / "vsftpd.conf"
+        conf.write_text(
+            VSFTPD_CONF.format(
+                server=SERVER_ADDR, base=self.base, pasv_min=PASV_PORTS[0], pasv_max=PASV_PORTS[1]
+            )
+            + self.conf_extra
+        )
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.server_ns, "vsftpd", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.procs.append(server)
+        _wait_for_listener(self, server)
+
+    def server_pids(self) -> list[int]:
+        """vsftpd's listener and every session process below it."""
+        listeners = [p.pid for p in self.procs if p.poll() is None]
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        tree = list(listeners)
+        for pid in tree:
+            tree.extend(child for child, parent in parents.items() if parent == pid)
+        return tree
+
+    def signal_server(self, signum: int) -> None:
+        for pid in self.server_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def kill_server(self) -> None:
+        """The server dies: the listener and every session, at once."""
+        self.signal_server(signal.SIGKILL)
+        for proc in self.procs:
+            proc.wait(timeout=10)
+        self.procs.clear()
 
     def iptables(self, ns: str, *rule: str) -> None:
         _run("ip", "netns", "exec", ns, "iptables", *rule)
@@ -110,7 +188,9 @@ class Lab:
         for ns in (self.client_ns, self.server_ns):
             self.iptables(ns, "-F", "INPUT")
 
-    def write_config(self, passive: bool, password: str = FTP_PASSWORD) -> Path:
+    def write_config(
+        self, passive: bool, password: str = FTP_PASSWORD, dest: str = "", job: str = ""
+    ) -> Path:
         (self.base / "ftp.pass").write_text(password + "\n")
         site = self.base / "site"
         if not site.exists():
@@ -134,11 +214,13 @@ directory = "backups/site"
 timeout = 4
 connect_timeout = 3
 keep = 5
+{dest}
 
 [jobs.site]
 destination = "lab"
 passive = {str(passive).lower()}
 sources = ["{site}"]
+{job}
 """)
         return path
 
@@ -163,7 +245,9 @@ def _missing_parts() -> str | None:
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The two namespaces with vsftpd; indirect parameters: {"tls": True, "max_rate": N}."""
+    options = getattr(request, "param", {})
     missing = _missing_parts()
     require_system(missing is None, missing or "")
     tag = f"{os.getpid() % 100000}"
@@ -217,28 +301,23 @@ def lab() -> Iterator[Lab]:
         user = pwd.getpwnam(FTP_USER)
         os.chown(lab.ftp_root, user.pw_uid, user.pw_gid)
 
-        conf = base / "vsftpd.conf"
-        conf.write_text(
-            VSFTPD_CONF.format(
-                server=SERVER_ADDR, base=base, pasv_min=PASV_PORTS[0], pasv_max=PASV_PORTS[1]
-            )
-        )
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", sns, "vsftpd", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        lab.procs.append(server)
-        _wait_for_listener(lab, server)
+        if options.get("tls"):
+            lab.tls = make_certificates(base, SERVER_ADDR)
+            lab.conf_extra += TLS_CONF.format(**lab.tls)
+            if options.get("implicit"):
+                lab.conf_extra += "implicit_ssl=YES\n"
+        if options.get("max_rate"):
+            lab.conf_extra += f"local_max_rate={options['max_rate']}\n"
+        lab.start_server()
         yield lab
     finally:
+        for agent in lab.agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.communicate()
+        lab.signal_server(signal.SIGKILL)  # the listener and every session, stopped or not
         for proc in lab.procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            proc.wait(timeout=30)
         for ns in (cns, sns):
             _run("ip", "netns", "del", ns, check=False)
         if created_user:
@@ -247,20 +326,23 @@ def lab() -> Iterator[Lab]:
 
 
 def _wait_for_listener(lab: Lab, server: subprocess.Popen[bytes]) -> None:
-    """Block until vsftpd answers on port 21 (bounded), or fail with its stderr."""
+    """Block until vsftpd accepts on port 21 (bounded), or fail with its stderr.
+
+    Only the connection is checked: with implicit TLS the server says nothing in clear.
+    """
     script = (
         "import socket, time\n"
         "end = time.monotonic() + 15\n"
         "while True:\n"
         "    try:\n"
         f"        s = socket.create_connection(('{SERVER_ADDR}', 21), timeout=2)\n"
-        "        print(s.recv(100).decode().strip()); break\n"
+        "        s.close(); print('listening'); break\n"
         "    except OSError:\n"
         "        if time.monotonic() > end: raise\n"
         "        time.sleep(0.05)\n"
     )
     result = lab.client(sys.executable, "-c", script)
-    if result.returncode != 0 or not result.stdout.startswith("220"):
+    if result.returncode != 0 or not result.stdout.startswith("listening"):
         server.terminate()
         err = server.stderr.read().decode() if server.stderr else ""
         pytest.fail(f"vsftpd did not start: {result.stderr.strip()} {err.strip()}")
