@@ -109,15 +109,6 @@ def test_second_run_of_same_job_exits_75(write_config: WriteConfig) -> None:
     assert cli(config.path, "run-job", "www").returncode == 0  # released: runs again
 
 
-def test_diagnose_reports_each_mode(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:
-    config = write_config()
-    ftp_server.block_passive()
-    result = cli(config.path, "diagnose", "www")
-    assert result.returncode == 1
-    assert "passive  fails" in result.stdout and "active   works" in result.stdout
-    assert "set passive = false" in result.stdout
-
-
 def test_demo_runs_the_whole_story() -> None:
     result = cli(None, "demo", "--clean")
     assert result.returncode == 0, result.stdout + result.stderr
