@@ -10,6 +10,7 @@ without its database. Passwords reach the tools only through an inherited pipe
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import sqlite3
@@ -185,6 +186,28 @@ def _timed(dumps: list[Dump], item: Dump) -> Iterator[None]:
     )
 
 
+def _spool_dump(
+    target: Target,
+    item: Dump,
+    tool: str,
+    dumps: list[Dump],
+    run: Callable[[Callable[[bytes], None]], process.Finished],
+    complete: Callable[[_SpoolWriter], bool],
+) -> None:
+    """Run a dump tool into the spool; accept it only if it ended well and looks whole."""
+    with _timed(dumps, item):
+        spool = _SpoolWriter(item.spool)
+        try:
+            finished = run(spool.write)
+        finally:
+            spool.close()
+        whole = complete(spool)
+        if _looks_failed(finished) or not whole:
+            raise _fail(target, item.name, tool, finished.returncode, finished.stderr, whole)
+        item.size, item.sha256 = spool.size, spool.hash.hexdigest()
+        item.warnings = _tool_warnings(finished)
+
+
 def _require_some(target: Target, names: list[str], tool: str) -> None:
     """`name = "all"` that finds nothing is a failure, not an empty backup."""
     if not names:
@@ -304,20 +327,17 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
             True,
             tables=selected,
         )
-        with _timed(dumps, item):
-            spool = _SpoolWriter(item.spool)
-            try:
-                args = [*MYSQL_DUMP_OPTIONS, "--", name]
-                if target.table_prefix is not None:
-                    args += selected
-                finished = _mysql_run(target, tool, args, spool.write, cancel)
-            finally:
-                spool.close()
-            complete = MYSQL_MARKER in spool.tail
-            if _looks_failed(finished) or not complete:
-                raise _fail(target, name, tool, finished.returncode, finished.stderr, complete)
-            item.size, item.sha256 = spool.size, spool.hash.hexdigest()
-            item.warnings = _tool_warnings(finished)
+        args = [*MYSQL_DUMP_OPTIONS, "--", name]
+        if target.table_prefix is not None:
+            args += selected
+        _spool_dump(
+            target,
+            item,
+            tool,
+            dumps,
+            functools.partial(_mysql_run, target, tool, args, cancel=cancel),
+            lambda spool: MYSQL_MARKER in spool.tail,
+        )
     return dumps
 
 
@@ -420,22 +440,15 @@ def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> l
                 True,
                 tables=tables,
             )
-            with _timed(dumps, item):
-                spool = _SpoolWriter(item.spool)
-                try:
-                    finished = process.stream(
-                        [tool, *_pg_args(db), "--format=custom", f"--dbname={name}"],
-                        spool.write,
-                        env=env,
-                        cancel=cancel,
-                    )
-                finally:
-                    spool.close()
-                complete = spool.head.startswith(PG_MAGIC)
-                if _looks_failed(finished) or not complete:
-                    raise _fail(target, name, tool, finished.returncode, finished.stderr, complete)
-                item.size, item.sha256 = spool.size, spool.hash.hexdigest()
-                item.warnings = _tool_warnings(finished)
+            argv = [tool, *_pg_args(db), "--format=custom", f"--dbname={name}"]
+            _spool_dump(
+                target,
+                item,
+                tool,
+                dumps,
+                functools.partial(process.stream, argv, env=env, cancel=cancel),
+                lambda spool: spool.head.startswith(PG_MAGIC),
+            )
     return dumps
 
 

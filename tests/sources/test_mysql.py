@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 from pathlib import Path
@@ -52,6 +53,18 @@ def shop(mariadb: MariaDB) -> MariaDB:
         GRANT ALL PRIVILEGES ON *.* TO 'backup'@'localhost';
     """)
     return mariadb
+
+
+def wrap_tool(tool: str, body: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put a bash script named `tool` first on PATH; `{real}` in `body` is the real tool."""
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir(exist_ok=True)
+    real = shutil.which(tool)
+    script = wrappers / tool
+    script.write_text("#!/bin/bash\n" + body.replace("{real}", str(real)) + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    if not os.environ["PATH"].startswith(str(wrappers)):
+        monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
 
 
 def _entry(db: MariaDB, name: str, password_file: Path, **extra: str) -> str:
@@ -121,16 +134,12 @@ def test_password_never_on_the_command_line(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Wrap the tools: each records its argv and the option file it was handed."""
-    wrappers = tmp_path / "bin"
-    wrappers.mkdir()
+    """Wrap the tools: each records its argv before running the real one."""
     record = tmp_path / "argv.log"
     for tool in DUMP_TOOLS:
-        real = __import__("shutil").which(tool)
-        script = wrappers / tool
-        script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$0 $*" >> {record}\nexec {real} "$@"\n')
-        script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+        wrap_tool(
+            tool, f'printf "%s\\n" "$0 $*" >> {record}\nexec {{real}} "$@"', tmp_path, monkeypatch
+        )
     result = run_job(write_config(job=_entry(shop, "shop", password_file)), "www")
     assert result.outcome == "success", result.error
     calls = record.read_text().splitlines()
@@ -181,13 +190,7 @@ def test_dump_without_completion_marker_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A dump tool that exits 0 but stops early (as if its output were cut) is not accepted."""
-    wrappers = tmp_path / "bin"
-    wrappers.mkdir()
-    real = __import__("shutil").which("mariadb-dump")
-    script = wrappers / "mariadb-dump"
-    script.write_text(f'#!/bin/bash\n{real} "$@" | head -c 2000\nexit 0\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    wrap_tool("mariadb-dump", '{real} "$@" | head -c 2000\nexit 0', tmp_path, monkeypatch)
     result = run_job(write_config(job=_entry(shop, "shop", password_file)), "www")
     assert result.exit_code == 1
     assert read_events(result.log_path)[-1]["category"] == "dump_incomplete"
