@@ -138,7 +138,11 @@ class FtpDestination(_Credentials):
     retry_wait: float = Field(default=2.0, ge=0, le=600)  # first backoff; doubles each time
     retry_time: float = Field(default=900.0, gt=0, le=86400)  # give up retrying after this
     resume: Literal["auto", "rest", "appe", "off"] = "auto"  # auto: REST if FEAT says so
-    keep: StrictInt = Field(default=14, ge=1)
+    keep: StrictInt = Field(default=14, ge=1)  # the newest N complete backups of each job
+    keep_daily: StrictInt = Field(default=0, ge=0)  # plus the newest of each of the last N days
+    keep_weekly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N ISO weeks
+    keep_monthly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N months
+    partial_grace_hours: float = Field(default=24.0, gt=0)  # then crashed runs' uploads go
 
     @field_validator("active_ports")
     @classmethod
@@ -255,10 +259,11 @@ class Job(_Table):
     wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
     catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed
     fallback: StrictBool = False  # data connection failed: retry once in the other mode
+    verify_schedule: str | None = None  # cron: download and check the newest backup
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
 
-    @field_validator("schedule")
+    @field_validator("schedule", "verify_schedule")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is not None:

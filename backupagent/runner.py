@@ -38,7 +38,9 @@ from backupagent.retention import (
     archive_name,
     complete_backups,
     manifest_name,
+    retention_policy,
     select_for_deletion,
+    stale_partials,
     temp_name,
 )
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
@@ -516,8 +518,9 @@ class _Run:
     def _prune(self, remote: ftp.FtpRemote) -> None:
         """Delete this job's oldest complete backups beyond `keep`; failures are warnings."""
         try:
-            backups = complete_backups(self.job_name, remote.call("listing", _names))
-            doomed = select_for_deletion(backups, self.dest.keep)
+            names = remote.call("listing", _names)
+            backups = complete_backups(self.job_name, names)
+            doomed = select_for_deletion(backups, retention_policy(self.dest))
             for backup in doomed:
                 # manifest first: from that moment the backup no longer counts as complete
                 names = [manifest_name(backup.backup_id)]
@@ -526,6 +529,11 @@ class _Run:
                 remote.call("delete", functools.partial(_delete_names, names))
                 self.log.info("old backup deleted", backup_id=backup.backup_id)
             self.log.info("retention applied", kept=len(backups) - len(doomed), deleted=len(doomed))
+            grace = dt.timedelta(hours=self.dest.partial_grace_hours)
+            stale = stale_partials(self.job_name, names, dt.datetime.now(dt.UTC), grace)
+            if stale:
+                remote.call("delete", functools.partial(_delete_names, stale))
+                self.log.info("removed uploads left by crashed runs", names=stale)
         except ftp.TRANSFER_ERRORS as exc:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
-from backupagent.retention import complete_backups, select_for_deletion
+from backupagent.retention import (
+    Policy,
+    RemoteBackup,
+    complete_backups,
+    decide,
+    incomplete,
+    select_for_deletion,
+    stale_partials,
+)
 
 
 def names(job: str, stamps: list[str], *, manifest: bool = True) -> list[str]:
@@ -64,3 +74,96 @@ def test_archive_presence_is_reported() -> None:
     listing = [n for n in names("www", DAYS[:2]) if not n.endswith(f"{DAYS[0]}-000000.tar.zst")]
     backups = complete_backups("www", listing)
     assert [b.has_archive for b in backups] == [False, True]
+
+
+def calendar(start: str, count: int, step_hours: float) -> list[RemoteBackup]:
+    """`count` backups every `step_hours`, as they would be named on the server."""
+    first = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)
+    out = []
+    for i in range(count):
+        moment = first + dt.timedelta(hours=step_hours * i)
+        stamp = f"{moment:%Y%m%dT%H%M%S}.000Z"
+        out.append(RemoteBackup(stamp, f"www-{stamp}-{i:06x}", True))
+    return out
+
+
+def kept_days(decisions) -> list[str]:
+    return sorted({d.backup.stamp[:8] for d in decisions if d.keep})
+
+
+@pytest.mark.parametrize(
+    ("backups", "policy", "kept"),
+    [
+        # nightly for 120 days; keep 3, 7 daily, 4 weekly, 3 monthly
+        (
+            calendar("2026-07-25T03:00", 120, 24),
+            Policy(3, 7, 4, 3),
+            # last 7 days, plus Sundays of the last 4 ISO weeks, plus month ends
+            [
+                "20260930",
+                "20261031",
+                "20261101",
+                "20261108",
+                "20261115",
+                "20261116",
+                "20261117",
+                "20261118",
+                "20261119",
+                "20261120",
+                "20261121",
+            ],
+        ),
+        # four backups a day: daily keeps only the newest of each day
+        (
+            calendar("2026-11-18T00:00", 16, 6),
+            Policy(1, 3, 0, 0),
+            ["20261119", "20261120", "20261121"],
+        ),
+        # a policy of zeros still keeps the newest
+        (calendar("2026-11-01T03:00", 5, 24), Policy(0, 0, 0, 0), ["20261105"]),
+    ],
+)
+def test_grandfather_father_son(backups, policy: Policy, kept: list[str]) -> None:
+    decisions = decide(backups, policy)
+    assert kept_days(decisions) == kept
+    assert decisions[0].keep and decisions[0].reasons[0] == "newest"
+    doomed = select_for_deletion(backups, policy)
+    assert max(backups) not in doomed
+    assert {d.backup for d in decisions if not d.keep} == set(doomed)
+
+
+def test_every_decision_says_why() -> None:
+    decisions = decide(calendar("2026-11-01T03:00", 10, 24), Policy(2, 0, 2, 0))
+    reasons = {d.backup.stamp[:8]: d.reasons for d in decisions}
+    assert reasons["20261110"] == ("newest", "newest of its week (weekly = 2)")
+    assert reasons["20261109"] == ("one of the last 2",)
+    assert reasons["20261108"] == ("newest of its week (weekly = 2)",)  # a Sunday
+    assert reasons["20261107"] == ("beyond the policy",)
+
+
+def test_stale_partials_respect_the_grace_period() -> None:
+    names = [
+        "www-20261120T030000.000Z-aaaaaa.tar.zst.partial",  # two days old
+        "www-20261122T030000.000Z-bbbbbb.tar.zst.partial",  # an hour old: maybe still running
+        "www-20261120T030000.000Z-aaaaaa.manifest.json.partial",
+        "www-db-20261101T030000.000Z-cccccc.tar.zst.partial",  # another job's
+        "www-20261101T030000.000Z-dddddd.tar.zst",  # not a partial
+    ]
+    now = dt.datetime(2026, 11, 22, 4, 0, tzinfo=dt.UTC)
+    assert stale_partials("www", names, now, dt.timedelta(hours=24)) == [
+        "www-20261120T030000.000Z-aaaaaa.manifest.json.partial",
+        "www-20261120T030000.000Z-aaaaaa.tar.zst.partial",
+    ]
+
+
+def test_incomplete_leftovers() -> None:
+    listing = [
+        *names("www", DAYS[:2]),
+        "www-20261108T030000.000Z-abcdef.tar.zst.partial",
+        "www-20261109T030000.000Z-fedcba.tar.zst",  # archive without manifest
+        "www-db-20261109T030000.000Z-fedcba.tar.zst",
+    ]
+    assert incomplete("www", listing) == [
+        "www-20261108T030000.000Z-abcdef.tar.zst.partial",
+        "www-20261109T030000.000Z-fedcba.tar.zst",
+    ]
