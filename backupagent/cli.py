@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import signal
 import sys
@@ -303,6 +304,213 @@ def _table(headers: list[str], rows: list[list[str]], result_column: int) -> Non
 
 
 _RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails": "red"}
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_obj
+def backups(obj: _Context, job: str) -> None:
+    """Complete backups on the destination (and incomplete leftovers)."""
+    from backupagent.restore import list_backups
+
+    config = obj.job(job)
+    found, leftovers = _or_exit(lambda: list_backups(config, job))
+    rows = [
+        [b.backup_id, b.created, _size(b.size), str(b.files), ", ".join(b.databases) or "-"]
+        for b in found
+    ]
+    _table(["backup", "created", "size", "files", "databases"], rows, result_column=0)
+    if leftovers:
+        click.echo(f"incomplete (no manifest; not backups): {len(leftovers)}")
+        for name in leftovers:
+            click.echo(f"  {name}")
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="An empty directory to restore into.",
+)
+@click.option("--load-database", "load", metavar="NAME", help="Load this MySQL dump into --into.")
+@click.option("--into", metavar="DATABASE", help="The database to load it into.")
+@click.option("--db-socket", type=click.Path(path_type=Path), help="MySQL socket for --into.")
+@click.option("--db-host", help="MySQL host for --into.")
+@click.option("--db-port", type=int, help="MySQL port for --into.")
+@click.option("--db-user", help="MySQL user for --into.")
+@click.option(
+    "--db-password-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding that user's password.",
+)
+@click.option(
+    "--overwrite-live",
+    is_flag=True,
+    help="Allow --into to name the very database the job backs up.",
+)
+@click.pass_obj
+def restore(
+    obj: _Context,
+    job: str,
+    wanted: str,
+    target: Path,
+    load: str | None,
+    into: str | None,
+    db_socket: Path | None,
+    db_host: str | None,
+    db_port: int | None,
+    db_user: str | None,
+    db_password_file: Path | None,
+    overwrite_live: bool,
+) -> None:
+    """Download a backup, verify it, extract it safely; load a database on request."""
+    from backupagent.config import MysqlDatabase
+    from backupagent.restore import check, choose, download, extract, list_backups, load_database
+
+    config = obj.job(job)
+    if load and not into:
+        _usage("--load-database needs --into DATABASE (a database to create or fill)")
+    if load and into in _live_databases(config, job) and not overwrite_live:
+        _usage(
+            f"--into {into} is the database job '{job}' backs up; loading a backup over it "
+            "needs --overwrite-live"
+        )
+    found, _ = _or_exit(lambda: list_backups(config, job))
+    backup = _or_exit(lambda: choose(found, wanted))
+    workdir = config.agent.spool_dir / job / "restore"
+    archive = _or_exit(lambda: download(config, job, backup, workdir))
+    try:
+        _or_exit(lambda: check(archive, backup))
+        report = _or_exit(lambda: extract(archive, target))
+    finally:
+        archive.unlink(missing_ok=True)
+    click.echo(
+        f"restored {backup.backup_id} into {target}: {report.files} files, "
+        f"{report.directories} directories, {report.symlinks} symlinks"
+    )
+    for note in report.skipped:
+        click.echo(f"  skipped {note}")
+    if load and into:
+        dump = target / "databases" / f"{load}.sql"
+        if not dump.is_file():
+            _fail_exit(f"the backup has no MySQL dump named {load!r} ({dump} is missing)")
+        password = db_password_file.read_text().splitlines()[0] if db_password_file else None
+        database = MysqlDatabase(
+            type="mysql", name=into, host=db_host, port=db_port, socket=db_socket, user=db_user
+        )
+        _or_exit(lambda: load_database(dump, database, password))
+        click.echo(f"loaded {dump.name} into database {into}")
+
+
+def _live_databases(config: Config, job: str) -> set[str]:
+    """Names of the MySQL databases the job dumps (wp-config.php's too, if readable)."""
+    from backupagent.sources.wordpress import WordPressError, read_site
+
+    spec = config.jobs[job]
+    names = {d.name for d in spec.databases if d.type == "mysql"}
+    if spec.wordpress:
+        with contextlib.suppress(WordPressError):
+            names.add(read_site(spec.wordpress, spec).database)
+    return names
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
+@click.pass_obj
+def verify(obj: _Context, job: str, wanted: str) -> None:
+    """Download a backup, check its hashes and read it to the end, without extracting."""
+    from backupagent.restore import verify as verify_backup
+
+    config = obj.job(job)
+    ok, message, log_path = verify_backup(config, job, wanted)
+    click.echo(("OK: " if ok else "FAILED: ") + message)
+    click.echo(f"Log: {log_path}")
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@click.argument("job")
+@click.option("--dry-run", is_flag=True, help="Only print what would be deleted and why.")
+@click.pass_obj
+def prune(obj: _Context, job: str, dry_run: bool) -> None:
+    """Apply retention now: print each backup kept or deleted, with the reason."""
+    from backupagent.destinations.ftp import FtpRemote
+    from backupagent.retention import (
+        archive_name,
+        complete_backups,
+        decide,
+        manifest_name,
+        retention_policy,
+        stale_partials,
+    )
+    from backupagent.state import job_lock
+
+    config = obj.job(job)
+    dest = config.destination_of(job)
+    try:
+        with job_lock(config.agent.state_dir, job):
+            remote = FtpRemote(dest, config.passive_for(job))
+            try:
+                names = _or_exit(lambda: remote.call("listing", lambda s, _: s.names()))
+                decisions = decide(complete_backups(job, names), retention_policy(dest))
+                grace = dt.timedelta(hours=dest.partial_grace_hours)
+                stale = stale_partials(job, names, dt.datetime.now(dt.UTC), grace)
+                for d in decisions:
+                    verdict = "keep  " if d.keep else "delete"
+                    click.echo(f"{verdict} {d.backup.backup_id}  ({'; '.join(d.reasons)})")
+                for name in stale:
+                    click.echo(
+                        f"delete {name}  (left by a run that started over "
+                        f"{dest.partial_grace_hours:g} h ago)"
+                    )
+                if dry_run:
+                    click.echo("dry run: nothing deleted")
+                    return
+                doomed = [
+                    name
+                    for d in decisions
+                    if not d.keep
+                    # the manifest first: from then on the backup no longer counts
+                    for name in (
+                        manifest_name(d.backup.backup_id),
+                        *([archive_name(d.backup.backup_id)] if d.backup.has_archive else []),
+                    )
+                ] + stale
+                _or_exit(lambda: remote.call("delete", lambda s, _: s.delete_all(doomed)))
+            finally:
+                remote.close()
+    except JobLocked as exc:
+        click.echo(f"skipped: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
+
+
+def _or_exit(action):  # type: ignore[no-untyped-def]
+    """Run a restore step; a RestoreError or FTP failure ends the command with exit 1."""
+    from backupagent.destinations.ftp import TRANSFER_ERRORS
+    from backupagent.restore import RestoreError
+    from backupagent.sources.databases import DumpFailed
+
+    try:
+        return action()
+    except (RestoreError, *TRANSFER_ERRORS) as exc:
+        _fail_exit(str(exc) or type(exc).__name__)
+    except DumpFailed as exc:
+        _fail_exit(f"{exc.diagnosis.what}: {' / '.join(exc.diagnosis.evidence)}")
+
+
+def _fail_exit(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+def _usage(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
 
 
 @cli.command()

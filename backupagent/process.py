@@ -12,6 +12,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import structlog
 
@@ -69,6 +70,7 @@ def stream(
     pass_fds: Sequence[int] = (),
     chunk: int = 1 << 20,
     cancel: threading.Event | None = None,
+    stdin: BinaryIO | None = None,
 ) -> Finished:
     """Run `argv`, handing its stdout to `sink` chunk by chunk; keep the tail of stderr.
 
@@ -80,7 +82,7 @@ def stream(
     log.debug("running", argv=list(argv))
     proc = subprocess.Popen(
         list(argv),
-        stdin=subprocess.DEVNULL,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

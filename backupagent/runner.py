@@ -544,7 +544,7 @@ class _Run:
         self.log.info("removing incomplete upload", names=names)
         remote = ftp.FtpRemote(self.dest, passive)
         try:
-            remote.call("clean-up", lambda s, _: _delete_all(s, names))
+            remote.call("clean-up", functools.partial(_delete_names, names))
         except ftp.TRANSFER_ERRORS:
             self.log.warning("could not remove incomplete upload from the server", names=names)
         finally:
@@ -620,11 +620,4 @@ def _names(session: ftp.FtpSession, _attempt: int) -> list[str]:
 
 
 def _delete_names(names: list[str], session: ftp.FtpSession, _attempt: int) -> None:
-    _delete_all(session, names)
-
-
-def _delete_all(session: ftp.FtpSession, names: list[str]) -> None:
-    """DELE each name; 550 (already gone, or never created) is fine."""
-    for name in names:
-        with contextlib.suppress(ftplib.error_perm):
-            session.delete(name)
+    session.delete_all(names)

@@ -26,7 +26,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from backupagent.config import Config, ConfigError, cron_trigger, load_config
 from backupagent.runner import run_job
-from backupagent.state import History, JobLocked
+from backupagent.state import BACKUP_TRIGGERS, History, JobLocked
 
 MAX_WORKERS = 64
 
@@ -48,7 +48,7 @@ def missed_run(
 
 def catch_up_reference(history: History, job: str) -> dt.datetime | None:
     """When the job last succeeded, else when it first ran at all (None: never ran)."""
-    success = history.last(job, ("success", "warning"))
+    success = history.last(job, ("success", "warning"), BACKUP_TRIGGERS)
     if success is not None:
         return success.started
     return history.first_started(job)
@@ -105,12 +105,20 @@ class Daemon:
             if aps_job.id.startswith("cron:"):
                 aps_job.remove()
         for name, job in config.jobs.items():
-            if job.schedule is None:
-                continue
-            trigger = cron_trigger(job.schedule, config.agent.timezone)
-            self.scheduler.add_job(
-                self._run, trigger, args=(name, "schedule"), id=f"cron:{name}", name=name
-            )
+            if job.schedule is not None:
+                trigger = cron_trigger(job.schedule, config.agent.timezone)
+                self.scheduler.add_job(
+                    self._run, trigger, args=(name, "schedule"), id=f"cron:{name}", name=name
+                )
+            if job.verify_schedule is not None:
+                trigger = cron_trigger(job.verify_schedule, config.agent.timezone)
+                self.scheduler.add_job(
+                    self._verify,
+                    trigger,
+                    args=(name,),
+                    id=f"cron:verify:{name}",
+                    name=f"{name} (verify)",
+                )
         self.config = config
         self.log.info("jobs planned", jobs=self._next_runs())
 
@@ -157,6 +165,18 @@ class Daemon:
                 self.running.discard(name)
                 self.running_changed.notify_all()
             self.wake.set()
+
+    def _verify(self, name: str) -> None:
+        """A scheduled check of the newest backup, in a worker thread."""
+        from backupagent.restore import verify
+
+        if self.cancel.is_set():
+            return
+        try:
+            ok, message, _ = verify(self.config, name, cancel=self.cancel)
+            (self.log.info if ok else self.log.error)("verify ended", job=name, detail=message)
+        except Exception:
+            self.log.exception("verify crashed", job=name)
 
     # --- the main loop ----------------------------------------------------------------
 

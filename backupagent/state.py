@@ -21,7 +21,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     job TEXT NOT NULL,
-    trigger TEXT NOT NULL,             -- manual | schedule | catch-up
+    trigger TEXT NOT NULL,             -- manual | schedule | catch-up | verify
     started TEXT NOT NULL,             -- ISO 8601, UTC
     finished TEXT,
     result TEXT NOT NULL,              -- running | success | warning | failed | aborted
@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
 """
+
+
+BACKUP_TRIGGERS = ("manual", "schedule", "catch-up")  # runs that make a backup
 
 
 class JobLocked(Exception):
@@ -118,12 +121,19 @@ class History:
         )
         return cursor.rowcount
 
-    def runs(self, job: str, limit: int = 50, results: tuple[str, ...] = ()) -> list[Run]:
-        """The job's most recent runs (with one of `results`, if given), newest first."""
+    def runs(
+        self,
+        job: str,
+        limit: int = 50,
+        results: tuple[str, ...] = (),
+        triggers: tuple[str, ...] = (),
+    ) -> list[Run]:
+        """The job's most recent runs (with those results and triggers, if given), newest first."""
         where, params = "job = ?", [job]
-        if results:
-            where += f" AND result IN ({', '.join('?' * len(results))})"
-            params += list(results)
+        for column, values in (("result", results), ("trigger", triggers)):
+            if values:
+                where += f" AND {column} IN ({', '.join('?' * len(values))})"
+                params += list(values)
         cursor = self.conn.execute(
             f"SELECT * FROM runs WHERE {where} ORDER BY started DESC LIMIT ?", (*params, limit)
         )
@@ -131,13 +141,17 @@ class History:
         return [_from_row(dict(zip(names, row, strict=True))) for row in cursor]
 
     def first_started(self, job: str) -> dt.datetime | None:
-        """When the job's oldest recorded run started."""
-        row = self.conn.execute("SELECT MIN(started) FROM runs WHERE job = ?", (job,)).fetchone()
+        """When the job's oldest recorded backup run (not a verify) started."""
+        row = self.conn.execute(
+            "SELECT MIN(started) FROM runs WHERE job = ? AND trigger != 'verify'", (job,)
+        ).fetchone()
         return dt.datetime.fromisoformat(row[0]) if row and row[0] else None
 
-    def last(self, job: str, results: tuple[str, ...] = ()) -> Run | None:
-        """The job's most recent run (with one of `results`, if given)."""
-        found = self.runs(job, limit=1, results=results)
+    def last(
+        self, job: str, results: tuple[str, ...] = (), triggers: tuple[str, ...] = ()
+    ) -> Run | None:
+        """The job's most recent run (with one of `results` and `triggers`, if given)."""
+        found = self.runs(job, limit=1, results=results, triggers=triggers)
         return found[0] if found else None
 
 

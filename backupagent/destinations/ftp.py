@@ -440,8 +440,9 @@ class FtpSession:
     def upload_bytes(self, data: bytes, name: str) -> None:
         self.upload(io.BytesIO(data), name)
 
-    def download(self, name: str, sink: Callable[[bytes], None]) -> None:
-        self.ftp.retrbinary(f"RETR {name}", sink, blocksize=BLOCK_SIZE)
+    def download(self, name: str, sink: Callable[[bytes], object], offset: int = 0) -> None:
+        """RETR in binary mode, from `offset` (REST) to continue a broken download."""
+        self.ftp.retrbinary(f"RETR {name}", sink, blocksize=BLOCK_SIZE, rest=offset or None)
 
     def rename(self, old: str, new: str) -> None:
         self.ftp.rename(old, new)
@@ -474,6 +475,12 @@ class FtpSession:
 
     def delete(self, name: str) -> None:
         self.ftp.delete(name)
+
+    def delete_all(self, names: list[str]) -> None:
+        """DELE each name in order; 550 (already gone, or never created) is fine."""
+        for name in names:
+            with contextlib.suppress(ftplib.error_perm):
+                self.ftp.delete(name)
 
     def names(self) -> list[str]:
         """Plain file names in the current directory (NLST)."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 import zstandard
@@ -256,6 +257,7 @@ def _mysql_run(
     args: list[str],
     sink: Callable[[bytes], None],
     cancel: threading.Event | None = None,
+    stdin: BinaryIO | None = None,
 ) -> process.Finished:
     fd = process.secret_fd(_mysql_options(target))
     try:
@@ -265,6 +267,7 @@ def _mysql_run(
             sink,
             pass_fds=(fd,),
             cancel=cancel,
+            stdin=stdin,
         )
     finally:
         os.close(fd)
@@ -339,6 +342,23 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
             lambda spool: MYSQL_MARKER in spool.tail,
         )
     return dumps
+
+
+def load_mysql(target: Target, source: BinaryIO, create: bool = True) -> None:
+    """Feed a dump to the mysql client into database `target.db.name` (restore)."""
+    db = target.db
+    assert isinstance(db, MysqlDatabase)
+    try:
+        client = process.find_tool("mariadb", "mysql")
+    except process.ToolMissing as exc:
+        raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
+    if create:
+        quoted = "`" + db.name.replace("`", "``") + "`"
+        _mysql_query(target, client, db.name, f"CREATE DATABASE IF NOT EXISTS {quoted}")
+    out = bytearray()
+    finished = _mysql_run(target, client, ["--", db.name], out.extend, stdin=source)
+    if _looks_failed(finished):
+        raise _fail(target, db.name, client, finished.returncode, finished.stderr)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------

@@ -1,0 +1,303 @@
+"""Getting data back: list backups, download with resume, verify, extract safely.
+
+Nothing is extracted before the archive's size and SHA-256 match its manifest and
+every member has been checked: no absolute paths, no `..`, no hard link leaving the
+target, no device files. Symbolic links are created last, after every file, so no
+member can be written through one, whatever they point at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import zstandard
+
+from backupagent.config import Config, MysqlDatabase
+from backupagent.destinations import ftp
+from backupagent.retention import (
+    RemoteBackup,
+    archive_name,
+    complete_backups,
+    incomplete,
+    manifest_name,
+)
+from backupagent.sources.databases import Target, load_mysql
+
+KEEP_MODE = 0o1777  # everything but setuid and setgid
+
+
+class RestoreError(Exception):
+    """A restore that must stop, in plain words."""
+
+
+@dataclass
+class BackupInfo:
+    """A complete backup on the server, described by its manifest."""
+
+    backup_id: str
+    created: str
+    size: int
+    files: int
+    databases: list[str]
+    manifest: dict[str, Any]
+
+
+@dataclass
+class Extracted:
+    """What a restore wrote."""
+
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _remote(config: Config, job: str, cancel: threading.Event | None = None) -> ftp.FtpRemote:
+    return ftp.FtpRemote(config.destination_of(job), config.passive_for(job), cancel)
+
+
+def _read(remote: ftp.FtpRemote, name: str) -> bytes:
+    buffer = bytearray()
+
+    def fetch(session: ftp.FtpSession, _attempt: int) -> None:
+        buffer.clear()
+        session.download(name, buffer.extend)
+
+    remote.call(f"download of {name}", fetch)
+    return bytes(buffer)
+
+
+def list_backups(config: Config, job: str) -> tuple[list[BackupInfo], list[str]]:
+    """The job's complete backups, newest first, and its incomplete leftovers."""
+    remote = _remote(config, job)
+    try:
+        names = remote.call("listing", lambda s, _: s.names())
+        infos = [
+            _info(b, json.loads(_read(remote, manifest_name(b.backup_id))))
+            for b in reversed(complete_backups(job, names))
+        ]
+        return infos, incomplete(job, names)
+    finally:
+        remote.close()
+
+
+def _info(backup: RemoteBackup, manifest: dict[str, Any]) -> BackupInfo:
+    archive = manifest["files"][0]
+    return BackupInfo(
+        backup.backup_id,
+        manifest.get("created", ""),
+        int(archive["size"]),
+        int(manifest.get("contents", {}).get("files", 0)),
+        [d["name"] for d in manifest.get("databases", [])],
+        manifest,
+    )
+
+
+def choose(backups: list[BackupInfo], wanted: str) -> BackupInfo:
+    """`latest` or a backup id (its unique start is enough)."""
+    if not backups:
+        raise RestoreError("there is no complete backup of this job on the server")
+    if wanted == "latest":
+        return backups[0]
+    matches = [b for b in backups if b.backup_id == wanted or b.backup_id.startswith(wanted)]
+    if len(matches) != 1:
+        known = ", ".join(b.backup_id for b in backups[:5])
+        raise RestoreError(f"no single complete backup matches {wanted!r} (newest: {known})")
+    return matches[0]
+
+
+def download(
+    config: Config,
+    job: str,
+    backup: BackupInfo,
+    workdir: Path,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """The archive in `workdir`, resuming a partial download left by an earlier attempt."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / archive_name(backup.backup_id)
+    partial = target.with_name(target.name + ".partial")
+    remote = _remote(config, job, cancel)
+    log = structlog.get_logger("backupagent.restore")
+
+    def fetch(session: ftp.FtpSession, _attempt: int) -> None:
+        offset = partial.stat().st_size if partial.exists() else 0
+        if offset >= backup.size:
+            return
+        if offset:
+            log.info("resuming download", name=target.name, offset=offset, of=backup.size)
+        with partial.open("ab") as out:
+            session.download(target.name, out.write, offset=offset)
+
+    try:
+        remote.call(f"download of {target.name}", fetch)
+    finally:
+        remote.close()
+    partial.replace(target)
+    return target
+
+
+def check(archive: Path, backup: BackupInfo) -> None:
+    """Size and SHA-256 against the manifest: a tampered or truncated archive is refused."""
+    expected = backup.manifest["files"][0]
+    size = archive.stat().st_size
+    with archive.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if size != expected["size"] or digest != expected["sha256"]:
+        raise RestoreError(
+            f"{archive.name} does not match its manifest ({size} bytes, SHA-256 {digest}; "
+            f"the manifest says {expected['size']} bytes, {expected['sha256']}): it was "
+            "changed or cut short; nothing was extracted"
+        )
+
+
+@contextlib.contextmanager
+def _members(archive: Path) -> Iterator[tarfile.TarFile]:
+    with (
+        archive.open("rb") as raw,
+        zstandard.ZstdDecompressor().stream_reader(raw) as plain,
+        tarfile.open(fileobj=plain, mode="r|") as tar,  # type: ignore[call-overload]
+    ):
+        yield tar
+
+
+def scan(archive: Path, dest: Path) -> tuple[int, int]:
+    """Read the whole archive and check every member; returns (members, bytes).
+
+    Refuses absolute names, names leaving `dest`, and hard links leaving it. This
+    pass is also the "decompresses and reads to the end" check of `verify`.
+    """
+    count = total = 0
+    try:
+        with _members(archive) as tar:
+            for member in tar:
+                _check_member(member, dest)
+                count += 1
+                total += member.size
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        raise RestoreError(f"{archive.name} cannot be read to the end: {exc}") from None
+    return count, total
+
+
+def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
+    try:
+        tarfile.tar_filter(member, str(dest))
+    except tarfile.FilterError as exc:
+        raise RestoreError(f"refusing the archive: unsafe member {member.name!r}: {exc}") from None
+    if member.islnk():
+        target = os.path.realpath(os.path.join(dest, member.linkname))
+        if os.path.commonpath([target, os.path.realpath(dest)]) != os.path.realpath(dest):
+            raise RestoreError(
+                f"refusing the archive: hard link {member.name!r} points outside the target"
+            )
+
+
+def extract(archive: Path, dest: Path) -> Extracted:
+    """Extract into an empty `dest` (checked by `scan` first): modes, times, links."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise RestoreError(f"{dest} is not empty: restore into an empty directory")
+    scan(archive, dest)
+    report = Extracted()
+    links: list[tarfile.TarInfo] = []
+
+    def admit(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        _check_member(member, dest)
+        if member.issym():
+            links.append(member)
+            return None
+        if not (member.isreg() or member.isdir() or member.islnk()):
+            report.skipped.append(f"{member.name}: special file (device or fifo), not created")
+            return None
+        if member.isdir():
+            report.directories += 1
+        else:
+            report.files += 1
+        return member.replace(mode=member.mode & KEEP_MODE, deep=False)
+
+    with _members(archive) as tar:
+        tar.extractall(dest, filter=admit)
+    for link in links:
+        _make_link(link, dest, report)
+    return report
+
+
+def _make_link(member: tarfile.TarInfo, dest: Path, report: Extracted) -> None:
+    """A symbolic link, last: only if its own directory is inside `dest`."""
+    path = dest / member.name
+    parent = os.path.realpath(path.parent)
+    if os.path.commonpath([parent, os.path.realpath(dest)]) != os.path.realpath(dest):
+        report.skipped.append(f"{member.name}: its directory leads outside the target")
+        return
+    if os.path.lexists(path):
+        report.skipped.append(f"{member.name}: something else already has this name")
+        return
+    os.symlink(member.linkname, path)
+    with contextlib.suppress(OSError):
+        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        if os.geteuid() == 0:
+            os.lchown(path, member.uid, member.gid)
+    report.symlinks += 1
+
+
+def load_database(
+    dump: Path, target: MysqlDatabase, password: str | None, create: bool = True
+) -> None:
+    """Load a MySQL/MariaDB dump into `target.name` (created if missing)."""
+    with dump.open("rb") as source:
+        load_mysql(Target(target, password, (), None), source, create=create)
+
+
+def verify(
+    config: Config, job: str, wanted: str = "latest", cancel: threading.Event | None = None
+) -> tuple[bool, str, Path]:
+    """Download a backup, check its hashes and read it to the end; recorded as a run."""
+    import shutil
+
+    from backupagent.logging import run_log
+    from backupagent.runner import new_run_id
+    from backupagent.state import History, Run
+
+    started = dt.datetime.now(dt.UTC)
+    run_id = new_run_id(started)
+    log = structlog.get_logger("backupagent.restore")
+    with run_log(config.agent.log_dir, job, run_id) as log_path:
+        record = Run(run_id, job, "verify", started, str(log_path))
+        workdir = config.agent.spool_dir / job / f"verify-{run_id}"
+        try:
+            backups, _ = list_backups(config, job)
+            backup = choose(backups, wanted)
+            record.archive = archive_name(backup.backup_id)
+            archive = download(config, job, backup, workdir, cancel)
+            check(archive, backup)
+            members, size = scan(archive, workdir / "target")
+            ok, message = (
+                True,
+                (
+                    f"{backup.backup_id}: SHA-256 matches the manifest; {members} members, "
+                    f"{size} bytes read to the end"
+                ),
+            )
+            record.bytes_archived, record.bytes_uploaded = size, backup.size
+        except (RestoreError, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
+            ok, message = False, str(exc) or type(exc).__name__
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        record.result = "success" if ok else "failed"
+        record.error = None if ok else message
+        record.finished = dt.datetime.now(dt.UTC)
+        (log.info if ok else log.error)("verify finished", result=record.result, detail=message)
+        with History(config.agent.state_dir) as history:
+            history.save(record)
+    return ok, message, log_path
