@@ -211,6 +211,7 @@ def extract(archive: Path, dest: Path) -> Extracted:
     scan(archive, dest)
     report = Extracted()
     links: list[tarfile.TarInfo] = []
+    directory_times: dict[str, int] = {}
 
     def admit(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
         _check_member(member, dest)
@@ -222,6 +223,7 @@ def extract(archive: Path, dest: Path) -> Extracted:
             return None
         if member.isdir():
             report.directories += 1
+            directory_times[member.name.rstrip("/")] = int(member.mtime)
         else:
             report.files += 1
         return member.replace(mode=member.mode & KEEP_MODE, deep=False)
@@ -230,6 +232,11 @@ def extract(archive: Path, dest: Path) -> Extracted:
         tar.extractall(dest, filter=admit)
     for link in links:
         _make_link(link, dest, report)
+    for parent in {os.path.dirname(link.name) for link in links}:  # a new link touched it
+        if parent in directory_times:
+            with contextlib.suppress(OSError):
+                moment = directory_times[parent]
+                os.utime(dest / parent, (moment, moment), follow_symlinks=False)
     return report
 
 

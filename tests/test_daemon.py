@@ -292,3 +292,20 @@ def test_a_long_job_does_not_delay_another(
     )
     assert [r.result for r in runs(config.agent.state_dir, "www")] == ["running"]
     assert daemon.stop() == 0
+
+
+def test_verify_schedule(write_config: WriteConfig, start: Callable[..., DaemonProcess]) -> None:
+    config = write_config(job='verify_schedule = "*/2 * * * * *"')
+    subprocess.run(
+        [sys.executable, "-m", "backupagent", "--config", str(config.path), "run-job", "www"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    verified = wait_for(
+        lambda: [r for r in runs(config.agent.state_dir) if r.trigger == "verify"], "a verify run"
+    )
+    assert verified[0].result == "success"
+    assert daemon.stop() == 0

@@ -291,3 +291,45 @@ def test_all_with_nothing_visible_fails(
     result = run_job(write_config(job=entry), "www")
     assert result.exit_code == 1
     assert "lists no database to dump" in result.suggestion
+
+
+def test_restore_loads_the_dump_into_a_named_database(
+    shop: MariaDB, write_config: WriteConfig, password_file: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    config = write_config(job=_entry(shop, "shop", password_file))
+    assert run_job(config, "www").outcome == "success"
+
+    def restore(*extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "backupagent",
+            "--config",
+            str(config.path),
+            "restore",
+            "www",
+            "--to",
+            str(tmp_path / f"out-{len(extra)}-{extra[-1] if extra else ''}"),
+            "--load-database",
+            "shop",
+            "--db-socket",
+            str(shop.socket),
+            "--db-user",
+            "backup",
+            "--db-password-file",
+            str(password_file),
+            *extra,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+    live = restore("--into", "shop")
+    assert live.returncode == 2
+    assert "is the database job 'www' backs up" in live.stderr
+    shop.sql("DROP DATABASE IF EXISTS shop_loaded;")
+    loaded = restore("--into", "shop_loaded")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "loaded shop.sql into database shop_loaded" in loaded.stdout
+    assert _checksums(shop, "shop_loaded") == _checksums(shop, "shop")

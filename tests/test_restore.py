@@ -1,0 +1,224 @@
+"""Getting data back: backups, restore, verify and prune through the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.state import History
+
+from .conftest import WriteConfig
+
+REMOTE = Path("backups/site")
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backupagent", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def describe(root: Path) -> dict[str, tuple]:
+    """Every path: kind, content hash or link target, mode, mtime (whole seconds)."""
+    out: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        rel = str(path.relative_to(root))
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(path), int(st.st_mtime))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[rel] = ("file", digest, stat.S_IMODE(st.st_mode), int(st.st_mtime))
+    return out
+
+
+@pytest.fixture
+def odd_tree(tmp_path: Path) -> Path:
+    """Unicode, spaces, empty dirs, links (dangling too), a sparse file, unusual modes."""
+    root = tmp_path / "odd"
+    (root / "Ünïcødé dir" / "ñested").mkdir(parents=True)
+    (root / "empty dir").mkdir()
+    (root / "Ünïcødé dir" / "ñested" / "file with spaces.txt").write_text("grüße\n")
+    (root / "world-writable.txt").write_text("0777")
+    (root / "world-writable.txt").chmod(0o777)
+    (root / "private.key").write_text("secret-ish")
+    (root / "private.key").chmod(0o600)
+    (root / "setuid-tool").write_text("#!/bin/sh\n")
+    (root / "setuid-tool").chmod(0o4755)
+    (root / "locked dir").mkdir()
+    (root / "locked dir" / "inside").write_text("x")
+    (root / "locked dir").chmod(0o700)
+    with open(root / "sparse.img", "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(32 << 20)
+        f.write(b"middle")
+    (root / "relative-link").symlink_to("Ünïcødé dir/ñested/file with spaces.txt")
+    (root / "dangling-relative").symlink_to("no/such/file")
+    (root / "absolute-dangling").symlink_to("/nonexistent/elsewhere")
+    for i, path in enumerate(sorted(root.rglob("*"))):
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i), follow_symlinks=False)
+    return root
+
+
+def test_round_trip_restores_contents_modes_times_and_links(
+    write_config: WriteConfig, odd_tree: Path, tmp_path: Path
+) -> None:
+    config = write_config()
+    config.path.write_text(config.path.read_text().replace(str(tmp_path / "www"), str(odd_tree)))
+    assert cli(config.path, "run-job", "www").returncode == 0
+    target = tmp_path / "restored"
+    result = cli(config.path, "restore", "www", "--to", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    restored = describe(target / "files" / str(odd_tree).lstrip("/"))
+    expected = describe(odd_tree)
+    expected["setuid-tool"] = (*expected["setuid-tool"][:2], 0o755, expected["setuid-tool"][3])
+    assert restored == expected
+    assert (target / "files" / str(odd_tree).lstrip("/") / "sparse.img").stat().st_size == 64 << 20
+
+
+def _only_archive(server: LocalFtpServer) -> Path:
+    return next((server.root / REMOTE).glob("*.tar.zst"))
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "truncate"])
+def test_tampered_or_truncated_archive_is_refused(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path, damage: str
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    archive = _only_archive(ftp_server)
+    data = bytearray(archive.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2 :]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    target = tmp_path / "restored"
+    result = cli(config.path, "restore", "www", "--to", str(target))
+    assert result.returncode == 1
+    assert "does not match its manifest" in result.stderr and "Traceback" not in result.stderr
+    assert not target.exists() or not any(target.iterdir())
+    verify = cli(config.path, "verify", "www")
+    assert verify.returncode == 1 and "FAILED" in verify.stdout
+    with History(config.agent.state_dir) as history:
+        assert history.last("www").trigger == "verify" and history.last("www").result == "failed"
+
+
+def _plant(server: LocalFtpServer, members: list[tuple[str, bytes]], backup_id: str) -> None:
+    """A consistent archive and manifest, as an attacker with write access could make."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    archive = zstandard.ZstdCompressor().compress(raw.getvalue())
+    folder = server.root / REMOTE
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{backup_id}.tar.zst").write_bytes(archive)
+    manifest = {
+        "job": "www",
+        "created": "2026-11-22T05:00:00+00:00",
+        "files": [
+            {
+                "name": f"{backup_id}.tar.zst",
+                "size": len(archive),
+                "sha256": hashlib.sha256(archive).hexdigest(),
+            }
+        ],
+        "contents": {"files": len(members)},
+    }
+    (folder / f"{backup_id}.manifest.json").write_text(json.dumps(manifest))
+
+
+def test_member_escaping_the_target_is_refused(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    config = write_config()
+    _plant(
+        ftp_server,
+        [("files/fine.txt", b"ok"), ("../escaped.txt", b"gotcha")],
+        "www-20261122T050000.000Z-abcdef",
+    )
+    target = tmp_path / "restored"
+    result = cli(config.path, "restore", "www", "--to", str(target))
+    assert result.returncode == 1
+    assert "unsafe member '../escaped.txt'" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not target.exists() or not any(target.iterdir())  # checked before anything is written
+
+
+def test_backups_lists_complete_ones_and_leftovers(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    (ftp_server.root / REMOTE / "www-20200101T000000.000Z-aaaaaa.tar.zst.partial").write_bytes(b"x")
+    result = cli(config.path, "backups", "www")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split("\t") == ["backup", "created", "size", "files", "databases"]
+    row = lines[1].split("\t")
+    assert row[0].startswith("www-2026") and row[3] == "4" and row[4] == "-"
+    assert "incomplete (no manifest; not backups): 1" in result.stdout
+    assert "www-20200101T000000.000Z-aaaaaa.tar.zst.partial" in result.stdout
+
+
+def test_broken_download_is_resumed(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    archive = _only_archive(ftp_server)
+    partial = config.agent.spool_dir / "www" / "restore" / f"{archive.name}.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    result = cli(config.path, "restore", "www", "--to", str(tmp_path / "restored"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming download" in result.stderr
+    assert not partial.exists()
+
+
+def test_verify_succeeds_and_is_recorded(write_config: WriteConfig) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    result = cli(config.path, "verify", "www")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SHA-256 matches the manifest" in result.stdout
+    history = cli(config.path, "history", "www").stdout.splitlines()
+    assert history[1].split("\t")[4:6] == ["success", "verify"]
+
+
+def test_prune_dry_run_then_for_real(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:
+    config = write_config()
+    config.path.write_text(config.path.read_text().replace("keep = 3", "keep = 5"))
+    for _ in range(3):
+        assert cli(config.path, "run-job", "www").returncode == 0
+    config.path.write_text(config.path.read_text().replace("keep = 5", "keep = 1"))
+    before = sorted(p.name for p in (ftp_server.root / REMOTE).iterdir())
+    dry = cli(config.path, "prune", "www", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    verdicts = [
+        line.split()[0] for line in dry.stdout.splitlines() if line.startswith(("keep", "delete"))
+    ]
+    assert verdicts == ["keep", "delete", "delete"]
+    assert "(newest)" in dry.stdout and "(beyond the policy)" in dry.stdout
+    assert sorted(p.name for p in (ftp_server.root / REMOTE).iterdir()) == before
+    assert cli(config.path, "prune", "www").returncode == 0
+    assert len(list((ftp_server.root / REMOTE).iterdir())) == 2  # one archive + its manifest
