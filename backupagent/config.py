@@ -47,29 +47,6 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AgentConfig(_Table):
-    """The `[agent]` table: where the agent keeps state, logs and spooled archives."""
-
-    state_dir: Path = Path("/var/lib/backupagent")
-    log_dir: Path = Path("/var/log/backupagent")
-    spool_dir: Path = Path("/var/tmp/backupagent")
-    timezone: str | None = None  # for schedules; default: the host's
-    keep_logs: StrictInt = Field(default=30, ge=1)  # run logs kept per job
-    stop_timeout: float = Field(default=30.0, gt=0, le=3600)  # seconds to clean up on SIGTERM
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(
-                    f"{value!r} is not a known time zone (e.g. 'Europe/Berlin')"
-                ) from None
-        return value
-
-
 class _Credentials(_Table):
     """A table that may carry a password: inline, from a file, or from the environment."""
 
@@ -112,6 +89,72 @@ class _Credentials(_Table):
         if self.password_env is not None:
             return os.environ.get(self.password_env, "")
         return None
+
+
+class EmailSettings(_Credentials):
+    """`[agent.email]` or `[jobs.NAME.email]`: who hears about which runs, and how."""
+
+    to: list[str] = Field(min_length=1)
+    sender: str | None = None  # default: backupagent@<host name>
+    on: list[Literal["failure", "warning", "success"]] = ["failure", "warning"]
+    smtp_host: str = "localhost"
+    smtp_port: StrictInt | None = Field(default=None, ge=1, le=65535)  # 25, 587 or 465
+    smtp_tls: Literal["none", "starttls", "implicit"] = "starttls"
+    smtp_user: str | None = None  # with password_file / password_env / password
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+    @property
+    def port(self) -> int:
+        if self.smtp_port is not None:
+            return self.smtp_port
+        return {"none": 25, "starttls": 587, "implicit": 465}[self.smtp_tls]
+
+
+class PingSettings(_Table):
+    """`[jobs.NAME.ping]`: healthchecks.io-style pings at start, success and failure."""
+
+    url: str | None = None  # base URL: pinged at URL/start, URL, and URL/fail
+    on_start: str | None = None  # or separate URLs for each event
+    on_success: str | None = None
+    on_failure: str | None = None
+    post_summary: StrictBool = False  # POST the run summary as JSON instead of a GET
+    timeout: float = Field(default=10.0, gt=0, le=120)
+    retries: StrictInt = Field(default=2, ge=0, le=10)
+
+    def url_for(self, event: Literal["start", "success", "failure"]) -> str | None:
+        explicit = {"start": self.on_start, "success": self.on_success, "failure": self.on_failure}
+        if explicit[event]:
+            return explicit[event]
+        if self.url is None:
+            return None
+        base = self.url.rstrip("/")
+        return {"start": f"{base}/start", "success": base, "failure": f"{base}/fail"}[event]
+
+
+class AgentConfig(_Table):
+    """The `[agent]` table: where the agent keeps state, logs and spooled archives."""
+
+    state_dir: Path = Path("/var/lib/backupagent")
+    log_dir: Path = Path("/var/log/backupagent")
+    spool_dir: Path = Path("/var/tmp/backupagent")
+    timezone: str | None = None  # for schedules; default: the host's
+    keep_logs: StrictInt = Field(default=30, ge=1)  # run logs kept per job
+    stop_timeout: float = Field(default=30.0, gt=0, le=3600)  # seconds to clean up on SIGTERM
+    metrics_file: Path | None = None  # Prometheus textfile, rewritten after every run
+    progress_interval: float = Field(default=30.0, gt=0)  # seconds between progress events
+    email: EmailSettings | None = None  # for every job that has no email table of its own
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"{value!r} is not a known time zone (e.g. 'Europe/Berlin')"
+                ) from None
+        return value
 
 
 class FtpDestination(_Credentials):
@@ -260,6 +303,8 @@ class Job(_Table):
     catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed
     fallback: StrictBool = False  # data connection failed: retry once in the other mode
     verify_schedule: str | None = None  # cron: download and check the newest backup
+    email: EmailSettings | None = None  # overrides [agent.email] for this job
+    ping: PingSettings | None = None
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
 

@@ -1,43 +1,79 @@
-"""Live progress for `run-job` on a terminal (rich); nothing when not on a TTY."""
+"""Progress of a run: a live display on a terminal (rich), progress events otherwise."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TextIO
 
+import structlog
+from rich import progress as rich_progress
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from backupagent import runner
+
+@dataclass
+class Progress:
+    """Callbacks a front end may pass to watch a run; all optional."""
+
+    archived: Callable[[int], None] | None = None
+    upload_started: Callable[[int], None] | None = None
+    uploaded: Callable[[int], None] | None = None
+
+
+def logged_progress(interval: float) -> Progress:
+    """Without a terminal: a `progress` event at most every `interval` seconds."""
+    log = structlog.get_logger("backupagent.progress")
+    state = {"archived": 0, "uploaded": 0, "total": 0, "last": time.monotonic(), "start": 0.0}
+
+    def report(phase: str) -> None:
+        now = time.monotonic()
+        if now - state["last"] < interval:
+            return
+        state["last"] = now
+        fields: dict[str, object] = {"phase": phase, "bytes_archived": state["archived"]}
+        if phase == "upload":
+            done, total = state["uploaded"], state["total"]
+            rate = done / max(now - state["start"], 1e-6)
+            fields.update(bytes_uploaded=done, of=total, rate_bytes_per_second=int(rate))
+            if rate > 0 and total:
+                fields["eta_seconds"] = int((total - done) / rate)
+        log.info("progress", **fields)
+
+    def archived(n: int) -> None:
+        state["archived"] += n
+        report("archive")
+
+    def upload_started(total: int) -> None:
+        state.update(total=total, uploaded=0, start=time.monotonic())
+
+    def uploaded(n: int) -> None:
+        state["uploaded"] += n
+        report("upload")
+
+    return Progress(archived, upload_started, uploaded)
 
 
 @contextlib.contextmanager
-def terminal_progress(stream: TextIO) -> Iterator[runner.Progress | None]:
-    """Yield runner callbacks drawing a progress display, or None when `stream` is no TTY."""
+def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progress]:
+    """Callbacks drawing a live display on a terminal, else logging progress events."""
     if not stream.isatty():
-        yield None
+        yield logged_progress(interval)
         return
-    display = Progress(
-        TextColumn("{task.description:10}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
+    display = rich_progress.Progress(
+        rich_progress.TextColumn("{task.description:10}"),
+        rich_progress.BarColumn(),
+        rich_progress.DownloadColumn(binary_units=True),
+        rich_progress.TransferSpeedColumn(),
+        rich_progress.TimeRemainingColumn(),
         console=Console(file=stream),
         transient=True,
     )
     archive = display.add_task("archiving", total=None)
     upload = display.add_task("uploading", total=None, visible=False)
     with display:
-        yield runner.Progress(
+        yield Progress(
             archived=lambda n: display.advance(archive, n),
             upload_started=lambda total: display.update(upload, total=total, visible=True),
             uploaded=lambda n: display.advance(upload, n),

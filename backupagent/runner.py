@@ -14,13 +14,13 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
-from backupagent import __version__, process
+from backupagent import __version__, notify, process
 from backupagent.archive import ArchiveStats, write_archive
 from backupagent.config import Config
 from backupagent.destinations import ftp
@@ -34,6 +34,7 @@ from backupagent.diagnosis import (
     suggestion_text,
 )
 from backupagent.logging import prune_run_logs, run_log
+from backupagent.progress import Progress, logged_progress
 from backupagent.retention import (
     archive_name,
     complete_backups,
@@ -52,15 +53,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75
-
-
-@dataclass
-class Progress:
-    """Callbacks a front end may pass to watch a run; all optional."""
-
-    archived: Callable[[int], None] | None = None
-    upload_started: Callable[[int], None] | None = None
-    uploaded: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -115,14 +107,17 @@ def run_job(
         started = dt.datetime.now(dt.UTC)
         run_id = new_run_id(started)
         with run_log(config.agent.log_dir, job_name, run_id) as log_path:
+            notify.ping(config.jobs[job_name].ping, "start")
             result = RunResult(job_name, run_id, log_path, trigger)
             record = Run(run_id, job_name, trigger, started, str(log_path))
             _record(config, record, interrupted=True)
             clock = time.monotonic()
-            run = _Run(config, job_name, run_id, started, result, progress or Progress(), cancel)
-            run.execute()
+            watch = progress or logged_progress(config.agent.progress_interval)
+            _Run(config, job_name, run_id, started, result, watch, cancel).execute()
             result.seconds = time.monotonic() - clock
             _record(config, _finished(record, result))
+        # after the log is closed: the suggestion stays its last event
+        notify.after_run(config, job_name, result)
         prune_run_logs(config.agent.log_dir, job_name, config.agent.keep_logs)
         return result
 
@@ -136,6 +131,7 @@ def _finished(record: Run, result: RunResult) -> Run:
     record.archive = archive_name(result.backup_id) if result.backup_id else None
     record.error = result.error
     record.suggestion = result.suggestion
+    record.warnings = len(result.warnings)
     return record
 
 

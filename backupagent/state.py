@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
     archive TEXT,
     error TEXT,
     suggestion TEXT,
-    log_path TEXT NOT NULL
+    log_path TEXT NOT NULL,
+    warnings INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
 """
@@ -80,6 +81,7 @@ class Run:
     archive: str | None = None
     error: str | None = None
     suggestion: str | None = None
+    warnings: int | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -95,6 +97,10 @@ class History:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.executescript(SCHEMA)
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
+        if "warnings" not in columns:  # a history written by 0.1.0
+            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                self.conn.execute("ALTER TABLE runs ADD COLUMN warnings INTEGER")
 
     def close(self) -> None:
         self.conn.close()
@@ -139,6 +145,17 @@ class History:
         )
         names = [d[0] for d in cursor.description]
         return [_from_row(dict(zip(names, row, strict=True))) for row in cursor]
+
+    def latest_per_job(self) -> dict[str, dict[str, Run | None]]:
+        """For each job in the history: its last run and its last successful backup run."""
+        jobs = [row[0] for row in self.conn.execute("SELECT DISTINCT job FROM runs")]
+        return {
+            job: {
+                "last": self.last(job, triggers=BACKUP_TRIGGERS),
+                "success": self.last(job, ("success", "warning"), BACKUP_TRIGGERS),
+            }
+            for job in jobs
+        }
 
     def first_started(self, job: str) -> dt.datetime | None:
         """When the job's oldest recorded backup run (not a verify) started."""

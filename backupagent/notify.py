@@ -1,0 +1,225 @@
+"""Knowing without looking: e-mail, webhook pings and a Prometheus textfile.
+
+Every function here is best effort: a mail server or ping endpoint that fails is a
+logged warning and never changes a run's result. Timeouts bound every attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import smtplib
+import socket
+import ssl
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from backupagent.config import Config, EmailSettings, PingSettings
+from backupagent.logging import read_events
+from backupagent.state import History, Run
+
+Event = Literal["start", "success", "failure"]
+RESULTS = ("success", "warning", "failed", "aborted")
+LOG_TAIL = 40  # events of the debug log quoted in a mail
+
+
+def summary(job: str, result: Any) -> dict[str, Any]:
+    """The run summary sent as JSON and used in mails (a runner.RunResult)."""
+    stats = result.stats
+    return {
+        "job": job,
+        "host": socket.gethostname(),
+        "run_id": result.run_id,
+        "trigger": result.trigger,
+        "result": result.outcome,
+        "backup_id": result.backup_id,
+        "seconds": round(result.seconds, 3),
+        "bytes_archived": stats.bytes_read if stats else None,
+        "bytes_uploaded": stats.archive_bytes if stats and result.backup_id else None,
+        "warnings": result.warnings,
+        "error": result.error,
+        "suggestion": result.suggestion,
+        "log": str(result.log_path),
+    }
+
+
+def ping(settings: PingSettings | None, event: Event, body: dict[str, Any] | None = None) -> None:
+    """GET (or POST the summary to) the URL for `event`, with bounded retries."""
+    if settings is None:
+        return
+    url = settings.url_for(event)
+    if url is None:
+        return
+    log = structlog.get_logger("backupagent.notify")
+    data = json.dumps(body).encode() if settings.post_summary and body is not None else None
+    for attempt in range(settings.retries + 1):
+        request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+        if data:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=settings.timeout) as response:
+                log.debug("ping sent", ping_event=event, url=url, status=response.status)
+                return
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if attempt == settings.retries:
+                log.warning("ping failed", ping_event=event, url=url, reason=str(reason))
+                return
+            time.sleep(min(2**attempt, 10))
+
+
+def mail_settings(config: Config, job: str) -> EmailSettings | None:
+    return config.jobs[job].email or config.agent.email
+
+
+def wants_mail(settings: EmailSettings | None, outcome: str) -> bool:
+    """Aborted and failed runs count as failures."""
+    kind = {"success": "success", "warning": "warning"}.get(outcome, "failure")
+    return settings is not None and kind in settings.on
+
+
+def compose(settings: EmailSettings, job: str, result: Any) -> EmailMessage:
+    """Subject `[backupagent] FAILED nightly on HOST`; suggestion first, then summary, log tail."""
+    host = socket.gethostname()
+    word = {"success": "OK", "warning": "WARNING", "aborted": "ABORTED"}.get(
+        result.outcome, "FAILED"
+    )
+    facts = summary(job, result)
+    lines: list[str] = []
+    if result.suggestion:
+        lines += ["What to do:", result.suggestion, ""]
+    lines += [f"Job {job} on {host}: {word}"]
+    if result.error:
+        lines.append(f"Error: {result.error}")
+    for key in ("run_id", "trigger", "backup_id", "seconds", "bytes_archived", "bytes_uploaded"):
+        lines.append(f"{key}: {facts[key]}")
+    if result.warnings:
+        lines += ["", f"Warnings ({len(result.warnings)}):", *[f"  {w}" for w in result.warnings]]
+    lines += ["", f"Last {LOG_TAIL} events of the debug log ({result.log_path}):"]
+    lines += _log_tail(Path(result.log_path))
+    message = EmailMessage()
+    message["Subject"] = f"[backupagent] {word} {job} on {host}"
+    message["From"] = settings.sender or f"backupagent@{host}"
+    message["To"] = ", ".join(settings.to)
+    message.set_content("\n".join(lines) + "\n")
+    return message
+
+
+def _log_tail(path: Path) -> list[str]:
+    try:
+        events = read_events(path)[-LOG_TAIL:]
+    except OSError:
+        return ["  (the log could not be read)"]
+    shown = []
+    for event in events:
+        extras = {
+            k: v
+            for k, v in event.items()
+            if k not in ("event", "timestamp", "level", "job", "run_id", "text")
+        }
+        text = f"  {str(event.get('timestamp', ''))[11:19]} {event.get('level', '')}: "
+        shown.append(text + str(event.get("event")) + (f" {extras}" if extras else ""))
+    return shown
+
+
+def send_mail(settings: EmailSettings, message: EmailMessage) -> None:
+    """Deliver over SMTP (STARTTLS, implicit TLS or plain); failures are logged only."""
+    log = structlog.get_logger("backupagent.notify")
+    try:
+        context = ssl.create_default_context()
+        if settings.smtp_tls == "implicit":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                settings.smtp_host, settings.port, timeout=settings.timeout, context=context
+            )
+        else:
+            client = smtplib.SMTP(settings.smtp_host, settings.port, timeout=settings.timeout)
+        with client:
+            if settings.smtp_tls == "starttls":
+                client.starttls(context=context)
+            if settings.smtp_user:
+                client.login(settings.smtp_user, settings.read_password() or "")
+            client.send_message(message)
+        log.info("mail sent", to=settings.to, subject=message["Subject"])
+    except (smtplib.SMTPException, OSError) as exc:
+        log.warning("mail could not be sent", to=settings.to, reason=str(exc))
+
+
+def after_run(config: Config, job: str, result: Any) -> None:
+    """Pings, mail and metrics once a run has ended."""
+    body = summary(job, result)
+    ok = result.outcome in ("success", "warning")
+    ping(config.jobs[job].ping, "success" if ok else "failure", body)
+    settings = mail_settings(config, job)
+    if settings is not None and wants_mail(settings, result.outcome):
+        send_mail(settings, compose(settings, job, result))
+    write_metrics(config)
+
+
+def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
+    """The Prometheus exposition text for every job's latest runs (pure)."""
+    families = [
+        ("backupagent_last_success_timestamp_seconds", "Start of the last successful backup run."),
+        ("backupagent_last_run_timestamp_seconds", "Start of the last backup run."),
+        ("backupagent_last_run_result", "1 for the last run's result, 0 for the others."),
+        ("backupagent_last_run_duration_seconds", "Duration of the last backup run."),
+        ("backupagent_last_run_archived_bytes", "Bytes read from sources and dumps."),
+        ("backupagent_last_run_uploaded_bytes", "Size of the uploaded archive."),
+        ("backupagent_last_run_warnings", "Warnings of the last backup run."),
+    ]
+    samples: dict[str, list[str]] = {name: [] for name, _ in families}
+    for job in sorted(latest):
+        label = f'job="{_escape(job)}"'
+        last, success = latest[job]["last"], latest[job]["success"]
+        if success is not None:
+            samples[families[0][0]].append(f"{{{label}}} {success.started.timestamp():.3f}")
+        if last is None:
+            continue
+        samples[families[1][0]].append(f"{{{label}}} {last.started.timestamp():.3f}")
+        for result in RESULTS:
+            flag = 1 if last.result == result else 0
+            samples[families[2][0]].append(f'{{{label},result="{result}"}} {flag}')
+        if last.seconds is not None:
+            samples[families[3][0]].append(f"{{{label}}} {last.seconds:.3f}")
+        for family, amount in (
+            (4, last.bytes_archived),
+            (5, last.bytes_uploaded),
+            (6, last.warnings),
+        ):
+            if amount is not None:
+                samples[families[family][0]].append(f"{{{label}}} {amount}")
+    lines = []
+    for name, help_text in families:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        lines += [f"{name}{sample}" for sample in samples[name]]
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def write_metrics(config: Config) -> None:
+    """Rewrite the textfile atomically (temp file + rename) from the run history."""
+    target = config.agent.metrics_file
+    if target is None:
+        return
+    try:
+        with History(config.agent.state_dir) as history:
+            text = metrics_text(history.latest_per_job())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".backupagent-", suffix=".prom")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except OSError as exc:
+        structlog.get_logger("backupagent.notify").warning(
+            "metrics file not written", path=str(target), reason=str(exc)
+        )
