@@ -1,0 +1,204 @@
+"""Mail, pings and metrics against real local servers (aiosmtpd, http.server)."""
+
+from __future__ import annotations
+
+import email
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from backupagent.config import load_config
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.logging import read_events
+from backupagent.runner import run_job
+
+from .conftest import WriteConfig
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[int, list]]:
+    controller_mod = pytest.importorskip("aiosmtpd.controller")
+    received: list = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(email.message_from_bytes(envelope.content))
+            return "250 OK"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = controller_mod.Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port, received
+    finally:
+        controller.stop()
+
+
+def _with_mail(config, port: int, on: str = '["failure", "warning"]') -> None:
+    """Set (or replace) an [agent.email] table at the end of jobs.toml."""
+    head = config.path.read_text().split("\n[agent.email]")[0]
+    config.path.write_text(
+        f'{head}\n[agent.email]\nto = ["ops@example.org"]\nsmtp_host = "127.0.0.1"\n'
+        f'smtp_port = {port}\nsmtp_tls = "none"\non = {on}\n'
+    )
+
+
+def test_failure_mail_has_subject_suggestion_and_log_tail(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, smtp
+) -> None:
+    port, received = smtp
+    config = write_config()
+    _with_mail(config, port)
+    ftp_server.block_passive()
+    result = run_job(load_config(config.path), "www")
+    assert result.exit_code == 1
+    assert len(received) == 1
+    mail = received[0]
+    assert mail["Subject"] == f"[backupagent] FAILED www on {socket.gethostname()}"
+    body = mail.get_payload(decode=True).decode().replace("\r\n", "\n")
+    assert body.startswith("What to do:\nJob 'www': the data connection in passive mode failed")
+    assert "set passive = false" in body.split("Job www on")[0]  # the advice comes first
+    assert "Last 40 events of the debug log" in body and "FTP client command: EPSV" in body
+
+
+def test_success_sends_no_mail_unless_asked(write_config: WriteConfig, smtp) -> None:
+    port, received = smtp
+    config = write_config()
+    _with_mail(config, port)
+    assert run_job(load_config(config.path), "www").outcome == "success"
+    assert received == []
+    _with_mail(config, port, on='["success"]')
+    assert run_job(load_config(config.path), "www").outcome == "success"
+    assert received and received[0]["Subject"].startswith("[backupagent] OK www on ")
+
+
+def test_unreachable_mail_server_does_not_fail_the_backup(write_config: WriteConfig) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens once the probe closes
+    config = write_config()
+    _with_mail(config, closed_port, on='["success"]')
+    result = run_job(load_config(config.path), "www")
+    assert result.outcome == "success" and result.exit_code == 0
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    hits: ClassVar[list[tuple[str, str, bytes]]] = []
+    hang: ClassVar[threading.Event] = threading.Event()
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        type(self).hits.append((self.command, self.path, body))
+        if self.path.startswith("/hang"):
+            type(self).hang.wait(30)  # a ping endpoint that never answers in time
+        self.send_response(200)
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web() -> Iterator[tuple[str, type[_Recorder]]]:
+    class Recorder(_Recorder):  # fresh class state for each test
+        hits: ClassVar[list[tuple[str, str, bytes]]] = []
+        hang: ClassVar[threading.Event] = threading.Event()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", Recorder
+    finally:
+        Recorder.hang.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_pings_in_order(write_config: WriteConfig, ftp_server: LocalFtpServer, web) -> None:
+    base, recorder = web
+    config = write_config(job=f'[jobs.www.ping]\nurl = "{base}/abc"')
+    assert run_job(config, "www").outcome == "success"
+    ftp_server.block_passive()
+    assert run_job(config, "www").exit_code == 1
+    assert [(m, p) for m, p, _ in recorder.hits] == [
+        ("GET", "/abc/start"),
+        ("GET", "/abc"),
+        ("GET", "/abc/start"),
+        ("GET", "/abc/fail"),
+    ]
+
+
+def test_ping_posts_the_summary(write_config: WriteConfig, web) -> None:
+    base, recorder = web
+    config = write_config(job=f'[jobs.www.ping]\non_success = "{base}/ok"\npost_summary = true')
+    result = run_job(config, "www")
+    method, path, body = recorder.hits[-1]
+    assert (method, path) == ("POST", "/ok")
+    summary = json.loads(body)
+    assert summary["result"] == "success" and summary["backup_id"] == result.backup_id
+
+
+def test_hanging_ping_endpoint_is_bounded(write_config: WriteConfig, web) -> None:
+    base, _ = web
+    config = write_config(job=f'[jobs.www.ping]\nurl = "{base}/hang"\ntimeout = 1\nretries = 0')
+    started = time.monotonic()
+    result = run_job(config, "www")
+    took = time.monotonic() - started
+    assert result.outcome == "success"
+    assert took < 6  # two pings (start, success), each cut off after 1 s
+
+
+def test_metrics_file_parses(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    parser = pytest.importorskip("prometheus_client.parser")
+    metrics = tmp_path / "textfile" / "backupagent.prom"
+    config = write_config()
+    config.path.write_text(
+        config.path.read_text().replace("[agent]\n", f'[agent]\nmetrics_file = "{metrics}"\n')
+    )
+    config = load_config(config.path)
+    before = time.time()
+    assert run_job(config, "www").outcome == "success"
+    ftp_server.block_passive()
+    failed = run_job(config, "www")
+    families = {f.name: f for f in parser.text_string_to_metric_families(metrics.read_text())}
+    value = {
+        name: {tuple(sorted(s.labels.items())): s.value for s in f.samples}
+        for name, f in families.items()
+    }
+    job = (("job", "www"),)
+    assert value["backupagent_last_run_result"][(("job", "www"), ("result", "failed"))] == 1
+    assert value["backupagent_last_run_result"][(("job", "www"), ("result", "success"))] == 0
+    assert before - 1 < value["backupagent_last_success_timestamp_seconds"][job] < time.time()
+    assert (
+        value["backupagent_last_run_timestamp_seconds"][job]
+        > value["backupagent_last_success_timestamp_seconds"][job]
+    )
+    assert value["backupagent_last_run_warnings"][job] == len(failed.warnings)
+    assert "backupagent_last_run_uploaded_bytes" in value
+    assert not list(metrics.parent.glob(".backupagent-*"))  # no temporary file left
+
+
+def test_progress_events_without_a_terminal(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "www" / "bulk.bin").write_bytes(b"\0" * 3_000_000)
+    config = write_config()
+    config.path.write_text(
+        config.path.read_text().replace("[agent]\n", "[agent]\nprogress_interval = 0.001\n")
+    )
+    result = run_job(load_config(config.path), "www")
+    phases = {e["phase"] for e in read_events(result.log_path) if e["event"] == "progress"}
+    assert phases == {"archive", "upload"}
