@@ -101,6 +101,7 @@ class EmailSettings(_Credentials):
     smtp_port: StrictInt | None = Field(default=None, ge=1, le=65535)  # 25, 587 or 465
     smtp_tls: Literal["none", "starttls", "implicit"] = "starttls"
     smtp_user: str | None = None  # with password_file / password_env / password
+    smtp_ca_file: Path | None = None  # CA for a relay with a private certificate
     timeout: float = Field(default=30.0, gt=0, le=600)
 
     @property

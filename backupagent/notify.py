@@ -133,7 +133,8 @@ def send_mail(settings: EmailSettings, message: EmailMessage) -> None:
     """Deliver over SMTP (STARTTLS, implicit TLS or plain); failures are logged only."""
     log = structlog.get_logger("backupagent.notify")
     try:
-        context = ssl.create_default_context()
+        cafile = str(settings.smtp_ca_file) if settings.smtp_ca_file else None
+        context = ssl.create_default_context(cafile=cafile)
         if settings.smtp_tls == "implicit":
             client: smtplib.SMTP = smtplib.SMTP_SSL(
                 settings.smtp_host, settings.port, timeout=settings.timeout, context=context

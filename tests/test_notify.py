@@ -202,3 +202,59 @@ def test_progress_events_without_a_terminal(write_config: WriteConfig, tmp_path:
     result = run_job(load_config(config.path), "www")
     phases = {e["phase"] for e in read_events(result.log_path) if e["event"] == "progress"}
     assert phases == {"archive", "upload"}
+
+
+def test_starttls_and_login(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    import ssl
+
+    controller_mod = pytest.importorskip("aiosmtpd.controller")
+    smtp_mod = pytest.importorskip("aiosmtpd.smtp")
+    from .helpers import make_certificates
+
+    (tmp_path / "certs").mkdir()
+    certs = make_certificates(tmp_path / "certs")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(certs["cert"], certs["key"])
+    received: list = []
+    logins: list[str] = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(email.message_from_bytes(envelope.content))
+            return "250 OK"
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        logins.append(auth_data.login.decode())
+        ok = auth_data.login == b"mailer" and auth_data.password == b"smtp-secret"
+        return smtp_mod.AuthResult(success=ok)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = controller_mod.Controller(
+        Handler(),
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_tls,
+        require_starttls=True,
+        authenticator=authenticate,
+        auth_required=True,
+    )
+    controller.start()
+    try:
+        (tmp_path / "smtp.pass").write_text("smtp-secret\n")
+        config = write_config()
+        head = config.path.read_text()
+        config.path.write_text(
+            f'{head}\n[agent.email]\nto = ["ops@example.org"]\nsmtp_host = "127.0.0.1"\n'
+            f'smtp_port = {port}\nsmtp_tls = "starttls"\nsmtp_user = "mailer"\n'
+            f'password_file = "{tmp_path / "smtp.pass"}"\nsmtp_ca_file = "{certs["ca"]}"\n'
+        )
+        ftp_server.block_passive()
+        assert run_job(load_config(config.path), "www").exit_code == 1
+    finally:
+        controller.stop()
+    assert logins == ["mailer"]
+    assert len(received) == 1 and received[0]["Subject"].startswith("[backupagent] FAILED")
