@@ -441,10 +441,8 @@ def prune(obj: _Context, job: str, dry_run: bool) -> None:
     """Apply retention now: print each backup kept or deleted, with the reason."""
     from backupagent.destinations.ftp import FtpRemote
     from backupagent.retention import (
-        archive_name,
         complete_backups,
         decide,
-        manifest_name,
         retention_policy,
         stale_partials,
     )
@@ -471,16 +469,8 @@ def prune(obj: _Context, job: str, dry_run: bool) -> None:
                 if dry_run:
                     click.echo("dry run: nothing deleted")
                     return
-                doomed = [
-                    name
-                    for d in decisions
-                    if not d.keep
-                    # the manifest first: from then on the backup no longer counts
-                    for name in (
-                        manifest_name(d.backup.backup_id),
-                        *([archive_name(d.backup.backup_id)] if d.backup.has_archive else []),
-                    )
-                ] + stale
+                # each backup's manifest goes first: from then on it no longer counts
+                doomed = [n for d in decisions if not d.keep for n in d.backup.names] + stale
                 _or_exit(lambda: remote.call("delete", lambda s, _: s.delete_all(doomed)))
             finally:
                 remote.close()

@@ -187,6 +187,12 @@ class FtpDestination(_Credentials):
     keep_weekly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N ISO weeks
     keep_monthly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N months
     partial_grace_hours: float = Field(default=24.0, gt=0)  # then crashed runs' uploads go
+    encrypt_to: list[str] = []  # age recipients for jobs that set none themselves
+
+    @field_validator("encrypt_to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return _valid_recipients(value)
 
     @field_validator("active_ports")
     @classmethod
@@ -306,6 +312,13 @@ class Job(_Table):
     verify_schedule: str | None = None  # cron: download and check the newest backup
     email: EmailSettings | None = None  # overrides [agent.email] for this job
     ping: PingSettings | None = None
+    encrypt_to: list[str] | None = None  # age recipients (age1... or ssh-...); [] = clear
+
+    @field_validator("encrypt_to")
+    @classmethod
+    def _recipients(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _valid_recipients(value)
+
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
 
@@ -363,6 +376,15 @@ class Config(BaseModel):
         """The job's passive setting, else its destination's (passive by default)."""
         job = self.jobs[job_name]
         return job.passive if job.passive is not None else self.destination_of(job_name).passive
+
+    def recipients_for(self, job_name: str) -> list[str]:
+        """The job's age recipients, else its destination's (empty: not encrypted)."""
+        job = self.jobs[job_name]
+        return (
+            job.encrypt_to
+            if job.encrypt_to is not None
+            else self.destination_of(job_name).encrypt_to
+        )
 
     def destination_of(self, job_name: str) -> Destination:
         return self.destinations[self.jobs[job_name].destination]
@@ -425,6 +447,17 @@ def _weekday(token: str) -> int:
     if token[:3] in WEEKDAYS and len(token) == 3:
         return WEEKDAYS.index(token)
     raise ValueError(f"bad day of week: {token!r} (use 0-7 or sun..sat)")
+
+
+def _valid_recipients(values: list[str]) -> list[str]:
+    from backupagent.crypto import CryptoError, parse_recipient
+
+    for i, value in enumerate(values):
+        try:
+            parse_recipient(value)
+        except CryptoError as exc:
+            raise ValueError(f"entry {i + 1} ({value[:24]}...): {exc}") from None
+    return values
 
 
 def default_config_path() -> Path:

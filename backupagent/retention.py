@@ -37,7 +37,16 @@ class RemoteBackup:
 
     stamp: str  # UTC, YYYYmmddTHHMMSS.mmmZ: sorts chronologically
     backup_id: str
-    has_archive: bool
+    data_files: tuple[str, ...] = ()  # the archive (.tar.zst, or .tar.zst.age) on the server
+
+    @property
+    def has_archive(self) -> bool:
+        return bool(self.data_files)
+
+    @property
+    def names(self) -> list[str]:
+        """Everything of this backup, manifest first: deleting it first un-completes it."""
+        return [manifest_name(self.backup_id), *self.data_files]
 
 
 def complete_backups(job: str, names: list[str]) -> list[RemoteBackup]:
@@ -47,15 +56,19 @@ def complete_backups(job: str, names: list[str]) -> list[RemoteBackup]:
     named `www` never claims the backups of a job named `www-db`.
     """
     pattern = re.compile(rf"^{re.escape(job)}-{RUN_ID_PATTERN}{re.escape(MANIFEST_SUFFIX)}$")
-    present = set(names)
     found = []
     for name in names:
         match = pattern.match(name)
         if match:
             backup_id = name.removesuffix(MANIFEST_SUFFIX)
-            found.append(
-                RemoteBackup(match["stamp"], backup_id, archive_name(backup_id) in present)
+            data = tuple(
+                sorted(
+                    n
+                    for n in names
+                    if n.startswith(backup_id + ARCHIVE_SUFFIX) and not n.endswith(TEMP_SUFFIX)
+                )
             )
+            found.append(RemoteBackup(match["stamp"], backup_id, data))
     return sorted(found)
 
 

@@ -519,10 +519,7 @@ class _Run:
             doomed = select_for_deletion(backups, retention_policy(self.dest))
             for backup in doomed:
                 # manifest first: from that moment the backup no longer counts as complete
-                names = [manifest_name(backup.backup_id)]
-                if backup.has_archive:
-                    names.append(archive_name(backup.backup_id))
-                remote.call("delete", functools.partial(_delete_names, names))
+                remote.call("delete", functools.partial(_delete_names, backup.names))
                 self.log.info("old backup deleted", backup_id=backup.backup_id)
             self.log.info("retention applied", kept=len(backups) - len(doomed), deleted=len(doomed))
             grace = dt.timedelta(hours=self.dest.partial_grace_hours)
