@@ -6,17 +6,19 @@ a pipe to the uploader later) and returns the archive's size and SHA-256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import structlog
 import zstandard
 
+from backupagent import crypto
 from backupagent.sources.files import Entry
 
 if TYPE_CHECKING:
@@ -84,13 +86,16 @@ def write_archive(
     level: int = 3,
     threads: int = 0,
     on_bytes: Callable[[int], None] | None = None,
+    recipients: list[str] | None = None,
 ) -> ArchiveStats:
     """Write `entries` as a zstd-compressed PAX tar into `out`; unreadable files become warnings.
 
     Entries are files and directories to read from disk, or database dumps waiting
     in the spool (decompressed again on their way into the archive).
 
-    `threads = 0` uses one compression thread per core.
+    `threads = 0` uses one compression thread per core. With `recipients`, the
+    compressed stream is encrypted to them (age) before it reaches `out`; the size
+    and SHA-256 returned are those of what reaches `out`.
     """
     log = structlog.get_logger("backupagent.archive")
     stats = ArchiveStats()
@@ -99,10 +104,12 @@ def write_archive(
         stats.warnings.append(f"{path}: {reason}")
         log.warning("file skipped or stored with a warning", path=path, reason=reason)
 
-    sink = HashingWriter(out)
+    sink: Any = HashingWriter(out)
     compressor = zstandard.ZstdCompressor(level=level, threads=-1 if threads == 0 else threads)
+    encrypt = crypto.encrypting(sink, recipients) if recipients else contextlib.nullcontext(sink)
     with (
-        compressor.stream_writer(sink, closefd=False) as zstream,  # type: ignore[arg-type]
+        encrypt as target,
+        compressor.stream_writer(target, closefd=False) as zstream,
         tarfile.open(fileobj=zstream, mode="w|", format=tarfile.PAX_FORMAT) as tar,
     ):
         for entry in entries:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -352,6 +354,11 @@ def backups(obj: _Context, job: str) -> None:
     is_flag=True,
     help="Allow --into to name the very database the job backs up.",
 )
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity file, for an encrypted backup.",
+)
 @click.pass_obj
 def restore(
     obj: _Context,
@@ -366,6 +373,7 @@ def restore(
     db_user: str | None,
     db_password_file: Path | None,
     overwrite_live: bool,
+    identity: Path | None,
 ) -> None:
     """Download a backup, verify it, extract it safely; load a database on request."""
     from backupagent.config import MysqlDatabase
@@ -379,13 +387,20 @@ def restore(
             f"--into {into} is the database job '{job}' backs up; loading a backup over it "
             "needs --overwrite-live"
         )
+    identities = _identities(identity)
     found, _ = _or_exit(lambda: list_backups(config, job))
     backup = _or_exit(lambda: choose(found, wanted))
+    if backup.encrypted and not identities:
+        fingerprints = ", ".join(backup.manifest["encryption"]["recipients"])
+        _fail_exit(
+            f"{backup.backup_id} is encrypted (age, for {fingerprints}): give --identity FILE "
+            "with the private key of one of those recipients"
+        )
     workdir = config.agent.spool_dir / job / "restore"
     archive = _or_exit(lambda: download(config, job, backup, workdir))
     try:
         _or_exit(lambda: check(archive, backup))
-        report = _or_exit(lambda: extract(archive, target))
+        report = _or_exit(lambda: extract(archive, target, identities))
     finally:
         archive.unlink(missing_ok=True)
     click.echo(
@@ -421,13 +436,19 @@ def _live_databases(config: Config, job: str) -> set[str]:
 @cli.command()
 @click.argument("job")
 @click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity file, for an encrypted backup.",
+)
 @click.pass_obj
-def verify(obj: _Context, job: str, wanted: str) -> None:
+def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
     """Download a backup, check its hashes and read it to the end, without extracting."""
     from backupagent.restore import verify as verify_backup
 
     config = obj.job(job)
-    ok, message, log_path = verify_backup(config, job, wanted)
+    found = verify_backup(config, job, wanted, identities=_identities(identity))
+    ok, message, log_path = found
     click.echo(("OK: " if ok else "FAILED: ") + message)
     click.echo(f"Log: {log_path}")
     sys.exit(0 if ok else 1)
@@ -477,6 +498,44 @@ def prune(obj: _Context, job: str, dry_run: bool) -> None:
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)
+
+
+def _identities(path: Path | None) -> list[Any] | None:
+    """The identities in an age identity file; a bad file is a usage error."""
+    from backupagent.crypto import CryptoError, load_identities
+
+    if path is None:
+        return None
+    try:
+        return load_identities(path)
+    except CryptoError as exc:
+        _usage(str(exc))
+        return None
+
+
+@cli.command()
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the private identity (mode 0600); must not exist yet.",
+)
+def keygen(out: Path) -> None:
+    """Make an age key pair: the public key goes in jobs.toml, the identity off this host."""
+    from backupagent.crypto import generate
+
+    identity, recipient = generate()
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _usage(f"{out} exists; not overwriting a key")
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"# created by backupagent keygen\n# public key: {recipient}\n{identity}\n")
+    click.echo(
+        f"identity written to {out}: keep it off this host; backups need only the public key"
+    )
+    click.echo(f'in jobs.toml: encrypt_to = ["{recipient}"]')
 
 
 def _or_exit(action):  # type: ignore[no-untyped-def]

@@ -23,11 +23,12 @@ from typing import Any
 import structlog
 import zstandard
 
+from backupagent import crypto
 from backupagent.config import Config, MysqlDatabase
+from backupagent.crypto import AGE_SUFFIX
 from backupagent.destinations import ftp
 from backupagent.retention import (
     RemoteBackup,
-    archive_name,
     complete_backups,
     incomplete,
     manifest_name,
@@ -51,6 +52,14 @@ class BackupInfo:
     files: int
     databases: list[str]
     manifest: dict[str, Any]
+
+    @property
+    def archive(self) -> str:
+        return str(self.manifest["files"][0]["name"])
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.manifest.get("encryption")) or self.archive.endswith(AGE_SUFFIX)
 
 
 @dataclass
@@ -126,7 +135,7 @@ def download(
 ) -> Path:
     """The archive in `workdir`, resuming a partial download left by an earlier attempt."""
     workdir.mkdir(parents=True, exist_ok=True)
-    target = workdir / archive_name(backup.backup_id)
+    target = workdir / backup.archive
     partial = target.with_name(target.name + ".partial")
     remote = _remote(config, job, cancel)
     log = structlog.get_logger("backupagent.restore")
@@ -163,16 +172,27 @@ def check(archive: Path, backup: BackupInfo) -> None:
 
 
 @contextlib.contextmanager
-def _members(archive: Path) -> Iterator[tarfile.TarFile]:
-    with (
-        archive.open("rb") as raw,
-        zstandard.ZstdDecompressor().stream_reader(raw) as plain,
-        tarfile.open(fileobj=plain, mode="r|") as tar,  # type: ignore[call-overload]
-    ):
-        yield tar
+def _members(archive: Path, identities: list[Any] | None = None) -> Iterator[tarfile.TarFile]:
+    """The archive's members in order, decrypting first if it is an age file."""
+    encrypted = archive.name.endswith(AGE_SUFFIX)
+    if encrypted and not identities:
+        raise RestoreError(
+            f"{archive.name} is encrypted (age): give --identity FILE with a private key "
+            "for one of the recipients named in the manifest"
+        )
+    with archive.open("rb") as raw:
+        decrypt: Any = (
+            crypto.decrypting(raw, identities or []) if encrypted else contextlib.nullcontext(raw)
+        )
+        with (
+            decrypt as clear,
+            zstandard.ZstdDecompressor().stream_reader(clear) as plain,
+            tarfile.open(fileobj=plain, mode="r|") as tar,  # type: ignore[call-overload]
+        ):
+            yield tar
 
 
-def scan(archive: Path, dest: Path) -> tuple[int, int]:
+def scan(archive: Path, dest: Path, identities: list[Any] | None = None) -> tuple[int, int]:
     """Read the whole archive and check every member; returns (members, bytes).
 
     Refuses absolute names, names leaving `dest`, and hard links leaving it. This
@@ -180,12 +200,12 @@ def scan(archive: Path, dest: Path) -> tuple[int, int]:
     """
     count = total = 0
     try:
-        with _members(archive) as tar:
+        with _members(archive, identities) as tar:
             for member in tar:
                 _check_member(member, dest)
                 count += 1
                 total += member.size
-    except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+    except (tarfile.TarError, zstandard.ZstdError, EOFError, crypto.CryptoError) as exc:
         raise RestoreError(f"{archive.name} cannot be read to the end: {exc}") from None
     return count, total
 
@@ -203,12 +223,12 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
             )
 
 
-def extract(archive: Path, dest: Path) -> Extracted:
+def extract(archive: Path, dest: Path, identities: list[Any] | None = None) -> Extracted:
     """Extract into an empty `dest` (checked by `scan` first): modes, times, links."""
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):
         raise RestoreError(f"{dest} is not empty: restore into an empty directory")
-    scan(archive, dest)
+    scan(archive, dest, identities)  # also proves the identity fits, before writing anything
     report = Extracted()
     links: list[tarfile.TarInfo] = []
     directory_times: dict[str, int] = {}
@@ -228,7 +248,7 @@ def extract(archive: Path, dest: Path) -> Extracted:
             report.files += 1
         return member.replace(mode=member.mode & KEEP_MODE, deep=False)
 
-    with _members(archive) as tar:
+    with _members(archive, identities) as tar:
         tar.extractall(dest, filter=admit)
     for link in links:
         _make_link(link, dest, report)
@@ -267,7 +287,11 @@ def load_database(
 
 
 def verify(
-    config: Config, job: str, wanted: str = "latest", cancel: threading.Event | None = None
+    config: Config,
+    job: str,
+    wanted: str = "latest",
+    cancel: threading.Event | None = None,
+    identities: list[Any] | None = None,
 ) -> tuple[bool, str, Path]:
     """Download a backup, check its hashes and read it to the end; recorded as a run."""
     import shutil
@@ -285,18 +309,24 @@ def verify(
         try:
             backups, _ = list_backups(config, job)
             backup = choose(backups, wanted)
-            record.archive = archive_name(backup.backup_id)
+            record.archive = backup.archive
             archive = download(config, job, backup, workdir, cancel)
             check(archive, backup)
-            members, size = scan(archive, workdir / "target")
-            ok, message = (
-                True,
-                (
+            record.bytes_uploaded = backup.size
+            if backup.encrypted and not identities:
+                ok = True
+                message = (
+                    f"{backup.backup_id}: SHA-256 matches the manifest; encrypted, so its "
+                    "contents were not read (give --identity to read them to the end)"
+                )
+            else:
+                members, size = scan(archive, workdir / "target", identities)
+                ok = True
+                message = (
                     f"{backup.backup_id}: SHA-256 matches the manifest; {members} members, "
                     f"{size} bytes read to the end"
-                ),
-            )
-            record.bytes_archived, record.bytes_uploaded = size, backup.size
+                )
+                record.bytes_archived = size
         except (RestoreError, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
             ok, message = False, str(exc) or type(exc).__name__
         finally:

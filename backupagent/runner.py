@@ -23,6 +23,7 @@ import structlog
 from backupagent import __version__, notify, process
 from backupagent.archive import ArchiveStats, write_archive
 from backupagent.config import Config
+from backupagent.crypto import AGE_SUFFIX, fingerprint
 from backupagent.destinations import ftp
 from backupagent.diagnosis import (
     Category,
@@ -65,6 +66,7 @@ class RunResult:
     trigger: str = "manual"  # manual | schedule | catch-up
     outcome: str = "failed"  # success | warning | failed | aborted
     backup_id: str | None = None
+    archive: str | None = None  # the uploaded archive's name
     stats: ArchiveStats | None = None
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -128,7 +130,7 @@ def _finished(record: Run, result: RunResult) -> Run:
     record.finished = dt.datetime.now(dt.UTC)
     record.bytes_archived = stats.bytes_read if stats else None
     record.bytes_uploaded = stats.archive_bytes if stats and result.backup_id else None
-    record.archive = archive_name(result.backup_id) if result.backup_id else None
+    record.archive = result.archive
     record.error = result.error
     record.suggestion = result.suggestion
     record.warnings = len(result.warnings)
@@ -190,6 +192,9 @@ class _Run:
         self.result = result
         self.progress = progress
         self.backup_id = f"{job_name}-{run_id}"
+        self.recipients = config.recipients_for(job_name)
+        # the uploaded archive's name says whether it is encrypted
+        self.archive = archive_name(self.backup_id) + (AGE_SUFFIX if self.recipients else "")
         self.log = structlog.get_logger("backupagent.run")
 
     def execute(self) -> None:
@@ -234,6 +239,7 @@ class _Run:
             spool.unlink(missing_ok=True)
             shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
+        self.result.archive = self.archive
         self.result.outcome = "warning" if self.result.warnings else "success"
         log.info(
             "run finished",
@@ -302,6 +308,7 @@ class _Run:
                     out,
                     level=self.job.zstd_level,
                     threads=self.job.zstd_threads,
+                    recipients=self.recipients,
                     on_bytes=self.progress.archived,
                 )
         except OSError as exc:
@@ -335,7 +342,7 @@ class _Run:
             "sources": [str(s) for s in self.job.sources],
             "files": [
                 {
-                    "name": archive_name(self.backup_id),
+                    "name": self.archive,
                     "size": stats.archive_bytes,
                     "sha256": stats.sha256,
                 }
@@ -358,6 +365,12 @@ class _Run:
                 for d in dumps
             ],
             "warnings": len(self.result.warnings),
+            "encryption": {
+                "format": "age-encryption.org/v1",
+                "recipients": [fingerprint(r) for r in self.recipients],
+            }
+            if self.recipients
+            else None,
         }
         if site is not None:
             manifest["wordpress"] = {
@@ -458,7 +471,7 @@ class _Run:
         written: list[str],
     ) -> None:
         """Archive under a temporary name, rename, verify; then the manifest; then prune."""
-        final = archive_name(self.backup_id)
+        final = self.archive
         if self.progress.upload_started:
             self.progress.upload_started(stats.archive_bytes)
         written.append(temp_name(final))
