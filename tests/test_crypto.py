@@ -1,0 +1,133 @@
+"""Encrypted backups in the age format, readable by the `age` tool without backupagent."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from backupagent.config import ConfigError, load_config
+from backupagent.crypto import generate
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.runner import run_job
+
+from .conftest import WriteConfig, require_system
+from .helpers import tree
+
+REMOTE = Path("backups/site")
+
+
+def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "backupagent"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, object]:
+    identity = tmp_path / "identity.txt"
+    made = cli(None, "keygen", "--out", str(identity))
+    assert made.returncode == 0, made.stderr
+    recipient = made.stdout.split('encrypt_to = ["')[1].split('"')[0]
+    other = tmp_path / "other-identity.txt"
+    other.write_text(generate()[0] + "\n")
+    return {"identity": identity, "recipient": recipient, "other": other}
+
+
+def test_keygen_writes_a_private_file_once(keys: dict, tmp_path: Path) -> None:
+    identity: Path = keys["identity"]  # type: ignore[assignment]
+    assert stat.S_IMODE(identity.stat().st_mode) == 0o600
+    assert "AGE-SECRET-KEY-1" in identity.read_text()
+    assert str(keys["recipient"]).startswith("age1")
+    again = cli(None, "keygen", "--out", str(identity))
+    assert again.returncode == 2 and "not overwriting" in again.stderr
+
+
+def test_age_cli_decrypts_the_backup(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, keys: dict, site: Path, tmp_path: Path
+) -> None:
+    require_system(shutil.which("age") is not None, "the age tool is missing (apt-get install age)")
+    config = write_config(job=f'encrypt_to = ["{keys["recipient"]}"]')
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    names = sorted(p.name for p in (ftp_server.root / REMOTE).iterdir())
+    assert names == [f"{result.backup_id}.manifest.json", f"{result.backup_id}.tar.zst.age"]
+    manifest_text = (ftp_server.root / REMOTE / names[0]).read_text()
+    manifest = json.loads(manifest_text)
+    assert manifest["encryption"]["format"] == "age-encryption.org/v1"
+    assert manifest["encryption"]["recipients"][0].startswith("sha256:")
+    secret = Path(str(keys["identity"])).read_text().splitlines()[-1]
+    assert secret not in manifest_text and secret not in result.log_path.read_text()
+
+    clear = subprocess.run(
+        ["age", "-d", "-i", str(keys["identity"]), str(ftp_server.root / REMOTE / names[1])],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(clear)
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        tar.extractall(tmp_path / "by-age", filter="tar")
+    restored = tree(tmp_path / "by-age" / "files" / str(site).lstrip("/"))
+    expected = {
+        k: v
+        for k, v in tree(site).items()
+        if not k.startswith("wp-content/cache") and not k.endswith(".log")
+    }
+    assert restored == expected
+
+
+def test_restore_needs_the_right_identity(
+    write_config: WriteConfig, keys: dict, tmp_path: Path
+) -> None:
+    config = write_config(job=f'encrypt_to = ["{keys["recipient"]}"]')
+    assert run_job(config, "www").outcome == "success"
+
+    missing = cli(config.path, "restore", "www", "--to", str(tmp_path / "a"))
+    assert missing.returncode == 1 and "is encrypted (age" in missing.stderr
+    assert "--identity" in missing.stderr
+
+    wrong = cli(
+        config.path, "restore", "www", "--to", str(tmp_path / "b"), "--identity", str(keys["other"])
+    )
+    assert wrong.returncode == 1 and "cannot decrypt" in wrong.stderr
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+    right = cli(
+        config.path,
+        "restore",
+        "www",
+        "--to",
+        str(tmp_path / "c"),
+        "--identity",
+        str(keys["identity"]),
+    )
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert any((tmp_path / "c" / "files").rglob("index.php"))
+
+
+def test_verify_with_and_without_identity(write_config: WriteConfig, keys: dict) -> None:
+    config = write_config(job=f'encrypt_to = ["{keys["recipient"]}"]')
+    assert run_job(config, "www").outcome == "success"
+    hashes_only = cli(config.path, "verify", "www")
+    assert hashes_only.returncode == 0 and "contents were not read" in hashes_only.stdout
+    full = cli(config.path, "verify", "www", "--identity", str(keys["identity"]))
+    assert full.returncode == 0 and "read to the end" in full.stdout
+
+
+def test_bad_recipient_is_a_config_error(write_config: WriteConfig) -> None:
+    with pytest.raises(ConfigError) as info:
+        config = write_config(job='encrypt_to = ["age1notakey"]')
+        load_config(config.path)
+    assert any(
+        p.startswith("jobs.toml: [jobs.www] encrypt_to: entry 1") for p in info.value.problems
+    )
