@@ -5,10 +5,20 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import zstandard
+
+
+def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m backupagent [--config CONFIG] ARGS...` as a user would run it."""
+    argv = [sys.executable, "-m", "backupagent"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300)
 
 
 def tree(root: Path) -> dict[str, tuple[str, str]]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from backupagent.checkup import Outcome, recommend
@@ -13,6 +9,7 @@ from backupagent.ftpserver import LocalFtpServer
 
 from .conftest import WriteConfig
 from .destinations.test_ftp import point_at
+from .helpers import cli
 
 
 def _modes(epsv: bool, pasv: bool, active: bool, epsv_refused: bool = False) -> dict[str, Outcome]:
@@ -51,15 +48,6 @@ def _modes(epsv: bool, pasv: bool, active: bool, epsv_refused: bool = False) -> 
 )
 def test_recommend(modes, passive, epsv, works, changes) -> None:
     assert recommend(modes, passive, epsv) == (works, changes)
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "backupagent", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_diagnose_blocked_passive(write_config: WriteConfig, ftp_server: LocalFtpServer) -> None:

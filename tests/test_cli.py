@@ -11,13 +11,7 @@ from pathlib import Path
 from backupagent.ftpserver import LocalFtpServer
 
 from .conftest import WriteConfig
-
-
-def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "backupagent"]
-    if config is not None:
-        argv += ["--config", str(config)]
-    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=120)
+from .helpers import cli
 
 
 def test_check_reports_all_problems_and_exits_2(tmp_path: Path) -> None:

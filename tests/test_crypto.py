@@ -7,7 +7,6 @@ import json
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -20,16 +19,9 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.runner import run_job
 
 from .conftest import WriteConfig, require_system
-from .helpers import tree
+from .helpers import cli, tree
 
 REMOTE = Path("backups/site")
-
-
-def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "backupagent"]
-    if config is not None:
-        argv += ["--config", str(config)]
-    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture

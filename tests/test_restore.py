@@ -7,8 +7,6 @@ import io
 import json
 import os
 import stat
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -19,17 +17,9 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History
 
 from .conftest import WriteConfig
+from .helpers import cli
 
 REMOTE = Path("backups/site")
-
-
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "backupagent", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def describe(root: Path) -> dict[str, tuple]:
