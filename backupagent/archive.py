@@ -24,7 +24,6 @@ from backupagent.sources.files import Entry
 if TYPE_CHECKING:
     from backupagent.sources.databases import Dump
 
-COPY_BLOCK = 1 << 20
 
 
 @dataclass
