@@ -153,6 +153,7 @@ def _add(
         if info is None:  # sockets cannot be archived
             warn(entry.path, "socket, skipped")
             return
+        info.mtime = int(info.mtime)
         tar.addfile(info)
         if info.isdir():
             stats.directories += 1
@@ -172,6 +173,9 @@ def _add(
             warn(entry.path, "changed type while being archived, skipped")
             return
         info = tar.gettarinfo(arcname=entry.arcname, fileobj=handle)
+        # whole seconds, as GNU tar keeps them: a float would cost every file an extra
+        # PAX header, the largest part of the per-file time
+        info.mtime = int(info.mtime)
         reader = _SizedReader(handle, info.size, on_bytes)
         try:
             tar.addfile(info, reader)  # type: ignore[arg-type]

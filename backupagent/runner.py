@@ -270,7 +270,7 @@ class _Run:
                     self._warn(f"database {item.name}", warning)
         return dumps
 
-    def _check_cancel(self, _bytes: int = 0) -> None:
+    def _check_cancel(self) -> None:
         if self.cancel.is_set():
             raise Aborted()
 
