@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from backupagent.sources.databases import Dump
 
 
-
 @dataclass
 class ArchiveStats:
     """What went into the archive and what came out."""

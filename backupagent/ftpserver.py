@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -42,7 +43,8 @@ class LocalFtpServer:
         refuse_epsv: bool = False,
         masquerade_address: str | None = None,
         permit_foreign_addresses: bool = False,
-        xsha256: str | None = None,
+        checksum: str | None = None,
+        checksum_lies: bool = False,
         tls_cert: tuple[Path, Path] | None = None,
     ) -> None:
         """A server with behaviours the tests need.
@@ -50,7 +52,8 @@ class LocalFtpServer:
         `throttle`: bytes per second read from a data connection (a slow link);
         `refuse_epsv`: answer EPSV with 500, like servers that only know PASV;
         `masquerade_address`: the address given in 227 replies (a NATed server);
-        `xsha256`: "honest" or "lying" support of the XSHA256 checksum command;
+        `checksum`: offer "XSHA256", "XMD5" or "HASH" (SHA-256) in FEAT and answer it,
+        with a wrong digest if `checksum_lies`;
         `tls_cert`: (certificate, key) files for explicit FTPS (needs pyOpenSSL).
         """
         self.root = root
@@ -76,23 +79,39 @@ class LocalFtpServer:
             banner = "backupagent test FTP server ready."
             proto_cmds: ClassVar[dict[str, dict[str, object]]] = {
                 **base.proto_cmds,
-                "XSHA256": {"perm": "r", "auth": True, "arg": True, "help": "XSHA256 <file>"},
+                **{
+                    name: {"perm": "r", "auth": True, "arg": True, "help": f"{name} <file>"}
+                    for name in ("XSHA256", "XMD5", "HASH")
+                },
             }
 
             def __init__(self, *args: object, **kwargs: object) -> None:
                 super().__init__(*args, **kwargs)
-                if xsha256:
-                    self._extra_feats.append("XSHA256")
+                if checksum == "HASH":
+                    self._extra_feats.append("HASH SHA-256*;MD5")
+                elif checksum:
+                    self._extra_feats.append(checksum)
+
+            def _digest(self, command: str, path: str, algorithm: str) -> str | None:
+                if command != checksum:
+                    self.respond("500 Command not understood.")
+                    return None
+                with open(path, "rb") as handle:  # pyftpdlib already mapped it to a real path
+                    digest = hashlib.file_digest(handle, algorithm).hexdigest()
+                return digest[::-1] if checksum_lies else digest
 
             def ftp_XSHA256(self, path: str) -> None:
-                if not xsha256:
-                    self.respond("500 Command not understood.")
-                    return
-                with open(path, "rb") as handle:  # pyftpdlib already mapped it to a real path
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                if xsha256 == "lying":
-                    digest = digest[::-1]
-                self.respond(f"213 {digest}")
+                if (digest := self._digest("XSHA256", path, "sha256")) is not None:
+                    self.respond(f"213 {digest}")
+
+            def ftp_XMD5(self, path: str) -> None:
+                if (digest := self._digest("XMD5", path, "md5")) is not None:
+                    self.respond(f"213 {digest}")
+
+            def ftp_HASH(self, path: str) -> None:
+                if (digest := self._digest("HASH", path, "sha256")) is not None:
+                    size = os.path.getsize(path)
+                    self.respond(f"213 SHA-256 0-{size} {digest} {os.path.basename(path)}")
 
             def ftp_PASV(self, line: str) -> None:
                 self.passive_dtp = _BlockedPassiveDTP if outer._block.is_set() else PassiveDTP

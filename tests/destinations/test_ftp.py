@@ -146,14 +146,24 @@ def test_server_that_stops_reading_fails_within_the_bound(
     assert not [p for p in root.rglob("*") if p.is_file()]
 
 
-@pytest.mark.parametrize("server", [{"xsha256": "honest"}], indirect=True)
-def test_server_checksum_is_verified(write_config: WriteConfig, server: LocalFtpServer) -> None:
+@pytest.mark.parametrize(
+    ("server", "algorithm"),
+    [
+        ({"checksum": "XSHA256"}, "sha256"),
+        ({"checksum": "XMD5"}, "md5"),
+        ({"checksum": "HASH"}, "sha256"),
+    ],
+    indirect=["server"],
+)
+def test_server_checksum_is_verified(
+    write_config: WriteConfig, server: LocalFtpServer, algorithm: str
+) -> None:
     result = run_job(point_at(write_config(), server), "www")
     assert result.outcome == "success", result.error
-    assert events(result, "checksum verified by the server")[0]["algorithm"] == "sha256"
+    assert events(result, "checksum verified by the server")[0]["algorithm"] == algorithm
 
 
-@pytest.mark.parametrize("server", [{"xsha256": "lying"}], indirect=True)
+@pytest.mark.parametrize("server", [{"checksum": "XSHA256", "checksum_lies": True}], indirect=True)
 def test_checksum_mismatch_publishes_nothing(
     write_config: WriteConfig, server: LocalFtpServer
 ) -> None:
