@@ -436,7 +436,7 @@ class _Run:
                 raise
             assert remote.last_failure is not None
             return remote.last_failure
-        except VerifyFailed as exc:
+        except (VerifyFailed, ftp.LocalReadError) as exc:
             remote.close()
             self._remove_leftovers(passive, written)
             raise RunError(str(exc)) from exc

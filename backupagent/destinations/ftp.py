@@ -62,6 +62,17 @@ class DataTransferError(FtpError):
     """The data connection broke or stalled after it was open."""
 
 
+class LocalReadError(Exception):
+    """The local file being uploaded could not be read: not a network problem, no retry."""
+
+
+def _read(source: BinaryIO) -> bytes:
+    try:
+        return source.read(BLOCK_SIZE)
+    except OSError as exc:
+        raise LocalReadError(f"reading {getattr(source, 'name', 'the upload')}: {exc}") from exc
+
+
 # everything an FTP operation may raise that means "the transfer failed"
 TRANSFER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ftplib.Error, FtpError)
 
@@ -408,16 +419,20 @@ class FtpSession:
         self._data_conn = conn
         with conn:
             try:
-                while block := source.read(BLOCK_SIZE):
-                    conn.sendall(block)
+                while block := _read(source):
+                    try:
+                        conn.sendall(block)
+                    except OSError as exc:
+                        reason = _describe_os_error(exc, self.dest.timeout)
+                        raise DataTransferError(f"after {offset + sent} bytes: {reason}") from exc
                     sent += len(block)
                     if progress:
                         progress(len(block))
                 if isinstance(conn, ssl.SSLSocket):
-                    conn.unwrap()  # bounded by the data timeout
-            except OSError as exc:
-                reason = _describe_os_error(exc, self.dest.timeout)
-                raise DataTransferError(f"after {offset + sent} bytes: {reason}") from exc
+                    try:
+                        conn.unwrap()  # bounded by the data timeout
+                    except OSError as exc:
+                        raise DataTransferError(f"TLS shutdown: {exc}") from exc
             finally:
                 self._data_conn = None
         # the server may still be writing what sat in the buffers: give 226 longer

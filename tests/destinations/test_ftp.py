@@ -260,3 +260,20 @@ def test_control_connection_has_keepalive(write_config: WriteConfig) -> None:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
         assert sock.gettimeout() == config.destination_of("www").timeout
+
+
+def test_local_read_error_is_not_a_network_error(write_config: WriteConfig) -> None:
+    import io as _io
+
+    from backupagent.destinations.ftp import FtpSession, LocalReadError
+
+    class Broken(_io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            raise OSError(5, "Input/output error")
+
+    config = write_config()
+    with FtpSession(config.destination_of("www"), True) as session, pytest.raises(LocalReadError):
+        session.upload(Broken(), "x.partial")
