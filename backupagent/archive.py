@@ -85,6 +85,7 @@ def write_archive(
     threads: int = 0,
     on_bytes: Callable[[int], None] | None = None,
     recipients: list[str] | None = None,
+    on_entry: Callable[[], None] | None = None,
 ) -> ArchiveStats:
     """Write `entries` as a zstd-compressed PAX tar into `out`; unreadable files become warnings.
 
@@ -115,6 +116,8 @@ def write_archive(
                 _add(tar, entry, stats, warn, on_bytes)
             else:
                 _add_dump(tar, entry, on_bytes)
+            if on_entry:
+                on_entry()
     stats.archive_bytes = sink.size
     stats.sha256 = sink.hash.hexdigest()
     return stats

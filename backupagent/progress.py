@@ -20,19 +20,31 @@ class Progress:
     archived: Callable[[int], None] | None = None
     upload_started: Callable[[int], None] | None = None
     uploaded: Callable[[int], None] | None = None
+    entry_archived: Callable[[], None] | None = None  # a file, directory, link or dump
 
 
 def logged_progress(interval: float) -> Progress:
     """Without a terminal: a `progress` event at most every `interval` seconds."""
     log = structlog.get_logger("backupagent.progress")
-    state = {"archived": 0, "uploaded": 0, "total": 0, "last": time.monotonic(), "start": 0.0}
+    state = {
+        "archived": 0,
+        "entries": 0,
+        "uploaded": 0,
+        "total": 0,
+        "last": time.monotonic(),
+        "start": 0.0,
+    }
 
     def report(phase: str) -> None:
         now = time.monotonic()
         if now - state["last"] < interval:
             return
         state["last"] = now
-        fields: dict[str, object] = {"phase": phase, "bytes_archived": state["archived"]}
+        fields: dict[str, object] = {
+            "phase": phase,
+            "entries_archived": state["entries"],
+            "bytes_archived": state["archived"],
+        }
         if phase == "upload":
             done, total = state["uploaded"], state["total"]
             rate = done / max(now - state["start"], 1e-6)
@@ -45,6 +57,9 @@ def logged_progress(interval: float) -> Progress:
         state["archived"] += n
         report("archive")
 
+    def entry_archived() -> None:
+        state["entries"] += 1
+
     def upload_started(total: int) -> None:
         state.update(total=total, uploaded=0, start=time.monotonic())
 
@@ -52,7 +67,7 @@ def logged_progress(interval: float) -> Progress:
         state["uploaded"] += n
         report("upload")
 
-    return Progress(archived, upload_started, uploaded)
+    return Progress(archived, upload_started, uploaded, entry_archived)
 
 
 @contextlib.contextmanager
@@ -62,7 +77,7 @@ def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progre
         yield logged_progress(interval)
         return
     display = rich_progress.Progress(
-        rich_progress.TextColumn("{task.description:10}"),
+        rich_progress.TextColumn("{task.description:28}"),
         rich_progress.BarColumn(),
         rich_progress.DownloadColumn(binary_units=True),
         rich_progress.TransferSpeedColumn(),
@@ -72,9 +87,16 @@ def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progre
     )
     archive = display.add_task("archiving", total=None)
     upload = display.add_task("uploading", total=None, visible=False)
+    entries = [0]
+
+    def entry_archived() -> None:
+        entries[0] += 1
+        display.update(archive, description=f"archiving ({entries[0]} entries)")
+
     with display:
         yield Progress(
             archived=lambda n: display.advance(archive, n),
             upload_started=lambda total: display.update(upload, total=total, visible=True),
             uploaded=lambda n: display.advance(upload, n),
+            entry_archived=entry_archived,
         )

@@ -309,6 +309,7 @@ class _Run:
                     level=self.job.zstd_level,
                     threads=self.job.zstd_threads,
                     recipients=self.recipients,
+                    on_entry=self.progress.entry_archived,
                     on_bytes=self.progress.archived,
                 )
         except OSError as exc:

@@ -200,8 +200,10 @@ def test_progress_events_without_a_terminal(write_config: WriteConfig, tmp_path:
         config.path.read_text().replace("[agent]\n", "[agent]\nprogress_interval = 0.001\n")
     )
     result = run_job(load_config(config.path), "www")
-    phases = {e["phase"] for e in read_events(result.log_path) if e["event"] == "progress"}
-    assert phases == {"archive", "upload"}
+    progress = [e for e in read_events(result.log_path) if e["event"] == "progress"]
+    assert {e["phase"] for e in progress} == {"archive", "upload"}
+    assert max(e["entries_archived"] for e in progress) >= 5  # the site's files and dirs
+    assert any(e.get("eta_seconds") is not None for e in progress if e["phase"] == "upload")
 
 
 def test_starttls_and_login(
