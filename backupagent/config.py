@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,6 +40,15 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+def _must_be_absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError(f"{str(path)!r} is not an absolute path")
+    return path
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_must_be_absolute)]
 
 
 class _Table(BaseModel):
@@ -264,15 +274,8 @@ class SqliteDatabase(_Table):
     """An SQLite file, copied consistently through SQLite's online backup API."""
 
     type: Literal["sqlite"]
-    path: Path
+    path: AbsolutePath
     name: str | None = Field(default=None, min_length=1)  # default: the file name's stem
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"{str(value)!r} is not an absolute path")
-        return value
 
     @property
     def dump_name(self) -> str:
@@ -304,7 +307,7 @@ class Job(_Table):
     sources: list[Path] = []
     exclude: list[str] = []
     databases: list[Database] = []
-    wordpress: Path | None = None  # a site root: its files plus the database in wp-config.php
+    wordpress: AbsolutePath | None = None  # a site root: its files plus the wp-config.php database
     wordpress_exclude: list[str] = WORDPRESS_EXCLUDES  # replaces the default list when set
     wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
     catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed
@@ -332,17 +335,7 @@ class Job(_Table):
     @field_validator("sources")
     @classmethod
     def _absolute(cls, value: list[Path]) -> list[Path]:
-        for path in value:
-            if not path.is_absolute():
-                raise ValueError(f"{str(path)!r} is not an absolute path")
-        return value
-
-    @field_validator("wordpress")
-    @classmethod
-    def _absolute_root(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_absolute():
-            raise ValueError(f"{str(value)!r} is not an absolute path")
-        return value
+        return [_must_be_absolute(path) for path in value]
 
     @model_validator(mode="after")
     def _something_to_back_up(self) -> Job:
