@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich import box
@@ -22,6 +23,8 @@ from backupagent.config import Config, ConfigError, default_config_path, load_co
 from backupagent.logging import configure, read_events, run_logs
 from backupagent.runner import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, RunResult, SetupError
 from backupagent.state import JobLocked
+
+T = TypeVar("T")
 
 
 class _Context:
@@ -510,7 +513,6 @@ def _identities(path: Path | None) -> list[Any] | None:
         return load_identities(path)
     except CryptoError as exc:
         _usage(str(exc))
-        return None
 
 
 @cli.command()
@@ -529,7 +531,6 @@ def keygen(out: Path) -> None:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         _usage(f"{out} exists; not overwriting a key")
-        return
     with os.fdopen(fd, "w") as handle:
         handle.write(f"# created by backupagent keygen\n# public key: {recipient}\n{identity}\n")
     click.echo(
@@ -538,7 +539,7 @@ def keygen(out: Path) -> None:
     click.echo(f'in jobs.toml: encrypt_to = ["{recipient}"]')
 
 
-def _or_exit(action):  # type: ignore[no-untyped-def]
+def _or_exit(action: Callable[[], T]) -> T:
     """Run a restore step; a RestoreError or FTP failure ends the command with exit 1."""
     from backupagent.destinations.ftp import TRANSFER_ERRORS
     from backupagent.restore import RestoreError
@@ -546,18 +547,18 @@ def _or_exit(action):  # type: ignore[no-untyped-def]
 
     try:
         return action()
-    except (RestoreError, *TRANSFER_ERRORS) as exc:
+    except (RestoreError, *TRANSFER_ERRORS) as exc:  # type: ignore[misc]
         _fail_exit(str(exc) or type(exc).__name__)
     except DumpFailed as exc:
         _fail_exit(f"{exc.diagnosis.what}: {' / '.join(exc.diagnosis.evidence)}")
 
 
-def _fail_exit(message: str) -> None:
+def _fail_exit(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_FAILED)
 
 
-def _usage(message: str) -> None:
+def _usage(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
