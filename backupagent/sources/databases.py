@@ -25,6 +25,7 @@ import structlog
 import zstandard
 
 from backupagent import process
+from backupagent.archive import HashingWriter
 from backupagent.config import Job, MysqlDatabase, PostgresDatabase, SqliteDatabase
 from backupagent.diagnosis import Diagnosis, DumpFailure, diagnose_dump
 
@@ -106,22 +107,18 @@ def targets_from_job(job_name: str, job: Job) -> list[Target]:
 
 
 class _SpoolWriter:
-    """Compresses a dump into the spool while hashing the raw bytes and keeping its tail."""
+    """Compresses a dump into the spool; counts and hashes the raw bytes, keeps both ends."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self.handle = path.open("wb")
         os.chmod(path, 0o600)
         self.writer = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(self.handle)
-        self.hash = hashlib.sha256()
-        self.size = 0
+        self.raw = HashingWriter(self.writer)  # type: ignore[arg-type]
         self.head = b""
         self.tail = b""
 
     def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        self.hash.update(data)
-        self.size += len(data)
+        self.raw.write(data)
         if len(self.head) < TAIL_BYTES:
             self.head += data[: TAIL_BYTES - len(self.head)]
         self.tail = (self.tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
@@ -205,7 +202,7 @@ def _spool_dump(
         whole = complete(spool)
         if _looks_failed(finished) or not whole:
             raise _fail(target, item.name, tool, finished.returncode, finished.stderr, whole)
-        item.size, item.sha256 = spool.size, spool.hash.hexdigest()
+        item.size, item.sha256 = spool.raw.size, spool.raw.hash.hexdigest()
         item.warnings = _tool_warnings(finished)
 
 
