@@ -37,6 +37,15 @@ def tree(root: Path) -> dict[str, tuple[str, str]]:
     return out
 
 
+def archived_tree(site: Path) -> dict[str, tuple[str, str]]:
+    """`tree(site)` less what the `write_config` job excludes (cache dir, *.log)."""
+    return {
+        k: v
+        for k, v in tree(site).items()
+        if not k.startswith("wp-content/cache") and not k.endswith(".log")
+    }
+
+
 def unpack(archive: bytes, dest: Path) -> list[str]:
     """Extract a .tar.zst held in memory; returns the member names in order."""
     raw = zstandard.ZstdDecompressor().decompressobj().decompress(archive)
