@@ -53,6 +53,10 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while not any(wanted in m for m in self.messages):
             left = deadline - time.monotonic()
+            if self.proc.poll() is not None:
+                self._drain()  # it may have sent its last datagrams just before exiting
+                if any(wanted in m for m in self.messages):
+                    return
             if left <= 0 or self.proc.poll() is not None:
                 raise AssertionError(
                     f"no {wanted!r} from the daemon; got {self.messages}\n"
@@ -63,6 +67,17 @@ class DaemonProcess:
                 self.messages.append(self.sock.recv(65536).decode())
             except TimeoutError:
                 continue
+
+    def _drain(self) -> None:
+        """Read every datagram already queued, without waiting."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.messages.append(self.sock.recv(65536).decode())
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
 
     def stop(self, timeout: float = 60) -> int:
         self.proc.send_signal(signal.SIGTERM)
