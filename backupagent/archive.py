@@ -1,7 +1,7 @@
 """Writing one `.tar.zst` archive as a byte stream, hashing it on the way out.
 
-`write_archive` pushes bytes into any writable binary stream (a spool file now,
-a pipe to the uploader later) and returns the archive's size and SHA-256.
+`write_archive` pushes bytes into any writable stream (a file, or the volume
+writer that hands volumes to the uploader) and returns the archive's size and SHA-256.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import structlog
 import zstandard
@@ -39,10 +39,18 @@ class ArchiveStats:
     warnings: list[str] = field(default_factory=list)
 
 
+class Sink(Protocol):
+    """Where archive bytes go: a file, a pipe, or the volume writer."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class HashingWriter:
     """A write-only stream that forwards to `out` while counting and hashing."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: Sink) -> None:
         self.out = out
         self.size = 0
         self.hash = hashlib.sha256()
@@ -79,7 +87,7 @@ class _SizedReader:
 
 def write_archive(
     entries: Iterable[Entry | Dump],
-    out: BinaryIO,
+    out: Sink,
     *,
     level: int = 3,
     threads: int = 0,

@@ -405,7 +405,8 @@ def restore(
         _or_exit(lambda: check(archive, backup))
         report = _or_exit(lambda: extract(archive, target, identities))
     finally:
-        archive.unlink(missing_ok=True)
+        for volume in archive:
+            volume.unlink(missing_ok=True)
     click.echo(
         f"restored {backup.backup_id} into {target}: {report.files} files, "
         f"{report.directories} directories, {report.symlinks} symlinks"

@@ -18,6 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -49,6 +50,21 @@ def _must_be_absolute(path: Path) -> Path:
 
 
 AbsolutePath = Annotated[Path, AfterValidator(_must_be_absolute)]
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _parse_size(value: object) -> object:
+    """`"64M"`, `"1G"`, `"512K"` or a plain number of bytes (powers of 1024)."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+        if not match:
+            raise ValueError(f"{value!r} is not a size (write e.g. 64M, 1G or 500K)")
+        return int(match[1]) * _UNITS[match[2].upper()]
+    return value
+
+
+ByteSize = Annotated[StrictInt, BeforeValidator(_parse_size)]
 
 
 class _Table(BaseModel):
@@ -324,6 +340,9 @@ class Job(_Table):
 
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
+    # the archive is cut into volumes of this size, each uploaded as soon as it is
+    # written: the spool never holds more than two volumes
+    volume_size: ByteSize = Field(default=64 << 20, ge=64 << 10)
 
     @field_validator("schedule", "verify_schedule")
     @classmethod

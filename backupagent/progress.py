@@ -18,7 +18,8 @@ class Progress:
     """Callbacks a front end may pass to watch a run; all optional."""
 
     archived: Callable[[int], None] | None = None
-    upload_started: Callable[[int], None] | None = None
+    # the upload began (None: total not known yet), or the total became known
+    upload_started: Callable[[int | None], None] | None = None
     uploaded: Callable[[int], None] | None = None
     entry_archived: Callable[[], None] | None = None  # a file, directory, link or dump
 
@@ -60,8 +61,10 @@ def logged_progress(interval: float) -> Progress:
     def entry_archived() -> None:
         state["entries"] += 1
 
-    def upload_started(total: int) -> None:
-        state.update(total=total, uploaded=0, start=time.monotonic())
+    def upload_started(total: int | None) -> None:
+        if total is not None:
+            state["total"] = total
+        state["start"] = state["start"] or time.monotonic()
 
     def uploaded(n: int) -> None:
         state["uploaded"] += n
@@ -96,7 +99,9 @@ def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progre
     with display:
         yield Progress(
             archived=lambda n: display.advance(archive, n),
-            upload_started=lambda total: display.update(upload, total=total, visible=True),
+            upload_started=lambda total: display.update(
+                upload, visible=True, **({} if total is None else {"total": total})
+            ),
             uploaded=lambda n: display.advance(upload, n),
             entry_archived=entry_archived,
         )

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 import zstandard
@@ -54,8 +54,15 @@ class BackupInfo:
     manifest: dict[str, Any]
 
     @property
+    def volumes(self) -> list[dict[str, Any]]:
+        """The uploaded files, in order, each with its size and SHA-256."""
+        return list(self.manifest["files"])
+
+    @property
     def archive(self) -> str:
-        return str(self.manifest["files"][0]["name"])
+        """The archive's name (its volumes add `.0001`, `.0002`, ...)."""
+        whole = self.manifest.get("archive")
+        return str(whole["name"] if whole else self.volumes[0]["name"])
 
     @property
     def encrypted(self) -> bool:
@@ -102,11 +109,10 @@ def list_backups(config: Config, job: str) -> tuple[list[BackupInfo], list[str]]
 
 
 def _info(backup: RemoteBackup, manifest: dict[str, Any]) -> BackupInfo:
-    archive = manifest["files"][0]
     return BackupInfo(
         backup.backup_id,
         manifest.get("created", ""),
-        int(archive["size"]),
+        sum(int(v["size"]) for v in manifest["files"]),
         int(manifest.get("contents", {}).get("files", 0)),
         [d["name"] for d in manifest.get("databases", [])],
         manifest,
@@ -132,57 +138,109 @@ def download(
     backup: BackupInfo,
     workdir: Path,
     cancel: threading.Event | None = None,
-) -> Path:
-    """The archive in `workdir`, resuming a partial download left by an earlier attempt."""
+) -> list[Path]:
+    """The archive's volumes in `workdir`, in order; a volume already complete there
+    is not fetched again, and a partial one is resumed."""
     workdir.mkdir(parents=True, exist_ok=True)
-    target = workdir / backup.archive
-    partial = target.with_name(target.name + ".partial")
     remote = _remote(config, job, cancel)
-    log = structlog.get_logger("backupagent.restore")
+    try:
+        return [
+            _fetch(remote, workdir / volume["name"], int(volume["size"]))
+            for volume in backup.volumes
+        ]
+    finally:
+        remote.close()
+
+
+def _fetch(remote: ftp.FtpRemote, target: Path, size: int) -> Path:
+    partial = target.with_name(target.name + ".partial")
+    if target.exists() and target.stat().st_size == size:
+        return target
 
     def fetch(session: ftp.FtpSession, _attempt: int) -> None:
         offset = partial.stat().st_size if partial.exists() else 0
-        if offset >= backup.size:
+        if offset >= size:
             return
         if offset:
-            log.info("resuming download", name=target.name, offset=offset, of=backup.size)
+            structlog.get_logger("backupagent.restore").info(
+                "resuming download", name=target.name, offset=offset, of=size
+            )
         with partial.open("ab") as out:
             session.download(target.name, out.write, offset=offset)
 
-    try:
-        remote.call(f"download of {target.name}", fetch)
-    finally:
-        remote.close()
+    remote.call(f"download of {target.name}", fetch)
     partial.replace(target)
     return target
 
 
-def check(archive: Path, backup: BackupInfo) -> None:
-    """Size and SHA-256 against the manifest: a tampered or truncated archive is refused."""
-    expected = backup.manifest["files"][0]
-    size = archive.stat().st_size
-    with archive.open("rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    if size != expected["size"] or digest != expected["sha256"]:
+def check(volumes: list[Path], backup: BackupInfo) -> None:
+    """Sizes and SHA-256 against the manifest: a tampered or truncated archive is refused."""
+    whole = hashlib.sha256()
+    for path, expected in zip(volumes, backup.volumes, strict=True):
+        size = path.stat().st_size
+        one = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                one.update(chunk)
+                whole.update(chunk)
+        digest = one.hexdigest()
+        if size != expected["size"] or digest != expected["sha256"]:
+            raise RestoreError(
+                f"{path.name} does not match its manifest ({size} bytes, SHA-256 {digest}; "
+                f"the manifest says {expected['size']} bytes, {expected['sha256']}): it was "
+                "changed or cut short; nothing was extracted"
+            )
+    archive = backup.manifest.get("archive")
+    if archive and whole.hexdigest() != archive["sha256"]:
         raise RestoreError(
-            f"{archive.name} does not match its manifest ({size} bytes, SHA-256 {digest}; "
-            f"the manifest says {expected['size']} bytes, {expected['sha256']}): it was "
-            "changed or cut short; nothing was extracted"
+            f"the volumes of {archive['name']} do not add up to the archive the manifest "
+            "describes: nothing was extracted"
         )
+
+
+class _Joined:
+    """The volumes read one after the other, as the single stream they were cut from."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+        self.handle: BinaryIO | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            if self.handle is None:
+                if not self.paths:
+                    return b""
+                self.handle = self.paths.pop(0).open("rb")
+            data = self.handle.read(n)
+            if data or n == 0:
+                return data
+            self.handle.close()
+            self.handle = None
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 @contextlib.contextmanager
-def _members(archive: Path, identities: list[Any] | None = None) -> Iterator[tarfile.TarFile]:
+def _members(volumes: list[Path], identities: list[Any] | None = None) -> Iterator[tarfile.TarFile]:
     """The archive's members in order, decrypting first if it is an age file."""
-    encrypted = archive.name.endswith(AGE_SUFFIX)
+    name = volumes[0].name
+    encrypted = name.endswith(AGE_SUFFIX) or f"{AGE_SUFFIX}." in name
     if encrypted and not identities:
         raise RestoreError(
-            f"{archive.name} is encrypted (age): give --identity FILE with a private key "
+            f"{name} is encrypted (age): give --identity FILE with a private key "
             "for one of the recipients named in the manifest"
         )
-    with archive.open("rb") as raw:
+    raw = _Joined(volumes)
+    try:
         decrypt: Any = (
-            crypto.decrypting(raw, identities or []) if encrypted else contextlib.nullcontext(raw)
+            crypto.decrypting(raw, identities or [])  # type: ignore[arg-type]
+            if encrypted
+            else contextlib.nullcontext(raw)
         )
         with (
             decrypt as clear,
@@ -190,9 +248,11 @@ def _members(archive: Path, identities: list[Any] | None = None) -> Iterator[tar
             tarfile.open(fileobj=plain, mode="r|") as tar,  # type: ignore[call-overload]
         ):
             yield tar
+    finally:
+        raw.close()
 
 
-def scan(archive: Path, dest: Path, identities: list[Any] | None = None) -> tuple[int, int]:
+def scan(archive: list[Path], dest: Path, identities: list[Any] | None = None) -> tuple[int, int]:
     """Read the whole archive and check every member; returns (members, bytes).
 
     Refuses absolute names, names leaving `dest`, and hard links leaving it. This
@@ -206,7 +266,7 @@ def scan(archive: Path, dest: Path, identities: list[Any] | None = None) -> tupl
                 count += 1
                 total += member.size
     except (tarfile.TarError, zstandard.ZstdError, EOFError, crypto.CryptoError) as exc:
-        raise RestoreError(f"{archive.name} cannot be read to the end: {exc}") from None
+        raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
     return count, total
 
 
@@ -223,7 +283,7 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
             )
 
 
-def extract(archive: Path, dest: Path, identities: list[Any] | None = None) -> Extracted:
+def extract(archive: list[Path], dest: Path, identities: list[Any] | None = None) -> Extracted:
     """Extract into an empty `dest` (checked by `scan` first): modes, times, links."""
     dest.mkdir(parents=True, exist_ok=True)
     if any(dest.iterdir()):

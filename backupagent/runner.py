@@ -14,7 +14,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_j
 from backupagent.sources.files import Entry, identity, walk
 from backupagent.sources.wordpress import Site, WordPressError, read_site
 from backupagent.state import History, Run, job_lock
+from backupagent.volumes import Pipeline, Volume
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -196,6 +197,10 @@ class _Run:
         # the uploaded archive's name says whether it is encrypted
         self.archive = archive_name(self.backup_id) + (AGE_SUFFIX if self.recipients else "")
         self.log = structlog.get_logger("backupagent.run")
+        # the connection in use; `fallback` may switch it to the other mode once
+        self.remote = ftp.FtpRemote(self.dest, self.passive, self.cancel)
+        self.switched = False
+        self.written: list[str] = []  # remote names to remove if the run fails
 
     def execute(self) -> None:
         log = self.log
@@ -209,34 +214,45 @@ class _Run:
             agent_version=__version__,
         )
         work = self.config.agent.spool_dir / self.job_name / self.backup_id
-        spool = work.with_name(f"{self.backup_id}.tar.zst.partial")
         try:
             self._check_sources()
             site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
             work.mkdir(mode=0o700)
             dumps = self._dump_databases(site, work)
-            stats = self._archive(spool, dumps)
+            stats, volumes = self._archive_and_upload(work, dumps)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
-            if not self._upload(spool, stats, self._manifest(stats, dumps, site)):
-                return
+            self._with_fallback(
+                "manifest", lambda r: self._publish(r, self._manifest(stats, volumes, dumps, site))
+            )
+            self._prune(self.remote)
         except RunError as exc:
+            self._remove_leftovers()
             self._fail(str(exc))
             return
         except (Aborted, process.Cancelled):
+            self._remove_leftovers()
             self.result.outcome = "aborted"
             self.result.error = "stopped by a signal before the backup was published"
             log.warning("run aborted", result="aborted")
+            return
+        except UploadFailed as exc:
+            self._remove_leftovers()
+            if exc.other_mode is None:
+                self._explain(exc.failure)
+            else:
+                self._suggest(diagnose(exc.failure), exc.other_mode)
             return
         except (DumpFailed, WordPressError) as exc:
             self._suggest(exc.diagnosis if isinstance(exc, DumpFailed) else _wp_diagnosis(exc))
             return
         except Exception as exc:  # a bug: record it in the run's log rather than lose it
             log.exception("internal error")
+            self._remove_leftovers()
             self._fail(f"internal error: {type(exc).__name__}: {exc}")
             return
         finally:
-            spool.unlink(missing_ok=True)
+            self.remote.close()
             shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
         self.result.archive = self.archive
@@ -284,8 +300,11 @@ class _Run:
         self.result.error = error
         self.log.error("run failed", result="failed", error=error)
 
-    def _archive(self, spool: Path, dumps: list[Dump]) -> ArchiveStats:
-        """Write files, then the spooled dumps, into one archive in the spool."""
+    def _archive_and_upload(
+        self, work: Path, dumps: list[Dump]
+    ) -> tuple[ArchiveStats, list[Volume]]:
+        """Write files, then the spooled dumps, into one archive whose volumes are
+        uploaded while the next is written."""
         agent = self.config.agent
         # the agent's own files change while it runs: never archive them
         own = (agent.spool_dir, agent.log_dir, agent.state_dir)
@@ -301,19 +320,27 @@ class _Run:
                     yield entry
             yield from dumps
 
+        pipeline = Pipeline(work, self.archive, self.job.volume_size, self._send)
         try:
-            with spool.open("wb") as out:
-                stats = write_archive(
-                    entries(),
-                    out,
-                    level=self.job.zstd_level,
-                    threads=self.job.zstd_threads,
-                    recipients=self.recipients,
-                    on_entry=self.progress.entry_archived,
-                    on_bytes=self.progress.archived,
-                )
-        except OSError as exc:
-            raise RunError(f"writing the archive to {spool} failed: {exc}") from exc
+            stats = write_archive(
+                entries(),
+                pipeline.writer,
+                level=self.job.zstd_level,
+                threads=self.job.zstd_threads,
+                recipients=self.recipients,
+                on_entry=self.progress.entry_archived,
+                on_bytes=self.progress.archived,
+            )
+        except BaseException as exc:
+            upload_error = pipeline.abort()
+            if upload_error is not None:  # the upload failed first; archiving only stopped
+                raise upload_error from None
+            if isinstance(exc, OSError):
+                raise RunError(f"writing the archive to {work} failed: {exc}") from exc
+            raise
+        if self.progress.upload_started:
+            self.progress.upload_started(stats.archive_bytes)
+        volumes = pipeline.finish()
         self.log.info(
             "archive written",
             files=stats.files,
@@ -322,15 +349,18 @@ class _Run:
             bytes_read=stats.bytes_read,
             archive_bytes=stats.archive_bytes,
             sha256=stats.sha256,
+            volumes=len(volumes),
             warnings=len(stats.warnings),
         )
-        return stats
+        return stats, volumes
 
     def _warn(self, path: str, reason: str) -> None:
         self.result.warnings.append(f"{path}: {reason}")
         self.log.warning("file skipped or stored with a warning", path=path, reason=reason)
 
-    def _manifest(self, stats: ArchiveStats, dumps: list[Dump], site: Site | None) -> bytes:
+    def _manifest(
+        self, stats: ArchiveStats, volumes: list[Volume], dumps: list[Dump], site: Site | None
+    ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
         manifest: dict[str, object] = {
             "format": 1,
@@ -341,13 +371,14 @@ class _Run:
             "host": socket.gethostname(),
             "agent_version": __version__,
             "sources": [str(s) for s in self.job.sources],
-            "files": [
-                {
-                    "name": self.archive,
-                    "size": stats.archive_bytes,
-                    "sha256": stats.sha256,
-                }
-            ],
+            # the volumes, in order: their concatenation is `archive`
+            "files": [{"name": v.name, "size": v.size, "sha256": v.sha256} for v in volumes],
+            "archive": {
+                "name": self.archive,
+                "size": stats.archive_bytes,
+                "sha256": stats.sha256,
+                "volume_size": self.job.volume_size,
+            },
             "contents": {
                 "files": stats.files,
                 "directories": stats.directories,
@@ -383,66 +414,61 @@ class _Run:
             }
         return json.dumps(manifest, indent=2).encode() + b"\n"
 
-    def _upload(self, spool: Path, stats: ArchiveStats, manifest_data: bytes) -> bool:
-        """Publish in the configured mode; with `fallback`, once more in the other mode.
+    def _with_fallback(self, what: str, op: Callable[[ftp.FtpRemote], None]) -> None:
+        """`op` on the current connection; with `fallback`, once more in the other mode.
 
-        Returns whether the backup was published; on failure the run is already
-        marked failed and explained.
+        The first switch is kept for the rest of the run. Raises UploadFailed with
+        what the FTP dialogue showed.
         """
-        failure = self._attempt(self.passive, spool, stats, manifest_data)
-        if failure is None:
-            return True
+        try:
+            self._on(self.remote, op)
+            return
+        except ftp.TRANSFER_ERRORS as exc:
+            failure = self._failure_of(exc)
         diagnosis = diagnose(failure)
-        if self.job.fallback and diagnosis.flips_mode:
-            failed, other = mode_name(self.passive), mode_name(not self.passive)
-            self.log.warning(
-                f"the data connection failed in {failed} mode; trying {other} mode once "
-                "(fallback = true)",
-                reason=diagnosis.what,
-            )
-            second = self._attempt(not self.passive, spool, stats, manifest_data)
-            if second is None:
-                change = f"passive = {'true' if not self.passive else 'false'}"
-                note = (
-                    f"the data connection failed in {failed} mode, {other} mode worked "
-                    f"(fallback). To skip the failed attempt next time, set {change} under "
-                    f"[jobs.{self.job_name}] in {self.config.path}"
-                )
-                self._warn(f"{failed} mode", note)
-                self.result.suggestion = f"Job '{self.job_name}': {note}."
-                self.log.warning("fallback", text=self.result.suggestion, change=change)
-                return True
-            probe = ProbeResult(not self.passive, False, second.error or "the upload failed")
-            self._suggest(diagnosis, probe)
-            return False
-        self._explain(failure)
-        return False
+        if not (self.job.fallback and diagnosis.flips_mode and not self.switched):
+            raise UploadFailed(failure)
+        failed, other = mode_name(self.passive), mode_name(not self.passive)
+        self.log.warning(
+            f"the data connection failed in {failed} mode; trying {other} mode once "
+            "(fallback = true)",
+            reason=diagnosis.what,
+            during=what,
+        )
+        self.switched = True
+        self.remote = ftp.FtpRemote(self.dest, not self.passive, self.cancel)
+        try:
+            self._on(self.remote, op)
+        except ftp.TRANSFER_ERRORS as exc:
+            second = self._failure_of(exc)
+            raise UploadFailed(
+                failure, ProbeResult(not self.passive, False, second.error or "the upload failed")
+            ) from None
+        change = f"passive = {'true' if not self.passive else 'false'}"
+        note = (
+            f"the data connection failed in {failed} mode, {other} mode worked "
+            f"(fallback). To skip the failed attempt next time, set {change} under "
+            f"[jobs.{self.job_name}] in {self.config.path}"
+        )
+        self._warn(f"{failed} mode", note)
+        self.result.suggestion = f"Job '{self.job_name}': {note}."
+        self.log.warning("fallback", text=self.result.suggestion, change=change)
 
-    def _attempt(
-        self, passive: bool, spool: Path, stats: ArchiveStats, manifest_data: bytes
-    ) -> Failure | None:
-        """One try at publishing in one mode; None on success, else what failed."""
-        written: list[str] = []  # remote names to remove if the run fails
-        remote = ftp.FtpRemote(self.dest, passive, self.cancel)
+    def _on(self, remote: ftp.FtpRemote, op: Callable[[ftp.FtpRemote], None]) -> None:
+        """`op(remote)`; a cancel request breaks off its blocking I/O at once."""
         try:
             with self._interrupt_on_cancel(remote):
-                self._publish(remote, spool, stats, manifest_data, written)
-            return None
-        except (Aborted, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
-            remote.close()
-            self._remove_leftovers(passive, written)
-            if self.cancel.is_set():  # the error is our own interruption
-                raise Aborted() from exc
-            if isinstance(exc, Aborted):
-                raise
-            assert remote.last_failure is not None
-            return remote.last_failure
+                op(remote)
         except (VerifyFailed, ftp.LocalReadError) as exc:
-            remote.close()
-            self._remove_leftovers(passive, written)
             raise RunError(str(exc)) from exc
-        finally:
-            remote.close()
+
+    def _failure_of(self, exc: BaseException) -> Failure:
+        """What the current connection's last failed operation showed; Aborted if cancelled."""
+        self.remote.close()
+        if self.cancel.is_set():  # the error is our own interruption
+            raise Aborted() from exc
+        assert self.remote.last_failure is not None
+        return self.remote.last_failure
 
     @contextlib.contextmanager
     def _interrupt_on_cancel(self, remote: ftp.FtpRemote) -> Iterator[None]:
@@ -463,35 +489,40 @@ class _Run:
             done.set()
             watcher.join()
 
-    def _publish(
-        self,
-        remote: ftp.FtpRemote,
-        spool: Path,
-        stats: ArchiveStats,
-        manifest_data: bytes,
-        written: list[str],
-    ) -> None:
-        """Archive under a temporary name, rename, verify; then the manifest; then prune."""
-        final = self.archive
-        if self.progress.upload_started:
-            self.progress.upload_started(stats.archive_bytes)
-        written.append(temp_name(final))
-        remote.upload_file(spool, temp_name(final), self._uploaded)
-        remote.call("rename", lambda s, attempt: _rename(s, temp_name(final), final, attempt))
-        written.append(final)
-        remote.call("check", lambda s, _: self._verify(s, final, stats, spool))
+    def _send(self, volume: Volume) -> None:
+        """Upload one volume (in the sending thread) while the archiver writes the next."""
+        if volume.index == 1 and self.progress.upload_started:
+            self.progress.upload_started(None)
+        self._with_fallback(volume.name, functools.partial(self._send_volume, volume))
+
+    def _send_volume(self, volume: Volume, remote: ftp.FtpRemote) -> None:
+        """Under a temporary name, renamed when complete, then size and checksum checked."""
+        temp = temp_name(volume.name)
+        self._will_write(temp)
+        remote.upload_file(volume.path, temp, self._uploaded)
+        remote.call("rename", lambda s, attempt: _rename(s, temp, volume.name, attempt))
+        self._will_write(volume.name)
+        remote.call("check", lambda s, _: self._verify(s, volume))
+
+    def _will_write(self, name: str) -> None:
+        """Remember a remote name, to remove it should the run fail."""
+        if name not in self.written:
+            self.written.append(name)
+
+    def _publish(self, remote: ftp.FtpRemote, manifest_data: bytes) -> None:
+        """The manifest last: only now does the backup count as complete."""
         manifest = manifest_name(self.backup_id)
-        written.append(temp_name(manifest))
+        self._will_write(temp_name(manifest))
         remote.call(
             "manifest upload", lambda s, _: s.upload_bytes(manifest_data, temp_name(manifest))
         )
         remote.call("rename", lambda s, attempt: _rename(s, temp_name(manifest), manifest, attempt))
-        written.clear()
-        self.log.info("backup published", archive=final, manifest=manifest)
-        self._prune(remote)
+        self.written.clear()
+        self.log.info("backup published", archive=self.archive, manifest=manifest)
 
-    def _verify(self, session: ftp.FtpSession, name: str, stats: ArchiveStats, spool: Path) -> None:
+    def _verify(self, session: ftp.FtpSession, volume: Volume) -> None:
         """SIZE, and the server's own checksum where FEAT offers HASH, XSHA256 or XMD5."""
+        name = volume.name
         try:
             size = session.size(name)
         except ftplib.error_perm as exc:
@@ -499,10 +530,10 @@ class _Run:
                 raise
             self._warn(name, "the server does not support SIZE; upload size not verified")
         else:
-            if size != stats.archive_bytes:
+            if size != volume.size:
                 raise VerifyFailed(
                     f"size check failed: the server reports {size} bytes for {name}, "
-                    f"{stats.archive_bytes} were sent"
+                    f"{volume.size} were sent"
                 )
             self.log.info("size verified", name=name, size=size)
         try:
@@ -514,14 +545,14 @@ class _Run:
             return
         algorithm, digest = remote
         if algorithm == "sha256":
-            local = stats.sha256
+            local = volume.sha256
         else:
-            with spool.open("rb") as handle:
+            with volume.path.open("rb") as handle:
                 local = hashlib.file_digest(handle, algorithm).hexdigest()
         if digest != local:
             raise VerifyFailed(
                 f"checksum mismatch: the server's {algorithm} of {name} is {digest}, "
-                f"the archive's is {local}"
+                f"the volume's is {local}"
             )
         self.log.info("checksum verified by the server", name=name, algorithm=algorithm)
 
@@ -544,12 +575,13 @@ class _Run:
         except ftp.TRANSFER_ERRORS as exc:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
 
-    def _remove_leftovers(self, passive: bool, names: list[str]) -> None:
+    def _remove_leftovers(self) -> None:
         """Best effort, on a fresh connection: delete what this run uploaded."""
+        names = self.written
         if not names:
             return
         self.log.info("removing incomplete upload", names=names)
-        remote = ftp.FtpRemote(self.dest, passive)
+        remote = ftp.FtpRemote(self.dest, self.remote.passive)
         try:
             remote.call("clean-up", functools.partial(_delete_names, names))
         except ftp.TRANSFER_ERRORS:
@@ -610,6 +642,15 @@ def _wp_diagnosis(exc: WordPressError) -> Diagnosis:
 
 class VerifyFailed(Exception):
     """The server holds a different size or checksum than was sent."""
+
+
+class UploadFailed(Exception):
+    """The FTP dialogue failed; `other_mode` is set when `fallback` tried it too and failed."""
+
+    def __init__(self, failure: Failure, other_mode: ProbeResult | None = None) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+        self.other_mode = other_mode
 
 
 def _rename(session: ftp.FtpSession, old: str, new: str, attempt: int) -> None:

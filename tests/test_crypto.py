@@ -45,11 +45,14 @@ def test_age_cli_decrypts_the_backup(
     write_config: WriteConfig, ftp_server: LocalFtpServer, keys: dict, site: Path, tmp_path: Path
 ) -> None:
     require_system(shutil.which("age") is not None, "the age tool is missing (apt-get install age)")
-    config = write_config(job=f'encrypt_to = ["{keys["recipient"]}"]')
+    config = write_config(job=f'encrypt_to = ["{keys["recipient"]}"]\nvolume_size = "64K"')
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
     names = sorted(p.name for p in (ftp_server.root / REMOTE).iterdir())
-    assert names == [f"{result.backup_id}.manifest.json", f"{result.backup_id}.tar.zst.age"]
+    volumes = names[1:]
+    assert names[0] == f"{result.backup_id}.manifest.json"
+    assert len(volumes) > 2
+    assert volumes == [f"{result.backup_id}.tar.zst.age.{i:04d}" for i in range(1, len(names))]
     manifest_text = (ftp_server.root / REMOTE / names[0]).read_text()
     manifest = json.loads(manifest_text)
     assert manifest["encryption"]["format"] == "age-encryption.org/v1"
@@ -57,8 +60,11 @@ def test_age_cli_decrypts_the_backup(
     secret = Path(str(keys["identity"])).read_text().splitlines()[-1]
     assert secret not in manifest_text and secret not in result.log_path.read_text()
 
+    # the volumes, joined by cat, are one age file
     clear = subprocess.run(
-        ["age", "-d", "-i", str(keys["identity"]), str(ftp_server.root / REMOTE / names[1])],
+        f"cat {result.backup_id}.tar.zst.age.* | age -d -i {keys['identity']}",
+        shell=True,
+        cwd=ftp_server.root / REMOTE,
         capture_output=True,
         check=True,
         timeout=120,

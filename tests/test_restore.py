@@ -83,7 +83,7 @@ def test_round_trip_restores_contents_modes_times_and_links(
 
 
 def _only_archive(server: LocalFtpServer) -> Path:
-    return next((server.root / REMOTE).glob("*.tar.zst"))
+    return next((server.root / REMOTE).glob("*.tar.zst.0001"))
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "truncate"])

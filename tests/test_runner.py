@@ -32,6 +32,12 @@ def download(config, name: str) -> bytes:
     return buf.getvalue()
 
 
+def download_archive(config, backup_id: str) -> bytes:
+    """The whole archive: its volumes, in the manifest's order, joined."""
+    meta = json.loads(download(config, f"{backup_id}.manifest.json"))
+    return b"".join(download(config, v["name"]) for v in meta["files"])
+
+
 @pytest.mark.parametrize("passive", [True, False])
 def test_round_trip(
     write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path, passive: bool
@@ -40,7 +46,7 @@ def test_round_trip(
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
     assert result.exit_code == 0
-    archive = f"{result.backup_id}.tar.zst"
+    archive = f"{result.backup_id}.tar.zst.0001"  # small: one volume
     manifest = f"{result.backup_id}.manifest.json"
     assert remote_files(ftp_server) == [manifest, archive]
 
@@ -54,6 +60,12 @@ def test_round_trip(
             "sha256": __import__("hashlib").sha256(data).hexdigest(),
         }
     ]
+    assert meta["archive"] == {
+        "name": f"{result.backup_id}.tar.zst",
+        "size": len(data),
+        "sha256": __import__("hashlib").sha256(data).hexdigest(),
+        "volume_size": 64 << 20,
+    }
     assert "password" not in json.dumps(meta).lower()
 
     unpack(data, tmp_path / "restored")
@@ -74,7 +86,7 @@ def test_upload_order_temp_then_rename_then_size_then_manifest(
     write_config: WriteConfig, ftp_server: LocalFtpServer
 ) -> None:
     result = run_job(write_config(), "www")
-    archive = f"{result.backup_id}.tar.zst"
+    archive = f"{result.backup_id}.tar.zst.0001"
     manifest = f"{result.backup_id}.manifest.json"
     commands = [
         e["event"].removeprefix("FTP client command: ")
@@ -221,7 +233,7 @@ def test_agent_dirs_inside_a_source_are_not_archived(
 
     result = run_job(load_config(config.path), "www")
     assert result.outcome == "success", result.warnings
-    data = download(config, f"{result.backup_id}.tar.zst")
+    data = download_archive(config, result.backup_id)
     names = unpack(data, tmp_path / "out")
     assert not any("/.agent/" in n for n in names), names
     assert any(n.endswith("/.agent") for n in names)

@@ -121,7 +121,7 @@ def test_resume_after_the_server_restarts_mid_upload(
     assert resumed and resumed[0]["offset"] > 0 and resumed[0]["method"] == "REST + STOR"
     assert events(result, "FTP upload of")  # the retry is logged with its reason
     manifest = json.loads((root / REMOTE / f"{result.backup_id}.manifest.json").read_text())
-    archive = root / REMOTE / f"{result.backup_id}.tar.zst"
+    archive = root / REMOTE / f"{result.backup_id}.tar.zst.0001"
     assert hashlib.sha256(archive.read_bytes()).hexdigest() == manifest["files"][0]["sha256"]
 
 

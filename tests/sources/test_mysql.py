@@ -19,7 +19,7 @@ from backupagent.runner import RunResult, run_job
 
 from ..conftest import WriteConfig
 from ..databases import MariaDB
-from ..test_runner import download
+from ..test_runner import download, download_archive
 
 PASSWORD = "tri\"cky 'pa$$\\word #1"
 DUMP_TOOLS = ("mariadb-dump", "mariadb")
@@ -89,7 +89,7 @@ def password_file(tmp_path: Path) -> Path:
 
 
 def _members(config, result: RunResult) -> dict[str, bytes]:
-    data = download(config, f"{result.backup_id}.tar.zst")
+    data = download_archive(config, result.backup_id)
     raw = zstandard.ZstdDecompressor().decompressobj().decompress(data)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}

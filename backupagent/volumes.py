@@ -1,0 +1,174 @@
+"""The archive stream cut into volumes, each sent on while the next is written.
+
+The archiver writes into a `VolumeWriter`; every `size` bytes it closes the spool
+file and hands it to a sending thread (the FTP upload), then opens the next one. A
+volume file is only opened when one of two slots is free, and a slot is freed when
+its volume has been sent and deleted, so the spool never holds more than two
+volumes, whatever the size of the site. Volumes are plain byte ranges of one
+stream: `cat NAME.0001 NAME.0002 ... | zstd -d | tar -x` restores without us.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SLOTS = 2  # volumes on the spool at once: one being written, one being sent
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One finished piece of the archive, waiting in the spool to be sent."""
+
+    index: int  # from 1
+    name: str  # the name it is published under
+    path: Path
+    size: int
+    sha256: str
+
+
+def volume_name(archive: str, index: int) -> str:
+    """`NAME.tar.zst.0001`: shell globs list the volumes in order up to 9999."""
+    return f"{archive}.{index:04d}"
+
+
+class Stopped(Exception):
+    """The sending side gave up; the archiver must stop writing."""
+
+
+class VolumeWriter:
+    """A write-only stream that cuts what it is given into volume files of `size` bytes."""
+
+    def __init__(
+        self,
+        spool: Path,
+        archive: str,
+        size: int,
+        hand_over: Callable[[Volume], None],
+        slots: threading.Semaphore,
+        stop: threading.Event,
+    ) -> None:
+        self.spool, self.archive, self.size = spool, archive, size
+        self.hand_over, self.slots, self.stop = hand_over, slots, stop
+        self.count = 0
+        self._file = None
+        self._path = spool
+        self._written = 0
+        self._hash = hashlib.sha256()
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        while view:
+            if self._file is None:
+                self._open()
+            chunk = view[: self.size - self._written]
+            self._file.write(chunk)  # type: ignore[attr-defined]
+            self._hash.update(chunk)
+            self._written += len(chunk)
+            view = view[len(chunk) :]
+            if self._written == self.size:
+                self._finish()
+        return len(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Hand over the last, shorter volume."""
+        if self._file is not None:
+            self._finish()
+
+    def discard(self) -> None:
+        """After a failure: remove the volume being written."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._path.unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        while not self.slots.acquire(timeout=0.5):
+            if self.stop.is_set():
+                raise Stopped()
+        if self.stop.is_set():
+            self.slots.release()
+            raise Stopped()
+        self.count += 1
+        self._path = self.spool / volume_name(self.archive, self.count)
+        self._file = self._path.open("wb")  # type: ignore[assignment]
+
+    def _finish(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        volume = Volume(
+            self.count,
+            volume_name(self.archive, self.count),
+            self._path,
+            self._written,
+            self._hash.hexdigest(),
+        )
+        self._written = 0
+        self._hash = hashlib.sha256()
+        self.hand_over(volume)
+
+
+class Pipeline:
+    """A `VolumeWriter` whose volumes a thread passes to `send`, in order, one at a time.
+
+    `send` raising stops the pipeline: the writer raises `Stopped` at its next
+    volume, and `finish` re-raises what `send` raised.
+    """
+
+    def __init__(
+        self, spool: Path, archive: str, size: int, send: Callable[[Volume], None]
+    ) -> None:
+        self.send = send
+        self.sent: list[Volume] = []
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[Volume | None] = queue.Queue()
+        self._slots = threading.Semaphore(SLOTS)
+        self._stop = threading.Event()
+        self.writer = VolumeWriter(spool, archive, size, self._queue.put, self._slots, self._stop)
+        # the copied context carries the run's log fields (job, run_id) into the thread
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name="volume-sender", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (volume := self._queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.send(volume)
+                    self.sent.append(volume)
+                except BaseException as exc:  # re-raised by finish() in the archiving thread
+                    self.error = exc
+                    self._stop.set()
+            volume.path.unlink(missing_ok=True)
+            self._slots.release()
+
+    def finish(self) -> list[Volume]:
+        """After the archive is complete: send the last volume, wait; the volumes sent."""
+        self.writer.close()
+        self._end()
+        if self.error is not None:
+            raise self.error
+        return self.sent
+
+    def abort(self) -> BaseException | None:
+        """After the archiver failed: stop sending, remove spooled volumes; `send`'s error."""
+        self._stop.set()
+        self.writer.discard()
+        self._end()
+        return self.error
+
+    def _end(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
