@@ -17,7 +17,7 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History
 
 from .conftest import WriteConfig
-from .helpers import cli
+from .helpers import archived_tree, cli, tree
 
 REMOTE = Path("backups/site")
 
@@ -212,3 +212,33 @@ def test_prune_dry_run_then_for_real(write_config: WriteConfig, ftp_server: Loca
     assert sorted(p.name for p in (ftp_server.root / REMOTE).iterdir()) == before
     assert cli(config.path, "prune", "www").returncode == 0
     assert len(list((ftp_server.root / REMOTE).iterdir())) == 2  # one archive + its manifest
+
+
+def test_restore_across_volumes_resumes_one_and_refuses_a_changed_one(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    (site / "more.bin").write_bytes(os.urandom(400_000))
+    config = write_config(job='volume_size = "64K"')
+    assert cli(config.path, "run-job", "www").returncode == 0
+    volumes = sorted((ftp_server.root / REMOTE).glob("*.tar.zst.0*"))
+    assert len(volumes) >= 10
+    # a download broken off in the third volume: two are complete, the third partial
+    workdir = config.agent.spool_dir / "www" / "restore"
+    workdir.mkdir(parents=True)
+    for volume in volumes[:2]:
+        (workdir / volume.name).write_bytes(volume.read_bytes())
+    (workdir / f"{volumes[2].name}.partial").write_bytes(volumes[2].read_bytes()[:1000])
+    target = tmp_path / "restored"
+    result = cli(config.path, "restore", "www", "--to", str(target))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming download" in result.stderr and volumes[2].name in result.stderr
+    assert tree(target / "files" / str(site).lstrip("/")) == archived_tree(site)
+    assert list(workdir.iterdir()) == []
+
+    changed = bytearray(volumes[5].read_bytes())
+    changed[100] ^= 1
+    volumes[5].write_bytes(bytes(changed))
+    again = cli(config.path, "restore", "www", "--to", str(tmp_path / "again"))
+    assert again.returncode == 1
+    assert f"{volumes[5].name} does not match its manifest" in again.stderr
+    assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -251,3 +253,29 @@ def test_ipv6_uses_extended_commands(
     assert not any(
         c.startswith(("FTP client command: PASV", "FTP client command: PORT")) for c in commands
     )
+
+
+def test_volumes_are_uploaded_while_the_archive_is_written(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    (site / "more.bin").write_bytes(os.urandom(400_000))  # incompressible: about 11 volumes
+    config = write_config(job='volume_size = "64K"')
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    manifest = f"{result.backup_id}.manifest.json"
+    meta = json.loads(download(config, manifest))
+    names = [v["name"] for v in meta["files"]]
+    assert len(names) >= 10
+    assert names == [f"{result.backup_id}.tar.zst.{i:04d}" for i in range(1, len(names) + 1)]
+    assert remote_files(ftp_server) == sorted([manifest, *names])
+    assert {v["size"] for v in meta["files"][:-1]} == {64 << 10}
+
+    data = download_archive(config, result.backup_id)
+    assert len(data) == meta["archive"]["size"]
+    assert hashlib.sha256(data).hexdigest() == meta["archive"]["sha256"]
+    unpack(data, tmp_path / "restored")
+    assert tree(tmp_path / "restored" / "files" / str(site).lstrip("/")) == archived_tree(site)
+
+    # with two volumes at most on the spool, the first is published before the last is written
+    events = [e["event"] for e in read_events(result.log_path)]
+    assert events.index(f"FTP client command: RNTO {names[0]}") < events.index("archive written")

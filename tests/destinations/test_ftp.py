@@ -92,22 +92,30 @@ def test_active_address_is_advertised(write_config: WriteConfig, server: LocalFt
     assert any(c.startswith("PORT 127,0,0,2,") for c in commands(result))
 
 
+@pytest.mark.parametrize(
+    ("volume_size", "cut_in"),
+    [("64M", ".tar.zst.0001.partial"), ("1M", ".tar.zst.0002.partial")],
+    ids=["one volume", "second of four volumes"],
+)
 def test_resume_after_the_server_restarts_mid_upload(
-    write_config: WriteConfig, tmp_path: Path, site: Path
+    write_config: WriteConfig, tmp_path: Path, site: Path, volume_size: str, cut_in: str
 ) -> None:
     (site / "big.bin").write_bytes(os.urandom(4_000_000))
     root = tmp_path / "restart-root"
     root.mkdir()
     first = LocalFtpServer(root, throttle=400_000).start()
-    config = point_at(write_config(dest="retry_wait = 0.2\nretries = 20"), first)
+    config = point_at(
+        write_config(job=f'volume_size = "{volume_size}"', dest="retry_wait = 0.2\nretries = 20"),
+        first,
+    )
     outcome: dict[str, RunResult] = {}
     runner = threading.Thread(target=lambda: outcome.update(r=run_job(config, "www")))
     runner.start()
     deadline = time.monotonic() + 30
     partial = None
-    while partial is None or partial.stat().st_size < 1_000_000:  # bounded: see deadline
+    while partial is None or partial.stat().st_size < 500_000:  # bounded: see deadline
         assert time.monotonic() < deadline, "the upload did not get going"
-        partial = next(root.rglob("*.partial"), None)
+        partial = next(root.rglob(f"*{cut_in}"), None)
         time.sleep(0.02)
     first.stop()  # the server goes away mid-upload
     second = LocalFtpServer(root, port=first.port).start()
@@ -119,10 +127,14 @@ def test_resume_after_the_server_restarts_mid_upload(
     assert result.outcome == "success", (result.error, result.suggestion)
     resumed = events(result, "resuming upload")
     assert resumed and resumed[0]["offset"] > 0 and resumed[0]["method"] == "REST + STOR"
+    assert [e["name"] for e in resumed] == [f"{result.backup_id}{cut_in}"]
     assert events(result, "FTP upload of")  # the retry is logged with its reason
     manifest = json.loads((root / REMOTE / f"{result.backup_id}.manifest.json").read_text())
-    archive = root / REMOTE / f"{result.backup_id}.tar.zst.0001"
-    assert hashlib.sha256(archive.read_bytes()).hexdigest() == manifest["files"][0]["sha256"]
+    for volume in manifest["files"]:
+        data = (root / REMOTE / volume["name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == volume["sha256"]
+    joined = b"".join((root / REMOTE / v["name"]).read_bytes() for v in manifest["files"])
+    assert hashlib.sha256(joined).hexdigest() == manifest["archive"]["sha256"]
 
 
 def test_server_that_stops_reading_fails_within_the_bound(
