@@ -13,10 +13,6 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from backupagent import __version__
 from backupagent.config import Config, ConfigError, default_config_path, load_config
@@ -102,7 +98,7 @@ def run_job_command(obj: _Context, job: str) -> None:
 
 def print_summary(result: RunResult) -> None:
     """The end-of-run report: outcome, warnings, suggestion, where the log is."""
-    out = Console(highlight=False, soft_wrap=True)
+    out = _console(soft_wrap=True)
     if result.outcome in ("success", "warning"):
         s = result.stats
         assert s is not None
@@ -152,7 +148,7 @@ def logs(obj: _Context, job: str, run_id: str | None) -> None:
         which = f"run {run_id}" if run_id else "any run"
         click.echo(f"no log of {which} of job '{job}' in {config.agent.log_dir / job}", err=True)
         sys.exit(1)
-    render_log(read_events(paths[-1]), Console(highlight=False, soft_wrap=True))
+    render_log(read_events(paths[-1]), _console(soft_wrap=True))
 
 
 @cli.command()
@@ -170,7 +166,7 @@ def diagnose(obj: _Context, job: str) -> None:
     run_id = new_run_id(dt.datetime.now(dt.UTC))
     with run_log(log_dir, job, run_id) as log_path:
         report = run_checkup(config, job)
-    out = Console(highlight=False, soft_wrap=True)
+    out = _console(soft_wrap=True)
     out.print(
         f"Destination {job!r} -> {dest.host}:{dest.effective_port} (tls = {dest.tls})", markup=False
     )
@@ -296,7 +292,11 @@ def _when(moment: dt.datetime) -> str:
 
 def _table(headers: list[str], rows: list[list[str]], result_column: int) -> None:
     """A rich table on a terminal; tab-separated lines (with a header) when piped."""
-    out = Console(highlight=False)
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = _console()
     if not out.is_terminal:
         for row in [headers, *rows]:
             click.echo("\t".join(row))
@@ -538,6 +538,13 @@ def keygen(out: Path) -> None:
         f"identity written to {out}: keep it off this host; backups need only the public key"
     )
     click.echo(f'in jobs.toml: encrypt_to = ["{recipient}"]')
+
+
+def _console(**options: Any) -> Any:
+    """A rich console, imported only when something is printed with it."""
+    from rich.console import Console
+
+    return Console(highlight=False, **options)
 
 
 def _or_exit(action: Callable[[], T]) -> T:

@@ -11,10 +11,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,6 +27,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupagent/jobs.toml")
 CONFIG_ENV = "BACKUPAGENT_CONFIG"
@@ -339,6 +341,7 @@ class Job(_Table):
         return None if value is None else _valid_recipients(value)
 
     zstd_level: StrictInt = Field(default=3, ge=1, le=22)
+    # 0: compress in the archiving thread, the least memory; N: N more threads
     zstd_threads: StrictInt = Field(default=0, ge=0, le=64)
     # the archive is cut into volumes of this size, each uploaded as soon as it is
     # written: the spool never holds more than two volumes
@@ -408,6 +411,8 @@ def cron_trigger(schedule: str, timezone: str | None) -> CronTrigger:
     The seconds field is an extension for schedules finer than a minute (and for tests).
     Raises ValueError with a message fit for `jobs.toml: [jobs.X] schedule: ...`.
     """
+    from apscheduler.triggers.cron import CronTrigger  # only jobs with a schedule pay for it
+
     parts = schedule.split()
     if len(parts) not in (5, 6):
         raise ValueError(f"{schedule!r} is not a cron expression of 5 fields (or 6 with seconds)")

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import smtplib
 import socket
 import ssl
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from email.message import EmailMessage
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
@@ -57,6 +56,9 @@ def ping(settings: PingSettings | None, event: Event, body: dict[str, Any] | Non
     url = settings.url_for(event)
     if url is None:
         return
+    import urllib.error  # here, not at the top: most runs ping nothing
+    import urllib.request
+
     log = structlog.get_logger("backupagent.notify")
     data = json.dumps(body).encode() if settings.post_summary and body is not None else None
     for attempt in range(settings.retries + 1):
@@ -87,6 +89,8 @@ def wants_mail(settings: EmailSettings | None, outcome: str) -> bool:
 
 def compose(settings: EmailSettings, job: str, result: Any) -> EmailMessage:
     """Subject `[backupagent] FAILED nightly on HOST`; suggestion first, then summary, log tail."""
+    from email.message import EmailMessage
+
     host = socket.gethostname()
     word = {"success": "OK", "warning": "WARNING", "aborted": "ABORTED"}.get(
         result.outcome, "FAILED"
@@ -131,6 +135,8 @@ def _log_tail(path: Path) -> list[str]:
 
 def send_mail(settings: EmailSettings, message: EmailMessage) -> None:
     """Deliver over SMTP (STARTTLS, implicit TLS or plain); failures are logged only."""
+    import smtplib
+
     log = structlog.get_logger("backupagent.notify")
     try:
         cafile = str(settings.smtp_ca_file) if settings.smtp_ca_file else None

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import structlog
-from rich import progress as rich_progress
-from rich.console import Console
 
 
 @dataclass
@@ -79,6 +77,9 @@ def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progre
     if not stream.isatty():
         yield logged_progress(interval)
         return
+    from rich import progress as rich_progress
+    from rich.console import Console
+
     display = rich_progress.Progress(
         rich_progress.TextColumn("{task.description:28}"),
         rich_progress.BarColumn(),
@@ -99,8 +100,10 @@ def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progre
     with display:
         yield Progress(
             archived=lambda n: display.advance(archive, n),
-            upload_started=lambda total: display.update(
-                upload, visible=True, **({} if total is None else {"total": total})
+            upload_started=lambda total: (
+                display.update(upload, visible=True)
+                if total is None
+                else display.update(upload, visible=True, total=total)
             ),
             uploaded=lambda n: display.advance(upload, n),
             entry_archived=entry_archived,

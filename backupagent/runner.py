@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import ftplib
 import functools
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -218,8 +220,9 @@ class _Run:
             self._check_sources()
             site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
             work.mkdir(mode=0o700)
-            dumps = self._dump_databases(site, work)
-            stats, volumes = self._archive_and_upload(work, dumps)
+            with _Dumping(self._dump_databases, site, work) as dumping:
+                stats, volumes = self._archive_and_upload(work, dumping)
+                dumps = dumping.result(self._check_cancel)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
             self._with_fallback(
@@ -270,15 +273,16 @@ class _Run:
         if missing:
             raise RunError(f"source not found: {', '.join(missing)}")
 
-    def _dump_databases(self, site: Site | None, work: Path) -> list[Dump]:
-        """Dump every database first: a failed dump fails the run before anything is archived."""
+    def _dump_databases(self, site: Site | None, work: Path, stop: threading.Event) -> list[Dump]:
+        """Dump every database into the spool (while the files are archived)."""
         targets = targets_from_job(self.job_name, self.job)
         if site is not None:
             targets.append(site.target)
         dumps: list[Dump] = []
         for target in targets:
-            self._check_cancel()
-            for item in dump(target, work, self.cancel):
+            if stop.is_set():
+                raise process.Cancelled("the run stopped")
+            for item in dump(target, work, stop):
                 if any(d.arcname == item.arcname for d in dumps):
                     raise RunError(f"two databases would be stored as {item.arcname}")
                 dumps.append(item)
@@ -301,10 +305,11 @@ class _Run:
         self.log.error("run failed", result="failed", error=error)
 
     def _archive_and_upload(
-        self, work: Path, dumps: list[Dump]
+        self, work: Path, dumping: _Dumping
     ) -> tuple[ArchiveStats, list[Volume]]:
-        """Write files, then the spooled dumps, into one archive whose volumes are
-        uploaded while the next is written."""
+        """Write files, then the database dumps, into one archive whose volumes are
+        uploaded while the next is written. The databases are dumped meanwhile; a
+        failed dump stops the archive at once."""
         agent = self.config.agent
         # the agent's own files change while it runs: never archive them
         own = (agent.spool_dir, agent.log_dir, agent.state_dir)
@@ -317,8 +322,9 @@ class _Run:
             for root, patterns in roots.items():
                 for entry in walk(root, patterns, self._warn, skip):
                     self._check_cancel()
+                    dumping.check()
                     yield entry
-            yield from dumps
+            yield from dumping.result(self._check_cancel)
 
         pipeline = Pipeline(work, self.archive, self.job.volume_size, self._send)
         try:
@@ -330,6 +336,7 @@ class _Run:
                 recipients=self.recipients,
                 on_entry=self.progress.entry_archived,
                 on_bytes=self.progress.archived,
+                hashed=False,  # each volume is hashed: once over the data is enough
             )
         except BaseException as exc:
             upload_error = pipeline.abort()
@@ -348,7 +355,6 @@ class _Run:
             symlinks=stats.symlinks,
             bytes_read=stats.bytes_read,
             archive_bytes=stats.archive_bytes,
-            sha256=stats.sha256,
             volumes=len(volumes),
             warnings=len(stats.warnings),
         )
@@ -376,7 +382,6 @@ class _Run:
             "archive": {
                 "name": self.archive,
                 "size": stats.archive_bytes,
-                "sha256": stats.sha256,
                 "volume_size": self.job.volume_size,
             },
             "contents": {
@@ -638,6 +643,49 @@ def _wp_diagnosis(exc: WordPressError) -> Diagnosis:
         table="",
         file=exc.config_file,
     )
+
+
+class _Dumping:
+    """The databases dumped in a thread (with the run's log context) while files are
+    archived; leaving the block stops a dump still running and waits for it."""
+
+    def __init__(
+        self, dump_all: Callable[[Site | None, Path, threading.Event], list[Dump]], *args: Any
+    ) -> None:
+        self.stop = threading.Event()
+        self.dumps: list[Dump] = []
+        self.error: BaseException | None = None
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(
+            target=context.run, args=(self._run, dump_all, *args), name="dump", daemon=True
+        )
+
+    def _run(self, dump_all: Callable[..., list[Dump]], *args: Any) -> None:
+        try:
+            self.dumps = dump_all(*args, self.stop)
+        except BaseException as exc:  # raised in the archiving thread by check()/result()
+            self.error = exc
+
+    def __enter__(self) -> _Dumping:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def check(self) -> None:
+        """Raise the dump's failure, if it has failed already."""
+        if self.error is not None:
+            raise self.error
+
+    def result(self, while_waiting: Callable[[], None]) -> list[Dump]:
+        """The dumps, once finished; `while_waiting` is called meanwhile (to abort)."""
+        while self.thread.is_alive():
+            self.thread.join(0.2)
+            while_waiting()
+        self.check()
+        return self.dumps
 
 
 class VerifyFailed(Exception):

@@ -11,6 +11,7 @@ stream: `cat NAME.0001 NAME.0002 ... | zstd -d | tar -x` restores without us.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import queue
 import threading
@@ -29,7 +30,7 @@ class Volume:
     name: str  # the name it is published under
     path: Path
     size: int
-    sha256: str
+    sha256: str = ""  # filled in by the sending thread, off the archiver's path
 
 
 def volume_name(archive: str, index: int) -> str:
@@ -59,7 +60,6 @@ class VolumeWriter:
         self._file = None
         self._path = spool
         self._written = 0
-        self._hash = hashlib.sha256()
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
@@ -68,7 +68,6 @@ class VolumeWriter:
                 self._open()
             chunk = view[: self.size - self._written]
             self._file.write(chunk)  # type: ignore[attr-defined]
-            self._hash.update(chunk)
             self._written += len(chunk)
             view = view[len(chunk) :]
             if self._written == self.size:
@@ -107,19 +106,14 @@ class VolumeWriter:
         self._file.close()
         self._file = None
         volume = Volume(
-            self.count,
-            volume_name(self.archive, self.count),
-            self._path,
-            self._written,
-            self._hash.hexdigest(),
+            self.count, volume_name(self.archive, self.count), self._path, self._written
         )
         self._written = 0
-        self._hash = hashlib.sha256()
         self.hand_over(volume)
 
 
 class Pipeline:
-    """A `VolumeWriter` whose volumes a thread passes to `send`, in order, one at a time.
+    """A `VolumeWriter` whose volumes a thread hashes and passes to `send`, in order.
 
     `send` raising stops the pipeline: the writer raises `Stopped` at its next
     volume, and `finish` re-raises what `send` raised.
@@ -146,6 +140,9 @@ class Pipeline:
         while (volume := self._queue.get()) is not None:
             if self.error is None:
                 try:
+                    with volume.path.open("rb") as handle:
+                        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                    volume = dataclasses.replace(volume, sha256=digest)
                     self.send(volume)
                     self.sent.append(volume)
                 except BaseException as exc:  # re-raised by finish() in the archiving thread

@@ -19,6 +19,7 @@ class Entry:
 
     path: str
     arcname: str
+    is_file: bool = False  # a regular file when walked: opened without an lstat first
 
 
 def archive_name(path: Path | str) -> str:
@@ -63,7 +64,7 @@ def walk(
                 continue
             if spec.match_file(child_rel + "/" if is_dir else child_rel):
                 continue
-            yield Entry(child.path, archive_name(child.path))
+            yield Entry(child.path, archive_name(child.path), child.is_file(follow_symlinks=False))
             if is_dir:
                 subdirs.append((child.path, child_rel + "/"))
         stack.extend(reversed(subdirs))
