@@ -2,9 +2,11 @@
 
     python bench/compare.py [--scale 1] [--pairs 5] [--also-4x] [--small-files N]
 
-Builds a WordPress-like site (thousands of small PHP/JS files and incompressible
-uploads) and a MariaDB database, starts a pyftpdlib server in its own process, then
-alternates `backupagent run-job` with the reference
+Builds a WordPress-like site (5,000 small PHP files and 300 MiB of incompressible
+uploads per unit of --scale) and a MariaDB database (200,000 rows of posts, about
+45 MiB of SQL, per unit), starts vsftpd on 127.0.0.1 (when installed and run as
+root; else pyftpdlib in its own process), then alternates `backupagent run-job`
+with the reference
 
     tar -cf - SITE | zstd -3 -T0 | curl -T - ftp://...   and
     mariadb-dump ... | zstd -3 -T0 | curl -T - ftp://...
@@ -12,7 +14,8 @@ alternates `backupagent run-job` with the reference
 For each it prints the wall time, the ratio agent/reference per pair and the median,
 the peak RSS of the whole process tree, the peak spool disk and the compressed size.
 `--small-files N` instead archives N tiny files and compares files per second with
-GNU tar. Needs root (or a user allowed to run mariadbd), tar, zstd and curl.
+GNU tar, alternating runs. Needs root (or a user allowed to run mariadbd), tar,
+zstd and curl.
 Figures, not tests: nothing here asserts a target.
 """
 
@@ -33,22 +36,117 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from tests.databases import MariaDB, start_mariadb
 
 PHP = "<?php\n/** {n} */\nfunction wp_fn_{n}($a) {{ return apply_filters('x_{n}', $a . '{n}'); }}\n"
 
 
+SMALL_FILES = 5000  # per unit of --scale
+UPLOADS = 60  # 5 MiB each, per unit
+ROWS = 200_000  # per unit
+
+
 def make_site(root: Path, scale: int) -> None:
     """Small compressible files plus incompressible uploads, WordPress-shaped."""
-    for i in range(3000 * scale):
+    for i in range(SMALL_FILES * scale):
         folder = root / "wp-includes" / f"part{i % 60}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"file{i}.php").write_text(PHP.format(n=i) * (10 + i % 40))
     uploads = root / "wp-content" / "uploads"
     uploads.mkdir(parents=True)
-    for i in range(30 * scale):
+    for i in range(UPLOADS * scale):
         (uploads / f"photo{i}.jpg").write_bytes(os.urandom(5 << 20))
+
+
+VSFTPD_CONF = """\
+listen=YES
+listen_address=127.0.0.1
+listen_port={port}
+background=NO
+anonymous_enable=NO
+local_enable=YES
+write_enable=YES
+pam_service_name=vsftpd
+secure_chroot_dir={empty}
+seccomp_sandbox=NO
+pasv_enable=YES
+pasv_min_port={pasv}
+pasv_max_port={pasv_end}
+userlist_enable=NO
+chroot_local_user=YES
+allow_writeable_chroot=YES
+"""
+BENCH_USER, BENCH_PASSWORD = "babench", "bench-pw"
+
+
+@contextlib.contextmanager
+def ftp_server(root: Path, port: int) -> Iterator[str]:
+    """vsftpd when it can run here (root, vsftpd, PAM), else pyftpdlib; yields its name.
+
+    Both serve `root` on 127.0.0.1:`port` to BENCH_USER. vsftpd needs a system user:
+    one is created for the run and removed after it.
+    """
+    usable = (
+        os.geteuid() == 0
+        and shutil.which("vsftpd")
+        and shutil.which("useradd")
+        and Path("/etc/pam.d/vsftpd").exists()
+    )
+    if not usable:
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "pyftpdlib", "-i", "127.0.0.1", "-p", str(port), "-w"),
+                *("-d", str(root), "-u", BENCH_USER, "-P", BENCH_PASSWORD),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            _wait_for_port(port, server)
+            yield "pyftpdlib"
+        finally:
+            server.terminate()
+            server.wait()
+        return
+    subprocess.run(
+        ["useradd", "--no-create-home", "--home-dir", str(root), "--shell", "/bin/sh", BENCH_USER],
+        check=True,
+    )
+    try:
+        subprocess.run(
+            ["chpasswd"], input=f"{BENCH_USER}:{BENCH_PASSWORD}\n", text=True, check=True
+        )
+        shutil.chown(root, BENCH_USER, BENCH_USER)
+        empty = root.parent / "vsftpd-empty"
+        empty.mkdir()
+        conf = root.parent / "vsftpd.conf"
+        conf.write_text(
+            VSFTPD_CONF.format(port=port, empty=empty, pasv=port + 1, pasv_end=port + 50)
+        )
+        server = subprocess.Popen(["vsftpd", str(conf)], stderr=subprocess.PIPE)
+        try:
+            _wait_for_port(port, server)
+            yield "vsftpd"
+        finally:
+            server.kill()
+            server.wait()
+    finally:
+        subprocess.run(["userdel", BENCH_USER], check=False)
+
+
+def _wait_for_port(port: int, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the FTP server exited ({server.returncode})")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit("the FTP server did not start listening")
 
 
 def fill_database(db: MariaDB, rows: int) -> None:
@@ -114,44 +212,53 @@ def timed(argv: list[str], env: dict[str, str], spool: Path | None) -> tuple[flo
     return time.monotonic() - started, sampler.rss, sampler.disk
 
 
-def compare(scale: int, pairs: int) -> None:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Figures:
+    """What one side of the comparison measured, over all its runs."""
+
+    times: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)
+    spool: list[int] = field(default_factory=list)
+
+    def add(self, run: tuple[float, int, int]) -> None:
+        self.times.append(run[0])
+        self.rss.append(run[1])
+        self.spool.append(run[2])
+
+
+def compare(scale: int, pairs: int) -> tuple[Figures, Figures]:
     base = Path(tempfile.mkdtemp(prefix="ba-compare-"))
+    os.chmod(base, 0o755)
     servers = start_mariadb(base / "db")
     db = next(servers)
     ftp_root = base / "ftp"
     ftp_root.mkdir()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ftpd = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pyftpdlib",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "-d",
-            str(ftp_root),
-            "-u",
-            "bench",
-            "-P",
-            "bench-pw",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
     try:
-        site = base / "site"
-        make_site(site, scale)
-        fill_database(db, 100_000 * scale)
-        (base / "ftp.pass").write_text("bench-pw")
-        (base / "db.pass").write_text(db.root_password)
-        spool = base / "spool"
-        config = base / "jobs.toml"
-        config.write_text(f"""
+        with ftp_server(ftp_root, port) as server_name:
+            return _compare(base, db, ftp_root, port, server_name, scale, pairs)
+    finally:
+        servers.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _compare(
+    base: Path, db: MariaDB, ftp_root: Path, port: int, server: str, scale: int, pairs: int
+) -> tuple[Figures, Figures]:
+    site = base / "site"
+    make_site(site, scale)
+    fill_database(db, ROWS * scale)
+    (base / "ftp.pass").write_text(BENCH_PASSWORD)
+    (base / "db.pass").write_text(db.root_password)
+    spool = base / "spool"
+    config = base / "jobs.toml"
+    config.write_text(f"""
 [agent]
 state_dir = "{base}/state"
 log_dir = "{base}/log"
@@ -160,7 +267,7 @@ spool_dir = "{spool}"
 type = "ftp"
 host = "127.0.0.1"
 port = {port}
-user = "bench"
+user = "{BENCH_USER}"
 password_file = "{base}/ftp.pass"
 directory = "/agent"
 keep = 1
@@ -169,62 +276,54 @@ destination = "ftp"
 sources = ["{site}"]
 databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", user = "root", password_file = "{base}/db.pass" }}]
 """)
-        url = f"ftp://bench:bench-pw@127.0.0.1:{port}/ref"
-        reference = (
-            "set -eo pipefail; "
-            f"tar -C {site.parent} -cf - {site.name} | zstd -3 -T0 -q | "
-            f"curl -sS --ftp-create-dirs -T - {url}/site.tar.zst; "
-            f"mariadb-dump --no-defaults --socket={db.socket} --user=root --single-transaction "
-            f"--quick --routines --triggers --events --hex-blob wp | zstd -3 -T0 -q | "
-            f"curl -sS --ftp-create-dirs -T - {url}/db.sql.zst"
-        )
-        env = {
-            **os.environ,
-            "MYSQL_PWD": db.root_password,
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-        }
-        agent = [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "bench"]
-        size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    url = f"ftp://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port}/ref"
+    reference = (
+        "set -eo pipefail; "
+        f"tar -C {site.parent} -cf - {site.name} | zstd -3 -T0 -q | "
+        f"curl -sS --ftp-create-dirs -T - {url}/site.tar.zst; "
+        f"mariadb-dump --no-defaults --socket={db.socket} --user=root --single-transaction "
+        f"--quick --routines --triggers --events --hex-blob wp | zstd -3 -T0 -q | "
+        f"curl -sS --ftp-create-dirs -T - {url}/db.sql.zst"
+    )
+    env = {
+        **os.environ,
+        "MYSQL_PWD": db.root_password,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    agent = [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "bench"]
+    size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    print(
+        f"scale {scale}: site {size / 2**20:.0f} MiB in "
+        f"{sum(1 for _ in site.rglob('*.php'))} small files + uploads; "
+        f"database {ROWS * scale} rows; FTP server {server}; {os.cpu_count()} cores"
+    )
+    ours, theirs = Figures(), Figures()
+    for pair in range(1, pairs + 1):
+        ours.add(timed(agent, env, spool))
+        theirs.add(timed(["bash", "-c", reference], env, None))
         print(
-            f"scale {scale}: site {size / 2**20:.0f} MiB in "
-            f"{sum(1 for _ in site.rglob('*.php'))} small files + uploads; "
-            f"database {100_000 * scale} rows; {os.cpu_count()} cores"
+            f"  pair {pair}: agent {ours.times[-1]:6.2f} s  reference {theirs.times[-1]:6.2f} s  "
+            f"ratio {ours.times[-1] / theirs.times[-1]:.2f}"
         )
-        ratios, agent_runs, ref_runs = [], [], []
-        for pair in range(1, pairs + 1):
-            a = timed(agent, env, spool)
-            r = timed(["bash", "-c", reference], env, None)
-            agent_runs.append(a)
-            ref_runs.append(r)
-            ratios.append(a[0] / r[0])
-            print(
-                f"  pair {pair}: agent {a[0]:6.2f} s  reference {r[0]:6.2f} s  "
-                f"ratio {a[0] / r[0]:.2f}"
-            )
-        agent_size = sum(p.stat().st_size for p in (ftp_root / "agent").glob("*.tar.zst"))
-        ref_size = sum(p.stat().st_size for p in (ftp_root / "ref").iterdir())
-        print(
-            f"  median: agent {statistics.median(x[0] for x in agent_runs):.2f} s, "
-            f"reference {statistics.median(x[0] for x in ref_runs):.2f} s, "
-            f"ratio {statistics.median(ratios):.2f}"
-        )
-        print(
-            f"  peak RSS (process tree): agent {max(x[1] for x in agent_runs) / 2**20:.0f} MiB, "
-            f"reference {max(x[1] for x in ref_runs) / 2**20:.0f} MiB"
-        )
-        print(
-            f"  peak spool disk: agent {max(x[2] for x in agent_runs) / 2**20:.0f} MiB, "
-            "reference 0 MiB (it streams)"
-        )
-        print(
-            f"  compressed: agent {agent_size / 2**20:.1f} MiB, reference "
-            f"{ref_size / 2**20:.1f} MiB"
-        )
-    finally:
-        ftpd.terminate()
-        ftpd.wait()
-        servers.close()
-        shutil.rmtree(base, ignore_errors=True)
+    ratios = [a / r for a, r in zip(ours.times, theirs.times, strict=True)]
+    home = ftp_root / "agent"
+    agent_size = sum(p.stat().st_size for p in home.iterdir() if ".tar.zst." in p.name)
+    ref_size = sum(p.stat().st_size for p in (ftp_root / "ref").iterdir())
+    print(
+        f"  median: agent {statistics.median(ours.times):.2f} s, "
+        f"reference {statistics.median(theirs.times):.2f} s, "
+        f"ratio {statistics.median(ratios):.2f} (pairs {min(ratios):.2f} to {max(ratios):.2f})"
+    )
+    print(
+        f"  peak RSS (process tree): agent {max(ours.rss) / 2**20:.0f} MiB, "
+        f"reference {max(theirs.rss) / 2**20:.0f} MiB"
+    )
+    print(
+        f"  peak spool disk: agent {max(ours.spool) / 2**20:.0f} MiB "
+        "(bound: 2 volumes of 64 MiB + the compressed dumps), reference 0 MiB (it streams)"
+    )
+    print(f"  compressed: agent {agent_size / 2**20:.1f} MiB, reference {ref_size / 2**20:.1f} MiB")
+    return ours, theirs
 
 
 def small_files(count: int) -> None:
@@ -239,31 +338,46 @@ def small_files(count: int) -> None:
             (folder / f"f{i}.txt").write_text(f"small file {i}\n")
         subprocess.run(["sync"], check=False)
         child = (
-            "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+            "import sys, time; started = time.monotonic(); sys.path.insert(0, sys.argv[1])\n"
             "from backupagent.archive import write_archive\n"
             "from backupagent.sources.files import walk\n"
-            "import io\n"
+            "import io, pathlib\n"
             "class Null(io.RawIOBase):\n"
             "    def writable(self): return True\n"
             "    def write(self, b): return len(b)\n"
-            "write_archive(walk(__import__('pathlib').Path(sys.argv[2]), [], lambda p, r: None),"
-            " Null(), level=3)\n"
+            "ready = time.monotonic()\n"
+            "write_archive(walk(pathlib.Path(sys.argv[2]), [], lambda p, r: None), Null())\n"
+            "print(time.monotonic() - ready, ready - started)\n"
         )
         repo = str(Path(__file__).resolve().parents[1])
-        for label, argv in (
-            (
-                "GNU tar | zstd",
-                ["bash", "-c", f"tar -cf - -C {base} tree | zstd -3 -T0 -q > /dev/null"],
-            ),
-            ("backupagent", [sys.executable, "-c", child, repo, str(tree)]),
-        ):
-            times = []
-            for _ in range(3):
-                started = time.monotonic()
-                subprocess.run(argv, check=True)
-                times.append(time.monotonic() - started)
-            best = statistics.median(times)
-            print(f"  {label:15} {best:6.2f} s  {count / best:9.0f} files/s (median of 3)")
+        tar = ["bash", "-c", f"tar -cf - -C {base} tree | zstd -3 -T0 -q > /dev/null"]
+        ours, theirs, archiving, imports = [], [], [], []
+        for _ in range(5):  # alternating, so both meet the same page cache
+            started = time.monotonic()
+            subprocess.run(tar, check=True)
+            theirs.append(time.monotonic() - started)
+            started = time.monotonic()
+            out = subprocess.run(
+                [sys.executable, "-c", child, repo, str(tree)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            ours.append(time.monotonic() - started)
+            archiving.append(float(out[0]))
+            imports.append(float(out[1]))
+        for label, times in (("GNU tar | zstd", theirs), ("backupagent", ours)):
+            t = statistics.median(times)
+            print(f"  {label:15} {t:6.2f} s  {count / t:9.0f} files/s (whole process, median of 5)")
+        t = statistics.median(archiving)
+        print(
+            f"  {'':15} {t:6.2f} s  {count / t:9.0f} files/s (archiving only, without Python's "
+            f"start and imports: {statistics.median(imports):.2f} s)"
+        )
+        print(
+            f"  ratio of files/s, backupagent / GNU tar: "
+            f"{statistics.median(theirs) / statistics.median(ours):.2f} (whole process)"
+        )
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -282,9 +396,15 @@ def main() -> None:
         print(f"{args.small_files} small files:")
         small_files(args.small_files)
         return
-    compare(args.scale, args.pairs)
+    ours, _ = compare(args.scale, args.pairs)
     if args.also_4x:
-        compare(args.scale * 4, max(3, args.pairs // 2))
+        bigger, _ = compare(args.scale * 4, max(3, args.pairs // 2))
+        print(
+            f"peak RSS from {args.scale}x to {args.scale * 4}x: {max(ours.rss) / 2**20:.0f} -> "
+            f"{max(bigger.rss) / 2**20:.0f} MiB ({max(bigger.rss) / max(ours.rss) - 1:+.0%}); "
+            f"median time {statistics.median(ours.times):.2f} -> "
+            f"{statistics.median(bigger.times):.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ import io
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
-from backupagent.archive import write_archive
+from backupagent.archive import file_header, tar_info, ustar_header, write_archive
 from backupagent.sources.files import walk
 
 from .helpers import tree, unpack
@@ -104,3 +106,63 @@ def test_unreadable_file_is_skipped_with_a_warning() -> None:
         import shutil
 
         shutil.rmtree(base)
+
+
+def _pax(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "mtime", "mode", "uid", "fast"),
+    [
+        ("a.php", 0, 1_700_000_000, 0o644, 0, True),
+        ("b.php", 1, 1_700_000_000.75, 0o600, 0, True),  # fractional mtime: whole seconds
+        ("c.php", 511, 0, 0o4755, 0, True),  # setuid bit kept in the header
+        ("d.php", 513, 1_700_000_000, 0o644, 1234, True),  # uid without a passwd entry
+        ("e.php", 10, -1, 0o644, 0, False),  # before 1970: PAX
+        ("f.php", 10, 1_700_000_000, 0o644, 8**7, False),  # uid too large for ustar: PAX
+        ("é.php", 10, 1_700_000_000, 0o644, 0, False),  # not ASCII: PAX path
+        ("x" * 90, 10, 1_700_000_000, 0o644, 0, True),  # arcname of exactly 100 bytes
+        ("y" * 91, 10, 1_700_000_000, 0o644, 0, False),  # 101 bytes: PAX path
+    ],
+)
+def test_fast_headers_equal_tarfiles(
+    tmp_path: Path, name: str, size: int, mtime: float, mode: int, uid: int, fast: bool
+) -> None:
+    if uid and os.geteuid() != 0:
+        pytest.skip("needs root to give a file another owner")
+    path = tmp_path / name
+    path.write_bytes(b"x" * size)
+    os.chmod(path, mode)
+    if uid:
+        os.chown(path, uid, 0)
+    os.utime(path, (mtime, mtime))
+    arcname = f"files/srv/{name}"
+    st = os.lstat(path)
+    header = file_header(arcname, st)
+    assert (header is not None) is fast
+    expected = _pax(tar_info(arcname, st))
+    if header is not None:
+        assert header == expected
+    assert (ustar_header(tar_info(arcname, st)) or expected) == expected
+
+
+def test_links_fifos_and_directories_round_trip(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a").write_text("hi\n")
+    os.link(root / "d" / "a", root / "d" / "b")
+    (root / "d" / "c").symlink_to("a")
+    (root / "d" / "long").symlink_to("t" * 150)  # target too long for ustar: PAX
+    os.mkfifo(root / "d" / "f")
+    data, stats = _archive(root)
+    with tarfile.open(
+        fileobj=io.BytesIO(zstandard.ZstdDecompressor().decompressobj().decompress(data))
+    ) as tar:
+        members = {m.name.removeprefix(f"files{root}"): m for m in tar}
+        assert members["/d/b"].islnk() and members["/d/b"].linkname == f"files{root}/d/a"
+        assert members["/d/c"].issym() and members["/d/c"].linkname == "a"
+        assert members["/d/long"].linkname == "t" * 150
+        assert members["/d/f"].isfifo() and members["/d"].isdir()
+        assert tar.extractfile(members["/d/a"]).read() == b"hi\n"
+    assert (stats.files, stats.symlinks, stats.other) == (2, 2, 1)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pathspec
 
 Warn = Callable[[str, str], None]
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One thing to archive: its path on disk and its name inside the archive."""
 
     path: str
@@ -40,6 +39,7 @@ def walk(
     unreadable directories are reported through `warn` and skipped.
     """
     spec = pathspec.GitIgnoreSpec.from_lines(exclude)
+    match = spec.match_file if exclude else None
     yield Entry(str(root), archive_name(root))
     stack = [(str(root), "")]
     while stack:
@@ -62,7 +62,7 @@ def walk(
             except OSError as exc:
                 warn(child.path, f"cannot stat, skipped: {exc.strerror or exc}")
                 continue
-            if spec.match_file(child_rel + "/" if is_dir else child_rel):
+            if match is not None and match(child_rel + "/" if is_dir else child_rel):
                 continue
             yield Entry(child.path, archive_name(child.path), child.is_file(follow_symlinks=False))
             if is_dir:
