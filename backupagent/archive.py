@@ -250,8 +250,9 @@ class _TarStream:
     copies everything through 10 KiB buffers, which made archiving CPU-bound.)
     """
 
-    def __init__(self, out: Any) -> None:
-        self.out = out
+    def __init__(self, out: Any, below: Any) -> None:
+        self.out = out  # the compressor
+        self.below = below  # what the compressor writes to
         self.buffer = bytearray()
         self.chunk = bytearray(CHUNK)
         self.offset = 0
@@ -311,6 +312,16 @@ class _TarStream:
             on_bytes(size)
         return left, grew
 
+    def compressed(self, source: BinaryIO, size: int) -> None:
+        """A member's `size` bytes of data, given as zstd frames: the frame being
+        compressed is ended, and `source` goes below the compressor unchanged."""
+        self._flush()
+        self.out.flush(zstandard.FLUSH_FRAME)
+        while chunk := source.read(CHUNK):
+            self.below.write(chunk)
+        self.offset += size
+        self._pad(size)
+
     def close(self) -> None:
         """Two zero blocks, then zeros to a whole 10 KiB record, as tar does."""
         self._put(bytes(2 * BLOCK))
@@ -365,7 +376,7 @@ def write_archive(
     compressor = zstandard.ZstdCompressor(level=level, threads=threads)
     encrypt = crypto.encrypting(sink, recipients) if recipients else contextlib.nullcontext(sink)
     with encrypt as target, compressor.stream_writer(target, closefd=False) as zstream:
-        tar = _TarStream(zstream)
+        tar = _TarStream(zstream, target)
         for entry in entries:
             if isinstance(entry, Entry):
                 _add(tar, entry, stats, warn, on_bytes)
@@ -380,7 +391,12 @@ def write_archive(
 
 
 def _add_dump(tar: _TarStream, dump: Dump, on_bytes: Callable[[int], None] | None) -> None:
-    """A spooled database dump as a regular 0600 file member."""
+    """A spooled database dump as a regular 0600 file member.
+
+    A dump spooled as zstd is copied in as it is, as frames of its own between the
+    archive's frames (the zstd format allows concatenated frames, and every zstd
+    reader joins them): it is compressed once, not decompressed and compressed again.
+    """
     info = tarfile.TarInfo(dump.arcname)
     info.size = dump.size
     info.mode = 0o600
@@ -388,8 +404,9 @@ def _add_dump(tar: _TarStream, dump: Dump, on_bytes: Callable[[int], None] | Non
     tar.header(info)
     with dump.spool.open("rb") as raw:
         if dump.compressed:
-            with zstandard.ZstdDecompressor().stream_reader(raw) as plain:
-                tar.copy(plain, dump.size, on_bytes)  # type: ignore[arg-type]
+            tar.compressed(raw, dump.size)
+            if on_bytes:
+                on_bytes(dump.size)
         else:
             tar.copy(raw, dump.size, on_bytes)
 

@@ -234,7 +234,7 @@ def _members(volumes: list[Path], identities: list[Any] | None = None) -> Iterat
         )
         with (
             decrypt as clear,
-            zstandard.ZstdDecompressor().stream_reader(clear) as plain,
+            zstandard.ZstdDecompressor().stream_reader(clear, read_across_frames=True) as plain,
             tarfile.open(fileobj=plain, mode="r|") as tar,  # type: ignore[call-overload]
         ):
             yield tar

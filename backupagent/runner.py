@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import datetime as dt
 import ftplib
 import functools
@@ -280,6 +281,7 @@ class _Run:
             targets.append(site.target)
         dumps: list[Dump] = []
         for target in targets:
+            target = dataclasses.replace(target, level=self.job.zstd_level)
             if stop.is_set():
                 raise process.Cancelled("the run stopped")
             for item in dump(target, work, stop):

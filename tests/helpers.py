@@ -48,7 +48,7 @@ def archived_tree(site: Path) -> dict[str, tuple[str, str]]:
 
 def unpack(archive: bytes, dest: Path) -> list[str]:
     """Extract a .tar.zst held in memory; returns the member names in order."""
-    raw = zstandard.ZstdDecompressor().decompressobj().decompress(archive)
+    raw = decompress(archive)
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
         members = tar.getnames()
         tar.extractall(dest, filter="tar")
@@ -125,3 +125,9 @@ def make_certificates(directory: Path, host: str = "127.0.0.1") -> dict[str, Pat
     fingerprint = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     (directory / "fingerprint").write_text(fingerprint)
     return files
+
+
+def decompress(data: bytes) -> bytes:
+    """All of a zstd stream, across frames (a spooled dump is a frame of its own)."""
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
+    return reader.read()

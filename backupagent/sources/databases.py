@@ -53,7 +53,7 @@ class Dump:
     engine: str
     arcname: str  # where it lands in the archive: databases/NAME.sql|.pgdump|.sqlite3
     spool: Path
-    compressed: bool  # spooled as zstd (decompressed again into the archive)
+    compressed: bool  # spooled as zstd frames, copied into the archive as they are
     size: int = 0  # bytes of the dump itself
     sha256: str = ""
     tables: list[str] = field(default_factory=list)
@@ -79,6 +79,7 @@ class Target:
     table: str | None  # "jobs.NAME", or "" when the keys are in another file
     file: Path | None = None  # that other file (wp-config.php)
     table_prefix: str | None = None  # MySQL: dump only tables starting with this
+    level: int = 3  # zstd level of the spooled dump: it goes into the archive as it is
 
 
 def targets_from_job(job_name: str, job: Job) -> list[Target]:
@@ -109,10 +110,11 @@ def targets_from_job(job_name: str, job: Job) -> list[Target]:
 class _SpoolWriter:
     """Compresses a dump into the spool; counts and hashes the raw bytes, keeps both ends."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, level: int) -> None:
         self.handle = path.open("wb")
         os.chmod(path, 0o600)
-        self.writer = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(self.handle)
+        # no worker threads: each would cost about 20 MB, and the dump tool is the slower side
+        self.writer = zstandard.ZstdCompressor(level=level).stream_writer(self.handle)
         self.raw = HashingWriter(self.writer)  # type: ignore[arg-type]
         self.head = b""
         self.tail = b""
@@ -194,7 +196,7 @@ def _spool_dump(
 ) -> None:
     """Run a dump tool into the spool; accept it only if it ended well and looks whole."""
     with _timed(dumps, item):
-        spool = _SpoolWriter(item.spool)
+        spool = _SpoolWriter(item.spool, target.level)
         try:
             finished = run(spool.write)
         finally:

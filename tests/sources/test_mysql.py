@@ -7,18 +7,19 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 from backupagent.runner import RunResult, run_job
 
-from ..conftest import WriteConfig
+from ..conftest import WriteConfig, require_system
 from ..databases import MariaDB
+from ..helpers import decompress
 from ..test_runner import download, download_archive
 
 PASSWORD = "tri\"cky 'pa$$\\word #1"
@@ -90,7 +91,7 @@ def password_file(tmp_path: Path) -> Path:
 
 def _members(config, result: RunResult) -> dict[str, bytes]:
     data = download_archive(config, result.backup_id)
-    raw = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    raw = decompress(data)
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
@@ -125,6 +126,31 @@ def test_dump_round_trip_checksums_match(
     assert "count_notes" in shop.sql("SHOW PROCEDURE STATUS WHERE Db = 'shop_restored'")
     assert PASSWORD not in result.log_path.read_text()
     assert PASSWORD.encode() not in download(config, f"{result.backup_id}.manifest.json")
+
+
+def test_archive_with_a_dump_unpacks_with_zstd_and_gnu_tar(
+    shop: MariaDB,
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    password_file: Path,
+    tmp_path: Path,
+) -> None:
+    """The dump is its own zstd frame inside the archive: the standard tools join them."""
+    require_system(
+        shutil.which("zstd") is not None, "the zstd tool is missing (apt-get install zstd)"
+    )
+    config = write_config(job=_entry(shop, "shop", password_file))
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    archive = tmp_path / "backup.tar.zst"
+    archive.write_bytes(download_archive(config, result.backup_id))
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(f"zstd -dc {archive} | tar -xf - -C {out}", shell=True, check=True)
+    assert (out / "databases/shop.sql").read_bytes() == _members(config, result)[
+        "databases/shop.sql"
+    ]
+    assert (out / "files").is_dir()
 
 
 def test_password_never_on_the_command_line(
