@@ -93,7 +93,11 @@ def run_job_command(obj: _Context, job: str) -> None:
         click.echo(f"{job}: FAILED — {exc}", err=True)
         sys.exit(EXIT_FAILED)
     print_summary(result)
-    sys.exit(result.exit_code)
+    # the run is over, logged and recorded: only the standard streams are left to flush,
+    # and skipping the interpreter's teardown of every module saves a tenth of a second
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(result.exit_code)
 
 
 def print_summary(result: RunResult) -> None:
