@@ -248,6 +248,7 @@ class _Run:
                 self._suggest(diagnose(exc.failure), exc.other_mode)
             return
         except (DumpFailed, WordPressError) as exc:
+            self._remove_leftovers()  # files were archived and uploaded while it dumped
             self._suggest(exc.diagnosis if isinstance(exc, DumpFailed) else _wp_diagnosis(exc))
             return
         except Exception as exc:  # a bug: record it in the run's log rather than lose it
@@ -583,7 +584,9 @@ class _Run:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
 
     def _remove_leftovers(self) -> None:
-        """Best effort, on a fresh connection: delete what this run uploaded."""
+        """Best effort, on a fresh connection: delete what this run uploaded. The run's
+        connection is closed first, so a suggestion logged after this is the last event."""
+        self.remote.close()
         names = self.written
         if not names:
             return

@@ -276,3 +276,38 @@ def test_volumes_are_uploaded_while_the_archive_is_written(
     # with two volumes at most on the spool, the first is published before the last is written
     events = [e["event"] for e in read_events(result.log_path)]
     assert events.index(f"FTP client command: RNTO {names[0]}") < events.index("archive written")
+
+
+def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    site: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dumps run while files are archived: a late failure must not leave volumes behind."""
+    import threading
+
+    from backupagent import runner
+    from backupagent.diagnosis import Category, Diagnosis
+    from backupagent.sources.databases import DumpFailed
+
+    (site / "more.bin").write_bytes(os.urandom(400_000))
+    published = threading.Event()
+    send = runner._Run._send
+
+    def send_and_tell(self, volume):  # the real upload, then a signal for the dump below
+        send(self, volume)
+        published.set()
+
+    def dump_that_fails_late(self, site, work, stop):
+        assert published.wait(60), "no volume was uploaded"
+        raise DumpFailed(Diagnosis(Category.DB_LOGIN, "access denied", (), "fix it"))
+
+    monkeypatch.setattr(runner._Run, "_send", send_and_tell)
+    monkeypatch.setattr(runner._Run, "_dump_databases", dump_that_fails_late)
+    result = run_job(write_config(job='volume_size = "64K"'), "www")
+    assert result.outcome == "failed" and result.error == "access denied"
+    events = [e["event"] for e in read_events(result.log_path)]
+    assert any(e.startswith("FTP client command: RNTO www-") for e in events)
+    assert remote_files(ftp_server) == []
+    assert events[-1] == "suggestion"
