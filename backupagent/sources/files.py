@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-import pathspec
-
 Warn = Callable[[str, str], None]
 
 
@@ -38,8 +36,11 @@ def walk(
     placed there. Directories whose (device, inode) is in `skip` are left out;
     unreadable directories are reported through `warn` and skipped.
     """
-    spec = pathspec.GitIgnoreSpec.from_lines(exclude)
-    match = spec.match_file if exclude else None
+    match = None
+    if exclude:
+        import pathspec  # only jobs with excludes pay for its import
+
+        match = pathspec.GitIgnoreSpec.from_lines(exclude).match_file
     yield Entry(str(root), archive_name(root))
     stack = [(str(root), "")]
     while stack:
