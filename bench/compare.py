@@ -25,6 +25,7 @@ import argparse
 import compileall
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -112,6 +113,7 @@ def ftp_server(root: Path, port: int) -> Iterator[str]:
             server.terminate()
             server.wait()
         return
+    subprocess.run(["userdel", BENCH_USER], check=False, capture_output=True)  # an old run's
     subprocess.run(
         ["useradd", "--no-create-home", "--home-dir", str(root), "--shell", "/bin/sh", BENCH_USER],
         check=True,
@@ -387,6 +389,7 @@ def main() -> None:
     # bytecode for backupagent, as `pip install` writes it: the agent is measured as
     # installed, not compiling its own source at every start (PYTHONDONTWRITEBYTECODE)
     compileall.compile_dir(Path(__file__).resolve().parents[1] / "backupagent", quiet=1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up servers and user
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=5)
@@ -402,7 +405,7 @@ def main() -> None:
         return
     ours, _ = compare(args.scale, args.pairs)
     if args.also_4x:
-        bigger, _ = compare(args.scale * 4, max(3, args.pairs // 2))
+        bigger, _ = compare(args.scale * 4, args.pairs)
         print(
             f"peak RSS from {args.scale}x to {args.scale * 4}x: {max(ours.rss) / 2**20:.0f} -> "
             f"{max(bigger.rss) / 2**20:.0f} MiB ({max(bigger.rss) / max(ours.rss) - 1:+.0%}); "
