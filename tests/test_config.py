@@ -96,6 +96,14 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
             {"extra": '[jobs.other]\nsources = ["/srv"]\n'},
             "jobs.toml: [jobs.other] destination: required key is missing",
         ),
+        (
+            {"job": 'volume_size = "64 megs"'},
+            "jobs.toml: [jobs.nightly] volume_size: '64 megs' is not a size (write e.g. 64M",
+        ),
+        (
+            {"job": 'volume_size = "1K"'},
+            "jobs.toml: [jobs.nightly] volume_size: Input should be greater than or equal to 65536",
+        ),
         ({"extra": "[agnet]\n"}, "jobs.toml: agnet: unknown key; did you mean 'agent'?"),
         (
             {"extra": '["jobs"."bad name"]\ndestination = "offsite"\nsources = ["/srv"]\n'},
@@ -108,6 +116,14 @@ def test_each_problem_names_table_and_key(
 ) -> None:
     problems = _problems(tmp_path, **parts)
     assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [('"64M"', 64 << 20), ('"1G"', 1 << 30), ('"512k"', 512 << 10), ("100000", 100000)],
+)
+def test_volume_size_units(tmp_path: Path, text: str, size: int) -> None:
+    assert _load(tmp_path, job=f"volume_size = {text}").jobs["nightly"].volume_size == size
 
 
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
