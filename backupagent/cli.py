@@ -102,30 +102,54 @@ def run_job_command(obj: _Context, job: str) -> None:
 
 def print_summary(result: RunResult) -> None:
     """The end-of-run report: outcome, warnings, suggestion, where the log is."""
-    out = _console(soft_wrap=True)
+    lines: list[list[tuple[str, str]]] = []  # each line: (text, style) parts
     if result.outcome in ("success", "warning"):
         s = result.stats
         assert s is not None
         head = "OK" if result.outcome == "success" else "OK with warnings"
-        out.print(
-            f"[bold green]{result.job}: {head}[/] — backup {result.backup_id} published: "
-            f"{s.files} files, {_size(s.bytes_read)} read, {_size(s.archive_bytes)} archive, "
-            f"{result.seconds:.1f}s"
+        lines.append(
+            [
+                (f"{result.job}: {head}", "bold green"),
+                (
+                    f" — backup {result.backup_id} published: {s.files} files, "
+                    f"{_size(s.bytes_read)} read, {_size(s.archive_bytes)} archive, "
+                    f"{result.seconds:.1f}s",
+                    "",
+                ),
+            ]
         )
-    elif result.outcome == "aborted":
-        out.print(f"[bold red]{result.job}: ABORTED[/] — {result.error}; nothing was published.")
     else:
-        out.print(f"[bold red]{result.job}: FAILED[/] — {result.error}; nothing was published.")
+        head = "ABORTED" if result.outcome == "aborted" else "FAILED"
+        lines.append(
+            [
+                (f"{result.job}: {head}", "bold red"),
+                (f" — {result.error}; nothing was published.", ""),
+            ]
+        )
     if result.warnings:
-        out.print(f"[yellow]{len(result.warnings)} warning(s):[/]")
-        for warning in result.warnings[:20]:
-            out.print(f"  {warning}", markup=False)
+        lines.append([(f"{len(result.warnings)} warning(s):", "yellow")])
+        lines.extend([(f"  {warning}", "")] for warning in result.warnings[:20])
         if len(result.warnings) > 20:
-            out.print(f"  … and {len(result.warnings) - 20} more in the log")
+            lines.append([(f"  … and {len(result.warnings) - 20} more in the log", "")])
     if result.suggestion:
-        out.print("[bold yellow]Suggestion:[/]")
-        out.print(result.suggestion, markup=False)
-    out.print(f"Log: {result.log_path}", markup=False)
+        lines.append([("Suggestion:", "bold yellow")])
+        lines.append([(result.suggestion, "")])
+    lines.append([(f"Log: {result.log_path}", "")])
+    _print_lines(lines)
+
+
+def _print_lines(lines: list[list[tuple[str, str]]]) -> None:
+    """Styled on a terminal; plain text otherwise, without importing rich (run-job under
+    cron or systemd pays nothing for colours nobody sees)."""
+    if not sys.stdout.isatty():
+        for parts in lines:
+            click.echo("".join(text for text, _ in parts))
+        return
+    from rich.text import Text
+
+    out = _console(soft_wrap=True)
+    for parts in lines:
+        out.print(Text.assemble(*parts))
 
 
 def _size(n: int) -> str:
