@@ -95,6 +95,9 @@ class History:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(state_dir / DB_NAME, timeout=30, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
+        # with WAL this keeps the database consistent through a crash, without an fsync
+        # per commit (the history is a record of runs, not the backups themselves)
+        self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.executescript(SCHEMA)
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}

@@ -1,6 +1,6 @@
 """backupagent against the hand-written pipeline an expert would use, on loopback.
 
-    python bench/compare.py [--scale 1] [--pairs 5] [--also-4x] [--small-files N]
+    python bench/compare.py [--scale 1] [--pairs 7] [--also-4x] [--small-files N]
 
 Builds a WordPress-like site (5,000 small PHP files and 300 MiB of incompressible
 uploads per unit of --scale) and a MariaDB database (200,000 rows of posts, about
@@ -392,7 +392,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up servers and user
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--also-4x", action="store_true", help="repeat at 4x the data")
     parser.add_argument("--small-files", type=int, default=0, metavar="N")
     args = parser.parse_args()
