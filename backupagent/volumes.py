@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SLOTS = 2  # volumes on the spool at once: one being written, one being sent
 
@@ -57,17 +58,16 @@ class VolumeWriter:
         self.spool, self.archive, self.size = spool, archive, size
         self.hand_over, self.slots, self.stop = hand_over, slots, stop
         self.count = 0
-        self._file = None
+        self._file: BinaryIO | None = None
         self._path = spool
         self._written = 0
 
     def write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
         while view:
-            if self._file is None:
-                self._open()
+            file = self._file or self._open()
             chunk = view[: self.size - self._written]
-            self._file.write(chunk)  # type: ignore[attr-defined]
+            file.write(chunk)
             self._written += len(chunk)
             view = view[len(chunk) :]
             if self._written == self.size:
@@ -90,7 +90,7 @@ class VolumeWriter:
             self._file = None
             self._path.unlink(missing_ok=True)
 
-    def _open(self) -> None:
+    def _open(self) -> BinaryIO:
         while not self.slots.acquire(timeout=0.5):
             if self.stop.is_set():
                 raise Stopped()
@@ -99,7 +99,8 @@ class VolumeWriter:
             raise Stopped()
         self.count += 1
         self._path = self.spool / volume_name(self.archive, self.count)
-        self._file = self._path.open("wb")  # type: ignore[assignment]
+        self._file = self._path.open("wb")
+        return self._file
 
     def _finish(self) -> None:
         assert self._file is not None
@@ -138,7 +139,7 @@ class Pipeline:
 
     def _run(self) -> None:
         while (volume := self._queue.get()) is not None:
-            if self.error is None:
+            if self.error is None and not self._stop.is_set():
                 try:
                     with volume.path.open("rb") as handle:
                         digest = hashlib.file_digest(handle, "sha256").hexdigest()

@@ -100,3 +100,25 @@ def test_abort_after_the_archiver_failed_removes_what_was_spooled(tmp_path: Path
     pipeline.writer.write(b"q" * 150)  # one volume handed over, one half written
     assert pipeline.abort() is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_abort_sends_no_queued_volume(tmp_path: Path) -> None:
+    sending, release = threading.Event(), threading.Event()
+    sent: list[int] = []
+
+    def send(volume: Volume) -> None:
+        sent.append(volume.index)
+        if volume.index == 1:
+            sending.set()
+            assert release.wait(30)
+
+    pipeline = Pipeline(tmp_path, "a", 100, send)
+    pipeline.writer.write(b"x" * 200)  # volume 1 is being sent, volume 2 waits its turn
+    assert sending.wait(30)
+    aborter = threading.Thread(target=pipeline.abort)
+    aborter.start()
+    assert pipeline.writer.stop.wait(30)  # abort has begun: now let volume 1 finish
+    release.set()
+    aborter.join(30)
+    assert sent == [1]
+    assert list(tmp_path.iterdir()) == []
