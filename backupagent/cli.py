@@ -349,10 +349,18 @@ def backups(obj: _Context, job: str) -> None:
     config = obj.job(job)
     found, leftovers = _or_exit(lambda: list_backups(config, job))
     rows = [
-        [b.backup_id, b.created, _size(b.size), str(b.files), ", ".join(b.databases) or "-"]
+        [
+            b.backup_id,
+            b.created,
+            _size(b.size),
+            str(len(b.volumes)),
+            str(b.files),
+            ", ".join(b.databases) or "-",
+        ]
         for b in found
     ]
-    _table(["backup", "created", "size", "files", "databases"], rows, result_column=0)
+    headers = ["backup", "created", "size", "volumes", "files", "databases"]
+    _table(headers, rows, result_column=0)
     if leftovers:
         click.echo(f"incomplete (no manifest; not backups): {len(leftovers)}")
         for name in leftovers:

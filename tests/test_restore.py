@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from backupagent.cli import _size
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History
 
@@ -163,9 +164,9 @@ def test_backups_lists_complete_ones_and_leftovers(
     result = cli(config.path, "backups", "www")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split("\t") == ["backup", "created", "size", "files", "databases"]
+    assert lines[0].split("\t") == ["backup", "created", "size", "volumes", "files", "databases"]
     row = lines[1].split("\t")
-    assert row[0].startswith("www-2026") and row[3] == "4" and row[4] == "-"
+    assert row[0].startswith("www-2026") and row[3:] == ["1", "4", "-"]
     assert "incomplete (no manifest; not backups): 1" in result.stdout
     assert "www-20200101T000000.000Z-aaaaaa.tar.zst.partial" in result.stdout
 
@@ -234,6 +235,9 @@ def test_restore_across_volumes_resumes_one_and_refuses_a_changed_one(
     assert "resuming download" in result.stderr and volumes[2].name in result.stderr
     assert tree(target / "files" / str(site).lstrip("/")) == archived_tree(site)
     assert list(workdir.iterdir()) == []
+    listed = cli(config.path, "backups", "www").stdout.splitlines()[1].split("\t")
+    assert listed[3] == str(len(volumes))
+    assert listed[2] == _size(sum(v.stat().st_size for v in volumes))
 
     changed = bytearray(volumes[5].read_bytes())
     changed[100] ^= 1
