@@ -73,6 +73,13 @@ class HashingWriter:
 
 
 BLOCK = tarfile.BLOCKSIZE
+
+
+class Flush:
+    """An entry that pushes everything before it out of the compressor."""
+
+
+FLUSH = Flush()
 FLUSH_AT = 256 << 10  # small members are batched into writes of this size
 CHUNK = 1 << 20  # large files are read and compressed in pieces of this size
 SMALL = 64 << 10  # files up to this size are read in one call
@@ -312,11 +319,15 @@ class _TarStream:
             on_bytes(size)
         return left, grew
 
+    def end_frame(self) -> None:
+        """Everything so far out of the compressor, ending its frame."""
+        self._flush()
+        self.out.flush(zstandard.FLUSH_FRAME)
+
     def compressed(self, source: BinaryIO, size: int) -> None:
         """A member's `size` bytes of data, given as zstd frames: the frame being
         compressed is ended, and `source` goes below the compressor unchanged."""
-        self._flush()
-        self.out.flush(zstandard.FLUSH_FRAME)
+        self.end_frame()
         while chunk := source.read(CHUNK):
             self.below.write(chunk)
         self.offset += size
@@ -345,7 +356,7 @@ class _TarStream:
 
 
 def write_archive(
-    entries: Iterable[Entry | Dump],
+    entries: Iterable[Entry | Dump | Flush],
     out: Sink,
     *,
     level: int = 3,
@@ -357,8 +368,9 @@ def write_archive(
 ) -> ArchiveStats:
     """Write `entries` as a zstd-compressed PAX tar into `out`; unreadable files become warnings.
 
-    Entries are files and directories to read from disk, or database dumps waiting
-    in the spool (decompressed again on their way into the archive).
+    Entries are files and directories to read from disk, database dumps waiting in
+    the spool, or FLUSH: everything before it reaches `out` before the next entry is
+    taken (the zstd frame is ended there).
 
     `threads = 0` compresses in this thread (the least memory); N > 0 adds N
     compression threads. With `recipients`, the compressed stream is encrypted to
@@ -380,6 +392,9 @@ def write_archive(
         for entry in entries:
             if isinstance(entry, Entry):
                 _add(tar, entry, stats, warn, on_bytes)
+            elif isinstance(entry, Flush):
+                tar.end_frame()
+                continue
             else:
                 _add_dump(tar, entry, on_bytes)
             if on_entry:

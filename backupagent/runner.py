@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from backupagent import __version__, notify, process
-from backupagent.archive import ArchiveStats, write_archive
+from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
 from backupagent.config import Config
 from backupagent.crypto import AGE_SUFFIX, fingerprint
 from backupagent.destinations import ftp
@@ -321,12 +321,15 @@ class _Run:
         if self.job.wordpress:
             roots[self.job.wordpress] = [*self.job.exclude, *self.job.wordpress_exclude]
 
-        def entries() -> Iterator[Entry | Dump]:
+        def entries() -> Iterator[Entry | Dump | Flush]:
             for root, patterns in roots.items():
                 for entry in walk(root, patterns, self._warn, skip):
                     self._check_cancel()
                     dumping.check()
                     yield entry
+            if dumping.running:  # send what is written while the dumps finish
+                yield FLUSH
+                pipeline.writer.cut()
             yield from dumping.result(self._check_cancel)
 
         pipeline = Pipeline(work, self.archive, self.job.volume_size, self._send)
@@ -678,6 +681,10 @@ class _Dumping:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join()
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
 
     def check(self) -> None:
         """Raise the dump's failure, if it has failed already."""

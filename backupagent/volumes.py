@@ -61,8 +61,13 @@ class VolumeWriter:
         self._file: BinaryIO | None = None
         self._path = spool
         self._written = 0
+        self._lock = threading.Lock()
 
     def write(self, data: bytes | memoryview) -> int:
+        with self._lock:  # with encryption, the age thread writes; cut() comes from ours
+            return self._write(data)
+
+    def _write(self, data: bytes | memoryview) -> int:
         view = memoryview(data)
         while view:
             file = self._file or self._open()
@@ -80,8 +85,14 @@ class VolumeWriter:
 
     def close(self) -> None:
         """Hand over the last, shorter volume."""
-        if self._file is not None:
-            self._finish()
+        self.cut()
+
+    def cut(self) -> None:
+        """Hand over the volume being written now, however short (the next write
+        starts another): it can be sent while the archiver waits."""
+        with self._lock:
+            if self._file is not None:
+                self._finish()
 
     def discard(self) -> None:
         """After a failure: remove the volume being written."""

@@ -311,3 +311,40 @@ def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
     assert any(e.startswith("FTP client command: RNTO www-") for e in events)
     assert remote_files(ftp_server) == []
     assert events[-1] == "suggestion"
+
+
+def test_while_dumps_finish_the_written_part_is_sent(
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    site: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files done, dumps still running: the volume in progress is cut and uploaded meanwhile."""
+    import threading
+
+    from backupagent import runner
+
+    (site / "more.bin").write_bytes(os.urandom(150_000))
+    short_sent = threading.Event()
+    send = runner._Run._send
+
+    def send_and_tell(self, volume):
+        send(self, volume)
+        if volume.size < 64 << 10:
+            short_sent.set()
+
+    def slow_dump(self, site, work, stop):  # returns once the cut volume is on the server
+        assert short_sent.wait(60), "nothing was sent while the dump ran"
+        return []
+
+    monkeypatch.setattr(runner._Run, "_send", send_and_tell)
+    monkeypatch.setattr(runner._Run, "_dump_databases", slow_dump)
+    config = write_config(job='volume_size = "64K"')
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    meta = json.loads(download(config, f"{result.backup_id}.manifest.json"))
+    sizes = [v["size"] for v in meta["files"]]
+    assert any(size < 64 << 10 for size in sizes[:-1]), sizes  # the cut, before the end
+    unpack(download_archive(config, result.backup_id), tmp_path / "restored")
+    assert tree(tmp_path / "restored" / "files" / str(site).lstrip("/")) == archived_tree(site)

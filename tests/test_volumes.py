@@ -122,3 +122,19 @@ def test_abort_sends_no_queued_volume(tmp_path: Path) -> None:
     aborter.join(30)
     assert sent == [1]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cut_hands_over_a_short_volume_and_the_next_write_starts_another(
+    tmp_path: Path,
+) -> None:
+    handed: list[Volume] = []
+    writer = VolumeWriter(
+        tmp_path, "a", 100, handed.append, threading.Semaphore(99), threading.Event()
+    )
+    writer.write(b"x" * 150)
+    writer.cut()
+    writer.cut()  # nothing written since: no empty volume
+    writer.write(b"y" * 30)
+    writer.close()
+    assert [(v.index, v.size) for v in handed] == [(1, 100), (2, 50), (3, 30)]
+    assert handed[2].path.read_bytes() == b"y" * 30
