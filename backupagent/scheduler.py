@@ -10,8 +10,10 @@ running ones cleanly, and exit within `[agent] stop_timeout` seconds plus the FT
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import select
 import signal
 import socket
 import threading
@@ -78,6 +80,38 @@ class Notifier:
                 )
 
 
+class Wakeup:
+    """What the daemon's main loop sleeps on: signals and nudges from worker threads.
+
+    Signals arrive through `signal.set_wakeup_fd`, written by the interpreter's C
+    handler. Setting a threading.Event from a Python signal handler instead can
+    deadlock: the signal may land while the main thread holds that Event's lock.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+
+    def nudge(self) -> None:
+        """From any thread: end the current wait."""
+        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the loop anyway
+            os.write(self.write_fd, b"\0")
+
+    def wait(self, timeout: float) -> set[int]:
+        """Sleep up to `timeout` seconds or until woken; the signals that arrived."""
+        select.select([self.read_fd], [], [], timeout)
+        try:
+            data = os.read(self.read_fd, 4096)
+        except BlockingIOError:
+            data = b""
+        return set(data) - {0}
+
+    def close(self) -> None:
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
 class Daemon:
     """The scheduler loop, its signal handling and the jobs it is running."""
 
@@ -89,7 +123,7 @@ class Daemon:
         self.cancel = threading.Event()  # set on SIGTERM: running jobs abort
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
-        self.wake = threading.Event()
+        self.wakeup = Wakeup()
         self.running: set[str] = set()
         self.running_changed = threading.Condition()
         self.scheduler = BackgroundScheduler(
@@ -152,7 +186,7 @@ class Daemon:
         config = self.config  # a reload during the run does not change it
         with self.running_changed:
             self.running.add(name)
-        self.wake.set()  # refresh STATUS
+        self.wakeup.nudge()  # refresh STATUS
         try:
             result = run_job(config, name, trigger=trigger, cancel=self.cancel)
             self.log.info("run ended", job=name, result=result.outcome, run_id=result.run_id)
@@ -164,7 +198,7 @@ class Daemon:
             with self.running_changed:
                 self.running.discard(name)
                 self.running_changed.notify_all()
-            self.wake.set()
+            self.wakeup.nudge()
 
     def _verify(self, name: str) -> None:
         """A scheduled check of the newest backup, in a worker thread."""
@@ -180,12 +214,12 @@ class Daemon:
 
     # --- the main loop ----------------------------------------------------------------
 
-    def _signal(self, signum: int, _frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
+    def _signalled(self, signums: set[int]) -> None:
+        """SIGHUP asks for a reload; SIGTERM and SIGINT for a stop."""
+        if signal.SIGHUP in signums:
             self.reload_requested.set()
-        else:
+        if signums & {signal.SIGTERM, signal.SIGINT}:
             self.stop_requested.set()
-        self.wake.set()
 
     def reload(self) -> None:
         try:
@@ -209,7 +243,8 @@ class Daemon:
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
         for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._signal)
+            signal.signal(signum, _reported_by_wakeup_fd)
+        signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         self.scheduler.start()
         self.plan(self.config)
         self.catch_up()
@@ -218,8 +253,9 @@ class Daemon:
         interval = self.notifier.watchdog_interval
         shown = ""
         while not self.stop_requested.is_set():
-            self.wake.wait(timeout=interval if interval else 60)
-            self.wake.clear()
+            self._signalled(self.wakeup.wait(interval if interval else 60))
+            if self.stop_requested.is_set():
+                break
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.notifier.send("RELOADING=1")
@@ -248,3 +284,7 @@ class Daemon:
             return 1
         self.log.info("daemon stopped")
         return 0
+
+
+def _reported_by_wakeup_fd(_signum: int, _frame: FrameType | None) -> None:
+    """Nothing to do here: the signal number already went down the wakeup pipe."""
