@@ -14,7 +14,6 @@ import hashlib
 import os
 import pwd
 import stat
-import struct
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -112,9 +111,14 @@ _TYPES = {
 
 
 # per (mode, uid, gid): the header's mode/uid/gid fields, what follows the link name
-# (magic, user and group names, zeros), and what those and the fixed bytes add to the checksum
+# (magic, user and group names, zeros), and what those and the checksum field (counted
+# as spaces) add to the checksum
 _OWNERS: dict[tuple[int, int, int], tuple[bytes, bytes, int] | None] = {}
-_FIXED_SUM = 8 * ord(" ") + ord(tarfile.REGTYPE)  # the checksum field as spaces; type "0"
+_ID_LIMIT = 8**7  # what 7 octal digits hold; larger values need a PAX record
+_SIZE_LIMIT = 8**11
+_FAST_TYPES = frozenset(
+    (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE)
+)
 
 
 def _owner(mode: int, uid: int, gid: int) -> tuple[bytes, bytes, int] | None:
@@ -127,42 +131,54 @@ def _owner(mode: int, uid: int, gid: int) -> tuple[bytes, bytes, int] | None:
             head = b"%07o\0%07o\0%07o\0" % (mode & 0o7777, uid, gid)
             tail = tarfile.POSIX_MAGIC + uname.ljust(32, b"\0") + gname.ljust(32, b"\0")
             tail += bytes(BLOCK - 329)
-            _OWNERS[key] = (head, tail, sum(head) + sum(tail) + _FIXED_SUM)
+            _OWNERS[key] = (head, tail, sum(head) + sum(tail) + 8 * ord(" "))
     return _OWNERS[key]
 
 
-def file_header(arcname: str, st: os.stat_result) -> bytes | None:
-    """A regular file's 512-byte header, built from its stat with per-owner parts made
-    once; None when it needs PAX records (tarfile builds those). Equal to what
-    `tar_info(arcname, st).tobuf(PAX_FORMAT)` gives: a test compares them."""
+def fast_header(
+    arcname: str, st: os.stat_result, kind: bytes = tarfile.REGTYPE, linkname: str = ""
+) -> bytes | None:
+    """A member's 512-byte header built from its stat, the per-owner parts made once;
+    None when it needs PAX records or device numbers (tarfile builds those).
+
+    Equal to `tar_info(arcname, st, linkname, kind).tobuf(PAX_FORMAT)`, which a test
+    checks; tarfile spent most of the per-file time making it.
+    """
     owner = _owner(st.st_mode, st.st_uid, st.st_gid)
     name = arcname.encode("utf-8", "surrogateescape")
+    if kind == tarfile.DIRTYPE and not name.endswith(b"/"):
+        name += b"/"
+    link = linkname.encode("utf-8", "surrogateescape")
+    size = st.st_size if kind == tarfile.REGTYPE else 0
     mtime = int(st.st_mtime)
     if (
         owner is None
+        or kind not in _FAST_TYPES
         or len(name) > 100
-        or not name.isascii()
-        or not (0 <= st.st_size < _SIZE_LIMIT and 0 <= mtime < _SIZE_LIMIT)
+        or len(link) > 100
+        or not (name.isascii() and link.isascii())
+        or not (0 <= size < _SIZE_LIMIT and 0 <= mtime < _SIZE_LIMIT)
     ):
         return None
     head, tail, fixed = owner
-    numbers = b"%011o\0%011o\0" % (st.st_size, mtime)
-    checksum = b"%06o\0 " % (fixed + sum(name) + sum(numbers))
+    numbers = b"%011o\0%011o\0" % (size, mtime)
+    checksum = b"%06o\0 " % (fixed + sum(name) + sum(numbers) + kind[0] + sum(link))
     return b"".join(
-        (name, bytes(100 - len(name)), head, numbers, checksum, tarfile.REGTYPE, _NO_LINK, tail)
+        (name.ljust(100, b"\0"), head, numbers, checksum, kind, link.ljust(100, b"\0"), tail)
     )
 
 
-_NO_LINK = bytes(100)
 _PADDING = [bytes(-n % BLOCK) for n in range(BLOCK)]  # zeros after n bytes of the last block
 
 
-def tar_info(arcname: str, st: os.stat_result, linkname: str = "") -> tarfile.TarInfo:
+def tar_info(
+    arcname: str, st: os.stat_result, linkname: str = "", kind: bytes | None = None
+) -> tarfile.TarInfo:
     """A member header from a stat result, as `tarfile.gettarinfo` makes it, but with
     whole-second mtimes (as GNU tar: a float costs every file a PAX header) and the
     user and group names looked up once per id rather than once per file."""
     info = tarfile.TarInfo(arcname)
-    info.type = _TYPES[stat.S_IFMT(st.st_mode)]
+    info.type = kind or _TYPES[stat.S_IFMT(st.st_mode)]
     info.mode = stat.S_IMODE(st.st_mode)
     info.uid, info.gid = st.st_uid, st.st_gid
     info.uname, info.gname = _user(st.st_uid), _group(st.st_gid)
@@ -174,87 +190,13 @@ def tar_info(arcname: str, st: os.stat_result, linkname: str = "") -> tarfile.Ta
     return info
 
 
-_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s16s155s12x")
-_USTAR_TYPES = frozenset(
-    (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE)
-)
-_ID_LIMIT = 8**7  # what 7 octal digits hold; larger values need a PAX record
-_SIZE_LIMIT = 8**11
-
-
-def ustar_header(info: tarfile.TarInfo) -> bytes | None:
-    """The 512-byte header `info.tobuf(PAX_FORMAT)` gives, made five times faster, for
-    the common member that needs no PAX record; None for any other (tarfile does those).
-
-    `tarfile` spent most of the per-file time here; a test checks the bytes against it.
-    """
-    name = info.name + "/" if info.type == tarfile.DIRTYPE and info.name[-1:] != "/" else info.name
-    if info.type not in _USTAR_TYPES or info.pax_headers or type(info.mtime) is not int:
-        return None
-    try:
-        return _ustar(
-            name.encode("ascii"),
-            info.mode,
-            info.uid,
-            info.gid,
-            info.size,
-            info.mtime,
-            info.type,
-            info.linkname.encode("ascii"),
-            info.uname.encode("ascii"),
-            info.gname.encode("ascii"),
-        )
-    except UnicodeEncodeError:
-        return None
-
-
-def _ustar(
-    name: bytes,
-    mode: int,
-    uid: int,
-    gid: int,
-    size: int,
-    mtime: int,
-    kind: bytes,
-    linkname: bytes,
-    uname: bytes,
-    gname: bytes,
-) -> bytes | None:
-    if (
-        len(name) > 100
-        or len(linkname) > 100
-        or len(uname) > 32
-        or len(gname) > 32
-        or not (0 <= uid < _ID_LIMIT and 0 <= gid < _ID_LIMIT)
-        or not (0 <= size < _SIZE_LIMIT and 0 <= mtime < _SIZE_LIMIT)
-    ):
-        return None
-    header = _USTAR.pack(
-        name,
-        b"%07o\0" % (mode & 0o7777),
-        b"%07o\0" % uid,
-        b"%07o\0" % gid,
-        b"%011o\0" % size,
-        b"%011o\0" % mtime,
-        b"        ",  # the checksum counts its own field as spaces
-        kind,
-        linkname,
-        tarfile.POSIX_MAGIC,
-        uname,
-        gname,
-        b"",  # no device numbers
-        b"",  # no prefix
-    )
-    # device numbers and prefix (from byte 329 on) are zeros: they add nothing to the sum
-    return header[:148] + b"%06o\0" % sum(header[:329]) + header[155:]
-
-
 class _TarStream:
     """PAX tar members written straight into the compressor.
 
-    Headers are encoded by `tarfile.TarInfo.tobuf`; small members are batched into
-    one write, large files go through in 1 MiB pieces. (tarfile's own stream mode
-    copies everything through 10 KiB buffers, which made archiving CPU-bound.)
+    Headers come from `fast_header`, else `tarfile.TarInfo.tobuf`; small members are
+    batched into one write, large files go through in 1 MiB pieces. (tarfile's own
+    stream mode copies everything through 10 KiB buffers, which made archiving
+    CPU-bound.)
     """
 
     def __init__(self, out: Any, below: Any) -> None:
@@ -266,10 +208,17 @@ class _TarStream:
         self.hard_links: dict[tuple[int, int], str] = {}
 
     def header(self, info: tarfile.TarInfo) -> None:
-        header = ustar_header(info)
+        self._put(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+
+    def member(
+        self, arcname: str, st: os.stat_result, kind: bytes = tarfile.REGTYPE, linkname: str = ""
+    ) -> None:
+        """The header of a member on disk."""
+        header = fast_header(arcname, st, kind, linkname)
         if header is None:
-            header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
-        self._put(header)
+            self.header(tar_info(arcname, st, linkname, kind))
+        else:
+            self._put(header)
 
     def small_file(self, header: bytes, data: bytes, size: int) -> None:
         """A member read whole: `data` cut or zero-padded to `size`, as its header says."""
@@ -486,7 +435,7 @@ def _read_member(
     size = before.st_size
     # most files: small, one link, a plain name: read in one call, header made here
     if size <= SMALL and before.st_nlink == 1 and stat.S_ISREG(before.st_mode):
-        header = file_header(entry.arcname, before)
+        header = fast_header(entry.arcname, before)
         if header is not None:
             data = os.read(fd, size + 1)
             after = os.fstat(fd)
@@ -499,13 +448,11 @@ def _read_member(
         return None
     key = (before.st_dev, before.st_ino)
     if before.st_nlink > 1 and key in tar.hard_links:
-        link = tar_info(entry.arcname, before, linkname=tar.hard_links[key])
-        link.type, link.size = tarfile.LNKTYPE, 0
-        tar.header(link)
+        tar.member(entry.arcname, before, tarfile.LNKTYPE, tar.hard_links[key])
         return 0, False, before
     if before.st_nlink > 1:
         tar.hard_links[key] = entry.arcname
-    tar.header(tar_info(entry.arcname, before))
+    tar.member(entry.arcname, before)
     try:
         missing, grew = tar.copy(fd, size, on_bytes)
     except OSError as exc:
@@ -531,7 +478,7 @@ def _add_other(
     except OSError as exc:
         warn(entry.path, f"vanished before it was read, skipped: {exc.strerror or exc}")
         return
-    tar.header(tar_info(entry.arcname, st, linkname=target))
+    tar.member(entry.arcname, st, _TYPES[kind], target)
     if kind == stat.S_IFDIR:
         stats.directories += 1
     elif kind == stat.S_IFLNK:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.archive import file_header, tar_info, ustar_header, write_archive
+from backupagent.archive import fast_header, tar_info, write_archive
 from backupagent.sources.files import walk
 
 from .helpers import decompress, tree, unpack
@@ -138,12 +138,33 @@ def test_fast_headers_equal_tarfiles(
     os.utime(path, (mtime, mtime))
     arcname = f"files/srv/{name}"
     st = os.lstat(path)
-    header = file_header(arcname, st)
+    header = fast_header(arcname, st)
     assert (header is not None) is fast
     expected = _pax(tar_info(arcname, st))
     if header is not None:
         assert header == expected
-    assert (ustar_header(tar_info(arcname, st)) or expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "linkname", "fast"),
+    [
+        (tarfile.DIRTYPE, "", True),  # the name gets its trailing slash
+        (tarfile.SYMTYPE, "../target", True),
+        (tarfile.LNKTYPE, "files/srv/first", True),
+        (tarfile.FIFOTYPE, "", True),
+        (tarfile.SYMTYPE, "t" * 101, False),  # target too long for ustar: PAX
+        (tarfile.SYMTYPE, "é", False),  # not ASCII: PAX
+        (tarfile.CHRTYPE, "", False),  # device numbers: tarfile
+    ],
+)
+def test_fast_headers_of_other_members_equal_tarfiles(
+    tmp_path: Path, kind: bytes, linkname: str, fast: bool
+) -> None:
+    st = os.lstat(tmp_path)
+    header = fast_header("files/srv/member", st, kind, linkname)
+    assert (header is not None) is fast
+    if header is not None:
+        assert header == _pax(tar_info("files/srv/member", st, linkname, kind))
 
 
 def test_links_fifos_and_directories_round_trip(tmp_path: Path) -> None:
