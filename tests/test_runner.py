@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from backupagent.destinations.ftp import FtpSession
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 from backupagent.runner import run_job
+from backupagent.volumes import Volume
 
 from .conftest import WriteConfig
 from .helpers import archived_tree, tree, unpack
@@ -278,6 +281,29 @@ def test_volumes_are_uploaded_while_the_archive_is_written(
     assert events.index(f"FTP client command: RNTO {names[0]}") < events.index("archive written")
 
 
+def _dump_after_upload(
+    monkeypatch: pytest.MonkeyPatch, uploaded: Callable[[Volume], bool], dump: Callable[[], list]
+) -> None:
+    """Replace the run's database dumps by `dump`, called once a volume for which
+    `uploaded(volume)` holds is on the server (the real upload, then the signal)."""
+    from backupagent import runner
+
+    seen = threading.Event()
+    send = runner._Run._send
+
+    def send_and_tell(self, volume: Volume) -> None:
+        send(self, volume)
+        if uploaded(volume):
+            seen.set()
+
+    def dump_when_seen(self, site, work, stop):
+        assert seen.wait(60), "no such volume was uploaded while the dump ran"
+        return dump()
+
+    monkeypatch.setattr(runner._Run, "_send", send_and_tell)
+    monkeypatch.setattr(runner._Run, "_dump_databases", dump_when_seen)
+
+
 def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
     write_config: WriteConfig,
     ftp_server: LocalFtpServer,
@@ -285,26 +311,14 @@ def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Dumps run while files are archived: a late failure must not leave volumes behind."""
-    import threading
-
-    from backupagent import runner
     from backupagent.diagnosis import Category, Diagnosis
     from backupagent.sources.databases import DumpFailed
 
-    (site / "more.bin").write_bytes(os.urandom(400_000))
-    published = threading.Event()
-    send = runner._Run._send
-
-    def send_and_tell(self, volume):  # the real upload, then a signal for the dump below
-        send(self, volume)
-        published.set()
-
-    def dump_that_fails_late(self, site, work, stop):
-        assert published.wait(60), "no volume was uploaded"
+    def fail() -> list:
         raise DumpFailed(Diagnosis(Category.DB_LOGIN, "access denied", (), "fix it"))
 
-    monkeypatch.setattr(runner._Run, "_send", send_and_tell)
-    monkeypatch.setattr(runner._Run, "_dump_databases", dump_that_fails_late)
+    (site / "more.bin").write_bytes(os.urandom(400_000))
+    _dump_after_upload(monkeypatch, lambda volume: True, fail)
     result = run_job(write_config(job='volume_size = "64K"'), "www")
     assert result.outcome == "failed" and result.error == "access denied"
     events = [e["event"] for e in read_events(result.log_path)]
@@ -321,25 +335,9 @@ def test_while_dumps_finish_the_written_part_is_sent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Files done, dumps still running: the volume in progress is cut and uploaded meanwhile."""
-    import threading
-
-    from backupagent import runner
-
     (site / "more.bin").write_bytes(os.urandom(150_000))
-    short_sent = threading.Event()
-    send = runner._Run._send
-
-    def send_and_tell(self, volume):
-        send(self, volume)
-        if volume.size < 64 << 10:
-            short_sent.set()
-
-    def slow_dump(self, site, work, stop):  # returns once the cut volume is on the server
-        assert short_sent.wait(60), "nothing was sent while the dump ran"
-        return []
-
-    monkeypatch.setattr(runner._Run, "_send", send_and_tell)
-    monkeypatch.setattr(runner._Run, "_dump_databases", slow_dump)
+    # the dump ends (with nothing) once the cut, short volume is on the server
+    _dump_after_upload(monkeypatch, lambda volume: volume.size < 64 << 10, list)
     config = write_config(job='volume_size = "64K"')
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
