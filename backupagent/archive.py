@@ -232,12 +232,10 @@ class _TarStream:
         if len(buffer) >= FLUSH_AT:
             self._flush()
 
-    def copy(
-        self, source: int | BinaryIO, size: int, on_bytes: Callable[[int], None] | None
-    ) -> tuple[int, bool]:
-        """`size` bytes of an open file (descriptor or stream), zero-padded if it
-        shrank; returns (bytes missing, whether it had more)."""
-        read = (lambda n: os.read(source, n)) if isinstance(source, int) else source.read
+    def copy(self, fd: int, size: int, on_bytes: Callable[[int], None] | None) -> tuple[int, bool]:
+        """`size` bytes of an open file, zero-padded if it shrank; returns (bytes
+        missing, whether it had more)."""
+        read = functools.partial(os.read, fd)
         left = size
         if size <= SMALL:
             data = read(size + 1)
@@ -252,7 +250,7 @@ class _TarStream:
             view = memoryview(self.chunk)
             while left:
                 piece = view[: min(left, CHUNK)]
-                n = os.readv(source, [piece]) if isinstance(source, int) else source.readinto(piece)  # type: ignore[attr-defined]
+                n = os.readv(fd, [piece])
                 if not n:
                     break
                 self.out.write(piece[:n])
@@ -372,7 +370,7 @@ def _add_dump(tar: _TarStream, dump: Dump, on_bytes: Callable[[int], None] | Non
             if on_bytes:
                 on_bytes(dump.size)
         else:
-            tar.copy(raw, dump.size, on_bytes)
+            tar.copy(raw.fileno(), dump.size, on_bytes)
 
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
