@@ -421,7 +421,6 @@ class FtpSession:
     ) -> int:
         """Send `source` (already at `offset`) as `name`: STOR, REST+STOR, or APPE."""
         self.ftp.voidcmd("TYPE I")
-        sent = 0
         if append:
             conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
         else:
@@ -429,17 +428,7 @@ class FtpSession:
         self._data_conn = conn
         with conn:
             try:
-                if _is_file(source) and not isinstance(conn, ssl.SSLSocket):
-                    sent = self._send_file(conn, source, offset, progress)
-                while block := _read(source):
-                    try:
-                        conn.sendall(block)
-                    except OSError as exc:
-                        reason = _describe_os_error(exc, self.dest.timeout)
-                        raise DataTransferError(f"after {offset + sent} bytes: {reason}") from exc
-                    sent += len(block)
-                    if progress:
-                        progress(len(block))
+                sent = self._send(conn, source, offset, progress)
                 if isinstance(conn, ssl.SSLSocket):
                     try:
                         conn.unwrap()  # bounded by the data timeout
@@ -457,20 +446,26 @@ class FtpSession:
             control.settimeout(self.dest.timeout)
         return sent
 
-    def _send_file(
+    def _send(
         self,
         conn: socket.socket,
         source: BinaryIO,
         offset: int,
         progress: Callable[[int], None] | None,
     ) -> int:
-        """A local file through sendfile(2): the kernel copies it, not Python; the
-        file is left at its end (or where a failure stopped it)."""
+        """`source` to its end over `conn`: a local file on a plain connection through
+        sendfile(2), so the kernel copies it and not Python; anything else in blocks."""
+        kernel = _is_file(source) and not isinstance(conn, ssl.SSLSocket)
+        position = source.tell() if kernel else 0
         sent = 0
-        position = source.tell()
         while True:
             try:
-                n = conn.sendfile(source, position + sent, SENDFILE_CHUNK)
+                if kernel:
+                    n = conn.sendfile(source, position + sent, SENDFILE_CHUNK)
+                else:
+                    block = _read(source)  # LocalReadError is not a network error
+                    conn.sendall(block)
+                    n = len(block)
             except OSError as exc:
                 reason = _describe_os_error(exc, self.dest.timeout)
                 raise DataTransferError(f"after {offset + sent} bytes: {reason}") from exc
