@@ -72,10 +72,11 @@ def logged_progress(interval: float) -> Progress:
 
 
 @contextlib.contextmanager
-def terminal_progress(stream: TextIO, interval: float = 30.0) -> Iterator[Progress]:
-    """Callbacks drawing a live display on a terminal, else logging progress events."""
+def terminal_progress(stream: TextIO) -> Iterator[Progress | None]:
+    """Callbacks drawing a live display on a terminal; None otherwise, so the run logs
+    progress events at its configured `progress_interval`."""
     if not stream.isatty():
-        yield logged_progress(interval)
+        yield None
         return
     from rich import progress as rich_progress
     from rich.console import Console

@@ -20,6 +20,7 @@ from backupagent.logging import read_events
 from backupagent.runner import run_job
 
 from .conftest import WriteConfig
+from .helpers import cli
 
 
 @pytest.fixture
@@ -204,6 +205,20 @@ def test_progress_events_without_a_terminal(write_config: WriteConfig, tmp_path:
     assert {e["phase"] for e in progress} == {"archive", "upload"}
     assert max(e["entries_archived"] for e in progress) >= 5  # the site's files and dirs
     assert any(e.get("eta_seconds") is not None for e in progress if e["phase"] == "upload")
+
+
+def test_run_job_command_logs_progress_at_the_configured_interval(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """`run-job` without a terminal: progress events every `progress_interval`, not 30 s."""
+    (tmp_path / "www" / "bulk.bin").write_bytes(b"\0" * 3_000_000)
+    config = write_config()
+    config.path.write_text(
+        config.path.read_text().replace("[agent]\n", "[agent]\nprogress_interval = 0.001\n")
+    )
+    assert cli(config.path, "run-job", "www").returncode == 0
+    log = sorted((tmp_path / "log" / "www").glob("*.jsonl"))[-1]
+    assert any(e["event"] == "progress" for e in read_events(log))
 
 
 def test_starttls_and_login(
