@@ -9,9 +9,13 @@ and runner.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from backupagent import replies
+from backupagent.replies import Reply
 
 
 class FailureKind(StrEnum):
@@ -23,6 +27,7 @@ class FailureKind(StrEnum):
     CONTROL_CONNECT = "control_connect"  # could not reach the server at all
     CONTROL_LOST = "control_lost"  # the control connection dropped or timed out later
     TLS = "tls"  # TLS handshake or certificate failure
+    NO_PROGRESS = "no_progress"  # a resumed upload stopped again where the last one did
     OTHER = "other"
 
 
@@ -37,6 +42,7 @@ class Category(StrEnum):
     TLS = "tls"
     DATA_BROKEN = "data_transfer_broken"
     CONTROL_LOST = "control_connection_lost"
+    SERVER_ERROR = "server_error"
     UNKNOWN = "unknown"
     DB_LOGIN = "database_login"
     DB_UNKNOWN = "database_unknown"
@@ -56,8 +62,7 @@ class Line:
 
     @property
     def code(self) -> int | None:
-        head = self.text[:3]
-        return int(head) if self.direction == "reply" and head.isdigit() else None
+        return replies.code_of(self.text) if self.direction == "reply" else None
 
     @property
     def verb(self) -> str:
@@ -69,6 +74,16 @@ class Line:
 
 
 @dataclass(frozen=True)
+class Certificate:
+    """What a server's TLS certificate says, read without trusting it."""
+
+    subject: str
+    issuer: str
+    not_after: str
+    fingerprint: str  # SHA-256 of the DER, 64 hex digits: what tls_fingerprint takes
+
+
+@dataclass(frozen=True)
 class Failure:
     """Everything known about a failed FTP operation, as plain data."""
 
@@ -77,6 +92,10 @@ class Failure:
     dialogue: tuple[Line, ...]
     error: str = ""  # the exception text, e.g. "timed out after 5s"
     address: str | None = None  # host:port that could not be reached, if any
+    stored: int | None = None  # NO_PROGRESS: bytes of the upload the server holds
+    size: int | None = None  # NO_PROGRESS: bytes of the whole upload
+    certificate: Certificate | None = None  # TLS: the certificate the server presented
+    closed_by_server: bool = False  # DATA_TRANSFER: reset or closed by the peer, not a stall
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,7 @@ class ProbeResult:
 PASSIVE_VERBS = {"PASV", "EPSV"}
 ACTIVE_VERBS = {"PORT", "EPRT"}
 LOGIN_VERBS = {"USER", "PASS", "ACCT"}
+TLS_VERBS = {"AUTH", "PBSZ", "PROT"}
 
 
 def mode_name(passive: bool) -> str:
@@ -135,132 +155,329 @@ def _data_setup(dialogue: tuple[Line, ...]) -> tuple[Line, ...]:
     return ()
 
 
-def diagnose(failure: Failure) -> Diagnosis:
-    """Classify a failure; a mode flip is suggested only when the data connection is at fault."""
-    command, reply = _last_exchange(failure.dialogue)
-    code = reply.code if reply else None
-    verb = command.verb if command else ""
-    exchange = tuple(str(x) for x in (command, reply) if x is not None)
-    mode = mode_name(failure.passive)
-    setup = tuple(str(x) for x in _data_setup(failure.dialogue))
+@dataclass(frozen=True)
+class Facts:
+    """What the rules look at: the failure and its last exchange, read once."""
 
-    if failure.kind is FailureKind.CONTROL_CONNECT:
-        return Diagnosis(
-            Category.HOST,
-            f"could not connect to the FTP server at {failure.address}: {failure.error}",
-            (f"connecting to {failure.address}: {failure.error}",),
-            "Check `host` and `port` of the destination, that the server is running, and "
-            "that this host may reach it (DNS, firewall).",
-            keys=("host", "port"),
+    failure: Failure
+    command: Line | None
+    reply: Line | None
+
+    @classmethod
+    def of(cls, failure: Failure) -> Facts:
+        return cls(failure, *_last_exchange(failure.dialogue))
+
+    @property
+    def kind(self) -> FailureKind:
+        return self.failure.kind
+
+    @property
+    def code(self) -> int | None:
+        return self.reply.code if self.reply else None
+
+    @property
+    def verb(self) -> str:
+        return self.command.verb if self.command else ""
+
+    @property
+    def exchange(self) -> tuple[str, ...]:
+        return tuple(str(x) for x in (self.command, self.reply) if x is not None)
+
+    @property
+    def setup(self) -> tuple[str, ...]:
+        return tuple(str(x) for x in _data_setup(self.failure.dialogue))
+
+    @property
+    def mode(self) -> str:
+        return mode_name(self.failure.passive)
+
+    @property
+    def oops(self) -> bool:
+        return self.reply is not None and replies.is_oops(self.reply.text)
+
+    @property
+    def reason(self) -> str:
+        """The error text, else the server's reply."""
+        return self.failure.error or (self.reply.text if self.reply else "")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One line of the classification: when it applies, and what it concludes."""
+
+    name: str
+    applies: Callable[[Facts], bool]
+    conclude: Callable[[Facts], Diagnosis]
+
+
+NOT_A_MODE_PROBLEM = "This is not a passive/active mode problem."
+
+
+def _host(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.HOST,
+        f"could not connect to the FTP server at {f.failure.address}: {f.failure.error}",
+        (f"connecting to {f.failure.address}: {f.failure.error}",),
+        "Check `host` and `port` of the destination, that the server is running, and "
+        "that this host may reach it (DNS, firewall).",
+        keys=("host", "port"),
+    )
+
+
+def _certificate(f: Facts) -> Diagnosis:
+    cert = f.failure.certificate
+    assert cert is not None
+    return Diagnosis(
+        Category.TLS,
+        f"the server's TLS certificate was not accepted: {f.failure.error}",
+        (
+            f"certificate subject: {cert.subject}",
+            f"issuer: {cert.issuer}",
+            f"valid until: {cert.not_after}",
+            f"SHA-256 fingerprint: {cert.fingerprint}",
+        ),
+        "If this is your server's certificate (self-signed or from a private CA), either "
+        "give the CA's certificate as `tls_ca_file`, or pin this very certificate with "
+        f'tls_fingerprint = "{cert.fingerprint}" '
+        "(check the fingerprint with the server's admin first: pinning an attacker's "
+        "certificate hands them the password). " + NOT_A_MODE_PROBLEM,
+        keys=("tls_ca_file", "tls_fingerprint"),
+    )
+
+
+def _tls(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.TLS,
+        f"the TLS negotiation failed: {f.reason}",
+        f.exchange or (f.failure.error,),
+        'Check the destination\'s `tls` setting ("none", "explicit" or "implicit") '
+        "against what the server offers, and the server's certificate.",
+        keys=("tls", "port"),
+    )
+
+
+def _server_error(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.SERVER_ERROR,
+        "the FTP server reported an internal error on every attempt",
+        f.exchange,
+        "This is for the server's admin to fix: show them the reply above (vsftpd says "
+        "OOPS when its own configuration or session process fails). Nothing in jobs.toml "
+        "changes it. " + NOT_A_MODE_PROBLEM,
+    )
+
+
+def _login(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.LOGIN,
+        "the server refused the login",
+        f.exchange,
+        "Check `user` and the password (`password_file`, `password_env` or `password`) "
+        "of the destination. " + NOT_A_MODE_PROBLEM,
+        keys=("user", "password_file", "password_env", "password"),
+    )
+
+
+def _passive_refused(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.PASSIVE_UNSUPPORTED,
+        f"the server does not support passive mode ({f.verb} was refused)",
+        f.exchange,
+        "Use active mode.",
+        passive_should_be=False,
+    )
+
+
+def _active_refused(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.ACTIVE_DATA,
+        f"the server refused active mode ({f.verb} was rejected)",
+        f.exchange,
+        "Use passive mode.",
+        passive_should_be=True,
+    )
+
+
+def _data_connection(f: Facts) -> Diagnosis:
+    failure = f.failure
+    facts = f.setup + f.exchange if failure.kind is not FailureKind.DATA_CONNECT else f.setup
+    if failure.kind is FailureKind.DATA_CONNECT and f.command is not None:
+        facts = (*facts, str(f.command), *((str(f.reply),) if f.reply else ()))
+    if failure.address:
+        facts = (*facts, f"data connection to {failure.address}: {failure.error}")
+    elif failure.error and failure.kind is FailureKind.DATA_CONNECT:
+        facts = (*facts, f"data connection: {failure.error}")
+    if failure.passive:
+        what = (
+            "the data connection in passive mode failed: this host could not connect to "
+            "the address and port the server gave in its passive reply"
         )
-    if (
-        failure.kind is FailureKind.TLS
-        or code in (522, 534)
-        or (verb in ("AUTH", "PBSZ", "PROT") and code is not None and code >= 500)
-    ):
-        return Diagnosis(
-            Category.TLS,
-            f"the TLS negotiation failed: {failure.error or (reply.text if reply else '')}",
-            exchange or (failure.error,),
-            'Check the destination\'s `tls` setting ("none", "explicit" or "implicit") '
-            "against what the server offers, and the server's certificate.",
-            keys=("tls", "port"),
-        )
-    if code == 530 or (verb in LOGIN_VERBS and code is not None and code >= 400):
-        return Diagnosis(
-            Category.LOGIN,
-            "the server refused the login",
-            exchange,
-            "Check `user` and the password (`password_file`, `password_env` or `password`) "
-            "of the destination. This is not a passive/active mode problem.",
-            keys=("user", "password_file", "password_env", "password"),
-        )
-    if verb in PASSIVE_VERBS and code in (500, 502, 504):
-        return Diagnosis(
-            Category.PASSIVE_UNSUPPORTED,
-            f"the server does not support passive mode ({verb} was refused)",
-            exchange,
-            "Use active mode.",
-            passive_should_be=False,
-        )
-    if verb in ACTIVE_VERBS and code is not None and code >= 500:
-        return Diagnosis(
-            Category.ACTIVE_DATA,
-            f"the server refused active mode ({verb} was rejected)",
-            exchange,
-            "Use passive mode.",
-            passive_should_be=True,
-        )
-    if failure.kind is FailureKind.DATA_CONNECT or code == 425:
-        facts = setup + exchange if failure.kind is FailureKind.REPLY else setup
-        if failure.address:
-            facts = (*facts, f"data connection to {failure.address}: {failure.error}")
-        elif failure.error and failure.kind is FailureKind.DATA_CONNECT:
-            facts = (*facts, f"data connection: {failure.error}")
-        if failure.passive:
-            what = (
-                "the data connection in passive mode failed: this host could not connect to "
-                "the address and port the server gave in its passive reply"
-            )
-        else:
-            what = (
-                "the data connection in active mode failed: the server could not connect "
-                "back to this host on the port given in PORT/EPRT"
-            )
-        return Diagnosis(
-            Category.PASSIVE_DATA if failure.passive else Category.ACTIVE_DATA,
-            what,
-            tuple(dict.fromkeys(facts)),
-            f"Use {mode_name(not failure.passive)} mode.",
-            passive_should_be=not failure.passive,
-        )
-    if code in (452, 552):
-        return Diagnosis(
-            Category.NO_SPACE,
-            "the FTP server has no space left (or the account's quota is full)",
-            exchange,
-            "Free space on the server or raise the quota, or lower `keep` so fewer backups "
-            "are kept. This is not a passive/active mode problem.",
-            keys=("keep",),
-        )
-    if code in (550, 553):
-        return Diagnosis(
-            Category.PATH,
-            "the server refused a file or directory operation (missing path or no permission)",
-            exchange,
-            "Check the destination's `directory` exists or can be created, and that the FTP "
-            "user may write, rename and delete files there. This is not a passive/active "
-            "mode problem.",
-            keys=("directory", "user"),
-        )
-    if failure.kind is FailureKind.DATA_TRANSFER or code == 426:
-        return Diagnosis(
-            Category.DATA_BROKEN,
-            f"the data connection broke during the transfer ({mode} mode): "
-            f"{failure.error or (reply.text if reply else '')}",
-            (*setup, *exchange, *((failure.error,) if failure.error else ())),
-            "The connection was established, so the mode works; the network or the server "
-            "dropped it midway. Run the job again; if it recurs, raise `timeout` and check "
-            "the server's idle and transfer limits.",
-            keys=("timeout",),
-        )
-    if failure.kind is FailureKind.CONTROL_LOST:
-        return Diagnosis(
-            Category.CONTROL_LOST,
-            f"the control connection to the server was lost: {failure.error}",
-            (*exchange, failure.error),
-            "Run the job again; if it recurs, check the server's idle timeout and any NAT or "
-            "firewall between this host and the server.",
+    else:
+        what = (
+            "the data connection in active mode failed: the server could not connect "
+            "back to this host on the port given in PORT/EPRT"
         )
     return Diagnosis(
+        Category.PASSIVE_DATA if failure.passive else Category.ACTIVE_DATA,
+        what,
+        tuple(dict.fromkeys(facts)),
+        f"Use {mode_name(not failure.passive)} mode.",
+        passive_should_be=not failure.passive,
+    )
+
+
+NO_SPACE_ADVICE = (
+    "Free space on the server or ask the host to raise the quota, or lower `keep` so "
+    "fewer backups are kept. " + NOT_A_MODE_PROBLEM
+)
+
+
+def _stopped_accepting(f: Facts) -> Diagnosis:
+    failure = f.failure
+    return Diagnosis(
+        Category.NO_SPACE,
+        "the server's disk or your quota is full: it stopped accepting the upload at the "
+        "same point twice",
+        (
+            f"the server holds {failure.stored} of {failure.size} bytes and took none "
+            "more on a resumed attempt",
+            failure.error,
+            *f.exchange,
+        ),
+        NO_SPACE_ADVICE,
+        keys=("keep",),
+    )
+
+
+def _no_space(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.NO_SPACE,
+        "the server's disk or your quota is full",
+        f.exchange,
+        NO_SPACE_ADVICE,
+        keys=("keep",),
+    )
+
+
+def _path(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.PATH,
+        "the server refused a file or directory operation (missing path or no permission)",
+        f.exchange,
+        "Check the destination's `directory` exists or can be created, and that the FTP "
+        "user may write, rename and delete files there. " + NOT_A_MODE_PROBLEM,
+        keys=("directory", "user"),
+    )
+
+
+def _data_broken(f: Facts) -> Diagnosis:
+    error = f.failure.error
+    return Diagnosis(
+        Category.DATA_BROKEN,
+        f"the data connection broke during the transfer ({f.mode} mode): {f.reason}",
+        (*f.setup, *f.exchange, *((error,) if error else ())),
+        "The connection was established, so the mode works; the network or the server "
+        "dropped it midway. Run the job again; if it recurs, raise `timeout` and check "
+        "the server's idle and transfer limits.",
+        keys=("timeout",),
+    )
+
+
+def _control_lost(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.CONTROL_LOST,
+        f"the control connection to the server was lost: {f.failure.error}",
+        (*f.exchange, f.failure.error),
+        "Run the job again; if it recurs, check the server's idle timeout and any NAT or "
+        "firewall between this host and the server.",
+    )
+
+
+def _unknown(f: Facts) -> Diagnosis:
+    return Diagnosis(
         Category.UNKNOWN,
-        f"the FTP transfer failed: {failure.error or (reply.text if reply else 'unknown error')}",
-        exchange or (failure.error,),
+        f"the FTP transfer failed: {f.reason or 'unknown error'}",
+        f.exchange or (f.failure.error,),
         "See the debug log for the whole dialogue.",
     )
 
 
-TRANSIENT_CODES = {421, 426, 450, 451}
+def _is_tls(f: Facts) -> bool:
+    return (
+        f.kind is FailureKind.TLS
+        or f.code in replies.TLS_FAILURES
+        or (f.verb in TLS_VERBS and f.code is not None and f.code >= 500)
+    )
+
+
+# In order: the first rule that applies gives the diagnosis. A mode flip is concluded
+# only by rules about the data connection.
+FTP_RULES: tuple[Rule, ...] = (
+    Rule("control connection", lambda f: f.kind is FailureKind.CONTROL_CONNECT, _host),
+    Rule(
+        "certificate refused",
+        lambda f: f.kind is FailureKind.TLS and f.failure.certificate is not None,
+        _certificate,
+    ),
+    Rule("tls", _is_tls, _tls),
+    Rule(
+        "server internal error",
+        lambda f: f.kind is FailureKind.REPLY and f.oops,
+        _server_error,
+    ),
+    Rule(
+        "login",
+        lambda f: (
+            f.code == Reply.NOT_LOGGED_IN
+            or (f.verb in LOGIN_VERBS and f.code is not None and f.code >= 400)
+        ),
+        _login,
+    ),
+    Rule(
+        "passive refused",
+        lambda f: f.verb in PASSIVE_VERBS and f.code in replies.UNSUPPORTED_HERE,
+        _passive_refused,
+    ),
+    Rule(
+        "active refused",
+        lambda f: f.verb in ACTIVE_VERBS and f.code is not None and f.code >= 500,
+        _active_refused,
+    ),
+    Rule(
+        "data connection",
+        lambda f: f.kind is FailureKind.DATA_CONNECT or f.code == Reply.CANT_OPEN_DATA,
+        _data_connection,
+    ),
+    Rule("stopped accepting", lambda f: f.kind is FailureKind.NO_PROGRESS, _stopped_accepting),
+    Rule(
+        "no space",
+        lambda f: f.code in (Reply.INSUFFICIENT_STORAGE, Reply.STORAGE_EXCEEDED),
+        _no_space,
+    ),
+    Rule(
+        "path or permission",
+        lambda f: f.code in (Reply.FILE_UNAVAILABLE, Reply.NAME_NOT_ALLOWED),
+        _path,
+    ),
+    Rule(
+        "data transfer broken",
+        lambda f: f.kind is FailureKind.DATA_TRANSFER or f.code == Reply.TRANSFER_ABORTED,
+        _data_broken,
+    ),
+    Rule("control connection lost", lambda f: f.kind is FailureKind.CONTROL_LOST, _control_lost),
+    Rule("anything else", lambda f: True, _unknown),
+)
+
+
+def matching_rule(failure: Failure) -> Rule:
+    """The first rule of FTP_RULES that applies to `failure`."""
+    facts = Facts.of(failure)
+    return next(rule for rule in FTP_RULES if rule.applies(facts))
+
+
+def diagnose(failure: Failure) -> Diagnosis:
+    """Classify a failure; a mode flip is suggested only when the data connection is at fault."""
+    return matching_rule(failure).conclude(Facts.of(failure))
 
 
 def is_transient(failure: Failure) -> bool:
@@ -268,11 +485,12 @@ def is_transient(failure: Failure) -> bool:
 
     A data connection that cannot be opened is not transient (it is a mode or firewall
     problem, for `fallback` and the suggestion); neither are permanent replies
-    (530, 550, 552, 553) nor TLS failures.
+    (530, 550, 552, 553), TLS failures, nor an upload the server stopped accepting twice.
+    vsftpd's `500 OOPS` is: its session died (a restart), a new one may work.
     """
     if failure.kind is FailureKind.REPLY:
-        _, reply = _last_exchange(failure.dialogue)
-        return reply is not None and reply.code in TRANSIENT_CODES
+        facts = Facts.of(failure)
+        return facts.code in replies.TRANSIENT or facts.oops
     if failure.kind is FailureKind.CONTROL_CONNECT:
         return not failure.error.startswith("name lookup failed")
     return failure.kind in (FailureKind.DATA_TRANSFER, FailureKind.CONTROL_LOST)

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from backupagent import __version__, notify, process
+from backupagent import __version__, notify, process, replies
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
 from backupagent.config import Config
 from backupagent.crypto import AGE_SUFFIX, fingerprint
@@ -202,6 +202,7 @@ class _Run:
         self.log = structlog.get_logger("backupagent.run")
         # the connection in use; `fallback` may switch it to the other mode once
         self.remote = ftp.FtpRemote(self.dest, self.passive, self.cancel)
+        self.remotes = [self.remote]  # every one used: what each may have left behind
         self.switched = False
         self.written: list[str] = []  # remote names to remove if the run fails
 
@@ -220,6 +221,7 @@ class _Run:
         try:
             self._check_sources()
             site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
+            self._check_destination()
             work.mkdir(mode=0o700)
             with _Dumping(self._dump_databases, site, work) as dumping:
                 stats, volumes = self._archive_and_upload(work, dumping)
@@ -292,6 +294,14 @@ class _Run:
                 for warning in item.warnings:
                     self._warn(f"database {item.name}", warning)
         return dumps
+
+    def _check_destination(self) -> None:
+        """Log in and reach the directory before any dump or archive is started."""
+        try:
+            with self._interrupt_on_cancel(self.remote):
+                self.remote.check()
+        except ftp.TRANSFER_ERRORS as exc:
+            raise UploadFailed(self._failure_of(exc)) from None
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -448,6 +458,7 @@ class _Run:
         )
         self.switched = True
         self.remote = ftp.FtpRemote(self.dest, not self.passive, self.cancel)
+        self.remotes.append(self.remote)
         try:
             self._on(self.remote, op)
         except ftp.TRANSFER_ERRORS as exc:
@@ -461,7 +472,7 @@ class _Run:
             f"(fallback). To skip the failed attempt next time, set {change} under "
             f"[jobs.{self.job_name}] in {self.config.path}"
         )
-        self._warn(f"{failed} mode", note)
+        self.result.warnings.append(f"fallback to {other} mode: {note}")
         self.result.suggestion = f"Job '{self.job_name}': {note}."
         self.log.warning("fallback", text=self.result.suggestion, change=change)
 
@@ -510,9 +521,9 @@ class _Run:
         """Under a temporary name, renamed when complete, then size and checksum checked."""
         temp = temp_name(volume.name)
         self._will_write(temp)
-        remote.upload_file(volume.path, temp, self._uploaded)
-        remote.call("rename", lambda s, attempt: _rename(s, temp, volume.name, attempt))
         self._will_write(volume.name)
+        remote.upload_file(volume.path, temp, self._uploaded)
+        remote.rename(temp, volume.name)
         remote.call("check", lambda s, _: self._verify(s, volume))
 
     def _will_write(self, name: str) -> None:
@@ -524,10 +535,11 @@ class _Run:
         """The manifest last: only now does the backup count as complete."""
         manifest = manifest_name(self.backup_id)
         self._will_write(temp_name(manifest))
+        self._will_write(manifest)
         remote.call(
             "manifest upload", lambda s, _: s.upload_bytes(manifest_data, temp_name(manifest))
         )
-        remote.call("rename", lambda s, attempt: _rename(s, temp_name(manifest), manifest, attempt))
+        remote.rename(temp_name(manifest), manifest)
         self.written.clear()
         self.log.info("backup published", archive=self.archive, manifest=manifest)
 
@@ -537,7 +549,7 @@ class _Run:
         try:
             size = session.size(name)
         except ftplib.error_perm as exc:
-            if str(exc)[:3] not in ("500", "502", "504"):
+            if replies.code_of(exc) not in replies.UNSUPPORTED_HERE or replies.is_oops(str(exc)):
                 raise
             self._warn(name, "the server does not support SIZE; upload size not verified")
         else:
@@ -570,33 +582,36 @@ class _Run:
     def _prune(self, remote: ftp.FtpRemote) -> None:
         """Delete this job's oldest complete backups beyond `keep`; failures are warnings."""
         try:
-            names = remote.call("listing", _names)
+            names = remote.call("listing", lambda session, _attempt: session.names())
             backups = complete_backups(self.job_name, names)
             doomed = select_for_deletion(backups, retention_policy(self.dest))
             for backup in doomed:
                 # manifest first: from that moment the backup no longer counts as complete
-                remote.call("delete", functools.partial(_delete_names, backup.names))
+                remote.delete(backup.names)
                 self.log.info("old backup deleted", backup_id=backup.backup_id)
             self.log.info("retention applied", kept=len(backups) - len(doomed), deleted=len(doomed))
             grace = dt.timedelta(hours=self.dest.partial_grace_hours)
             stale = stale_partials(self.job_name, names, dt.datetime.now(dt.UTC), grace)
             if stale:
-                remote.call("delete", functools.partial(_delete_names, stale))
+                remote.delete(stale)
                 self.log.info("removed uploads left by crashed runs", names=stale)
         except ftp.TRANSFER_ERRORS as exc:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
 
     def _remove_leftovers(self) -> None:
         """Best effort, on a fresh connection: delete what this run uploaded. The run's
-        connection is closed first, so a suggestion logged after this is the last event."""
+        connection is closed first, so a suggestion logged after this is the last event.
+        Only names the server may hold are deleted: a run that uploaded nothing does
+        not log in again (a second failed login can trip fail2ban)."""
         self.remote.close()
-        names = self.written
+        touched = set().union(*(remote.touched for remote in self.remotes))
+        names = [name for name in self.written if name in touched]
         if not names:
             return
         self.log.info("removing incomplete upload", names=names)
         remote = ftp.FtpRemote(self.dest, self.remote.passive)
         try:
-            remote.call("clean-up", functools.partial(_delete_names, names))
+            remote.delete(names)
         except ftp.TRANSFER_ERRORS:
             self.log.warning("could not remove incomplete upload from the server", names=names)
         finally:
@@ -711,21 +726,3 @@ class UploadFailed(Exception):
         super().__init__(failure.error)
         self.failure = failure
         self.other_mode = other_mode
-
-
-def _rename(session: ftp.FtpSession, old: str, new: str, attempt: int) -> None:
-    """RNFR/RNTO; on a retry, a rename that already happened counts as done."""
-    try:
-        session.rename(old, new)
-    except ftplib.error_perm:
-        if attempt and session.size_or_none(old) is None and session.size_or_none(new) is not None:
-            return
-        raise
-
-
-def _names(session: ftp.FtpSession, _attempt: int) -> list[str]:
-    return session.names()
-
-
-def _delete_names(names: list[str], session: ftp.FtpSession, _attempt: int) -> None:
-    session.delete_all(names)

@@ -8,10 +8,12 @@ plain data so that diagnosis.py can explain a failure from it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ftplib
 import hashlib
 import io
 import ipaddress
+import select
 import socket
 import ssl
 import threading
@@ -22,8 +24,10 @@ from typing import Any, BinaryIO, TypeVar
 
 import structlog
 
+from backupagent import replies
 from backupagent.config import FtpDestination
 from backupagent.diagnosis import (
+    Certificate,
     Failure,
     FailureKind,
     Line,
@@ -31,6 +35,7 @@ from backupagent.diagnosis import (
     is_transient,
     mode_name,
 )
+from backupagent.replies import Reply, code_of
 
 BLOCK_SIZE = 256 << 10
 SENDFILE_CHUNK = 4 << 20  # bytes per sendfile call: progress is reported after each
@@ -52,15 +57,37 @@ class ControlConnectError(FtpError):
 class DataConnectionError(FtpError):
     """The data connection could not be opened (passive connect or active accept)."""
 
-    def __init__(self, address: str | None, cause: BaseException, timeout: float | None) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        cause: BaseException,
+        timeout: float | None,
+        reason: str | None = None,
+    ) -> None:
         self.address = address
-        self.reason = _describe_os_error(cause, timeout)
+        self.reason = reason or _describe_os_error(cause, timeout)
         where = f" to {address}" if address else ""
         super().__init__(f"data connection{where}: {self.reason}")
 
 
 class DataTransferError(FtpError):
-    """The data connection broke or stalled after it was open."""
+    """The data connection broke or stalled after it was open; `closed`: by the server."""
+
+    def __init__(self, message: str, closed: bool = False) -> None:
+        super().__init__(message)
+        self.closed = closed
+
+
+class NoProgress(FtpError):
+    """A resumed upload stopped where the previous attempt had: the server takes no more."""
+
+    def __init__(self, name: str, stored: int, size: int, earlier: str) -> None:
+        super().__init__(
+            f"the upload of {name} stopped again at byte {stored} of {size}; "
+            f"the attempt before ended with: {earlier}"
+        )
+        self.stored = stored
+        self.size = size
 
 
 class LocalReadError(Exception):
@@ -82,6 +109,9 @@ def _read(source: BinaryIO) -> bytes:
     except OSError as exc:
         raise LocalReadError(f"reading {getattr(source, 'name', 'the upload')}: {exc}") from exc
 
+
+# the peer closed the connection under us, as opposed to a stall (timeout)
+_CLOSED_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED})
 
 # everything an FTP operation may raise that means "the transfer failed"
 TRANSFER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ftplib.Error, FtpError)
@@ -114,6 +144,7 @@ class _DialogueMixin:
         self.dest = dest
         self.epsv_refused = False  # learned in "auto": this server wants PASV
         self._data_target: str | None = None  # the passive address being connected to
+        self._listening: str | None = None  # the address given in PORT/EPRT
         super().__init__(**kwargs)
 
     def putcmd(self, line: str) -> None:
@@ -148,7 +179,7 @@ class _DialogueMixin:
                 return self._target(host, port)
             except ftplib.error_perm as exc:
                 auto = self.dest.epsv == "auto" and self.af == socket.AF_INET
-                if not auto or str(exc)[:3] not in ("500", "502"):
+                if not auto or code_of(exc) not in replies.UNSUPPORTED:
                     raise
                 self.epsv_refused = True
                 self.log.info("FTP server refused EPSV; using PASV from now on")
@@ -191,34 +222,81 @@ class _DialogueMixin:
         listener.settimeout(self.dest.connect_timeout)
         port = listener.getsockname()[1]
         advertised = self.dest.active_address or local
-        if ":" in advertised:
-            self.sendeprt(advertised, port)  # type: ignore[attr-defined]
-        else:
-            self.sendport(advertised, port)  # type: ignore[attr-defined]
-        self.log.debug(f"FTP data connection: waiting for the server on {advertised}:{port}")
+        try:
+            if ":" in advertised:
+                self.sendeprt(advertised, port)  # type: ignore[attr-defined]
+            else:
+                self.sendport(advertised, port)  # type: ignore[attr-defined]
+        except BaseException:
+            listener.close()
+            raise
+        self._listening = f"{advertised}:{port}"
+        self.log.debug(f"FTP data connection: waiting for the server on {self._listening}")
         return listener
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, Any]:
         self.timeout = self.dest.connect_timeout  # ftplib opens data connections with it
         try:
-            conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)  # type: ignore[arg-type]
-        except (ftplib.Error, EOFError, ssl.SSLError):
+            if self.passiveserver:
+                conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)  # type: ignore[arg-type]
+            else:
+                conn, size = self._active_transfer(cmd, rest)
+        except (ftplib.Error, EOFError, ssl.SSLError, FtpError):
             raise
         except OSError as exc:
-            last = self.dialogue[-1] if self.dialogue else None
-            if self.passiveserver and self._data_target is not None:
-                error = DataConnectionError(self._data_target, exc, self.timeout)
-            elif not self.passiveserver and last is not None and str(last.code).startswith("1"):
-                # the server never connected back
-                error = DataConnectionError(None, exc, self.timeout)
-            else:
+            if not (self.passiveserver and self._data_target is not None):
                 raise
+            error = DataConnectionError(self._data_target, exc, self.timeout)
             self.log.warning(f"FTP {error}")
             raise error from exc
         finally:
             self.timeout = self.dest.timeout
         conn.settimeout(self.dest.timeout)  # from now on: how long it may stop moving
         return self._secure(conn), size
+
+    def _active_transfer(self, cmd: str, rest: int | str | None) -> tuple[socket.socket, Any]:
+        """PORT/EPRT, the command, then the server's connection to our listener.
+
+        Servers differ in order: vsftpd and ProFTPD connect first and answer 150 after
+        (or 425 once their own connect timeout, 60 s by default in vsftpd, runs out);
+        others answer 150 first. Either way, a server that neither answers nor connects
+        within `timeout` failed to reach this host: an active data-connection failure,
+        whichever of the two timeouts ends first.
+        """
+        with self.makeport() as listener:
+            if rest is not None:
+                self.sendcmd(f"REST {rest}")  # type: ignore[attr-defined]
+            self.putcmd(cmd)
+            try:
+                resp = self.getresp()  # type: ignore[attr-defined]
+            except TimeoutError as exc:
+                if _pending(listener):  # it did connect: the control connection is stuck
+                    raise
+                verb = cmd.split(" ", 1)[0]
+                raise self._no_connect_back(
+                    exc,
+                    f"the server neither connected to this host nor answered {verb} "
+                    f"within {self.dest.timeout:g}s",
+                ) from exc
+            if resp[0] == "2":
+                resp = self.getresp()  # type: ignore[attr-defined]
+            if resp[0] != "1":
+                raise ftplib.error_reply(resp)
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError as exc:
+                raise self._no_connect_back(
+                    exc,
+                    f"the server answered {resp[:3]} but did not connect within "
+                    f"{self.dest.connect_timeout:g}s",
+                ) from exc
+        size = ftplib.parse150(resp) if code_of(resp) == Reply.OPENING_DATA else None  # type: ignore[attr-defined]
+        return conn, size
+
+    def _no_connect_back(self, cause: BaseException, reason: str) -> DataConnectionError:
+        error = DataConnectionError(self._listening, cause, None, reason)
+        self.log.warning(f"FTP {error}")
+        return error
 
     def _secure(self, conn: socket.socket) -> socket.socket:
         return conn
@@ -269,6 +347,12 @@ _CLIENTS: dict[str, Any] = {  # tls setting -> ftplib class with the dialogue ho
 }
 
 
+def _pending(listener: socket.socket) -> bool:
+    """A connection is waiting on the listener (the kernel accepted it for us)."""
+    readable, _, _ = select.select([listener], [], [], 0)
+    return bool(readable)
+
+
 def _unroutable(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
@@ -293,13 +377,41 @@ def certificate_fingerprint(sock: socket.socket) -> str | None:
     return hashlib.sha256(der).hexdigest() if der else None
 
 
+def describe_certificate(der: bytes) -> Certificate:
+    """Subject, issuer, expiry and fingerprint of a DER certificate, trusted or not."""
+    from cryptography import x509  # only when a certificate is shown
+
+    fingerprint = hashlib.sha256(der).hexdigest()
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return Certificate(
+            _printable(cert.subject.rfc4514_string()),
+            _printable(cert.issuer.rfc4514_string()),
+            cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            fingerprint,
+        )
+    except ValueError:
+        return Certificate("(unreadable)", "(unreadable)", "(unreadable)", fingerprint)
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """A server-chosen string made safe to print: no control characters, bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 class FtpSession:
     """One logged-in FTP connection in one data-connection mode."""
 
-    def __init__(self, dest: FtpDestination, passive: bool) -> None:
+    def __init__(
+        self, dest: FtpDestination, passive: bool, touched: set[str] | None = None
+    ) -> None:
         self.dest = dest
         self.passive = passive
         self.dialogue: list[Line] = []
+        # names the server may now hold because of us: a transfer it began, a rename
+        self.touched: set[str] = set() if touched is None else touched
+        self.moved = 0  # data bytes sent or received
+        self.certificate: Certificate | None = None  # when TLS verification failed
         self._data_conn: socket.socket | None = None
         self._features: set[str] | None = None
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
@@ -314,6 +426,9 @@ class FtpSession:
         self.log.debug(f"FTP connecting to {address}", tls=self.dest.tls)
         try:
             self.ftp.connect(self.dest.host, self.dest.effective_port, self.dest.connect_timeout)
+        except ssl.SSLCertVerificationError:
+            self.certificate = self._unverified_certificate()
+            raise
         except ssl.SSLError:
             raise
         except OSError as exc:
@@ -324,7 +439,11 @@ class FtpSession:
         _keepalive(self.ftp.sock)
         if isinstance(self.ftp, ftplib.FTP_TLS):
             if not isinstance(self.ftp.sock, ssl.SSLSocket):
-                self.ftp.auth()
+                try:
+                    self.ftp.auth()
+                except ssl.SSLCertVerificationError:
+                    self.certificate = self._unverified_certificate()
+                    raise
             self._check_certificate()
         self.ftp.login(self.dest.user, self.dest.read_password() or "")
         if isinstance(self.ftp, ftplib.FTP_TLS):
@@ -332,12 +451,40 @@ class FtpSession:
         self.ftp.set_pasv(self.passive)
         return self
 
+    def _unverified_certificate(self) -> Certificate | None:
+        """The certificate that failed verification, fetched on a second connection
+        that only shakes hands (no login: the password never crosses it)."""
+        context = tls_context(self.dest.model_copy(update={"tls_verify": False}))
+        try:
+            with socket.create_connection(
+                (self.dest.host, self.dest.effective_port), self.dest.connect_timeout
+            ) as raw:
+                raw.settimeout(self.dest.timeout)
+                if self.dest.tls == "explicit":
+                    reader = raw.makefile("rb")
+                    _read_reply(reader)  # the greeting
+                    raw.sendall(b"AUTH TLS\r\n")
+                    if code_of(_read_reply(reader)) != 234:
+                        return None
+                with context.wrap_socket(raw, server_hostname=self.dest.host) as tls:
+                    der = tls.getpeercert(binary_form=True)
+        except (OSError, ValueError):
+            return None
+        return describe_certificate(der) if der else None
+
+    def certificate_info(self) -> Certificate | None:
+        """The control connection's certificate (verified, pinned or not checked)."""
+        sock = self.ftp.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        return describe_certificate(der) if der else None
+
     def _check_certificate(self) -> None:
         """Pinning and the loud warning for tls_verify = false."""
         assert self.ftp.sock is not None
         if self.dest.tls_fingerprint:
             seen = certificate_fingerprint(self.ftp.sock)
             if seen != self.dest.tls_fingerprint:
+                self.certificate = self.certificate_info()
                 raise ssl.SSLError(
                     f"certificate fingerprint mismatch: the server presented SHA-256 {seen}, "
                     f"tls_fingerprint expects {self.dest.tls_fingerprint}"
@@ -425,17 +572,22 @@ class FtpSession:
             conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
         else:
             conn, _ = self.ftp.ntransfercmd(f"STOR {name}", offset or None)
+        self.touched.add(name)
         self._data_conn = conn
-        with conn:
-            try:
+        try:
+            with conn:
                 sent = self._send(conn, source, offset, progress)
                 if isinstance(conn, ssl.SSLSocket):
                     try:
                         conn.unwrap()  # bounded by the data timeout
                     except OSError as exc:
                         raise DataTransferError(f"TLS shutdown: {exc}") from exc
-            finally:
-                self._data_conn = None
+        except DataTransferError as exc:
+            if exc.closed:
+                self._reason_for_close()
+            raise
+        finally:
+            self._data_conn = None
         # the server may still be writing what sat in the buffers: give 226 longer
         control = self.ftp.sock
         assert control is not None
@@ -445,6 +597,21 @@ class FtpSession:
         finally:
             control.settimeout(self.dest.timeout)
         return sent
+
+    def _reason_for_close(self) -> None:
+        """The server closed the data connection mid-upload: read the reply that says
+        why (vsftpd: `451 Failure writing to local file.`), raising it as the error."""
+        control = self.ftp.sock
+        if control is None:
+            return
+        control.settimeout(min(self.dest.timeout, 10.0))
+        try:
+            self.ftp.getresp()  # type: ignore[attr-defined]  # raises on 4xx/5xx
+        except (OSError, EOFError):
+            pass  # no reply: the broken transfer is all we know
+        finally:
+            with contextlib.suppress(OSError):
+                control.settimeout(self.dest.timeout)
 
     def _send(
         self,
@@ -468,10 +635,13 @@ class FtpSession:
                     n = len(block)
             except OSError as exc:
                 reason = _describe_os_error(exc, self.dest.timeout)
-                raise DataTransferError(f"after {offset + sent} bytes: {reason}") from exc
+                raise DataTransferError(
+                    f"after {offset + sent} bytes: {reason}", exc.errno in _CLOSED_ERRNOS
+                ) from exc
             if n == 0:
                 return sent
             sent += n
+            self.moved += n
             if progress:
                 progress(n)
 
@@ -487,10 +657,16 @@ class FtpSession:
 
     def download(self, name: str, sink: Callable[[bytes], object], offset: int = 0) -> None:
         """RETR in binary mode, from `offset` (REST) to continue a broken download."""
-        self.ftp.retrbinary(f"RETR {name}", sink, blocksize=BLOCK_SIZE, rest=offset or None)
+
+        def counted(block: bytes) -> None:
+            self.moved += len(block)
+            sink(block)
+
+        self.ftp.retrbinary(f"RETR {name}", counted, blocksize=BLOCK_SIZE, rest=offset or None)
 
     def rename(self, old: str, new: str) -> None:
         self.ftp.rename(old, new)
+        self.touched.add(new)
 
     def size(self, name: str) -> int | None:
         self.ftp.voidcmd("TYPE I")
@@ -500,7 +676,9 @@ class FtpSession:
         """SIZE of a file that may not exist (550 -> None)."""
         try:
             return self.size(name)
-        except ftplib.error_perm:
+        except ftplib.error_perm as exc:
+            if replies.is_oops(str(exc)):  # the session died: not an answer about the file
+                raise
             return None
 
     def remote_hash(self, name: str) -> tuple[str, str] | None:
@@ -524,16 +702,19 @@ class FtpSession:
     def delete_all(self, names: list[str]) -> None:
         """DELE each name in order; 550 (already gone, or never created) is fine."""
         for name in names:
-            with contextlib.suppress(ftplib.error_perm):
+            try:
                 self.ftp.delete(name)
+            except ftplib.error_perm as exc:
+                if replies.is_oops(str(exc)):  # the session died, nothing was answered
+                    raise
 
     def names(self) -> list[str]:
         """Plain file names in the current directory (NLST)."""
         try:
             return [n.rsplit("/", 1)[-1] for n in self.ftp.nlst()]
-        except ftplib.error_perm as exc:
+        except (ftplib.error_perm, ftplib.error_temp) as exc:
             # some servers answer an empty directory with 550/450 "No files found"
-            if str(exc)[:3] in ("550", "450"):
+            if code_of(exc) in replies.NOT_FOUND:
                 return []
             raise
 
@@ -547,7 +728,31 @@ class FtpSession:
         """Describe an exception raised by this session as plain data for diagnosis."""
         dialogue = tuple(self.dialogue)
         kind, error, address = _classify_exception(exc, self.dest.timeout)
-        return Failure(kind, self.passive, dialogue, error, address)
+        stored, size = (exc.stored, exc.size) if isinstance(exc, NoProgress) else (None, None)
+        return Failure(
+            kind,
+            self.passive,
+            dialogue,
+            error,
+            address,
+            stored=stored,
+            size=size,
+            certificate=self.certificate if kind is FailureKind.TLS else None,
+            closed_by_server=isinstance(exc, DataTransferError) and exc.closed,
+        )
+
+
+def _read_reply(reader: Any, limit: int = 64) -> str:
+    """One (possibly multi-line) reply read from a raw socket file, bounded."""
+    first = reader.readline(1024).decode("latin-1")
+    lines = [first]
+    if first[3:4] == "-":
+        while len(lines) < limit:
+            line = reader.readline(1024).decode("latin-1")
+            lines.append(line)
+            if not line or (line[:3] == first[:3] and line[3:4] == " "):
+                break
+    return lines[-1]
 
 
 def _keepalive(sock: socket.socket) -> None:
@@ -562,10 +767,17 @@ def _keepalive(sock: socket.socket) -> None:
 T = TypeVar("T")
 
 
+# Before this many data bytes have moved, a transient failure is retried once only:
+# a server that is down, unreachable or refusing us at the start fails the run in
+# seconds rather than minutes; once data moves, a restart mid-upload is ridden out.
+UNTRIED_RETRIES = 1
+
+
 class FtpRemote:
     """The destination directory, reached through sessions that are reopened after
     transient failures: each operation is retried with exponential backoff, at most
-    `retries` times and within `retry_time` seconds, and every attempt is logged."""
+    `retries` times and within `retry_time` seconds, and every attempt is logged.
+    Until data has moved on any of its sessions, at most UNTRIED_RETRIES retries."""
 
     def __init__(
         self, dest: FtpDestination, passive: bool, cancel: threading.Event | None = None
@@ -575,19 +787,34 @@ class FtpRemote:
         self.cancel = cancel or threading.Event()
         self.session: FtpSession | None = None
         self.last_failure: Failure | None = None
+        self.touched: set[str] = set()  # names the server may hold because of this remote
+        self.moved = 0  # data bytes moved by closed sessions
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
+
+    @property
+    def progressed(self) -> bool:
+        """Data has moved: the server was reachable and working during this run."""
+        return self.moved + (self.session.moved if self.session else 0) > 0
 
     def _connected(self) -> FtpSession:
         if self.session is None:
-            self.session = FtpSession(self.dest, self.passive)  # before open: for failure()
+            # created before open, so that failure() can describe a failed open
+            self.session = FtpSession(self.dest, self.passive, self.touched)
             self.session.open()
             self.session.change_directory(self.dest.directory)
         return self.session
 
     def close(self) -> None:
         if self.session is not None:
+            self.moved += self.session.moved
             self.session.close()
             self.session = None
+
+    def check(self) -> None:
+        """Log in and reach the directory (creating it), then disconnect: a wrong
+        password or a missing directory shows before any work is done."""
+        self.call("login", lambda _session, _attempt: None)
+        self.close()
 
     def interrupt(self) -> None:
         """From another thread: break off the current operation."""
@@ -610,10 +837,13 @@ class FtpRemote:
                 failure = self.session.failure(exc)
                 self.last_failure = failure
                 self.close()  # a fresh connection for whatever comes next
+                retries = self.dest.retries
+                if not self.progressed:
+                    retries = min(retries, UNTRIED_RETRIES)
                 if (
                     self.cancel.is_set()
                     or not is_transient(failure)
-                    or attempt >= self.dest.retries
+                    or attempt >= retries
                     or time.monotonic() + delay > deadline
                 ):
                     raise
@@ -632,13 +862,30 @@ class FtpRemote:
     def upload_file(
         self, path: Path, name: str, progress: Callable[[int], None] | None = None
     ) -> None:
-        """Upload a local file; after an interruption, continue from the size on the server."""
+        """Upload a local file; after an interruption, continue from the size on the server.
+
+        When the server stops taking data (a full disk: 451/452/552 or a data
+        connection it closes), one resumed attempt tells: if the size it holds has not
+        grown since, NoProgress ends the upload instead of more retries.
+        """
         total = path.stat().st_size
+        resumed_at: int | None = None  # what the server held when the last attempt began
 
         def send(session: FtpSession, attempt: int) -> None:
+            nonlocal resumed_at
             offset = 0
             if attempt and self.dest.resume != "off":
-                offset = min(session.size_or_none(name) or 0, total)
+                held = session.size_or_none(name)
+                offset = min(held or 0, total)
+                previous = self.last_failure
+                if (
+                    resumed_at is not None
+                    and offset <= resumed_at
+                    and previous is not None
+                    and _stopped_taking_data(previous)
+                ):
+                    raise NoProgress(name, offset, total, _last_words(previous))
+                resumed_at = offset
             append = False
             if offset:
                 method = self.dest.resume
@@ -658,6 +905,38 @@ class FtpRemote:
 
         self.call(f"upload of {name}", send)
 
+    def rename(self, old: str, new: str) -> None:
+        """RNFR/RNTO, safe to repeat: after a lost connection, a retry first checks
+        whether the rename already happened (the target there, the source gone)."""
+
+        def move(session: FtpSession, attempt: int) -> None:
+            done = attempt and session.size_or_none(new) is not None
+            if done and session.size_or_none(old) is None:
+                self.log.info("rename already done before the connection was lost", name=new)
+                session.touched.add(new)
+                return
+            session.rename(old, new)
+
+        self.call("rename", move)
+
+    def delete(self, names: list[str]) -> None:
+        """DELE each name; one already gone (a retry, or never created) is fine."""
+        self.call("delete", lambda session, _attempt: session.delete_all(names))
+
+
+def _stopped_taking_data(failure: Failure) -> bool:
+    """The server refused more data (storage replies) or closed the data connection."""
+    if failure.kind is FailureKind.REPLY:
+        return failure.dialogue[-1].code in replies.STORAGE if failure.dialogue else False
+    return failure.kind is FailureKind.DATA_TRANSFER and failure.closed_by_server
+
+
+def _last_words(failure: Failure) -> str:
+    last = failure.dialogue[-1] if failure.dialogue else None
+    if last is not None and last.direction == "reply":
+        return last.text
+    return failure.error
+
 
 def _classify_exception(exc: BaseException, timeout: float) -> tuple[FailureKind, str, str | None]:
     """(kind, error text, unreachable address) of an exception from an FTP session."""
@@ -666,6 +945,8 @@ def _classify_exception(exc: BaseException, timeout: float) -> tuple[FailureKind
             return FailureKind.CONTROL_CONNECT, exc.reason, exc.address
         case DataConnectionError():
             return FailureKind.DATA_CONNECT, exc.reason, exc.address
+        case NoProgress():
+            return FailureKind.NO_PROGRESS, str(exc), None
         case DataTransferError():
             return FailureKind.DATA_TRANSFER, str(exc), None
         case ssl.SSLError() | ssl.CertificateError():

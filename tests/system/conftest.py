@@ -1,6 +1,12 @@
-"""A two-host lab for system tests: vsftpd in a "server" network namespace, the agent
-in a "client" namespace, joined by a veth pair, with iptables rules to block one
-FTP data-connection mode for real. Everything is torn down by the fixture."""
+"""A two-host lab for system tests: a real FTP server (vsftpd, ProFTPD or Pure-FTPd)
+in a "server" network namespace, the agent in a "client" namespace, joined by a veth
+pair, with iptables rules to block one FTP data-connection mode for real. Everything
+is torn down by the fixture.
+
+The servers run with the timeouts they ship with, and the agent with its own
+defaults: a test that shortens one says why the timing cannot change its outcome.
+Each lab has its own namespaces and FTP user, so labs run in parallel (pytest-xdist).
+"""
 
 from __future__ import annotations
 
@@ -24,9 +30,15 @@ from ..helpers import make_certificates
 CLIENT_ADDR = "10.231.7.1"
 SERVER_ADDR = "10.231.7.2"
 PASV_PORTS = (40000, 40009)
-FTP_USER = "bafttest"
-FTP_PASSWORD = "vsftpd-test-pw"
+FTP_PASSWORD = "ftp-test-pw"
+SERVERS = ("vsftpd", "proftpd", "pure-ftpd")
+# where scripts/ftpd-servers unpacks ProFTPD and Pure-FTPd (they conflict with vsftpd)
+FTPD_DIR = Path(
+    os.environ.get("BACKUPAGENT_FTPD_DIR") or Path(__file__).resolve().parents[2] / ".cache/ftpd"
+)
 
+# Only what a test lab needs (addresses, ports, paths, logging); no timeout is set,
+# so vsftpd's own defaults apply (connect_timeout=60, idle_session_timeout=300, ...).
 VSFTPD_CONF = """\
 listen=YES
 listen_ipv6=NO
@@ -47,9 +59,6 @@ pasv_min_port={pasv_min}
 pasv_max_port={pasv_max}
 port_enable=YES
 connect_from_port_20=NO
-connect_timeout=3
-data_connection_timeout=20
-idle_session_timeout=60
 xferlog_enable=YES
 vsftpd_log_file={base}/vsftpd.log
 log_ftp_protocol=YES
@@ -57,8 +66,7 @@ syslog_enable=NO
 userlist_enable=NO
 """
 
-
-TLS_CONF = """\
+VSFTPD_TLS = """\
 ssl_enable=YES
 rsa_cert_file={cert}
 rsa_private_key_file={key}
@@ -67,6 +75,47 @@ force_local_logins_ssl=YES
 force_local_data_ssl=YES
 require_ssl_reuse=YES
 ssl_ciphers=HIGH
+"""
+
+# ProFTPD's own timeouts and its TLS default of requiring session reuse on data
+# connections are kept; the rest places it in the lab.
+PROFTPD_CONF = """\
+ServerName "backupagent lab"
+ServerType standalone
+DefaultServer on
+Port 21
+DefaultAddress {server}
+SocketBindTight on
+UseIPv6 off
+User root
+Group root
+PidFile {base}/proftpd.pid
+ScoreboardFile {base}/proftpd.scoreboard
+DelayTable none
+WtmpLog off
+UseReverseDNS off
+RequireValidShell off
+AuthOrder mod_auth_unix.c
+PassivePorts {pasv_min} {pasv_max}
+AllowOverwrite on
+DefaultRoot ~
+Umask 022
+SystemLog {base}/proftpd.log
+TransferLog none
+ModulePath {ftpd}/usr/lib/proftpd
+ControlsEngine off
+"""
+
+PROFTPD_TLS = """\
+LoadModule mod_tls.c
+<IfModule mod_tls.c>
+TLSEngine on
+TLSRequired on
+TLSECCertificateFile {cert}
+TLSECCertificateKeyFile {key}
+TLSVerifyClient off
+TLSLog {base}/proftpd-tls.log
+</IfModule>
 """
 
 
@@ -80,8 +129,11 @@ class Lab:
     client_ns: str
     server_ns: str
     ftp_root: Path
+    user: str
+    server: str = "vsftpd"
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tls: dict[str, Path] = field(default_factory=dict)
+    implicit: bool = False
     agents: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def client(self, *argv: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -116,25 +168,65 @@ class Lab:
     def _agent_env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
-    # --- the vsftpd server ----------------------------------------------------------
+    # --- the FTP server -------------------------------------------------------------
 
     conf_extra: str = ""
 
     def start_server(self) -> None:
-        conf = self.base / "vsftpd.conf"
-        conf.write_text(
-            VSFTPD_CONF.format(
-                server=SERVER_ADDR, base=self.base, pasv_min=PASV_PORTS[0], pasv_max=PASV_PORTS[1]
-            )
-            + self.conf_extra
-        )
+        """Start the lab's server in the foreground in the server namespace."""
+        values = {
+            "server": SERVER_ADDR,
+            "base": self.base,
+            "pasv_min": PASV_PORTS[0],
+            "pasv_max": PASV_PORTS[1],
+            "ftpd": FTPD_DIR,
+            **self.tls,
+        }
+        argv = getattr(self, f"_{self.server.replace('-', '_')}_argv")(values)
         server = subprocess.Popen(
-            ["ip", "netns", "exec", self.server_ns, "vsftpd", str(conf)],
+            ["ip", "netns", "exec", self.server_ns, *argv],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         self.procs.append(server)
         _wait_for_listener(self, server)
+
+    def _vsftpd_argv(self, values: dict[str, object]) -> list[str]:
+        conf = self.base / "vsftpd.conf"
+        text = VSFTPD_CONF.format(**values)
+        if self.tls:
+            text += VSFTPD_TLS.format(**values) + ("implicit_ssl=YES\n" if self.implicit else "")
+        conf.write_text(text + self.conf_extra)
+        return ["vsftpd", str(conf)]
+
+    def _proftpd_argv(self, values: dict[str, object]) -> list[str]:
+        conf = self.base / "proftpd.conf"
+        text = PROFTPD_CONF.format(**values)
+        if self.tls:
+            text += PROFTPD_TLS.format(**values)
+        conf.write_text(text + self.conf_extra)
+        return [str(FTPD_DIR / "usr/sbin/proftpd"), "--nodaemon", "--config", str(conf)]
+
+    def _pure_ftpd_argv(self, values: dict[str, object]) -> list[str]:
+        argv = [
+            str(FTPD_DIR / "usr/sbin/pure-ftpd"),
+            f"--bind={SERVER_ADDR},21",
+            "--login=unix",
+            "--noanonymous",
+            "--chrooteveryone",
+            "--dontresolve",
+            f"--passiveportrange={PASV_PORTS[0]}:{PASV_PORTS[1]}",
+            f"--pidfile={self.base}/pure-ftpd.pid",
+            "--umask=133:022",
+            "--minuid=100",
+        ]
+        if self.tls:
+            # 2: TLS required for logins; the certificate and key in one file
+            bundle = self.base / "pure-ftpd.pem"
+            bundle.write_bytes(self.tls["key"].read_bytes() + self.tls["cert"].read_bytes())
+            bundle.chmod(0o600)
+            argv += ["--tls=2", f"--certfile={bundle}"]
+        return argv + self.conf_extra.split()
 
     def server_pids(self) -> list[int]:
         """vsftpd's listener and every session process below it."""
@@ -192,6 +284,7 @@ class Lab:
         self, passive: bool, password: str = FTP_PASSWORD, dest: str = "", job: str = ""
     ) -> Path:
         (self.base / "ftp.pass").write_text(password + "\n")
+        self.base.joinpath("ftp.pass").chmod(0o600)
         site = self.base / "site"
         if not site.exists():
             (site / "wp-content" / "uploads").mkdir(parents=True)
@@ -208,11 +301,9 @@ spool_dir = "{self.base}/spool"
 [destinations.lab]
 type = "ftp"
 host = "{SERVER_ADDR}"
-user = "{FTP_USER}"
+user = "{self.user}"
 password_file = "{self.base}/ftp.pass"
 directory = "backups/site"
-timeout = 4
-connect_timeout = 3
 keep = 5
 {dest}
 
@@ -237,6 +328,9 @@ def _missing_parts() -> str | None:
             return f"{tool} not installed"
     if not Path("/etc/pam.d/vsftpd").exists():
         return "vsftpd's PAM configuration is missing"
+    for binary in ("usr/sbin/proftpd", "usr/sbin/pure-ftpd"):
+        if not (FTPD_DIR / binary).exists():
+            return f"{FTPD_DIR / binary} is missing: run scripts/ftpd-servers"
     probe = _run("ip", "netns", "add", "ba-probe", check=False)
     if probe.returncode != 0:
         return f"cannot create network namespaces: {probe.stderr.strip()}"
@@ -246,7 +340,9 @@ def _missing_parts() -> str | None:
 
 @pytest.fixture
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """The two namespaces with vsftpd; indirect parameters: {"tls": True, "max_rate": N}."""
+    """The two namespaces with an FTP server; indirect parameters:
+    {"server": "vsftpd" | "proftpd" | "pure-ftpd", "tls": True, "implicit": True,
+    "max_rate": N (vsftpd only), "disk": "1M" (the FTP home on a tmpfs that small)}."""
     options = getattr(request, "param", {})
     missing = _missing_parts()
     require_system(missing is None, missing or "")
@@ -255,8 +351,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     os.chmod(base, 0o755)
     cns, sns = f"ba-cli-{tag}", f"ba-srv-{tag}"
     veth_c, veth_s = f"bac{tag}", f"bas{tag}"
-    lab = Lab(base, cns, sns, base / "home")
-    created_user = False
+    user = f"baft{tag}"  # one per lab: parallel labs each have their own home
+    lab = Lab(base, cns, sns, base / "home", user, options.get("server", "vsftpd"))
+    created_user = mounted = False
     try:
         for ns in (cns, sns):
             _run("ip", "netns", "add", ns)
@@ -282,9 +379,12 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         _run("ip", "-n", sns, "link", "set", veth_s, "up")
 
         lab.ftp_root.mkdir()
+        if options.get("disk"):
+            _run("mount", "-t", "tmpfs", "-o", f"size={options['disk']}", "tmpfs", str(lab.ftp_root))
+            mounted = True
         (base / "empty").mkdir()
         try:
-            pwd.getpwnam(FTP_USER)
+            pwd.getpwnam(user)
         except KeyError:
             _run(
                 "useradd",
@@ -293,19 +393,17 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
                 str(lab.ftp_root),
                 "--shell",
                 "/bin/sh",
-                FTP_USER,
+                user,
             )
             created_user = True
-        _run("usermod", "--home", str(lab.ftp_root), FTP_USER)
-        subprocess.run(["chpasswd"], input=f"{FTP_USER}:{FTP_PASSWORD}\n", text=True, check=True)
-        user = pwd.getpwnam(FTP_USER)
-        os.chown(lab.ftp_root, user.pw_uid, user.pw_gid)
+        _run("usermod", "--home", str(lab.ftp_root), user)
+        subprocess.run(["chpasswd"], input=f"{user}:{FTP_PASSWORD}\n", text=True, check=True)
+        account = pwd.getpwnam(user)
+        os.chown(lab.ftp_root, account.pw_uid, account.pw_gid)
 
         if options.get("tls"):
             lab.tls = make_certificates(base, SERVER_ADDR)
-            lab.conf_extra += TLS_CONF.format(**lab.tls)
-            if options.get("implicit"):
-                lab.conf_extra += "implicit_ssl=YES\n"
+            lab.implicit = bool(options.get("implicit"))
         if options.get("max_rate"):
             lab.conf_extra += f"local_max_rate={options['max_rate']}\n"
         lab.start_server()
@@ -320,8 +418,10 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             proc.wait(timeout=30)
         for ns in (cns, sns):
             _run("ip", "netns", "del", ns, check=False)
+        if mounted:
+            _run("umount", "--lazy", str(lab.ftp_root), check=False)
         if created_user:
-            _run("userdel", FTP_USER, check=False)
+            _run("userdel", user, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -345,4 +445,4 @@ def _wait_for_listener(lab: Lab, server: subprocess.Popen[bytes]) -> None:
     if result.returncode != 0 or not result.stdout.startswith("listening"):
         server.terminate()
         err = server.stderr.read().decode() if server.stderr else ""
-        pytest.fail(f"vsftpd did not start: {result.stderr.strip()} {err.strip()}")
+        pytest.fail(f"{lab.server} did not start: {result.stderr.strip()} {err.strip()}")
