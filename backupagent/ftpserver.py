@@ -7,15 +7,19 @@ bound but not listening, so the client's data connection is refused.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import FTPHandler, ThrottledDTPHandler
+from pyftpdlib.exceptions import _FileReadWriteError
+from pyftpdlib.filesystems import AbstractedFS
+from pyftpdlib.handlers import DTPHandler, FTPHandler, ThrottledDTPHandler
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
@@ -26,6 +30,51 @@ class _BlockedPassiveDTP(PassiveDTP):
 
     def listen(self, num: int) -> None:
         pass
+
+
+class _CappedFile:
+    """A file being uploaded that hits a full disk once `room` bytes are written."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self._file = file
+        self._room = room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            self._file.write(data[: max(self._room, 0)])
+            self._room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._room -= len(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+def _limited_fs(root: Path, limit: int) -> type[AbstractedFS]:
+    """A filesystem whose uploads fail with ENOSPC once `root` holds `limit` bytes."""
+
+    class LimitedFS(AbstractedFS):
+        def open(self, filename: str, mode: str) -> Any:
+            handle = super().open(filename, mode)
+            if not any(flag in mode for flag in "wa+"):
+                return handle
+            used = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+            # an overwrite or REST frees what it replaces: only growth uses room
+            return _CappedFile(handle, limit - used + (handle.tell() if "a" in mode else 0))
+
+    return LimitedFS
+
+
+class _FullDiskDTP(DTPHandler):
+    """Answers a failed write as vsftpd does, and closes the data connection."""
+
+    def handle_error(self) -> None:
+        if isinstance(sys.exc_info()[1], _FileReadWriteError):
+            self._resp = ("451 Failure writing to local file.", logging.getLogger().warning)
+            self.close()
+        else:
+            super().handle_error()
 
 
 class LocalFtpServer:
@@ -46,6 +95,8 @@ class LocalFtpServer:
         checksum: str | None = None,
         checksum_lies: bool = False,
         tls_cert: tuple[Path, Path] | None = None,
+        disk_limit: int | None = None,
+        faults: dict[str, list[str | None]] | None = None,
     ) -> None:
         """A server with behaviours the tests need.
 
@@ -54,7 +105,12 @@ class LocalFtpServer:
         `masquerade_address`: the address given in 227 replies (a NATed server);
         `checksum`: offer "XSHA256", "XMD5" or "HASH" (SHA-256) in FEAT and answer it,
         with a wrong digest if `checksum_lies`;
-        `tls_cert`: (certificate, key) files for explicit FTPS (needs pyOpenSSL).
+        `tls_cert`: (certificate, key) files for explicit FTPS (needs pyOpenSSL);
+        `disk_limit`: uploads fail with "no space left" once the root holds this much;
+        `faults`: per command verb, what to do at its 1st, 2nd, ... use: a reply line to
+        answer instead (then the session closes, as vsftpd's does after an OOPS),
+        "no-reply" to carry the command out and close without answering, None to
+        behave (later uses behave too).
         """
         self.root = root
         self.user = user
@@ -67,6 +123,7 @@ class LocalFtpServer:
         authorizer = DummyAuthorizer()
         authorizer.add_user(user, password, str(root), perm="elradfmwMT")
         self._block = threading.Event()
+        self.faults = faults or {}
         outer = self
 
         base: type[FTPHandler] = FTPHandler
@@ -113,6 +170,19 @@ class LocalFtpServer:
                     size = os.path.getsize(path)
                     self.respond(f"213 SHA-256 0-{size} {digest} {os.path.basename(path)}")
 
+            def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+                planned = outer.faults.get(cmd)
+                action = planned.pop(0) if planned else None
+                if action is None:
+                    super().pre_process_command(line, cmd, arg)
+                elif action == "no-reply":
+                    self.respond = lambda *args, **kwargs: None  # type: ignore[method-assign]
+                    super().pre_process_command(line, cmd, arg)
+                    self.close()
+                else:
+                    self.respond(action)
+                    self.close_when_done()
+
             def ftp_PASV(self, line: str) -> None:
                 self.passive_dtp = _BlockedPassiveDTP if outer._block.is_set() else PassiveDTP
                 super().ftp_PASV(line)
@@ -125,6 +195,9 @@ class LocalFtpServer:
                 super().ftp_EPSV(line)
 
         Handler.authorizer = authorizer
+        if disk_limit is not None:
+            Handler.abstracted_fs = _limited_fs(root, disk_limit)
+            Handler.dtp_handler = _FullDiskDTP
         Handler.masquerade_address = masquerade_address
         Handler.permit_foreign_addresses = permit_foreign_addresses
         if tls_cert is not None:

@@ -42,8 +42,16 @@ UNSUPPORTED_HERE = UNSUPPORTED | {Reply.NOT_IMPLEMENTED_FOR_PARAMETER}
 TRANSIENT = frozenset(
     {Reply.SERVICE_UNAVAILABLE, Reply.TRANSFER_ABORTED, Reply.FILE_BUSY, Reply.LOCAL_ERROR}
 )
-# what servers answer when they stop accepting an upload's data
-STORAGE = frozenset({Reply.LOCAL_ERROR, Reply.INSUFFICIENT_STORAGE, Reply.STORAGE_EXCEEDED})
+# what servers answer when they stop accepting an upload's data (426: pyftpdlib and
+# others report a failed write as an aborted transfer)
+STORAGE = frozenset(
+    {
+        Reply.TRANSFER_ABORTED,
+        Reply.LOCAL_ERROR,
+        Reply.INSUFFICIENT_STORAGE,
+        Reply.STORAGE_EXCEEDED,
+    }
+)
 TLS_FAILURES = frozenset({Reply.PROTOCOL_NOT_SUPPORTED, Reply.TLS_REFUSED})
 # "no such file" (and "No files found" for an empty NLST on some servers)
 NOT_FOUND = frozenset({Reply.FILE_UNAVAILABLE, Reply.FILE_BUSY})

@@ -222,15 +222,27 @@ class _DialogueMixin:
         listener.settimeout(self.dest.connect_timeout)
         port = listener.getsockname()[1]
         advertised = self.dest.active_address or local
+        self._listening = f"{advertised}:{port}"
         try:
             if ":" in advertised:
                 self.sendeprt(advertised, port)  # type: ignore[attr-defined]
             else:
                 self.sendport(advertised, port)  # type: ignore[attr-defined]
+        except TimeoutError as exc:
+            # some servers (pyftpdlib, IIS) connect before they answer PORT/EPRT
+            pending = _pending(listener)
+            listener.close()
+            if pending:
+                raise
+            verb = "EPRT" if ":" in advertised else "PORT"
+            raise self._no_connect_back(
+                exc,
+                f"the server neither connected to this host nor answered {verb} "
+                f"within {self.dest.timeout:g}s",
+            ) from exc
         except BaseException:
             listener.close()
             raise
-        self._listening = f"{advertised}:{port}"
         self.log.debug(f"FTP data connection: waiting for the server on {self._listening}")
         return listener
 

@@ -4,21 +4,26 @@ resume after a server restart, stalls, server-side checksums, FTPS, fallback."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from backupagent.config import Config, load_config
+from backupagent.config import Config, FtpDestination, load_config
+from backupagent.destinations.ftp import DataConnectionError, FtpSession
+from backupagent.diagnosis import Category, FailureKind, diagnose, is_transient
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 from backupagent.runner import RunResult, run_job
 
 from ..conftest import WriteConfig
 from ..helpers import make_certificates
+from ..scripted import ScriptedFtp, ScriptedSession
 
 REMOTE = Path("backups/site")
 
@@ -289,3 +294,176 @@ def test_local_read_error_is_not_a_network_error(write_config: WriteConfig) -> N
     config = write_config()
     with FtpSession(config.destination_of("www"), True) as session, pytest.raises(LocalReadError):
         session.upload(Broken(), "x.partial")
+
+
+# --- failures that must get the right verdict --------------------------------------
+
+
+def _scripted_dest(server: ScriptedFtp, **settings: object) -> FtpDestination:
+    return FtpDestination.model_validate(
+        {"type": "ftp", "host": "127.0.0.1", "port": server.port, "password": "x", **settings}
+    )
+
+
+def _connect_back_then_hang(session: ScriptedSession, _arg: str) -> None:
+    """Connect to the address the client gave in PORT, then answer nothing."""
+    port_line = next(c for c in reversed(session.commands) if c.startswith("PORT "))
+    numbers = [int(n) for n in port_line.split(" ", 1)[1].split(",")]
+    data = socket.create_connection(
+        (".".join(map(str, numbers[:4])), numbers[4] * 256 + numbers[5])
+    )
+    session.data = data  # type: ignore[attr-defined]  # kept open until the test ends
+    return None
+
+
+@pytest.mark.parametrize(
+    ("silent_at", "script"),
+    [
+        # vsftpd, ProFTPD: connect on STOR, answer 150 after, or 425 after their own
+        # (longer) connect timeout: the client's timeout ends first
+        ("STOR", {"STOR": None}),
+        # pyftpdlib, IIS: connect on PORT, answer after
+        ("PORT", {"PORT": None}),
+    ],
+)
+def test_active_server_that_never_connects_back_is_a_data_connection_failure(
+    silent_at: str, script: dict
+) -> None:
+    # timeout = 1: a server that never answers gives this outcome at any timeout
+    with (
+        ScriptedFtp(script) as server,
+        FtpSession(_scripted_dest(server, timeout=1), passive=False) as session,
+    ):
+        with pytest.raises(DataConnectionError) as caught:
+            session.upload(io.BytesIO(b"data"), "a.partial")
+        failure = session.failure(caught.value)
+    diagnosis = diagnose(failure)
+    assert failure.kind is FailureKind.DATA_CONNECT and failure.address
+    assert diagnosis.category is Category.ACTIVE_DATA and diagnosis.passive_should_be is True
+    assert not is_transient(failure)
+    assert any(line.startswith(f"FTP client command: {silent_at}") for line in diagnosis.evidence)
+    assert "a.partial" not in session.touched  # the server never began the upload
+
+
+def test_active_server_that_connects_but_never_answers_is_not_blamed_on_the_mode() -> None:
+    # timeout = 1: the server stays silent for ever; only the cause is asserted
+    with ScriptedFtp({"STOR": _connect_back_then_hang}) as server:
+        session = FtpSession(_scripted_dest(server, timeout=1), passive=False)
+        with pytest.raises(TimeoutError), session:
+            session.upload(io.BytesIO(b"data"), "a.partial")
+
+
+def test_wrong_password_is_one_login_and_no_work(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    db = tmp_path / "app.sqlite"
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.commit()
+    result = run_job(
+        write_config(password="wrong", job=f'databases = [{{ type = "sqlite", path = "{db}" }}]'),
+        "www",
+    )
+    assert result.exit_code == 1 and "530" in result.suggestion
+    names = [e["event"] for e in read_events(result.log_path)]
+    assert names.count("FTP client command: PASS ****") == 1
+    assert "archive written" not in names and "removing incomplete upload" not in names
+    assert not any("dump" in n for n in names)
+    assert not list((tmp_path / "spool" / "www").iterdir())
+
+
+def test_server_down_fails_fast_without_a_clean_up(write_config: WriteConfig) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+    config = write_config()
+    config.path.write_text(config.path.read_text().replace("port = ", f"port = {port}\n#"))
+    result = run_job(load_config(config.path), "www")
+    assert result.exit_code == 1
+    assert read_events(result.log_path)[-1]["category"] == "host_unreachable"
+    assert len(events(result, "FTP login failed; retrying")) == 1  # once, not `retries` times
+    assert not events(result, "removing incomplete upload")
+    assert not events(result, "could not remove")
+
+
+def test_missing_directory_fails_before_any_work(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    (ftp_server.root / "backups").write_text("a file where the directory should be")
+    result = run_job(write_config(), "www")
+    assert result.exit_code == 1
+    assert read_events(result.log_path)[-1]["category"] == "path_or_permission"
+    assert "archive written" not in [e["event"] for e in read_events(result.log_path)]
+
+
+@pytest.mark.parametrize("server", [{"disk_limit": 120_000}], indirect=True)
+def test_full_server_disk_is_diagnosed_after_one_resume(
+    write_config: WriteConfig, server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(), server), "www")  # ~300 kB archive
+    assert result.exit_code == 1
+    last = read_events(result.log_path)[-1]
+    assert last["category"] == "server_out_of_space" and last["change"] is None
+    assert len(events(result, "resuming upload")) == 1
+    assert any("bytes and took none more" in e for e in last["evidence"])
+    assert any("451 Failure writing to local file." in e for e in last["evidence"])
+    assert "set passive" not in result.suggestion and "keep" in result.suggestion
+    assert published(server) == []  # the partial volume was removed
+
+
+@pytest.mark.parametrize(
+    "server", [{"faults": {"RNFR": ["500 OOPS: priv_sock_send_cmd"]}}], indirect=True
+)
+def test_a_lost_session_is_reconnected_and_the_step_retried(
+    write_config: WriteConfig, server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(dest="retry_wait = 0.1"), server), "www")
+    assert result.outcome == "success", result.suggestion
+    assert [e["reason"] for e in events(result, "FTP rename failed; retrying")] == [
+        "500 OOPS: priv_sock_send_cmd"
+    ]
+
+
+@pytest.mark.parametrize("server", [{"faults": {"RNTO": ["no-reply"]}}], indirect=True)
+def test_a_rename_whose_reply_was_lost_is_not_repeated(
+    write_config: WriteConfig, server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(dest="retry_wait = 0.1"), server), "www")
+    assert result.outcome == "success", result.suggestion
+    assert events(result, "rename already done")
+    assert len([n for n in published(server) if n.endswith(".manifest.json")]) == 1
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {
+            "faults": {
+                "PASS": ["500 OOPS: vsftpd: refusing to run with writable root inside chroot()"] * 9
+            }
+        }
+    ],
+    indirect=True,
+)
+def test_an_oops_on_every_attempt_is_the_server_admins_to_fix(
+    write_config: WriteConfig, server: LocalFtpServer
+) -> None:
+    result = run_job(point_at(write_config(dest="retry_wait = 0.1"), server), "www")
+    assert result.exit_code == 1
+    last = read_events(result.log_path)[-1]
+    assert last["category"] == "server_error" and last["change"] is None
+    assert "refusing to run with writable root" in result.suggestion
+    assert "server's admin" in result.suggestion
+
+
+def test_certificate_failure_shows_what_to_pin(
+    write_config: WriteConfig, tls_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    fingerprint = (tmp_path / "fingerprint").read_text()
+    result = run_job(point_at(write_config(dest='tls = "explicit"'), tls_server), "www")
+    assert result.exit_code == 1
+    text = result.suggestion
+    assert f'tls_fingerprint = "{fingerprint}"' in text
+    assert "certificate subject: CN=127.0.0.1" in text
+    assert "issuer: CN=backupagent test CA" in text and "valid until: 20" in text
+    assert "tls_ca_file" in text and "set passive" not in text
+    assert "PASS ****" not in commands(result)
