@@ -26,9 +26,13 @@ def manifest_name(backup_id: str) -> str:
     return backup_id + MANIFEST_SUFFIX
 
 
-def temp_name(final_name: str) -> str:
-    """The name a file is uploaded under before it is complete; never looks like a backup."""
-    return final_name + TEMP_SUFFIX
+def temp_name(final_name: str, tag: str = "") -> str:
+    """The name a file is uploaded under before it is complete; never looks like a backup.
+
+    `tag` makes another one for the same file: a server may still hold (and lock, as
+    vsftpd does) the first while its own timeout for a failed attempt runs.
+    """
+    return final_name + (f".{tag}" if tag else "") + TEMP_SUFFIX
 
 
 @dataclass(frozen=True, order=True)

@@ -231,6 +231,7 @@ class _Run:
             self._with_fallback(
                 "manifest", lambda r: self._publish(r, self._manifest(stats, volumes, dumps, site))
             )
+            self._remove_abandoned()
             self._prune(self.remote)
         except RunError as exc:
             self._remove_leftovers()
@@ -519,12 +520,16 @@ class _Run:
 
     def _send_volume(self, volume: Volume, remote: ftp.FtpRemote) -> None:
         """Under a temporary name, renamed when complete, then size and checksum checked."""
-        temp = temp_name(volume.name)
+        temp = self._temp_name(volume.name)
         self._will_write(temp)
         self._will_write(volume.name)
         remote.upload_file(volume.path, temp, self._uploaded)
         remote.rename(temp, volume.name)
         remote.call("check", lambda s, _: self._verify(s, volume))
+
+    def _temp_name(self, name: str) -> str:
+        """After a fallback, another temporary name than the failed attempt's."""
+        return temp_name(name, mode_name(self.remote.passive) if self.switched else "")
 
     def _will_write(self, name: str) -> None:
         """Remember a remote name, to remove it should the run fail."""
@@ -534,12 +539,11 @@ class _Run:
     def _publish(self, remote: ftp.FtpRemote, manifest_data: bytes) -> None:
         """The manifest last: only now does the backup count as complete."""
         manifest = manifest_name(self.backup_id)
-        self._will_write(temp_name(manifest))
+        temp = self._temp_name(manifest)
+        self._will_write(temp)
         self._will_write(manifest)
-        remote.call(
-            "manifest upload", lambda s, _: s.upload_bytes(manifest_data, temp_name(manifest))
-        )
-        remote.rename(temp_name(manifest), manifest)
+        remote.call("manifest upload", lambda s, _: s.upload_bytes(manifest_data, temp))
+        remote.rename(temp, manifest)
         self.written.clear()
         self.log.info("backup published", archive=self.archive, manifest=manifest)
 
@@ -597,6 +601,20 @@ class _Run:
                 self.log.info("removed uploads left by crashed runs", names=stale)
         except ftp.TRANSFER_ERRORS as exc:
             self._warn(self.dest.directory, f"retention failed, nothing more deleted: {exc}")
+
+    def _remove_abandoned(self) -> None:
+        """After a fallback, what the failed mode's attempt left on the server (vsftpd
+        keeps the empty file it created before it failed to connect back)."""
+        if not self.switched:
+            return
+        abandoned = sorted(self.remotes[0].touched - self.remote.touched)
+        if not abandoned:
+            return
+        try:
+            self.remote.delete(abandoned)
+            self.log.info("removed what the failed mode's attempt left", names=abandoned)
+        except ftp.TRANSFER_ERRORS as exc:
+            self._warn(self.dest.directory, f"could not remove {', '.join(abandoned)}: {exc}")
 
     def _remove_leftovers(self) -> None:
         """Best effort, on a fresh connection: delete what this run uploaded. The run's

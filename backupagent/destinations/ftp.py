@@ -118,6 +118,8 @@ TRANSFER_ERRORS: tuple[type[BaseException], ...] = (OSError, EOFError, ftplib.Er
 
 
 def _describe_os_error(exc: BaseException, timeout: float | None = None) -> str:
+    if isinstance(exc, EOFError):  # ftplib: the control connection ended
+        return "the server closed the connection"
     if isinstance(exc, TimeoutError | socket.timeout):
         return f"timed out after {timeout:g}s" if timeout else "timed out"
     if isinstance(exc, socket.gaierror):
@@ -420,7 +422,7 @@ class FtpSession:
         self.dest = dest
         self.passive = passive
         self.dialogue: list[Line] = []
-        # names the server may now hold because of us: a transfer it began, a rename
+        # names the server may now hold because of us: an upload begun, a rename
         self.touched: set[str] = set() if touched is None else touched
         self.moved = 0  # data bytes sent or received
         self.certificate: Certificate | None = None  # when TLS verification failed
@@ -580,11 +582,13 @@ class FtpSession:
     ) -> int:
         """Send `source` (already at `offset`) as `name`: STOR, REST+STOR, or APPE."""
         self.ftp.voidcmd("TYPE I")
+        # from the command on, the server may hold the file: vsftpd creates it before
+        # it connects back in active mode, and keeps it when that fails
+        self.touched.add(name)
         if append:
             conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
         else:
             conn, _ = self.ftp.ntransfercmd(f"STOR {name}", offset or None)
-        self.touched.add(name)
         self._data_conn = conn
         try:
             with conn:
@@ -877,27 +881,28 @@ class FtpRemote:
         """Upload a local file; after an interruption, continue from the size on the server.
 
         When the server stops taking data (a full disk: 451/452/552 or a data
-        connection it closes), one resumed attempt tells: if the size it holds has not
-        grown since, NoProgress ends the upload instead of more retries.
+        connection it closes), one more attempt tells: if the size it holds has not
+        grown by the next retry, NoProgress ends the upload instead of more retries.
+        A server that refuses to resume (ProFTPD without AllowStoreRestart) gets the
+        whole file again.
         """
         total = path.stat().st_size
-        resumed_at: int | None = None  # what the server held when the last attempt began
+        held_before: int | None = None  # SIZE at the last retry that followed a stop
+        from_start = self.dest.resume == "off"
 
         def send(session: FtpSession, attempt: int) -> None:
-            nonlocal resumed_at
+            nonlocal held_before, from_start
+            previous = self.last_failure if attempt else None
+            stopped = previous is not None and _stopped_taking_data(previous)
             offset = 0
-            if attempt and self.dest.resume != "off":
-                held = session.size_or_none(name)
-                offset = min(held or 0, total)
-                previous = self.last_failure
-                if (
-                    resumed_at is not None
-                    and offset <= resumed_at
-                    and previous is not None
-                    and _stopped_taking_data(previous)
-                ):
-                    raise NoProgress(name, offset, total, _last_words(previous))
-                resumed_at = offset
+            if previous is not None and (stopped or not from_start):
+                held = min(session.size_or_none(name) or 0, total)
+                if stopped:
+                    assert previous is not None
+                    if held_before is not None and held <= held_before:
+                        raise NoProgress(name, held, total, _last_words(previous))
+                    held_before = held
+                offset = 0 if from_start else held
             append = False
             if offset:
                 method = self.dest.resume
@@ -911,9 +916,20 @@ class FtpRemote:
                     of=total,
                     method="APPE" if append else "REST + STOR",
                 )
-            with path.open("rb") as source:
-                source.seek(offset)
-                session.upload(source, name, progress, offset=offset, append=append)
+            try:
+                with path.open("rb") as source:
+                    source.seek(offset)
+                    session.upload(source, name, progress, offset=offset, append=append)
+            except ftplib.Error as exc:
+                if offset and not _began_transfer(session.dialogue):
+                    from_start = True
+                    self.log.warning(
+                        "the server refused to resume the upload; the next attempt sends "
+                        "it from the start",
+                        name=name,
+                        reply=str(exc),
+                    )
+                raise
 
         self.call(f"upload of {name}", send)
 
@@ -936,10 +952,24 @@ class FtpRemote:
         self.call("delete", lambda session, _attempt: session.delete_all(names))
 
 
+def _began_transfer(dialogue: list[Line] | tuple[Line, ...]) -> bool:
+    """The last upload command got its 1xx: the server took the transfer on."""
+    for line in reversed(dialogue):
+        if line.direction == "command" and line.verb in ("STOR", "APPE"):
+            return False
+        if line.code is not None and 100 <= line.code < 200:
+            return True
+    return False
+
+
 def _stopped_taking_data(failure: Failure) -> bool:
-    """The server refused more data (storage replies) or closed the data connection."""
+    """During an upload it had begun, the server refused more data (storage replies)
+    or closed the data connection."""
     if failure.kind is FailureKind.REPLY:
-        return failure.dialogue[-1].code in replies.STORAGE if failure.dialogue else False
+        last = failure.dialogue[-1] if failure.dialogue else None
+        return (
+            last is not None and last.code in replies.STORAGE and _began_transfer(failure.dialogue)
+        )
     return failure.kind is FailureKind.DATA_TRANSFER and failure.closed_by_server
 
 

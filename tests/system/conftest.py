@@ -342,7 +342,7 @@ def _missing_parts() -> str | None:
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     """The two namespaces with an FTP server; indirect parameters:
     {"server": "vsftpd" | "proftpd" | "pure-ftpd", "tls": True, "implicit": True,
-    "max_rate": N (vsftpd only), "disk": "1M" (the FTP home on a tmpfs that small)}."""
+    "max_rate": N (bytes/s; vsftpd, ProFTPD), "disk": "1M" (the FTP home on a tmpfs)}."""
     options = getattr(request, "param", {})
     missing = _missing_parts()
     require_system(missing is None, missing or "")
@@ -405,7 +405,12 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             lab.tls = make_certificates(base, SERVER_ADDR)
             lab.implicit = bool(options.get("implicit"))
         if options.get("max_rate"):
-            lab.conf_extra += f"local_max_rate={options['max_rate']}\n"
+            rate = options["max_rate"]
+            lab.conf_extra += (
+                f"TransferRate STOR {rate // 1024}\n"
+                if lab.server == "proftpd"
+                else f"local_max_rate={rate}\n"
+            )
         lab.start_server()
         yield lab
     finally:
@@ -413,6 +418,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             if agent.poll() is None:
                 agent.kill()
                 agent.communicate()
+        keep = os.environ.get("BACKUPAGENT_LAB_LOGS")  # a directory to copy run logs to
+        if keep and (base / "log").exists():
+            shutil.copytree(base / "log", Path(keep) / request.node.name, dirs_exist_ok=True)
         lab.signal_server(signal.SIGKILL)  # the listener and every session, stopped or not
         for proc in lab.procs:
             proc.wait(timeout=30)

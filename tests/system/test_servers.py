@@ -74,3 +74,17 @@ def test_firewall_gets_the_verified_flip(
     assert suggestion["change"] == f"passive = {str(not passive).lower()}"
     assert suggestion["verified"] is True
     assert not [n for n in lab.remote_names() if not n.endswith(".partial")]
+
+
+@pytest.mark.parametrize(
+    "lab", [{"server": s, "disk": "1M"} for s in SERVERS], indirect=True, ids=SERVERS
+)
+def test_full_disk_is_a_storage_verdict(lab: Lab) -> None:
+    """The FTP home is a 1 MiB tmpfs; the archive (2 MB of random bytes) cannot fit."""
+    failed = lab.agent(lab.write_config(passive=True), "run-job", "site")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    suggestion = _events(lab, "suggestion")[-1]
+    assert suggestion["category"] == "server_out_of_space", suggestion
+    assert suggestion["change"] is None and "set passive" not in failed.stdout
+    assert len(_events(lab, "resuming upload")) <= 1
+    assert not [n for n in lab.remote_names() if not n.endswith(".partial")]
