@@ -12,6 +12,7 @@ import io
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import structlog
 
 from backupagent.config import Config, FtpDestination
 from backupagent.destinations.ftp import TRANSFER_ERRORS, FtpSession
+from backupagent.diagnosis import Certificate, FailureKind
 
 Mode = Literal["EPSV", "PASV", "active"]
 MODES: tuple[Mode, ...] = ("EPSV", "PASV", "active")
@@ -43,6 +45,8 @@ class Report:
     modes: dict[str, Outcome] = field(default_factory=dict)
     banner: str = ""
     tls: dict[str, Any] = field(default_factory=dict)
+    certificate: Certificate | None = None  # shown when verification failed or is pinned
+    certificate_refused: bool = False
     features: list[str] = field(default_factory=list)
     configured_works: bool = False
     changes: list[tuple[str, str]] = field(default_factory=list)  # ("job"|"destination", setting)
@@ -106,11 +110,18 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[-1]
 
 
-def run_checkup(config: Config, job: str) -> Report:
-    """Every step against the job's destination; every FTP line goes to the debug log."""
+def run_checkup(
+    config: Config, job: str, on_step: Callable[[str], None] = lambda _text: None
+) -> Report:
+    """Every step against the job's destination; every FTP line goes to the debug log.
+
+    `on_step` hears each step as it starts, with how long it may take, so a mode that a
+    firewall blocks is not a silent wait.
+    """
     dest = config.destination_of(job)
     report = Report(job)
     log = structlog.get_logger("backupagent.diagnose")
+    on_step(f"resolving {dest.host}")
     outcome, addresses = _timed(
         "resolve",
         lambda: sorted(
@@ -126,24 +137,34 @@ def run_checkup(config: Config, job: str) -> Report:
         return report
     session = FtpSession(dest, config.passive_for(job))
     started = time.monotonic()
+    on_step(f"connecting and logging in (up to {dest.connect_timeout + dest.timeout:g}s)")
     try:
         session.open()
         report.banner = session.ftp.welcome or ""
         report.tls = session.tls_info()
+        report.certificate = session.certificate_info() if dest.tls_fingerprint else None
         report.features = sorted(session.features())
         detail = report.banner.splitlines()[-1] if report.banner else ""
         report.steps.append(Outcome("connect and log in", True, time.monotonic() - started, detail))
     except TRANSFER_ERRORS as exc:
         failure = session.failure(exc)
         last = failure.dialogue[-1].text if failure.dialogue else ""
-        detail = failure.error if failure.kind.value != "reply" else last
+        detail = failure.error if failure.kind is not FailureKind.REPLY else last
         report.steps.append(
             Outcome("connect and log in", False, time.monotonic() - started, detail)
         )
+        report.certificate = failure.certificate
+        report.certificate_refused = failure.certificate is not None
         return report
     finally:
         session.close()
+    # a blocked mode waits out connect_timeout (passive) or timeout (active), once
+    # for the listing and not again: the upload is not tried after a failed listing
+    waits = {"EPSV": dest.connect_timeout, "PASV": dest.connect_timeout, "active": dest.timeout}
     for mode in MODES:
+        on_step(
+            f"trying {mode}: list, upload, size, delete (a blocked mode takes {waits[mode]:g}s)"
+        )
         report.modes[mode] = _try_mode(dest, mode)
         log.info(
             "mode tried", tried=mode, ok=report.modes[mode].ok, detail=report.modes[mode].detail

@@ -132,8 +132,10 @@ def print_summary(result: RunResult) -> None:
         if len(result.warnings) > 20:
             lines.append([(f"  … and {len(result.warnings) - 20} more in the log", "")])
     if result.suggestion:
+        # its first sentence is the headline's: say it once
+        body = result.suggestion.removeprefix(f"Job '{result.job}': {result.error}.").lstrip("\n")
         lines.append([("Suggestion:", "bold yellow")])
-        lines.append([(result.suggestion, "")])
+        lines.append([(body, "")])
     lines.append([(f"Log: {result.log_path}", "")])
     _print_lines(lines)
 
@@ -190,19 +192,44 @@ def diagnose(obj: _Context, job: str) -> None:
 
     config = obj.job(job)
     dest = config.destination_of(job)
+    name = config.jobs[job].destination
     log_dir = config.agent.log_dir / "diagnose"
     run_id = new_run_id(dt.datetime.now(dt.UTC))
-    with run_log(log_dir, job, run_id) as log_path:
-        report = run_checkup(config, job)
     out = _console(soft_wrap=True)
     out.print(
-        f"Destination {job!r} -> {dest.host}:{dest.effective_port} (tls = {dest.tls})", markup=False
+        f"Destination {name!r} -> {dest.host}:{dest.effective_port} (tls = {dest.tls}), "
+        f"as used by job {job!r}",
+        markup=False,
     )
-    for step in report.steps:
-        mark = "ok  " if step.ok else "FAIL"
-        out.print(f"  {mark} {step.name} ({step.seconds:.2f}s) {step.detail}", markup=False)
+
+    def step(text: str) -> None:  # progress on stderr: stdout stays the report
+        click.echo(f"  ... {text}", err=True)
+
+    with run_log(log_dir, job, run_id) as log_path:
+        report = run_checkup(config, job, step)
+    for outcome in report.steps:
+        mark = "ok  " if outcome.ok else "FAIL"
+        out.print(
+            f"  {mark} {outcome.name} ({outcome.seconds:.2f}s) {outcome.detail}", markup=False
+        )
     for key, value in report.tls.items():
         out.print(f"  TLS {key}: {value}", markup=False)
+    if report.certificate is not None:
+        cert = report.certificate
+        state = "NOT ACCEPTED" if report.certificate_refused else "pinned by tls_fingerprint"
+        out.print(f"  TLS certificate ({state}):", markup=False)
+        out.print(f"    subject:     {cert.subject}", markup=False)
+        out.print(f"    issuer:      {cert.issuer}", markup=False)
+        out.print(f"    valid until: {cert.not_after}", markup=False)
+        out.print(f"    SHA-256:     {cert.fingerprint}", markup=False)
+        if report.certificate_refused:
+            out.print(
+                f"  To trust it, under [destinations.{name}] in {config.path} give the CA's "
+                "certificate as tls_ca_file, or pin this one: "
+                f'tls_fingerprint = "{cert.fingerprint}" '
+                "(compare the fingerprint with the server's admin first)",
+                markup=False,
+            )
     if report.features:
         out.print(f"  FEAT: {', '.join(report.features)}", markup=False)
     if report.modes:
@@ -257,7 +284,7 @@ def daemon(obj: _Context) -> None:
 def list_jobs(obj: _Context) -> None:
     """Jobs, their schedule, next run time and last result."""
     from backupagent.config import cron_trigger
-    from backupagent.state import History
+    from backupagent.state import BACKUP_TRIGGERS, History
 
     config = obj.config()
     now = dt.datetime.now(dt.UTC)
@@ -270,7 +297,7 @@ def list_jobs(obj: _Context) -> None:
                     None, now
                 )
                 next_run = _when(fire) if fire else "never"
-            last = history.last(name)
+            last = history.last(name, triggers=BACKUP_TRIGGERS)  # a verify is not a backup
             rows.append(
                 [
                     name,

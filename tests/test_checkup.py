@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from backupagent.checkup import Outcome, recommend
@@ -82,3 +84,46 @@ def test_diagnose_wrong_password(write_config: WriteConfig) -> None:
     result = cli(write_config(password="nope").path, "diagnose", "www")
     assert result.returncode == 1
     assert "FAIL connect and log in" in result.stdout and "530" in result.stdout
+
+
+def test_diagnose_names_the_destination_and_shows_progress(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    result = cli(write_config().path, "diagnose", "www")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("Destination 'test' -> ")
+    assert "as used by job 'www'" in result.stdout.splitlines()[0]
+    steps = [line for line in result.stderr.splitlines() if line.startswith("  ... trying ")]
+    assert [line.split()[2].rstrip(":") for line in steps] == ["EPSV", "PASV", "active"]
+    assert "a blocked mode takes 15s" in steps[0] and "a blocked mode takes 5s" in steps[2]
+
+
+def test_diagnose_shows_the_certificate_it_could_not_verify(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    pytest.importorskip("OpenSSL", reason="pyOpenSSL is needed for pyftpdlib's FTPS")
+    from .helpers import make_certificates
+
+    files = make_certificates(tmp_path)
+    fingerprint = (tmp_path / "fingerprint").read_text()
+    root = tmp_path / "tls-root"
+    root.mkdir()
+    with LocalFtpServer(root, tls_cert=(files["cert"], files["key"])) as server:
+        refused = cli(
+            point_at(write_config(dest='tls = "explicit"'), server).path, "diagnose", "www"
+        )
+        pinned = cli(
+            point_at(
+                write_config(dest=f'tls = "explicit"\ntls_fingerprint = "{fingerprint}"'), server
+            ).path,
+            "diagnose",
+            "www",
+        )
+    assert refused.returncode == 1
+    assert "TLS certificate (NOT ACCEPTED):" in refused.stdout
+    assert f"SHA-256:     {fingerprint}" in refused.stdout
+    assert "issuer:      CN=backupagent test CA" in refused.stdout
+    assert f'tls_fingerprint = "{fingerprint}"' in refused.stdout
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
+    assert "TLS certificate (pinned by tls_fingerprint):" in pinned.stdout
+    assert "subject:     CN=127.0.0.1" in pinned.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import os
 import subprocess
@@ -84,6 +85,10 @@ def test_run_job_failure_exits_1_with_suggestion_and_logs_highlight(
     assert "Suggestion:" in result.stdout
     assert "set passive = false" in result.stdout
     assert "Traceback" not in result.stderr
+    headline = result.stdout.splitlines()[0]
+    verdict = headline.split(" — ", 1)[1].removesuffix("; nothing was published.")
+    assert result.stdout.count(verdict) == 1  # the suggestion does not repeat the headline
+    assert result.stdout.split("Suggestion:\n", 1)[1].startswith("Evidence:")
     logs = cli(config.path, "logs", "www")
     assert "==================== SUGGESTION ====================" in logs.stdout
     run_id = Path(result.stdout.split("Log: ")[1].split()[0]).stem
@@ -167,6 +172,13 @@ def test_list_and_history_are_plain_text_when_piped(write_config: WriteConfig) -
     name, schedule, next_run, last = listing[1].split("\t")
     assert (name, schedule) == ("www", "30 2 * * *")
     assert ":30:00" in next_run and last.startswith("success (")
+    # a verify that failed later is not the job's result
+    from backupagent.state import History, Run
+
+    with History(config.agent.state_dir) as db:
+        started = dt.datetime.now(dt.UTC)
+        db.save(Run("v", "www", "verify", started, "", result="failed", finished=started))
+    assert cli(config.path, "list").stdout.splitlines()[1].split("\t")[3].startswith("success (")
     history = cli(config.path, "history", "www").stdout.splitlines()
     assert history[0].split("\t") == [
         "run",
@@ -177,7 +189,8 @@ def test_list_and_history_are_plain_text_when_piped(write_config: WriteConfig) -
         "trigger",
         "note",
     ]
-    assert history[1].split("\t")[4:6] == ["success", "manual"]
+    assert history[1].split("\t")[4:6] == ["failed", "verify"]  # every run, newest first
+    assert history[2].split("\t")[4:6] == ["success", "manual"]
 
 
 def test_old_run_logs_are_pruned(write_config: WriteConfig, tmp_path: Path) -> None:

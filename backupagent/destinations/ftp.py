@@ -516,11 +516,12 @@ class FtpSession:
         if not isinstance(sock, ssl.SSLSocket):
             return {}
         info: dict[str, Any] = {"protocol": sock.version(), "cipher": (sock.cipher() or ("",))[0]}
-        info["fingerprint_sha256"] = certificate_fingerprint(sock)
-        details = sock.getpeercert() or {}
-        if details:
-            info["subject"] = ", ".join("=".join(pair[0]) for pair in details.get("subject", ()))
-            info["expires"] = details.get("notAfter")
+        certificate = self.certificate_info()
+        if certificate is not None:
+            info["subject"] = certificate.subject
+            info["issuer"] = certificate.issuer
+            info["expires"] = certificate.not_after
+            info["fingerprint_sha256"] = certificate.fingerprint
         return info
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ Each lab has its own namespaces and FTP user, so labs run in parallel (pytest-xd
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -320,6 +321,7 @@ sources = ["{site}"]
         return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
+@functools.cache
 def _missing_parts() -> str | None:
     if os.geteuid() != 0:
         return "not root"
@@ -331,10 +333,11 @@ def _missing_parts() -> str | None:
     for binary in ("usr/sbin/proftpd", "usr/sbin/pure-ftpd"):
         if not (FTPD_DIR / binary).exists():
             return f"{FTPD_DIR / binary} is missing: run scripts/ftpd-servers"
-    probe = _run("ip", "netns", "add", "ba-probe", check=False)
+    name = f"ba-probe-{os.getpid()}"  # one per process: pytest-xdist workers probe at once
+    probe = _run("ip", "netns", "add", name, check=False)
     if probe.returncode != 0:
         return f"cannot create network namespaces: {probe.stderr.strip()}"
-    _run("ip", "netns", "del", "ba-probe", check=False)
+    _run("ip", "netns", "del", name, check=False)
     return None
 
 
