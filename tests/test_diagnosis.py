@@ -7,15 +7,20 @@ from pathlib import Path
 import pytest
 
 from backupagent.diagnosis import (
+    FTP_RULES,
     Category,
+    Certificate,
     Failure,
     FailureKind,
     Line,
     ProbeResult,
     diagnose,
     is_transient,
+    matching_rule,
     suggestion_text,
 )
+
+CERT = Certificate("CN=ftp.example.com", "CN=Example CA", "2027-01-01 00:00:00 UTC", "ab" * 32)
 
 LOGIN = (
     Line("reply", "220 ready"),
@@ -288,7 +293,83 @@ CASES = [
         Category.CONTROL_LOST,
         None,
     ),
+    (
+        "active: neither a reply nor a connection within timeout",
+        Failure(
+            FailureKind.DATA_CONNECT,
+            False,
+            (*LOGGED_IN, c("PORT 10,0,0,1,156,64"), r("200 PORT ok"), c("STOR a.partial")),
+            "the server neither connected to this host nor answered STOR within 30s",
+            "10.0.0.1:40000",
+        ),
+        Category.ACTIVE_DATA,
+        True,
+    ),
+    (
+        "certificate not verified",
+        Failure(
+            FailureKind.TLS,
+            True,
+            (r("220 ready"), c("AUTH TLS"), r("234 Proceed")),
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate",
+            certificate=CERT,
+        ),
+        Category.TLS,
+        None,
+    ),
+    (
+        "vsftpd OOPS at login",
+        Failure(
+            FailureKind.REPLY,
+            True,
+            (*LOGIN, r("500 OOPS: vsftpd: refusing to run with writable root inside chroot()")),
+        ),
+        Category.SERVER_ERROR,
+        None,
+    ),
+    (
+        "upload stopped at the same size twice",
+        Failure(
+            FailureKind.NO_PROGRESS,
+            True,
+            (*LOGGED_IN, c("SIZE a.partial"), r("213 1048576")),
+            "the upload of a.partial stopped again at byte 1048576 of 2000000; the attempt "
+            "before ended with: 451 Failure writing to local file.",
+            stored=1048576,
+            size=2000000,
+        ),
+        Category.NO_SPACE,
+        None,
+    ),
+    (
+        "anything else",
+        Failure(FailureKind.OTHER, True, LOGGED_IN, "ValueError: odd"),
+        Category.UNKNOWN,
+        None,
+    ),
 ]
+
+
+def test_every_rule_has_a_row() -> None:
+    assert {matching_rule(case[1]).name for case in CASES} == {rule.name for rule in FTP_RULES}
+
+
+def test_storage_verdict_quotes_the_counts_and_the_reply() -> None:
+    diagnosis = diagnose(next(case[1] for case in CASES if case[0].startswith("upload stopped")))
+    assert diagnosis.evidence[0] == (
+        "the server holds 1048576 of 2000000 bytes and took none more on a resumed attempt"
+    )
+    assert "451 Failure writing to local file." in diagnosis.evidence[1]
+    assert "keep" in diagnosis.keys
+
+
+def test_certificate_verdict_gives_the_pin_to_set() -> None:
+    diagnosis = diagnose(next(case[1] for case in CASES if case[0] == "certificate not verified"))
+    text = suggestion_text(diagnosis, "nightly", "offsite", Path("jobs.toml"), None)
+    assert f'tls_fingerprint = "{CERT.fingerprint}"' in text
+    assert "certificate subject: CN=ftp.example.com" in text
+    assert "issuer: CN=Example CA" in text and "valid until: 2027-01-01 00:00:00 UTC" in text
+    assert "Where: in jobs.toml, under [destinations.offsite]: tls_ca_file, tls_fingerprint" in text
 
 
 @pytest.mark.parametrize(
@@ -380,6 +461,12 @@ def _reply_failure(code_line: str) -> Failure:
             False,
         ),
         (Failure(FailureKind.TLS, True, LOGGED_IN, "certificate verify failed"), False),
+        (_reply_failure("500 OOPS: priv_sock_send_cmd"), True),  # vsftpd's session died
+        (_reply_failure("500 Unknown command."), False),
+        (
+            Failure(FailureKind.NO_PROGRESS, True, LOGGED_IN, "stopped again", stored=1, size=2),
+            False,
+        ),
     ],
 )
 def test_transient_failures(failure: Failure, transient: bool) -> None:

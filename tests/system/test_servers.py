@@ -8,7 +8,7 @@ import pytest
 
 from backupagent.logging import read_events, run_logs
 
-from .conftest import Lab
+from .lab import Lab
 
 pytestmark = pytest.mark.system
 
