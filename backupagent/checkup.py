@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import structlog
 
+from backupagent import replies
 from backupagent.config import Config, FtpDestination
 from backupagent.destinations.ftp import TRANSFER_ERRORS, FtpSession
 from backupagent.diagnosis import Certificate, FailureKind
@@ -196,7 +197,7 @@ def _try_mode(dest: FtpDestination, mode: Mode) -> Outcome:
         last = failure.dialogue[-1] if failure.dialogue else None
         refused = bool(
             last is not None
-            and last.code in (500, 502)
+            and last.code in replies.UNSUPPORTED
             and len(failure.dialogue) >= 2
             and failure.dialogue[-2].verb in ("EPSV", "PASV", "PORT", "EPRT")
         )

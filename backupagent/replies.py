@@ -13,6 +13,7 @@ class Reply(IntEnum):
     OK = 200
     FILE_STATUS = 213  # SIZE, XSHA256, HASH
     READY = 220
+    TLS_GO_AHEAD = 234  # AUTH TLS accepted
     TRANSFER_COMPLETE = 226
     PASSIVE = 227
     EXTENDED_PASSIVE = 229

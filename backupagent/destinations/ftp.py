@@ -292,9 +292,11 @@ class _DialogueMixin:
                     f"the server neither connected to this host nor answered {verb} "
                     f"within {self.dest.timeout:g}s",
                 ) from exc
-            if resp[0] == "2":
+            code = code_of(resp) or 0
+            if 200 <= code < 300:  # a reply before the preliminary one (as ftplib allows)
                 resp = self.getresp()  # type: ignore[attr-defined]
-            if resp[0] != "1":
+                code = code_of(resp) or 0
+            if not 100 <= code < 200:
                 raise ftplib.error_reply(resp)
             try:
                 conn, _ = listener.accept()
@@ -478,7 +480,7 @@ class FtpSession:
                     reader = raw.makefile("rb")
                     _read_reply(reader)  # the greeting
                     raw.sendall(b"AUTH TLS\r\n")
-                    if code_of(_read_reply(reader)) != 234:
+                    if code_of(_read_reply(reader)) != Reply.TLS_GO_AHEAD:
                         return None
                 with context.wrap_socket(raw, server_hostname=self.dest.host) as tls:
                     der = tls.getpeercert(binary_form=True)

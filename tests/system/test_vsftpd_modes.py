@@ -104,3 +104,18 @@ def test_wrong_password_gives_credentials_advice_without_flip(lab: Lab) -> None:
         .joinpath("site", run_logs(lab.base / "log", "site")[-1].name)
         .read_text()
     )
+
+
+def test_active_address_the_server_cannot_reach_gets_the_flip(lab: Lab) -> None:
+    """Behind NAT, PORT names another address than the one the server sees (vsftpd
+    refuses it: `500 Illegal PORT command.`): an active data-connection failure, with
+    the passive listing tried before the flip is suggested."""
+    failed = lab.agent(
+        lab.write_config(passive=False, dest='active_address = "10.231.7.3"'), "run-job", "site"
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    suggestion = _last_suggestion(lab)
+    assert suggestion["category"] == "active_data_connection"
+    assert suggestion["change"] == "passive = true" and suggestion["verified"] is True
+    assert any(e.startswith("FTP client command: PORT 10,231,7,3,") for e in suggestion["evidence"])
+    _assert_nothing_published(lab)
