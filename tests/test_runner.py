@@ -182,6 +182,9 @@ def test_blocked_passive_fails_cleanly_with_verified_suggestion(
     assert last["event"] == "suggestion"
     assert last["change"] == "passive = false" and last["verified"] is True
     assert any(f.startswith("FTP server reply: 229") for f in last["evidence"])
+    # STOR was never sent (the data connection comes first in passive mode): the server
+    # holds nothing, so no second login to clean up
+    assert not any(e["event"] == "removing incomplete upload" for e in events)
 
 
 def test_failure_after_rename_removes_the_final_archive(

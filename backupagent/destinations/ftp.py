@@ -147,10 +147,16 @@ class _DialogueMixin:
         self.epsv_refused = False  # learned in "auto": this server wants PASV
         self._data_target: str | None = None  # the passive address being connected to
         self._listening: str | None = None  # the address given in PORT/EPRT
+        # names sent with STOR/APPE: from then on the server may hold the file (vsftpd
+        # creates it before it connects back in active mode, and keeps it on failure)
+        self.touched: set[str] = set()
         super().__init__(**kwargs)
 
     def putcmd(self, line: str) -> None:
         shown = "PASS ****" if line[:5].upper() == "PASS " else line
+        verb, _, argument = line.partition(" ")
+        if verb.upper() in ("STOR", "APPE"):
+            self.touched.add(argument)
         self._record("command", shown)
         self._data_target = None
         super().putcmd(line)  # type: ignore[misc]
@@ -435,6 +441,7 @@ class FtpSession:
         if dest.tls != "none":
             kwargs["context"] = tls_context(dest)
         self.ftp: ftplib.FTP = _CLIENTS[dest.tls](self.log, self.dialogue, dest, **kwargs)
+        self.ftp.touched = self.touched  # type: ignore[attr-defined]
 
     def open(self) -> FtpSession:
         """Connect (within connect_timeout), check TLS, log in, set the mode."""
@@ -585,9 +592,6 @@ class FtpSession:
     ) -> int:
         """Send `source` (already at `offset`) as `name`: STOR, REST+STOR, or APPE."""
         self.ftp.voidcmd("TYPE I")
-        # from the command on, the server may hold the file: vsftpd creates it before
-        # it connects back in active mode, and keeps it when that fails
-        self.touched.add(name)
         if append:
             conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
         else:
