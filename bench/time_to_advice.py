@@ -45,6 +45,11 @@ def _both(lab: Lab) -> None:
     lab.block_passive()
 
 
+def _locked_dir(lab: Lab) -> None:
+    """A directory the FTP user may not write (root's, mode 0555), in the user's home."""
+    (lab.ftp_root / "locked").mkdir(mode=0o555)
+
+
 def _drop_all(lab: Lab) -> None:
     lab.iptables(lab.server_ns, "-A", "INPUT", "-p", "tcp", "--dport", "21", "-j", "DROP")
 
@@ -103,7 +108,8 @@ CASES = (
         True,
         "path_or_permission",
         None,
-        replace=(('directory = "backups/site"', 'directory = "/no-such-dir/backups"'),),
+        _locked_dir,
+        replace=(('directory = "backups/site"', 'directory = "locked/backups"'),),
     ),
 )
 
