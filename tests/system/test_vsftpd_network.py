@@ -56,13 +56,31 @@ def test_implicit_ftps(lab: Lab) -> None:
     _the_backup_is_intact(lab)
 
 
-@pytest.mark.parametrize("lab", [{"tls": True}], indirect=True)
-def test_ftps_without_the_ca_is_a_tls_problem(lab: Lab) -> None:
-    result = lab.agent(lab.write_config(passive=True, dest='tls = "explicit"'), "run-job", "site")
+@pytest.mark.parametrize(
+    ("lab", "tls"),
+    [
+        ({"tls": True}, 'tls = "explicit"'),
+        ({"tls": True, "implicit": True}, 'tls = "implicit"\nport = 21'),
+    ],
+    indirect=["lab"],
+    ids=["explicit", "implicit"],
+)
+def test_ftps_without_the_ca_is_a_tls_problem_with_the_pin_to_set(lab: Lab, tls: str) -> None:
+    result = lab.agent(lab.write_config(passive=True, dest=tls), "run-job", "site")
     assert result.returncode == 1
     assert "certificate verify failed" in result.stdout
     assert "set passive" not in result.stdout
+    fingerprint = (lab.base / "fingerprint").read_text()
+    assert f'tls_fingerprint = "{fingerprint}"' in result.stdout
+    assert "issuer: CN=backupagent test CA" in result.stdout
     assert _events(lab, "suggestion")[0]["category"] == "tls"
+    assert not _events(lab, "FTP client command: PASS")  # never sent to an unverified server
+    pinned = lab.agent(
+        lab.write_config(passive=True, dest=f'{tls}\ntls_fingerprint = "{fingerprint}"'),
+        "run-job",
+        "site",
+    )
+    assert pinned.returncode == 0, pinned.stdout + pinned.stderr
 
 
 @pytest.mark.parametrize(
