@@ -211,6 +211,7 @@ class Rule:
 
 
 NOT_A_MODE_PROBLEM = "This is not a passive/active mode problem."
+NO_GREETING = "connected, but the server sent no greeting"  # the start of such an error
 
 
 def _host(f: Facts) -> Diagnosis:
@@ -221,6 +222,18 @@ def _host(f: Facts) -> Diagnosis:
         "Check `host` and `port` of the destination, that the server is running, and "
         "that this host may reach it (DNS, firewall).",
         keys=("host", "port"),
+    )
+
+
+def _no_greeting(f: Facts) -> Diagnosis:
+    return Diagnosis(
+        Category.HOST,
+        f"the FTP server at {f.failure.address} accepted the connection but sent no greeting",
+        (f"connecting to {f.failure.address}: {f.failure.error}",),
+        "Something listens on that port but does not speak plain FTP first: check `port` "
+        '(990 is usually implicit FTPS: set tls = "implicit"; for explicit FTPS use 21), '
+        "or the server is overloaded or hung. " + NOT_A_MODE_PROBLEM,
+        keys=("port", "tls"),
     )
 
 
@@ -413,6 +426,11 @@ def _is_tls(f: Facts) -> bool:
 # In order: the first rule that applies gives the diagnosis. A mode flip is concluded
 # only by rules about the data connection.
 FTP_RULES: tuple[Rule, ...] = (
+    Rule(
+        "no greeting",
+        lambda f: f.kind is FailureKind.CONTROL_CONNECT and f.failure.error.startswith(NO_GREETING),
+        _no_greeting,
+    ),
     Rule("control connection", lambda f: f.kind is FailureKind.CONTROL_CONNECT, _host),
     Rule(
         "certificate refused",

@@ -109,8 +109,8 @@ class LocalFtpServer:
         `disk_limit`: uploads fail with "no space left" once the root holds this much;
         `faults`: per command verb, what to do at its 1st, 2nd, ... use: a reply line to
         answer instead (then the session closes, as vsftpd's does after an OOPS),
-        "no-reply" to carry the command out and close without answering, None to
-        behave (later uses behave too).
+        "no-reply" to carry the command out and close without answering, "close-after"
+        to carry it out, answer, then close, None to behave (later uses behave too).
         """
         self.root = root
         self.user = user
@@ -179,6 +179,9 @@ class LocalFtpServer:
                     self.respond = lambda *args, **kwargs: None  # type: ignore[method-assign]
                     super().pre_process_command(line, cmd, arg)
                     self.close()
+                elif action == "close-after":
+                    super().pre_process_command(line, cmd, arg)
+                    self.close_when_done()
                 else:
                     self.respond(action)
                     self.close_when_done()

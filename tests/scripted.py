@@ -45,7 +45,7 @@ class ScriptedFtp:
     """Serve `script` (merged over DEFAULT_SCRIPT) until stopped."""
 
     def __init__(
-        self, script: dict[str, Answer] | None = None, banner: str = "220 scripted"
+        self, script: dict[str, Answer] | None = None, banner: str | None = "220 scripted"
     ) -> None:
         self.script = {**DEFAULT_SCRIPT, **(script or {})}
         self.banner = banner
@@ -83,7 +83,8 @@ class ScriptedFtp:
         conn.settimeout(0.1)
         buffer = b""
         try:
-            session.send(self.banner)
+            if self.banner is not None:  # None: accept, then say nothing
+                session.send(self.banner)
             while not self._stop.is_set():
                 try:
                     chunk = conn.recv(4096)

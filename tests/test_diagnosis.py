@@ -218,6 +218,18 @@ CASES = [
         None,
     ),
     (
+        "accepted but no greeting",
+        Failure(
+            FailureKind.CONTROL_CONNECT,
+            True,
+            (),
+            "connected, but the server sent no greeting within 15s",
+            "ftp.example.com:990",
+        ),
+        Category.HOST,
+        None,
+    ),
+    (
         "dns failure",
         Failure(
             FailureKind.CONTROL_CONNECT,

@@ -27,6 +27,7 @@ import structlog
 from backupagent import replies
 from backupagent.config import FtpDestination
 from backupagent.diagnosis import (
+    NO_GREETING,
     Certificate,
     Failure,
     FailureKind,
@@ -46,11 +47,15 @@ class FtpError(Exception):
 
 
 class ControlConnectError(FtpError):
-    """The control connection could not be opened."""
+    """The control connection could not be opened, or opened but no greeting came."""
 
-    def __init__(self, address: str, cause: BaseException, timeout: float) -> None:
+    def __init__(
+        self, address: str, cause: BaseException, timeout: float, connected: bool = False
+    ) -> None:
         self.address = address
         self.reason = _describe_os_error(cause, timeout)
+        if connected and isinstance(cause, TimeoutError):
+            self.reason = f"{NO_GREETING} within {timeout:g}s"
         super().__init__(f"{address}: {self.reason}")
 
 
@@ -455,7 +460,8 @@ class FtpSession:
         except ssl.SSLError:
             raise
         except OSError as exc:
-            raise ControlConnectError(address, exc, self.dest.connect_timeout) from exc
+            connected = self.ftp.sock is not None  # ftplib sets it once TCP is up
+            raise ControlConnectError(address, exc, self.dest.connect_timeout, connected) from exc
         assert self.ftp.sock is not None
         self.ftp.sock.settimeout(self.dest.timeout)
         self.ftp.timeout = self.dest.timeout

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from backupagent.config import Config, FtpDestination, load_config
-from backupagent.destinations.ftp import DataConnectionError, FtpSession
+from backupagent.destinations.ftp import ControlConnectError, DataConnectionError, FtpSession
 from backupagent.diagnosis import Category, FailureKind, diagnose, is_transient
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
@@ -354,6 +354,20 @@ def test_active_server_that_connects_but_never_answers_is_not_blamed_on_the_mode
             session.upload(io.BytesIO(b"data"), "a.partial")
 
 
+def test_a_port_that_accepts_but_never_greets_is_told_apart_from_a_dead_host() -> None:
+    # connect_timeout = 1: the server never greets, any timeout gives this outcome
+    with ScriptedFtp(banner=None) as server:
+        session = FtpSession(_scripted_dest(server, connect_timeout=1), passive=True)
+        with pytest.raises(ControlConnectError) as caught:
+            session.open()
+        failure = session.failure(caught.value)
+        session.close()
+    diagnosis = diagnose(failure)
+    assert diagnosis.category is Category.HOST and diagnosis.keys == ("port", "tls")
+    assert "accepted the connection but sent no greeting" in diagnosis.what
+    assert "no greeting within 1s" in diagnosis.evidence[0]
+
+
 def test_wrong_password_is_one_login_and_no_work(
     write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
 ) -> None:
@@ -412,16 +426,24 @@ def test_full_server_disk_is_diagnosed_after_one_resume(
 
 
 @pytest.mark.parametrize(
-    "server", [{"faults": {"RNFR": ["500 OOPS: priv_sock_send_cmd"]}}], indirect=True
+    ("server", "reason"),
+    [
+        # vsftpd after a restart: the session process is gone
+        ({"faults": {"RNFR": ["500 OOPS: priv_sock_send_cmd"]}}, "500 OOPS: priv_sock_send_cmd"),
+        ({"faults": {"RNFR": ["421 Service not available."]}}, "421 Service not available."),
+        # answered, then the connection closed: the next command finds it gone
+        ({"faults": {"RNFR": ["close-after"]}}, "the server closed the connection"),
+    ],
+    indirect=["server"],
+    ids=["oops", "421", "closed-after-reply"],
 )
 def test_a_lost_session_is_reconnected_and_the_step_retried(
-    write_config: WriteConfig, server: LocalFtpServer
+    write_config: WriteConfig, server: LocalFtpServer, reason: str
 ) -> None:
     result = run_job(point_at(write_config(dest="retry_wait = 0.1"), server), "www")
     assert result.outcome == "success", result.suggestion
-    assert [e["reason"] for e in events(result, "FTP rename failed; retrying")] == [
-        "500 OOPS: priv_sock_send_cmd"
-    ]
+    assert [e["reason"] for e in events(result, "FTP rename failed; retrying")] == [reason]
+    assert len([n for n in published(server) if n.endswith(".manifest.json")]) == 1
 
 
 @pytest.mark.parametrize("server", [{"faults": {"RNTO": ["no-reply"]}}], indirect=True)
