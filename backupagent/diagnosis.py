@@ -230,9 +230,10 @@ def _no_greeting(f: Facts) -> Diagnosis:
         Category.HOST,
         f"the FTP server at {f.failure.address} accepted the connection but sent no greeting",
         (f"connecting to {f.failure.address}: {f.failure.error}",),
-        "Something listens on that port but does not speak plain FTP first: check `port` "
-        '(990 is usually implicit FTPS: set tls = "implicit"; for explicit FTPS use 21), '
-        "or the server is overloaded or hung. " + NOT_A_MODE_PROBLEM,
+        "Something listens on that port but sent no FTP greeting. If this destination "
+        "never worked, check `port` (990 is usually implicit FTPS: set "
+        'tls = "implicit"; explicit FTPS uses 21); if it did, the server is overloaded '
+        "or hung: tell its admin. " + NOT_A_MODE_PROBLEM,
         keys=("port", "tls"),
     )
 

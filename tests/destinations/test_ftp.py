@@ -432,7 +432,7 @@ def test_full_server_disk_is_diagnosed_after_one_resume(
         ({"faults": {"RNFR": ["500 OOPS: priv_sock_send_cmd"]}}, "500 OOPS: priv_sock_send_cmd"),
         ({"faults": {"RNFR": ["421 Service not available."]}}, "421 Service not available."),
         # answered, then the connection closed: the next command finds it gone
-        ({"faults": {"RNFR": ["close-after"]}}, "the server closed the connection"),
+        ({"faults": {"RNFR": ["close-after"]}}, "closed"),
     ],
     indirect=["server"],
     ids=["oops", "421", "closed-after-reply"],
@@ -442,7 +442,11 @@ def test_a_lost_session_is_reconnected_and_the_step_retried(
 ) -> None:
     result = run_job(point_at(write_config(dest="retry_wait = 0.1"), server), "www")
     assert result.outcome == "success", result.suggestion
-    assert [e["reason"] for e in events(result, "FTP rename failed; retrying")] == [reason]
+    reasons = [e["reason"] for e in events(result, "FTP rename failed; retrying")]
+    if reason == "closed":  # the next command meets an EOF or a reset: the kernel decides
+        assert reasons in (["the server closed the connection"], ["connection reset by peer"])
+    else:
+        assert reasons == [reason]
     assert len([n for n in published(server) if n.endswith(".manifest.json")]) == 1
 
 

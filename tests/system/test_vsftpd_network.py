@@ -142,7 +142,8 @@ def test_server_that_stops_reading_fails_within_the_bound(lab: Lab) -> None:
     assert agent.returncode == 1, out + err
     # three attempts of at most timeout (4 s) + connect_timeout (3 s), plus the waits
     assert took < 30
-    assert "timed out after" in out
+    # the stopped server's kernel still accepts connections: the retries meet no greeting
+    assert "timed out after" in out or "no greeting within 3s" in out
     assert len(_events(lab, "FTP upload of")) + len(_events(lab, "FTP clean-up")) >= 1
 
 
