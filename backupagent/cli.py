@@ -425,6 +425,11 @@ def backups(obj: _Context, job: str) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="age identity file, for an encrypted backup.",
 )
+@click.option(
+    "--outside-links",
+    is_flag=True,
+    help="Also create symbolic links that point outside DIR (made last, never followed).",
+)
 @click.pass_obj
 def restore(
     obj: _Context,
@@ -440,6 +445,7 @@ def restore(
     db_password_file: Path | None,
     overwrite_live: bool,
     identity: Path | None,
+    outside_links: bool,
 ) -> None:
     """Download a backup, verify it, extract it safely; load a database on request."""
     from backupagent.config import MysqlDatabase
@@ -466,13 +472,14 @@ def restore(
     archive = _or_exit(lambda: download(config, job, backup, workdir))
     try:
         _or_exit(lambda: check(archive, backup))
-        report = _or_exit(lambda: extract(archive, target, identities))
+        report = _or_exit(lambda: extract(archive, target, identities, outside_links))
     finally:
         for volume in archive:
             volume.unlink(missing_ok=True)
     click.echo(
         f"restored {backup.backup_id} into {target}: {report.files} files, "
-        f"{report.directories} directories, {report.symlinks} symlinks"
+        f"{report.directories} directories, {report.symlinks} symlinks, "
+        f"{report.hardlinks} hard links"
     )
     for note in report.skipped:
         click.echo(f"  skipped {note}")

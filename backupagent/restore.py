@@ -1,29 +1,30 @@
 """Getting data back: list backups, download with resume, verify, extract safely.
 
 Nothing is extracted before the archive's size and SHA-256 match its manifest and
-every member has been checked: no absolute paths, no `..`, no hard link leaving the
-target, no device files. Symbolic links are created last, after every file, so no
-member can be written through one, whatever they point at.
+every member has passed unpack.judge (no absolute names, no `..`, hard links only to
+files of the archive, no devices, no links leading out unless asked for), and the
+target has room for it all; unpack.Writer then writes without following any link.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
-import os
+import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import structlog
 import zstandard
 
-from backupagent import crypto
+from backupagent import crypto, unpack
 from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
 from backupagent.destinations import ftp
@@ -34,8 +35,6 @@ from backupagent.retention import (
     manifest_name,
 )
 from backupagent.sources.databases import Target, load_mysql
-
-KEEP_MODE = 0o1777  # everything but setuid and setgid
 
 
 class RestoreError(Exception):
@@ -67,16 +66,6 @@ class BackupInfo:
     @property
     def encrypted(self) -> bool:
         return bool(self.manifest.get("encryption")) or self.archive.endswith(AGE_SUFFIX)
-
-
-@dataclass
-class Extracted:
-    """What a restore wrote."""
-
-    files: int = 0
-    directories: int = 0
-    symlinks: int = 0
-    skipped: list[str] = field(default_factory=list)
 
 
 def _remote(config: Config, job: str, cancel: threading.Event | None = None) -> ftp.FtpRemote:
@@ -217,7 +206,7 @@ class _Joined:
 
 @contextlib.contextmanager
 def _members(volumes: list[Path], identities: list[Any] | None = None) -> Iterator[tarfile.TarFile]:
-    """The archive's members in order, decrypting first if it is an age file."""
+    """The archive as a forward-only tar reader, decrypting first if it is an age file."""
     name = volumes[0].name
     encrypted = name.endswith(AGE_SUFFIX) or f"{AGE_SUFFIX}." in name
     if encrypted and not identities:
@@ -235,97 +224,64 @@ def _members(volumes: list[Path], identities: list[Any] | None = None) -> Iterat
         with (
             decrypt as clear,
             zstandard.ZstdDecompressor().stream_reader(clear, read_across_frames=True) as plain,
-            tarfile.open(fileobj=plain, mode="r|") as tar,  # type: ignore[call-overload]
+            unpack.open_stream(plain) as tar,
         ):
             yield tar
     finally:
         raw.close()
 
 
-def scan(archive: list[Path], dest: Path, identities: list[Any] | None = None) -> tuple[int, int]:
-    """Read the whole archive and check every member; returns (members, bytes).
+_UNREADABLE = (tarfile.TarError, zstandard.ZstdError, EOFError, crypto.CryptoError)
 
-    Refuses absolute names, names leaving `dest`, and hard links leaving it. This
-    pass is also the "decompresses and reads to the end" check of `verify`.
-    """
-    count = total = 0
+
+def scan(
+    archive: list[Path], identities: list[Any] | None = None, outside_links: bool = False
+) -> unpack.Plan:
+    """Read the whole archive and judge every member (the first pass of a restore, and
+    the "decompresses and reads to the end" check of `verify`)."""
     try:
         with _members(archive, identities) as tar:
-            for member in tar:
-                _check_member(member, dest)
-                count += 1
-                total += member.size
-    except (tarfile.TarError, zstandard.ZstdError, EOFError, crypto.CryptoError) as exc:
+            return unpack.plan(unpack.members(tar), outside_links)
+    except unpack.UnsafeArchive as exc:
+        raise RestoreError(f"refusing the archive: {exc}; nothing was extracted") from None
+    except _UNREADABLE as exc:
         raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
-    return count, total
 
 
-def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
+def extract(
+    archive: list[Path],
+    dest: Path,
+    identities: list[Any] | None = None,
+    outside_links: bool = False,
+) -> unpack.Report:
+    """Extract into an empty `dest`, once `scan` has admitted every member."""
     try:
-        tarfile.tar_filter(member, str(dest))
-    except tarfile.FilterError as exc:
-        raise RestoreError(f"refusing the archive: unsafe member {member.name!r}: {exc}") from None
-    if member.islnk():
-        target = os.path.realpath(os.path.join(dest, member.linkname))
-        if os.path.commonpath([target, os.path.realpath(dest)]) != os.path.realpath(dest):
-            raise RestoreError(
-                f"refusing the archive: hard link {member.name!r} points outside the target"
-            )
-
-
-def extract(archive: list[Path], dest: Path, identities: list[Any] | None = None) -> Extracted:
-    """Extract into an empty `dest` (checked by `scan` first): modes, times, links."""
-    dest.mkdir(parents=True, exist_ok=True)
-    if any(dest.iterdir()):
-        raise RestoreError(f"{dest} is not empty: restore into an empty directory")
-    scan(archive, dest, identities)  # also proves the identity fits, before writing anything
-    report = Extracted()
-    links: list[tarfile.TarInfo] = []
-    directory_times: dict[str, int] = {}
-
-    def admit(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-        _check_member(member, dest)
-        if member.issym():
-            links.append(member)
-            return None
-        if not (member.isreg() or member.isdir() or member.islnk()):
-            report.skipped.append(f"{member.name}: special file (device or fifo), not created")
-            return None
-        if member.isdir():
-            report.directories += 1
-            directory_times[member.name.rstrip("/")] = int(member.mtime)
-        else:
-            report.files += 1
-        return member.replace(mode=member.mode & KEEP_MODE, deep=False)
-
-    with _members(archive, identities) as tar:
-        tar.extractall(dest, filter=admit)
-    for link in links:
-        _make_link(link, dest, report)
-    for parent in {os.path.dirname(link.name) for link in links}:  # a new link touched it
-        if parent in directory_times:
-            with contextlib.suppress(OSError):
-                moment = directory_times[parent]
-                os.utime(dest / parent, (moment, moment), follow_symlinks=False)
-    return report
-
-
-def _make_link(member: tarfile.TarInfo, dest: Path, report: Extracted) -> None:
-    """A symbolic link, last: only if its own directory is inside `dest`."""
-    path = dest / member.name
-    parent = os.path.realpath(path.parent)
-    if os.path.commonpath([parent, os.path.realpath(dest)]) != os.path.realpath(dest):
-        report.skipped.append(f"{member.name}: its directory leads outside the target")
-        return
-    if os.path.lexists(path):
-        report.skipped.append(f"{member.name}: something else already has this name")
-        return
-    os.symlink(member.linkname, path)
-    with contextlib.suppress(OSError):
-        os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-        if os.geteuid() == 0:
-            os.lchown(path, member.uid, member.gid)
-    report.symlinks += 1
+        dest.mkdir(parents=True, exist_ok=True)
+        if any(dest.iterdir()):
+            raise RestoreError(f"{dest} is not empty: restore into an empty directory")
+    except OSError as exc:
+        raise RestoreError(f"cannot use {dest}: {exc.strerror or exc}") from None
+    planned = scan(archive, identities, outside_links)  # also proves the identity fits
+    free = shutil.disk_usage(dest).free
+    if planned.bytes > free:
+        raise RestoreError(
+            f"{dest} has {free} bytes free, the backup needs {planned.bytes}: "
+            "restore somewhere with more room; nothing was extracted"
+        )
+    writer = unpack.Writer(dest, outside_links)
+    try:
+        with _members(archive, identities) as tar:
+            for member in unpack.members(tar):
+                writer.add(member, tar.extractfile(member) if member.isreg() else None)
+    except unpack.UnsafeArchive as exc:
+        raise RestoreError(f"refusing the archive: {exc}") from None
+    except _UNREADABLE as exc:
+        raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise RestoreError(f"{dest} is full (the backup needs {planned.bytes} bytes)") from None
+        raise RestoreError(f"writing into {dest} failed: {exc}") from None
+    return writer.finish()
 
 
 def load_database(
@@ -344,8 +300,6 @@ def verify(
     identities: list[Any] | None = None,
 ) -> tuple[bool, str, Path]:
     """Download a backup, check its hashes and read it to the end; recorded as a run."""
-    import shutil
-
     from backupagent.logging import run_log
     from backupagent.runner import new_run_id
     from backupagent.state import History, Run
@@ -370,13 +324,13 @@ def verify(
                     "contents were not read (give --identity to read them to the end)"
                 )
             else:
-                members, size = scan(archive, workdir / "target", identities)
+                planned = scan(archive, identities)
                 ok = True
                 message = (
-                    f"{backup.backup_id}: SHA-256 matches the manifest; {members} members, "
-                    f"{size} bytes read to the end"
+                    f"{backup.backup_id}: SHA-256 matches the manifest; {planned.members} "
+                    f"members, {planned.bytes} bytes read to the end"
                 )
-                record.bytes_archived = size
+                record.bytes_archived = planned.bytes
         except (RestoreError, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
             ok, message = False, str(exc) or type(exc).__name__
         finally:

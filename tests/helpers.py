@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -131,3 +133,73 @@ def decompress(data: bytes) -> bytes:
     """All of a zstd stream, across frames (a spooled dump is a frame of its own)."""
     reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
     return reader.read()
+
+
+def plant_backup(
+    folder: Path,
+    backup_id: str,
+    members: list[tuple[tarfile.TarInfo, bytes | None]],
+    tar_format: int = tarfile.PAX_FORMAT,
+) -> bytes:
+    """A consistent archive and manifest in `folder`, as an attacker who can write to
+    the server could make them; returns the compressed archive."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tar_format) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    archive = zstandard.ZstdCompressor().compress(raw.getvalue())
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{backup_id}.tar.zst.0001"
+    (folder / name).write_bytes(archive)
+    manifest = {
+        "format": 1,
+        "job": backup_id.split("-2")[0],
+        "backup_id": backup_id,
+        "created": "2026-11-22T05:00:00+00:00",
+        "files": [
+            {"name": name, "size": len(archive), "sha256": hashlib.sha256(archive).hexdigest()}
+        ],
+        "archive": {"name": f"{backup_id}.tar.zst", "size": len(archive), "volume_size": 1 << 26},
+        "contents": {"files": len(members)},
+    }
+    (folder / f"{backup_id}.manifest.json").write_text(json.dumps(manifest))
+    return archive
+
+
+def snapshot(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything below `root`, and root itself: kind, content, mode, owner, mtime."""
+    out: dict[str, tuple[object, ...]] = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = path.lstat()
+        content: object = ""
+        if stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path)
+        elif stat.S_ISREG(st.st_mode):
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path)] = (
+            stat.S_IFMT(st.st_mode),
+            content,
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+        )
+    return out
+
+
+def peak_rss_mib(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run `argv` under a fresh Python whose only child it is; its peak RSS in MiB."""
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n'); "
+        "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); sys.exit(r.returncode)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, timeout=300
+    )
+    peak, _, out = result.stdout.partition("\n")
+    result.stdout = out
+    return result, int(peak) / 1024

@@ -1,0 +1,317 @@
+"""Extracting an archive that may have been crafted by whoever controls the server.
+
+Every member is judged by `judge` (a pure function, the rules of PEP 706's `data`
+filter and stricter) in a first pass over the whole archive, before anything is
+written. The second pass writes with calls that never follow a symbolic link: files
+are opened with O_EXCL | O_NOFOLLOW under directories this code created itself, owner,
+mode and times are set through the open descriptor, hard links only point at regular
+files this restore wrote, and symbolic links are made last, where nothing will be
+written through them. tarfile's own extraction (and its hard-link fallback, which
+creates a link and then follows it) is never used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any
+
+KEEP_MODE = 0o1777  # everything but setuid and setgid
+MAX_HEADER = 1 << 20  # a GNU long name or PAX header larger than this is refused
+CHUNK = 1 << 20
+
+
+class UnsafeArchive(Exception):
+    """The archive holds a member that could write outside the target; nothing is written."""
+
+
+class Verdict(StrEnum):
+    WRITE = "write"
+    SKIP = "skip"  # not created, listed in the report (devices, FIFOs, outside links)
+    REFUSE = "refuse"  # the whole archive is refused
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    reason: str = ""
+
+
+SPECIAL = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}
+SPECIAL[tarfile.FIFOTYPE] = "FIFO"
+
+
+def _parts(name: str) -> list[str]:
+    return [p for p in name.split("/") if p not in ("", ".")]
+
+
+def leaves(base: str, relative: str) -> bool:
+    """`relative`, resolved lexically from the directory `base` inside the target,
+    ends outside the target (or is absolute)."""
+    if relative.startswith("/"):
+        return True
+    depth = len(_parts(base))
+    for part in _parts(relative):
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return True
+    return False
+
+
+def judge(
+    member: tarfile.TarInfo, files: set[str], outside_links: bool = False
+) -> Judgement:
+    """What to do with one member. `files`: the regular files admitted so far (the
+    only things a hard link may point at)."""
+    name = member.name
+    if not name or "\x00" in name or "\x00" in member.linkname:
+        return Judgement(Verdict.REFUSE, "an empty name or a NUL byte in a name")
+    if name.startswith("/"):
+        return Judgement(Verdict.REFUSE, "an absolute name")
+    if ".." in name.split("/"):
+        return Judgement(Verdict.REFUSE, "a name with '..'")
+    if not _parts(name):
+        return Judgement(Verdict.REFUSE, "a name that is the target itself")
+    if member.isreg() or member.isdir():
+        return Judgement(Verdict.WRITE)
+    if member.islnk():
+        target = "/".join(_parts(member.linkname))
+        if member.linkname.startswith("/") or ".." in member.linkname.split("/"):
+            return Judgement(Verdict.REFUSE, f"a hard link to {member.linkname!r}, outside")
+        if target not in files:
+            return Judgement(
+                Verdict.REFUSE,
+                f"a hard link to {member.linkname!r}, which is not a file earlier in the archive",
+            )
+        return Judgement(Verdict.WRITE)
+    if member.issym():
+        parent = "/".join(_parts(name)[:-1])
+        if leaves(parent, member.linkname) and not outside_links:
+            return Judgement(
+                Verdict.SKIP,
+                f"a symbolic link to {member.linkname!r}, outside the target "
+                "(--outside-links creates such links too)",
+            )
+        return Judgement(Verdict.WRITE)
+    kind = SPECIAL.get(member.type, f"member type {member.type!r}")
+    return Judgement(Verdict.SKIP, f"a {kind}, not created")
+
+
+_EXTENDED = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """Refuses GNU long names and PAX headers over MAX_HEADER before tarfile reads
+    them into memory (a 1 GiB long name would otherwise be one 1 GiB string)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type in _EXTENDED and self.size > MAX_HEADER:
+            raise tarfile.ReadError(
+                f"a header of {self.size} bytes (the limit is {MAX_HEADER})"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def open_stream(fileobj: IO[bytes]) -> tarfile.TarFile:
+    """A forward-only tar reader over `fileobj` with bounded headers."""
+    return tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
+
+
+def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members one by one, without tarfile keeping every header in memory."""
+    for member in tar:
+        yield member
+        tar.members.clear()  # type: ignore[attr-defined]
+
+
+@dataclass
+class Report:
+    """What a restore wrote, and what it left out and why."""
+
+    files: int = 0
+    directories: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """The first pass: every member judged, sizes summed."""
+
+    members: int = 0
+    bytes: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def plan(items: Iterable[tarfile.TarInfo], outside_links: bool = False) -> Plan:
+    """Judge every member; UnsafeArchive at the first one that must be refused."""
+    result = Plan()
+    files: set[str] = set()
+    for member in items:
+        judgement = judge(member, files, outside_links)
+        if judgement.verdict is Verdict.REFUSE:
+            raise UnsafeArchive(f"unsafe member {member.name!r}: {judgement.reason}")
+        if judgement.verdict is Verdict.SKIP:
+            result.skipped.append(f"{member.name}: {judgement.reason}")
+        elif member.isreg():
+            files.add("/".join(_parts(member.name)))
+            result.bytes += member.size
+        result.members += 1
+    return result
+
+
+class Writer:
+    """The second pass: writes admitted members under `dest` without following links."""
+
+    def __init__(self, dest: Path, outside_links: bool = False) -> None:
+        self.dest = dest
+        self.outside_links = outside_links
+        self.report = Report()
+        self.files: set[str] = set()
+        self.links: list[tarfile.TarInfo] = []
+        self.directories: list[tuple[str, tarfile.TarInfo]] = []
+        self.as_root = os.geteuid() == 0
+
+    def add(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> None:
+        judgement = judge(member, self.files, self.outside_links)
+        if judgement.verdict is Verdict.REFUSE:  # the same bytes passed plan(): cannot happen
+            raise UnsafeArchive(f"unsafe member {member.name!r}: {judgement.reason}")
+        if judgement.verdict is Verdict.SKIP:
+            self.report.skipped.append(f"{member.name}: {judgement.reason}")
+            return
+        rel = "/".join(_parts(member.name))
+        if member.issym():
+            self.links.append(member)
+        elif member.isdir():
+            self._directory(rel)
+            self.directories.append((rel, member))
+        elif member.islnk():
+            self._hardlink(rel, "/".join(_parts(member.linkname)))
+        else:
+            assert data is not None
+            self._file(rel, member, data)
+
+    def _path(self, rel: str) -> str:
+        return os.path.join(self.dest, rel)
+
+    def _directory(self, rel: str) -> bool:
+        """Make `rel` and its parents as real directories; False if something else is there."""
+        current = str(self.dest)
+        for part in _parts(rel):
+            current = os.path.join(current, part)
+            try:
+                os.mkdir(current, 0o700)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(current).st_mode):
+                    return False
+        return True
+
+    def _parent_ready(self, rel: str) -> bool:
+        parent = "/".join(_parts(rel)[:-1])
+        if self._directory(parent):
+            return True
+        self.report.skipped.append(f"{rel}: its directory is not a directory in the target")
+        return False
+
+    def _file(self, rel: str, member: tarfile.TarInfo, data: IO[bytes]) -> None:
+        if not self._parent_ready(rel):
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self._path(rel), flags, 0o600)
+        except FileExistsError:
+            self.report.skipped.append(f"{rel}: a second member of this name; the first was kept")
+            return
+        try:
+            _copy(data, fd, member.size)
+            if self.as_root:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & KEEP_MODE)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+        self.files.add(rel)
+        self.report.files += 1
+
+    def _hardlink(self, rel: str, target: str) -> None:
+        if target not in self.files or not self._parent_ready(rel):
+            self.report.skipped.append(f"{rel}: a hard link to {target!r}, which was not written")
+            return
+        try:
+            os.link(self._path(target), self._path(rel), follow_symlinks=False)
+        except FileExistsError:
+            self.report.skipped.append(f"{rel}: something else already has this name")
+            return
+        self.report.hardlinks += 1
+
+    def finish(self) -> Report:
+        """Symbolic links last, then each directory's owner, mode and time, deepest first."""
+        for member in self.links:
+            self._symlink(member)
+        for rel, member in sorted(self.directories, key=lambda d: -d[0].count("/")):
+            try:
+                fd = os.open(self._path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                if self.as_root:
+                    os.fchown(fd, member.uid, member.gid)
+                os.fchmod(fd, member.mode & KEEP_MODE)
+                os.utime(fd, (member.mtime, member.mtime))
+            finally:
+                os.close(fd)
+            self.report.directories += 1
+        return self.report
+
+    def _symlink(self, member: tarfile.TarInfo) -> None:
+        rel = "/".join(_parts(member.name))
+        if not self._parent_ready(rel):
+            return
+        path = self._path(rel)
+        try:
+            os.symlink(member.linkname, path)
+        except FileExistsError:
+            self.report.skipped.append(f"{rel}: something else already has this name")
+            return
+        try:
+            if self.as_root:
+                os.lchown(path, member.uid, member.gid)
+            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.EPERM:
+                raise
+        self.report.symlinks += 1
+
+
+def _copy(data: IO[bytes], fd: int, size: int) -> None:
+    """`size` bytes into `fd`; runs of zeros become holes (sparse files stay sparse)."""
+    written = 0
+    while written < size:
+        chunk = data.read(min(CHUNK, size - written))
+        if not chunk:
+            raise UnsafeArchive("a member ended before its declared size")
+        if chunk.count(0) == len(chunk):
+            os.lseek(fd, len(chunk), os.SEEK_CUR)
+        else:
+            _write_all(fd, chunk)
+        written += len(chunk)
+    os.ftruncate(fd, size)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
