@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -384,6 +386,8 @@ def backups(obj: _Context, job: str) -> None:
             str(b.files),
             ", ".join(b.databases) or "-",
         ]
+        if b.readable
+        else [b.backup_id, "-", "-", "-", "-", f"UNREADABLE: {b.problem}"]
         for b in found
     ]
     headers = ["backup", "created", "size", "volumes", "files", "databases"]
@@ -449,7 +453,15 @@ def restore(
 ) -> None:
     """Download a backup, verify it, extract it safely; load a database on request."""
     from backupagent.config import MysqlDatabase
-    from backupagent.restore import check, choose, download, extract, list_backups, load_database
+    from backupagent.restore import (
+        check,
+        choose,
+        download,
+        extract,
+        list_backups,
+        load_database,
+        private_directory,
+    )
 
     config = obj.job(job)
     if load and not into:
@@ -463,19 +475,19 @@ def restore(
     found, _ = _or_exit(lambda: list_backups(config, job))
     backup = _or_exit(lambda: choose(found, wanted))
     if backup.encrypted and not identities:
-        fingerprints = ", ".join(backup.manifest["encryption"]["recipients"])
+        fingerprints = ", ".join(backup.recipients)
         _fail_exit(
             f"{backup.backup_id} is encrypted (age, for {fingerprints}): give --identity FILE "
             "with the private key of one of those recipients"
         )
-    workdir = config.agent.spool_dir / job / "restore"
-    archive = _or_exit(lambda: download(config, job, backup, workdir))
+    spool = _or_exit(lambda: private_directory(config.agent.spool_dir / job, "spool_dir"))
+    workdir = Path(tempfile.mkdtemp(prefix="restore-", dir=spool))  # 0700, this run's own
     try:
+        archive = _or_exit(lambda: download(config, job, backup, workdir))
         _or_exit(lambda: check(archive, backup))
         report = _or_exit(lambda: extract(archive, target, identities, outside_links))
-    finally:
-        for volume in archive:
-            volume.unlink(missing_ok=True)
+    finally:  # on every way out, exits included: downloaded backups do not linger
+        shutil.rmtree(workdir, ignore_errors=True)
     click.echo(
         f"restored {backup.backup_id} into {target}: {report.files} files, "
         f"{report.directories} directories, {report.symlinks} symlinks, "

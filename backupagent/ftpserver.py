@@ -51,6 +51,34 @@ class _CappedFile:
         return getattr(self._file, name)
 
 
+class _CutFile:
+    """A file being downloaded that ends early, as if the connection had broken."""
+
+    def __init__(self, file: Any, room: int) -> None:
+        self._file = file
+        self._room = room
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(min(size, self._room) if size >= 0 else self._room)
+        self._room -= len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+class _CuttingFS(AbstractedFS):
+    """Opens a file for reading cut at the handler's `cut_at`, once, when it is set."""
+
+    def open(self, filename: str, mode: str) -> Any:
+        handle = super().open(filename, mode)
+        cut = getattr(self.cmd_channel, "cut_at", None)
+        if cut is None or "r" not in mode:
+            return handle
+        self.cmd_channel.cut_at = None
+        return _CutFile(handle, cut)
+
+
 def _limited_fs(root: Path, limit: int) -> type[AbstractedFS]:
     """A filesystem whose uploads fail with ENOSPC once `root` holds `limit` bytes."""
 
@@ -110,7 +138,8 @@ class LocalFtpServer:
         `faults`: per command verb, what to do at its 1st, 2nd, ... use: a reply line to
         answer instead (then the session closes, as vsftpd's does after an OOPS),
         "no-reply" to carry the command out and close without answering, "close-after"
-        to carry it out, answer, then close, None to behave (later uses behave too).
+        to carry it out, answer, then close, "cut:N" (RETR) to send only N bytes of
+        the file, None to behave (later uses behave too).
         """
         self.root = root
         self.user = user
@@ -179,6 +208,9 @@ class LocalFtpServer:
                     self.respond = lambda *args, **kwargs: None  # type: ignore[method-assign]
                     super().pre_process_command(line, cmd, arg)
                     self.close()
+                elif action.startswith("cut:"):
+                    self.cut_at = int(action.split(":", 1)[1])
+                    super().pre_process_command(line, cmd, arg)
                 elif action == "close-after":
                     super().pre_process_command(line, cmd, arg)
                     self.close_when_done()
@@ -198,6 +230,9 @@ class LocalFtpServer:
                 super().ftp_EPSV(line)
 
         Handler.authorizer = authorizer
+        if faults:
+            Handler.abstracted_fs = _CuttingFS
+            Handler.use_sendfile = False  # the cut file must be read, not sent by the kernel
         if disk_limit is not None:
             Handler.abstracted_fs = _limited_fs(root, disk_limit)
             Handler.dtp_handler = _FullDiskDTP

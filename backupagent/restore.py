@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import ftplib
 import hashlib
-import json
+import os
 import shutil
+import stat
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -25,9 +27,11 @@ import structlog
 import zstandard
 
 from backupagent import crypto, unpack
+from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
 from backupagent.destinations import ftp
+from backupagent.manifest import Manifest
 from backupagent.retention import (
     RemoteBackup,
     complete_backups,
@@ -43,82 +47,134 @@ class RestoreError(Exception):
 
 @dataclass
 class BackupInfo:
-    """A complete backup on the server, described by its manifest."""
+    """A complete backup on the server (its manifest is there), and what that says;
+    `problem` when the manifest could not be read or trusted."""
 
     backup_id: str
-    created: str
-    size: int
-    files: int
-    databases: list[str]
-    manifest: dict[str, Any]
+    manifest: Manifest | None
+    problem: str = ""
 
     @property
-    def volumes(self) -> list[dict[str, Any]]:
+    def readable(self) -> bool:
+        return self.manifest is not None
+
+    @property
+    def created(self) -> str:
+        return self.manifest.created if self.manifest else ""
+
+    @property
+    def size(self) -> int:
+        return self.manifest.size if self.manifest else 0
+
+    @property
+    def files(self) -> int:
+        return self.manifest.contents.files if self.manifest else 0
+
+    @property
+    def databases(self) -> list[str]:
+        return [d.name for d in self.manifest.databases] if self.manifest else []
+
+    @property
+    def volumes(self) -> list[manifest_model.Volume]:
         """The uploaded files, in order, each with its size and SHA-256."""
-        return list(self.manifest["files"])
+        return list(self.manifest.files) if self.manifest else []
 
     @property
     def archive(self) -> str:
         """The archive's name (its volumes add `.0001`, `.0002`, ...)."""
-        whole = self.manifest.get("archive")
-        return str(whole["name"] if whole else self.volumes[0]["name"])
+        return self.manifest.archive_name if self.manifest else ""
 
     @property
     def encrypted(self) -> bool:
-        return bool(self.manifest.get("encryption")) or self.archive.endswith(AGE_SUFFIX)
+        return bool(self.manifest and self.manifest.encrypted)
+
+    @property
+    def recipients(self) -> list[str]:
+        encryption = self.manifest.encryption if self.manifest else None
+        return list(encryption.recipients) if encryption else []
 
 
 def _remote(config: Config, job: str, cancel: threading.Event | None = None) -> ftp.FtpRemote:
     return ftp.FtpRemote(config.destination_of(job), config.passive_for(job), cancel)
 
 
-def _read(remote: ftp.FtpRemote, name: str) -> bytes:
+def _read(remote: ftp.FtpRemote, name: str, limit: int) -> bytes:
+    """A small file, whole; ManifestError past `limit` bytes (nothing more is read)."""
     buffer = bytearray()
+
+    def keep(block: bytes) -> None:
+        if len(buffer) + len(block) > limit:
+            raise manifest_model.ManifestError(f"the server sent more than {limit} bytes")
+        buffer.extend(block)
 
     def fetch(session: ftp.FtpSession, _attempt: int) -> None:
         buffer.clear()
-        session.download(name, buffer.extend)
+        session.download(name, keep)
 
     remote.call(f"download of {name}", fetch)
     return bytes(buffer)
 
 
 def list_backups(config: Config, job: str) -> tuple[list[BackupInfo], list[str]]:
-    """The job's complete backups, newest first, and its incomplete leftovers."""
+    """The job's complete backups, newest first, and its incomplete leftovers. A
+    manifest that cannot be read makes its backup unreadable, not the listing."""
     remote = _remote(config, job)
     try:
         names = remote.call("listing", lambda s, _: s.names())
-        infos = [
-            _info(b, json.loads(_read(remote, manifest_name(b.backup_id))))
-            for b in reversed(complete_backups(job, names))
-        ]
-        return infos, incomplete(job, names)
+        return [_info(remote, b) for b in reversed(complete_backups(job, names))], incomplete(
+            job, names
+        )
     finally:
         remote.close()
 
 
-def _info(backup: RemoteBackup, manifest: dict[str, Any]) -> BackupInfo:
-    return BackupInfo(
-        backup.backup_id,
-        manifest.get("created", ""),
-        sum(int(v["size"]) for v in manifest["files"]),
-        int(manifest.get("contents", {}).get("files", 0)),
-        [d["name"] for d in manifest.get("databases", [])],
-        manifest,
-    )
+def _info(remote: ftp.FtpRemote, backup: RemoteBackup) -> BackupInfo:
+    try:
+        data = _read(remote, manifest_name(backup.backup_id), manifest_model.MAX_BYTES)
+        return BackupInfo(backup.backup_id, manifest_model.parse(data, backup.backup_id))
+    except manifest_model.ManifestError as exc:
+        return BackupInfo(backup.backup_id, None, f"unreadable manifest: {exc}")
+    except ftplib.error_perm as exc:  # gone or unreadable on the server: this one only
+        return BackupInfo(backup.backup_id, None, f"manifest not downloadable: {exc}")
 
 
 def choose(backups: list[BackupInfo], wanted: str) -> BackupInfo:
-    """`latest` or a backup id (its unique start is enough)."""
-    if not backups:
+    """`latest` (the newest readable one) or a backup id (its unique start is enough)."""
+    readable = [b for b in backups if b.readable]
+    if not readable:
+        if backups:
+            raise RestoreError(
+                "no backup of this job on the server has a readable manifest "
+                f"(newest: {backups[0].backup_id}: {backups[0].problem})"
+            )
         raise RestoreError("there is no complete backup of this job on the server")
     if wanted == "latest":
-        return backups[0]
+        return readable[0]
     matches = [b for b in backups if b.backup_id == wanted or b.backup_id.startswith(wanted)]
     if len(matches) != 1:
         known = ", ".join(b.backup_id for b in backups[:5])
         raise RestoreError(f"no single complete backup matches {wanted!r} (newest: {known})")
+    if not matches[0].readable:
+        raise RestoreError(f"{matches[0].backup_id} cannot be restored: {matches[0].problem}")
     return matches[0]
+
+
+def private_directory(path: Path, key: str) -> Path:
+    """`path` (created 0700), refused unless it is a real directory of this user that
+    nobody else may write: another user could plant links in it for root to follow."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(path)
+    except OSError as exc:
+        raise RestoreError(f"cannot use {path} ([agent] {key}): {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise RestoreError(f"{path} ([agent] {key}) is not a directory (a symbolic link?)")
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise RestoreError(
+            f"{path} ([agent] {key}) belongs to another user or others may write to it: "
+            f"remove it, or chown it to this user and chmod 700"
+        )
+    return path
 
 
 def download(
@@ -128,37 +184,69 @@ def download(
     workdir: Path,
     cancel: threading.Event | None = None,
 ) -> list[Path]:
-    """The archive's volumes in `workdir`, in order; a volume already complete there
-    is not fetched again, and a partial one is resumed."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    """The archive's volumes in `workdir` (private: 0700, files 0600), in order; a
+    download that breaks is resumed. The server may send no more than the manifest
+    declares."""
+    private_directory(config.agent.spool_dir / job, "spool_dir")
+    private_directory(workdir, "spool_dir")
     remote = _remote(config, job, cancel)
     try:
-        return [
-            _fetch(remote, workdir / volume["name"], int(volume["size"]))
-            for volume in backup.volumes
-        ]
+        return [_fetch(remote, workdir / volume.name, volume.size) for volume in backup.volumes]
     finally:
         remote.close()
 
 
+class _Capped:
+    """A download sink that refuses a byte past the declared size."""
+
+    def __init__(self, fd: int, room: int, name: str) -> None:
+        self.fd, self.room, self.name = fd, room, name
+
+    def __call__(self, block: bytes) -> None:
+        if len(block) > self.room:
+            raise RestoreError(
+                f"the server sent more of {self.name} than its manifest's size: refused"
+            )
+        self.room -= len(block)
+        view = memoryview(block)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+
 def _fetch(remote: ftp.FtpRemote, target: Path, size: int) -> Path:
     partial = target.with_name(target.name + ".partial")
-    if target.exists() and target.stat().st_size == size:
-        return target
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    reached: list[int] = []  # where each attempt began
 
-    def fetch(session: ftp.FtpSession, _attempt: int) -> None:
-        offset = partial.stat().st_size if partial.exists() else 0
-        if offset >= size:
-            return
-        if offset:
-            structlog.get_logger("backupagent.restore").info(
-                "resuming download", name=target.name, offset=offset, of=size
-            )
-        with partial.open("ab") as out:
-            session.download(target.name, out.write, offset=offset)
+    def fetch(session: ftp.FtpSession, attempt: int) -> None:
+        try:
+            fd = os.open(partial, flags, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"cannot write {partial}: {exc.strerror or exc}") from None
+        try:
+            offset = os.fstat(fd).st_size
+            if offset >= size:
+                return
+            if attempt and reached and offset <= reached[-1]:
+                raise RestoreError(
+                    f"the server holds only {offset} of the {size} bytes of {target.name} "
+                    "its manifest declares: it was cut short; nothing was extracted"
+                )
+            reached.append(offset)
+            if offset:
+                structlog.get_logger("backupagent.restore").info(
+                    "resuming download", name=target.name, offset=offset, of=size
+                )
+            session.download(target.name, _Capped(fd, size - offset, target.name), offset=offset)
+            if os.fstat(fd).st_size < size:  # the server ended the transfer early
+                raise ftp.DataTransferError(
+                    f"the server ended {target.name} at byte {os.fstat(fd).st_size} of {size}"
+                )
+        finally:
+            os.close(fd)
 
     remote.call(f"download of {target.name}", fetch)
-    partial.replace(target)
+    os.replace(partial, target)
     return target
 
 
@@ -169,10 +257,10 @@ def check(volumes: list[Path], backup: BackupInfo) -> None:
         size = path.stat().st_size
         with path.open("rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        if size != expected["size"] or digest != expected["sha256"]:
+        if size != expected.size or digest != expected.sha256:
             raise RestoreError(
                 f"{path.name} does not match its manifest ({size} bytes, SHA-256 {digest}; "
-                f"the manifest says {expected['size']} bytes, {expected['sha256']}): it was "
+                f"the manifest says {expected.size} bytes, {expected.sha256}): it was "
                 "changed or cut short; nothing was extracted"
             )
 

@@ -9,7 +9,6 @@ import datetime as dt
 import ftplib
 import functools
 import hashlib
-import json
 import secrets
 import shutil
 import socket
@@ -38,6 +37,9 @@ from backupagent.diagnosis import (
     suggestion_text,
 )
 from backupagent.logging import prune_run_logs, run_log
+from backupagent.manifest import Archive as ManifestArchive
+from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
+from backupagent.manifest import Volume as ManifestVolume
 from backupagent.progress import Progress, logged_progress
 from backupagent.retention import (
     archive_name,
@@ -385,56 +387,50 @@ class _Run:
         self, stats: ArchiveStats, volumes: list[Volume], dumps: list[Dump], site: Site | None
     ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
-        manifest: dict[str, object] = {
-            "format": 1,
-            "job": self.job_name,
-            "backup_id": self.backup_id,
-            "created": self.started.isoformat(timespec="seconds"),
-            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "host": socket.gethostname(),
-            "agent_version": __version__,
-            "sources": [str(s) for s in self.job.sources],
+        return Manifest(
+            job=self.job_name,
+            backup_id=self.backup_id,
+            created=self.started.isoformat(timespec="seconds"),
+            finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            host=socket.gethostname(),
+            agent_version=__version__,
+            sources=[str(s) for s in self.job.sources],
             # the volumes, in order: their concatenation is `archive`
-            "files": [{"name": v.name, "size": v.size, "sha256": v.sha256} for v in volumes],
-            "archive": {
-                "name": self.archive,
-                "size": stats.archive_bytes,
-                "volume_size": self.job.volume_size,
-            },
-            "contents": {
-                "files": stats.files,
-                "directories": stats.directories,
-                "symlinks": stats.symlinks,
-                "bytes": stats.bytes_read,
-            },
-            "databases": [
-                {
-                    "name": d.name,
-                    "engine": d.engine,
-                    "member": d.arcname,
-                    "size": d.size,
-                    "sha256": d.sha256,
-                    "tables": d.tables,
-                }
+            files=[ManifestVolume(name=v.name, size=v.size, sha256=v.sha256) for v in volumes],
+            archive=ManifestArchive(
+                name=self.archive, size=stats.archive_bytes, volume_size=self.job.volume_size
+            ),
+            contents=Contents(
+                files=stats.files,
+                directories=stats.directories,
+                symlinks=stats.symlinks,
+                bytes=stats.bytes_read,
+            ),
+            databases=[
+                DatabaseDump(
+                    name=d.name,
+                    engine=d.engine,
+                    member=d.arcname,
+                    size=d.size,
+                    sha256=d.sha256 or None,
+                    tables=d.tables,
+                )
                 for d in dumps
             ],
-            "warnings": len(self.result.warnings),
-            "encryption": {
-                "format": "age-encryption.org/v1",
-                "recipients": [fingerprint(r) for r in self.recipients],
-            }
+            warnings=len(self.result.warnings),
+            encryption=Encryption(recipients=[fingerprint(r) for r in self.recipients])
             if self.recipients
             else None,
-        }
-        if site is not None:
-            manifest["wordpress"] = {
+            wordpress=None
+            if site is None
+            else {
                 "root": str(site.root),
                 "version": site.version,
                 "table_prefix": site.table_prefix,
                 "database": site.database,
                 "tables": "prefix" if site.target.table_prefix is not None else "all",
-            }
-        return json.dumps(manifest, indent=2).encode() + b"\n"
+            },
+        ).to_json()
 
     def _with_fallback(self, what: str, op: Callable[[ftp.FtpRemote], None]) -> None:
         """`op` on the current connection; with `fallback`, once more in the other mode.

@@ -64,9 +64,7 @@ def leaves(base: str, relative: str) -> bool:
     return False
 
 
-def judge(
-    member: tarfile.TarInfo, files: set[str], outside_links: bool = False
-) -> Judgement:
+def judge(member: tarfile.TarInfo, files: set[str], outside_links: bool = False) -> Judgement:
     """What to do with one member. `files`: the regular files admitted so far (the
     only things a hard link may point at)."""
     name = member.name
@@ -118,9 +116,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
         if self.type in _EXTENDED and self.size > MAX_HEADER:
-            raise tarfile.ReadError(
-                f"a header of {self.size} bytes (the limit is {MAX_HEADER})"
-            )
+            raise tarfile.ReadError(f"a header of {self.size} bytes (the limit is {MAX_HEADER})")
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
