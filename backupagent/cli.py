@@ -21,6 +21,7 @@ from backupagent.config import Config, ConfigError, default_config_path, load_co
 from backupagent.logging import configure, read_events, run_logs
 from backupagent.runner import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, RunResult, SetupError
 from backupagent.state import JobLocked
+from backupagent.text import printable
 
 T = TypeVar("T")
 
@@ -145,6 +146,7 @@ def print_summary(result: RunResult) -> None:
 def _print_lines(lines: list[list[tuple[str, str]]]) -> None:
     """Styled on a terminal; plain text otherwise, without importing rich (run-job under
     cron or systemd pays nothing for colours nobody sees)."""
+    lines = [[(printable(text), style) for text, style in parts] for parts in lines]
     if not sys.stdout.isatty():
         for parts in lines:
             click.echo("".join(text for text, _ in parts))
@@ -198,6 +200,10 @@ def diagnose(obj: _Context, job: str) -> None:
     log_dir = config.agent.log_dir / "diagnose"
     run_id = new_run_id(dt.datetime.now(dt.UTC))
     out = _console(soft_wrap=True)
+
+    def say(text: str) -> None:  # what the server said may hold escapes
+        out.print(printable(text), markup=False)
+
     out.print(
         f"Destination {name!r} -> {dest.host}:{dest.effective_port} (tls = {dest.tls}), "
         f"as used by job {job!r}",
@@ -211,19 +217,17 @@ def diagnose(obj: _Context, job: str) -> None:
         report = run_checkup(config, job, step)
     for outcome in report.steps:
         mark = "ok  " if outcome.ok else "FAIL"
-        out.print(
-            f"  {mark} {outcome.name} ({outcome.seconds:.2f}s) {outcome.detail}", markup=False
-        )
+        say(f"  {mark} {outcome.name} ({outcome.seconds:.2f}s) {outcome.detail}")
     for key, value in report.tls.items():
-        out.print(f"  TLS {key}: {value}", markup=False)
+        say(f"  TLS {key}: {value}")
     if report.certificate is not None:
         cert = report.certificate
         state = "NOT ACCEPTED" if report.certificate_refused else "pinned by tls_fingerprint"
-        out.print(f"  TLS certificate ({state}):", markup=False)
-        out.print(f"    subject:     {cert.subject}", markup=False)
-        out.print(f"    issuer:      {cert.issuer}", markup=False)
-        out.print(f"    valid until: {cert.not_after}", markup=False)
-        out.print(f"    SHA-256:     {cert.fingerprint}", markup=False)
+        say(f"  TLS certificate ({state}):")
+        say(f"    subject:     {cert.subject}")
+        say(f"    issuer:      {cert.issuer}")
+        say(f"    valid until: {cert.not_after}")
+        say(f"    SHA-256:     {cert.fingerprint}")
         if report.certificate_refused:
             out.print(
                 f"  To trust it, under [destinations.{name}] in {config.path} give the CA's "
@@ -233,7 +237,7 @@ def diagnose(obj: _Context, job: str) -> None:
                 markup=False,
             )
     if report.features:
-        out.print(f"  FEAT: {', '.join(report.features)}", markup=False)
+        say(f"  FEAT: {', '.join(report.features)}")
     if report.modes:
         rows = [
             [m.name, "works" if m.ok else "fails", f"{m.seconds:.2f}s", m.detail]
@@ -242,7 +246,7 @@ def diagnose(obj: _Context, job: str) -> None:
         _table(["mode", "result", "time", "reply or error"], rows, result_column=1)
         configured = configured_mode(config.passive_for(job), dest.epsv)
         if report.configured_works:
-            out.print(f"The configured mode ({configured}) works; no change needed.", markup=False)
+            say(f"The configured mode ({configured}) works; no change needed.")
         elif report.changes:
             tables = {
                 "job": f"jobs.{job}",
@@ -259,7 +263,7 @@ def diagnose(obj: _Context, job: str) -> None:
                 "ask for the server's passive port range and allow it.",
                 markup=False,
             )
-    out.print(f"Log: {log_path}", markup=False)
+    say(f"Log: {log_path}")
     sys.exit(0 if report.configured_works else 1)
 
 
@@ -354,6 +358,7 @@ def _table(headers: list[str], rows: list[list[str]], result_column: int) -> Non
     from rich.table import Table
 
     out = _console()
+    rows = [[printable(cell, keep="") for cell in row] for row in rows]
     if not out.is_terminal:
         for row in [headers, *rows]:
             click.echo("\t".join(row))

@@ -28,6 +28,7 @@ class FailureKind(StrEnum):
     CONTROL_LOST = "control_lost"  # the control connection dropped or timed out later
     TLS = "tls"  # TLS handshake or certificate failure
     NO_PROGRESS = "no_progress"  # a resumed upload stopped again where the last one did
+    PROTOCOL = "protocol"  # a reply that breaks FTP (unparsable, over a bound)
     OTHER = "other"
 
 
@@ -43,6 +44,7 @@ class Category(StrEnum):
     DATA_BROKEN = "data_transfer_broken"
     CONTROL_LOST = "control_connection_lost"
     SERVER_ERROR = "server_error"
+    PROTOCOL = "server_protocol_error"
     UNKNOWN = "unknown"
     DB_LOGIN = "database_login"
     DB_UNKNOWN = "database_unknown"
@@ -281,6 +283,21 @@ def _server_error(f: Facts) -> Diagnosis:
     )
 
 
+def _protocol(f: Facts) -> Diagnosis:
+    to_epsv = f.verb == "EPSV"
+    return Diagnosis(
+        Category.PROTOCOL,
+        f"the server sent a reply that breaks the FTP protocol: {f.failure.error}",
+        f.exchange or (f.failure.error,),
+        "The server, or a proxy or firewall that rewrites FTP between it and this host, "
+        "answers in a way no client can rely on: show the reply above to the server's "
+        "admin. "
+        + ("Meanwhile set epsv = false to use PASV instead. " if to_epsv else "")
+        + NOT_A_MODE_PROBLEM,
+        keys=("epsv",) if to_epsv else (),
+    )
+
+
 def _login(f: Facts) -> Diagnosis:
     return Diagnosis(
         Category.LOGIN,
@@ -439,6 +456,7 @@ FTP_RULES: tuple[Rule, ...] = (
         _certificate,
     ),
     Rule("tls", _is_tls, _tls),
+    Rule("protocol error", lambda f: f.kind is FailureKind.PROTOCOL, _protocol),
     Rule(
         "server internal error",
         lambda f: f.kind is FailureKind.REPLY and f.oops,

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from backupagent.text import printable
+
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 _run_file: ContextVar[TextIO | None] = ContextVar("backupagent_run_file", default=None)
@@ -37,6 +39,7 @@ def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,  # the traceback itself, not exc_info: true
             _emit,
         ],
         cache_logger_on_first_use=False,
@@ -51,7 +54,11 @@ def _emit(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
         run_file.flush()
     if LEVELS.get(event.get("level", "info"), 20) >= _console["level"]:
         # the suggestion's text is printed whole at the end of run-job; keep this line short
-        shown = {k: v for k, v in event.items() if k not in ("run_id", "text", "evidence")}
+        shown = {
+            k: printable(v) if isinstance(v, str) else v
+            for k, v in event.items()
+            if k not in ("run_id", "text", "evidence")
+        }
         renderer = _console["renderer"] or structlog.dev.ConsoleRenderer(colors=False)
         with _console_lock:
             print(renderer(None, "", shown), file=_console["stream"] or sys.stderr, flush=True)
@@ -64,7 +71,9 @@ def run_log(log_dir: Path, job: str, run_id: str) -> Iterator[Path]:
     path = log_dir / job / f"{run_id}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
-        path.open("w", encoding="utf-8") as handle,
+        # a byte a server sent that is not UTF-8 is kept as a surrogate; written as
+        # its \udcXX escape it is still valid JSON and reads back as the same text
+        path.open("w", encoding="utf-8", errors="backslashreplace") as handle,
         structlog.contextvars.bound_contextvars(job=job, run_id=run_id),
     ):
         token = _run_file.set(handle)

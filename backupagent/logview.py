@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from backupagent.text import printable
+
 HIDDEN = {"event", "level", "timestamp", "job", "run_id", "logger", "direction", "text"}
 STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
 
@@ -19,7 +21,7 @@ def render_log(events: list[dict[str, Any]], out: Console) -> None:
         out.print(f"job {first.get('job')}  run {first.get('run_id')}", style="bold", markup=False)
     for event in events:
         if event.get("event") == "suggestion":
-            body = Text(str(event.get("text", "")))
+            body = Text(printable(str(event.get("text", ""))))
             if out.is_terminal:
                 out.print(Panel(body, title="Suggestion", border_style="bold yellow"))
             else:
@@ -27,7 +29,9 @@ def render_log(events: list[dict[str, Any]], out: Console) -> None:
                 out.print(body)
                 out.print("=" * 52, markup=False)
             continue
-        out.print(_line(event), style=STYLES.get(event.get("level", "info"), ""), markup=False)
+        out.print(
+            printable(_line(event)), style=STYLES.get(event.get("level", "info"), ""), markup=False
+        )
 
 
 def _line(event: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
 from backupagent.state import History, Run
+from backupagent.text import printable
 
 Event = Literal["start", "success", "failure"]
 RESULTS = ("success", "warning", "failed", "aborted")
@@ -112,7 +113,7 @@ def compose(settings: EmailSettings, job: str, result: Any) -> EmailMessage:
     message["Subject"] = f"[backupagent] {word} {job} on {host}"
     message["From"] = settings.sender or f"backupagent@{host}"
     message["To"] = ", ".join(settings.to)
-    message.set_content("\n".join(lines) + "\n")
+    message.set_content(printable("\n".join(lines)) + "\n")
     return message
 
 

@@ -121,9 +121,15 @@ def run_job(
             _record(config, record, interrupted=True)
             clock = time.monotonic()
             watch = progress or logged_progress(config.agent.progress_interval)
-            _Run(config, job_name, run_id, started, result, watch, cancel).execute()
-            result.seconds = time.monotonic() - clock
-            _record(config, _finished(record, result))
+            try:
+                _Run(config, job_name, run_id, started, result, watch, cancel).execute()
+            except Exception as exc:  # execute() records every failure it knows: a bug
+                structlog.get_logger("backupagent.run").exception("internal error")
+                result.outcome = "failed"
+                result.error = f"internal error: {type(exc).__name__}: {exc}"
+            finally:  # whatever happened, the history never keeps this run as `running`
+                result.seconds = time.monotonic() - clock
+                _record(config, _finished(record, result))
         # after the log is closed: the suggestion stays its last event
         notify.after_run(config, job_name, result)
         prune_run_logs(config.agent.log_dir, job_name, config.agent.keep_logs)
@@ -623,12 +629,17 @@ class _Run:
         if not names:
             return
         self.log.info("removing incomplete upload", names=names)
-        remote = ftp.FtpRemote(self.dest, self.remote.passive)
+        # one attempt, broken off after `timeout` whatever the server does: a run that
+        # was stopped must exit soon (what stays is removed by a later run's retention)
+        remote = ftp.FtpRemote(self.dest.model_copy(update={"retries": 0}), self.remote.passive)
+        watchdog = threading.Timer(self.dest.timeout, remote.interrupt)
+        watchdog.start()
         try:
             remote.delete(names)
         except ftp.TRANSFER_ERRORS:
             self.log.warning("could not remove incomplete upload from the server", names=names)
         finally:
+            watchdog.cancel()
             remote.close()
 
     def _explain(self, failure: Failure) -> None:

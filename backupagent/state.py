@@ -178,6 +178,8 @@ class History:
 def _to_sql(value: object) -> object:
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, str):  # a server's bytes that are not UTF-8, as \udcXX escapes
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 

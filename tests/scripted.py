@@ -10,14 +10,38 @@ from collections.abc import Callable
 
 
 class ScriptedSession:
-    """One client connection: the commands it sent, in order."""
+    """One client connection: the commands it sent, in order (bytes read as Latin-1,
+    so any byte a client sends is kept)."""
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.commands: list[str] = []
+        self.passive: socket.socket | None = None  # the listener of the last EPSV
 
     def send(self, line: str) -> None:
         self.conn.sendall(line.encode("latin-1") + b"\r\n")
+
+    def open_passive(self) -> str:
+        """Listen for a data connection; the 229 reply that says where."""
+        self.passive = socket.create_server(("127.0.0.1", 0))
+        self.passive.settimeout(10)
+        return f"229 Entering Extended Passive Mode (|||{self.passive.getsockname()[1]}|)"
+
+    def send_data(self, data: bytes) -> str:
+        """Send `data` over the data connection, then the 226 that ends it."""
+        assert self.passive is not None, "EPSV first"
+        self.send("150 Here it comes.")
+        conn, _ = self.passive.accept()
+        with conn:
+            conn.sendall(data)
+        self.passive.close()
+        self.passive = None
+        return "226 Done."
+
+
+def serve(data: bytes) -> Callable[[ScriptedSession, str], str]:
+    """An answer to NLST, LIST or RETR that sends `data` over the EPSV connection."""
+    return lambda session, _arg: session.send_data(data)
 
 
 # a reply line, None to say nothing (a server that hangs), or a function of the
@@ -33,6 +57,7 @@ DEFAULT_SCRIPT: dict[str, Answer] = {
     "PWD": '257 "/" is the current directory.',
     "FEAT": "211-Features:\r\n SIZE\r\n211 End",
     "PORT": "200 PORT ok.",
+    "EPSV": lambda session, _arg: session.open_passive(),
     "EPRT": "200 EPRT ok.",
     "SIZE": "550 No such file.",
     "DELE": "550 No such file.",

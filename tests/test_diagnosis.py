@@ -354,6 +354,17 @@ CASES = [
         None,
     ),
     (
+        "unparsable EPSV reply",
+        Failure(
+            FailureKind.PROTOCOL,
+            True,
+            (*LOGGED_IN, c("EPSV"), r("229 Entering Extended Passive Mode (|||abc|)")),
+            "an unreadable passive reply: 229 Entering Extended Passive Mode (|||abc|)",
+        ),
+        Category.PROTOCOL,
+        None,
+    ),
+    (
         "anything else",
         Failure(FailureKind.OTHER, True, LOGGED_IN, "ValueError: odd"),
         Category.UNKNOWN,

@@ -40,6 +40,11 @@ from backupagent.replies import Reply, code_of
 
 BLOCK_SIZE = 256 << 10
 SENDFILE_CHUNK = 4 << 20  # bytes per sendfile call: progress is reported after each
+# bounds on what a server may send on the control connection (ftplib bounds a line only)
+MAX_LINE = 8192
+MAX_REPLY_LINES = 1000
+MAX_REPLY_BYTES = 256 << 10
+MAX_LISTING_BYTES = 64 << 20  # an NLST of ~1,000,000 backup names
 
 
 class FtpError(Exception):
@@ -152,10 +157,74 @@ class _DialogueMixin:
         self.epsv_refused = False  # learned in "auto": this server wants PASV
         self._data_target: str | None = None  # the passive address being connected to
         self._listening: str | None = None  # the address given in PORT/EPRT
+        self._buffer = b""  # control-connection bytes read but not yet a line
         # names sent with STOR/APPE: from then on the server may hold the file (vsftpd
         # creates it before it connects back in active mode, and keeps it on failure)
         self.touched: set[str] = set()
         super().__init__(**kwargs)
+
+    def putline(self, line: str) -> None:
+        """ftplib's, but names read from the server (undecodable bytes kept as
+        surrogates) go back as the same bytes."""
+        if "\r" in line or "\n" in line:
+            raise ValueError("an illegal newline character should not be contained")
+        assert self.sock is not None
+        self.sock.sendall((line + "\r\n").encode("utf-8", "surrogateescape"))
+
+    def getmultiline(self) -> str:
+        """One whole reply, bounded: at most MAX_REPLY_LINES lines of MAX_LINE bytes and
+        MAX_REPLY_BYTES in all, all of it within the socket's timeout (a server that
+        drips a byte at a time fails like a silent one). Bytes that are not UTF-8 are
+        kept as surrogates: nothing a server sends crashes the decoder."""
+        assert self.sock is not None
+        timeout = self.sock.gettimeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            first = self._bounded_line(deadline, timeout)
+            lines = [first]
+            size = len(first)
+            if first[3:4] == "-":
+                code = first[:3]
+                while True:
+                    line = self._bounded_line(deadline, timeout)
+                    lines.append(line)
+                    size += len(line)
+                    if len(lines) > MAX_REPLY_LINES or size > MAX_REPLY_BYTES:
+                        raise ftplib.error_proto(
+                            f"a reply of over {MAX_REPLY_LINES} lines or {MAX_REPLY_BYTES} "
+                            f"bytes, refused (it began: {first[:80]})"
+                        )
+                    if line[:3] == code and line[3:4] != "-":
+                        break
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.settimeout(timeout)
+        reply = "\n".join(lines)
+        self._record("reply", reply)
+        return reply
+
+    def _bounded_line(self, deadline: float | None, timeout: float | None) -> str:
+        assert self.sock is not None
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > MAX_LINE:
+                raise ftplib.error_proto(f"a reply line of over {MAX_LINE} bytes, refused")
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"the reply did not end within {timeout:g}s")
+                self.sock.settimeout(remaining)
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                if not self._buffer:
+                    raise EOFError
+                end = len(self._buffer)
+                self._buffer += b"\n"
+                break
+            self._buffer += chunk
+        raw, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+        if len(raw) > MAX_LINE:
+            raise ftplib.error_proto(f"a reply line of over {MAX_LINE} bytes, refused")
+        return raw.rstrip(b"\r").decode("utf-8", "surrogateescape")
 
     def putcmd(self, line: str) -> None:
         shown = "PASS ****" if line[:5].upper() == "PASS " else line
@@ -165,11 +234,6 @@ class _DialogueMixin:
         self._record("command", shown)
         self._data_target = None
         super().putcmd(line)  # type: ignore[misc]
-
-    def getmultiline(self) -> str:
-        reply = super().getmultiline()  # type: ignore[misc]
-        self._record("reply", reply)
-        return reply
 
     def _record(self, direction: str, text: str) -> None:
         line = Line(direction, text)
@@ -188,7 +252,8 @@ class _DialogueMixin:
         )
         if want_epsv:
             try:
-                host, port = ftplib.parse229(self.sendcmd("EPSV"), peer)  # type: ignore[attr-defined]
+                reply = self.sendcmd("EPSV")  # type: ignore[attr-defined]
+                host, port = _parsed(ftplib.parse229, reply, peer)  # type: ignore[attr-defined]
                 return self._target(host, port)
             except ftplib.error_perm as exc:
                 auto = self.dest.epsv == "auto" and self.af == socket.AF_INET
@@ -196,7 +261,8 @@ class _DialogueMixin:
                     raise
                 self.epsv_refused = True
                 self.log.info("FTP server refused EPSV; using PASV from now on")
-        advertised, port = ftplib.parse227(self.sendcmd("PASV"))  # type: ignore[attr-defined]
+        reply = self.sendcmd("PASV")  # type: ignore[attr-defined]
+        advertised, port = _parsed(ftplib.parse227, reply)  # type: ignore[attr-defined]
         if advertised != peer[0]:
             kind = "a private or unroutable" if _unroutable(advertised) else "another"
             self.log.warning(
@@ -372,6 +438,18 @@ _CLIENTS: dict[str, Any] = {  # tls setting -> ftplib class with the dialogue ho
     "explicit": LoggingFTPS,
     "implicit": ImplicitFTPS,
 }
+
+
+def _parsed(parse: Callable[..., tuple[str, int]], reply: str, *args: Any) -> tuple[str, int]:
+    """ftplib's parse227/parse229, with any malformed reply a protocol error."""
+    try:
+        host, port = parse(reply, *args)
+        ipaddress.ip_address(host)
+    except (ValueError, IndexError):
+        raise ftplib.error_proto(f"an unreadable passive reply: {reply[:120]}") from None
+    if not 0 < port < 65536:
+        raise ftplib.error_proto(f"a passive reply with port {port}: {reply[:120]}")
+    return host, port
 
 
 def _pending(listener: socket.socket) -> bool:
@@ -699,7 +777,13 @@ class FtpSession:
 
     def size(self, name: str) -> int | None:
         self.ftp.voidcmd("TYPE I")
-        return self.ftp.size(name)
+        reply = self.ftp.sendcmd(f"SIZE {name}")
+        if code_of(reply) != Reply.FILE_STATUS:
+            return None
+        text = reply[4:].strip()
+        if not text.isdigit() or len(text) > 20:
+            raise ftplib.error_proto(f"an unreadable SIZE reply: {reply[:120]}")
+        return int(text)
 
     def size_or_none(self, name: str) -> int | None:
         """SIZE of a file that may not exist (550 -> None)."""
@@ -718,11 +802,11 @@ class FtpSession:
             if "SHA-256*" not in hash_feature:
                 self.ftp.sendcmd("OPTS HASH SHA-256")
             reply = self.ftp.sendcmd(f"HASH {name}")  # 213 SHA-256 0-N <hex> <name>
-            return "sha256", reply.split()[3].lower()
+            return "sha256", _word(reply, 3)
         for command, algorithm in (("XSHA256", "sha256"), ("XMD5", "md5")):
             if command in features:
                 reply = self.ftp.sendcmd(f"{command} {name}")  # 213 <hex>
-                return algorithm, reply.split()[1].lower()
+                return algorithm, _word(reply, 1)
         return None
 
     def delete(self, name: str) -> None:
@@ -738,20 +822,35 @@ class FtpSession:
                     raise
 
     def names(self) -> list[str]:
-        """Plain file names in the current directory (NLST)."""
+        """Plain file names in the current directory (NLST); a name that is not UTF-8
+        is kept (as surrogates) and sent back as the same bytes."""
         try:
-            return [n.rsplit("/", 1)[-1] for n in self.ftp.nlst()]
+            lines = self._text_lines("NLST")
         except (ftplib.error_perm, ftplib.error_temp) as exc:
             # some servers answer an empty directory with 550/450 "No files found"
             if code_of(exc) in replies.NOT_FOUND:
                 return []
             raise
+        return [n.rsplit("/", 1)[-1] for n in lines if n]
 
     def listing(self) -> list[str]:
         """A LIST of the current directory: the tiny transfer used to probe a mode."""
-        lines: list[str] = []
-        self.ftp.retrlines("LIST", lines.append)
-        return lines
+        return self._text_lines("LIST")
+
+    def _text_lines(self, command: str) -> list[str]:
+        """A listing's lines, bounded by MAX_LISTING_BYTES, decoded without failing."""
+        received = bytearray()
+
+        def keep(block: bytes) -> None:
+            if len(received) + len(block) > MAX_LISTING_BYTES:
+                raise ftplib.error_proto(
+                    f"a {command} listing of over {MAX_LISTING_BYTES} bytes, refused"
+                )
+            received.extend(block)
+
+        self.ftp.retrbinary(command, keep, blocksize=BLOCK_SIZE)
+        text = bytes(received).decode("utf-8", "surrogateescape")
+        return [line.rstrip("\r") for line in text.split("\n") if line.strip("\r")]
 
     def failure(self, exc: BaseException) -> Failure:
         """Describe an exception raised by this session as plain data for diagnosis."""
@@ -769,6 +868,14 @@ class FtpSession:
             certificate=self.certificate if kind is FailureKind.TLS else None,
             closed_by_server=isinstance(exc, DataTransferError) and exc.closed,
         )
+
+
+def _word(reply: str, index: int) -> str:
+    """The `index`th word of a reply, lower-cased; a protocol error if it is missing."""
+    words = reply.split()
+    if len(words) <= index:
+        raise ftplib.error_proto(f"an unreadable reply: {reply[:120]}")
+    return words[index].lower()
 
 
 def _read_reply(reader: Any, limit: int = 64) -> str:
@@ -1006,6 +1113,8 @@ def _classify_exception(exc: BaseException, timeout: float) -> tuple[FailureKind
             return FailureKind.DATA_TRANSFER, str(exc), None
         case ssl.SSLError() | ssl.CertificateError():
             return FailureKind.TLS, str(exc), None
+        case ftplib.error_proto():
+            return FailureKind.PROTOCOL, str(exc), None
         case ftplib.Error():
             return FailureKind.REPLY, str(exc), None
         case EOFError() | OSError():
