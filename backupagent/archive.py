@@ -454,6 +454,8 @@ def _read_member(
     try:
         missing, grew = tar.copy(fd, size, on_bytes)
     except OSError as exc:
+        if getattr(exc, "spool", False):  # the archive's side failed, not the source
+            raise
         # tar stream is now unusable: the member header is out already
         raise OSError(f"reading {entry.path} failed mid-file: {exc}") from exc
     return missing, grew, os.fstat(fd)

@@ -556,7 +556,7 @@ def prune(obj: _Context, job: str, dry_run: bool) -> None:
         complete_backups,
         decide,
         retention_policy,
-        stale_partials,
+        stale_leftovers,
     )
     from backupagent.state import job_lock
 
@@ -569,7 +569,7 @@ def prune(obj: _Context, job: str, dry_run: bool) -> None:
                 names = _or_exit(lambda: remote.call("listing", lambda s, _: s.names()))
                 decisions = decide(complete_backups(job, names), retention_policy(dest))
                 grace = dt.timedelta(hours=dest.partial_grace_hours)
-                stale = stale_partials(job, names, dt.datetime.now(dt.UTC), grace)
+                stale = stale_leftovers(job, names, dt.datetime.now(dt.UTC), grace)
                 for d in decisions:
                     verdict = "keep  " if d.keep else "delete"
                     click.echo(f"{verdict} {d.backup.backup_id}  ({'; '.join(d.reasons)})")

@@ -53,27 +53,53 @@ class RemoteBackup:
         return [manifest_name(self.backup_id), *self.data_files]
 
 
-def complete_backups(job: str, names: list[str]) -> list[RemoteBackup]:
-    """This job's complete backups among the file names in the directory, oldest first.
+@dataclass(frozen=True)
+class Name:
+    """A file name of this job's backups, taken apart."""
 
-    Only names of the exact form `JOB-STAMP-NONCE.manifest.json` count, so a job
-    named `www` never claims the backups of a job named `www-db`.
-    """
-    pattern = re.compile(rf"^{re.escape(job)}-{RUN_ID_PATTERN}{re.escape(MANIFEST_SUFFIX)}$")
-    found = []
+    backup_id: str
+    stamp: str
+    manifest: bool  # the manifest (else a volume or archive)
+    temporary: bool  # an upload not yet renamed (`.partial`)
+
+
+def name_pattern(job: str) -> re.Pattern[str]:
+    """Exactly the names this agent gives the files of `job`'s backups: the job name, a
+    dash, a run id, then a manifest or archive suffix (and `.partial`). A job named
+    `www` never matches the files of `www-db`, nor of `www-20240101T000000.000Z-abcdef.x`."""
+    return re.compile(
+        rf"^(?P<id>{re.escape(job)}-{RUN_ID_PATTERN})"
+        rf"(?P<kind>{re.escape(MANIFEST_SUFFIX)}|{re.escape(ARCHIVE_SUFFIX)}(?:\.age)?(?:\.\d{{4}})?)"
+        rf"(?P<temp>(?:\.(?:passive|active))?{re.escape(TEMP_SUFFIX)})?$"
+    )
+
+
+def parse_names(job: str, names: list[str]) -> dict[str, Name]:
+    """Each of `names` that belongs to `job`'s backups, parsed once (linear)."""
+    pattern = name_pattern(job)
+    parsed = {}
     for name in names:
         match = pattern.match(name)
         if match:
-            backup_id = name.removesuffix(MANIFEST_SUFFIX)
-            data = tuple(
-                sorted(
-                    n
-                    for n in names
-                    if n.startswith(backup_id + ARCHIVE_SUFFIX) and not n.endswith(TEMP_SUFFIX)
-                )
+            parsed[name] = Name(
+                match["id"], match["stamp"], match["kind"] == MANIFEST_SUFFIX, bool(match["temp"])
             )
-            found.append(RemoteBackup(match["stamp"], backup_id, data))
-    return sorted(found)
+    return parsed
+
+
+def complete_backups(job: str, names: list[str]) -> list[RemoteBackup]:
+    """This job's complete backups among the file names in the directory, oldest first:
+    those whose manifest is there, each with its renamed data files."""
+    parsed = parse_names(job, names)
+    stamps = {p.backup_id: p.stamp for p in parsed.values() if p.manifest and not p.temporary}
+    data: dict[str, list[str]] = {backup_id: [] for backup_id in stamps}
+    for name, part in parsed.items():
+        if not part.manifest and not part.temporary and part.backup_id in data:
+            data[part.backup_id].append(name)
+    return sorted(
+        RemoteBackup(stamps[backup_id], backup_id, tuple(sorted(files)))
+        for backup_id, files in data.items()
+    )
 
 
 @dataclass(frozen=True)
@@ -117,14 +143,14 @@ def decide(backups: list[RemoteBackup], policy: Policy) -> list[Decision]:
         reasons[backup.backup_id].append("newest" if i == 0 else f"one of the last {policy.keep}")
     for attribute, period, key in _PERIODS:
         wanted = getattr(policy, attribute)
-        seen: list[object] = []
+        seen: set[object] = set()
         for backup in ordered:
             bucket = key(when(backup))
             if bucket in seen:
                 continue
             if len(seen) >= wanted:
                 break
-            seen.append(bucket)
+            seen.add(bucket)
             reasons[backup.backup_id].append(f"newest of its {period} ({attribute} = {wanted})")
     return [
         Decision(
@@ -144,29 +170,28 @@ def select_for_deletion(backups: list[RemoteBackup], keep: int | Policy) -> list
     return sorted(d.backup for d in decide(backups, policy) if not d.keep)
 
 
-def stale_partials(job: str, names: list[str], now: dt.datetime, grace: dt.timedelta) -> list[str]:
-    """This job's temporary uploads whose run started longer than `grace` ago.
+def stale_leftovers(job: str, names: list[str], now: dt.datetime, grace: dt.timedelta) -> list[str]:
+    """This job's files that belong to no complete backup (temporary uploads, and
+    volumes renamed by a run that never wrote its manifest) of runs that started
+    longer than `grace` ago.
 
     The run's start time is in the name, so no server clock or MDTM is needed; a
     younger one may belong to a run still uploading, and is left alone.
     """
-    pattern = re.compile(rf"^{re.escape(job)}-{RUN_ID_PATTERN}\..*{re.escape(TEMP_SUFFIX)}$")
+    parsed = parse_names(job, names)
+    complete = {p.backup_id for p in parsed.values() if p.manifest and not p.temporary}
     stale = []
-    for name in names:
-        match = pattern.match(name)
-        if match:
-            started = dt.datetime.strptime(match["stamp"], "%Y%m%dT%H%M%S.%fZ")
-            if now - started.replace(tzinfo=dt.UTC) > grace:
-                stale.append(name)
+    for name, part in parsed.items():
+        if part.backup_id in complete and not part.temporary:
+            continue
+        started = dt.datetime.strptime(part.stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=dt.UTC)
+        if now - started > grace:
+            stale.append(name)
     return sorted(stale)
 
 
 def incomplete(job: str, names: list[str]) -> list[str]:
     """This job's files that are not part of a complete backup (partials, orphans)."""
-    prefix = re.compile(rf"^{re.escape(job)}-{RUN_ID_PATTERN}\.")
-    complete = {b.backup_id for b in complete_backups(job, names)}
-    return sorted(
-        n
-        for n in names
-        if prefix.match(n) and n.split(".tar.zst")[0].split(".manifest.json")[0] not in complete
-    )
+    parsed = parse_names(job, names)
+    complete = {p.backup_id for p in parsed.values() if p.manifest and not p.temporary}
+    return sorted(n for n, p in parsed.items() if p.temporary or p.backup_id not in complete)

@@ -6,9 +6,11 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
+import errno
 import ftplib
 import functools
 import hashlib
+import re
 import secrets
 import shutil
 import socket
@@ -42,12 +44,13 @@ from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
 from backupagent.manifest import Volume as ManifestVolume
 from backupagent.progress import Progress, logged_progress
 from backupagent.retention import (
+    RUN_ID_PATTERN,
     archive_name,
     complete_backups,
     manifest_name,
     retention_policy,
     select_for_deletion,
-    stale_partials,
+    stale_leftovers,
     temp_name,
 )
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
@@ -112,6 +115,7 @@ def run_job(
     """
     _prepare_directories(config, job_name)
     with job_lock(config.agent.state_dir, job_name):
+        _remove_stale_spool(config.agent.spool_dir / job_name, job_name)
         started = dt.datetime.now(dt.UTC)
         run_id = new_run_id(started)
         with run_log(config.agent.log_dir, job_name, run_id) as log_path:
@@ -134,6 +138,18 @@ def run_job(
         notify.after_run(config, job_name, result)
         prune_run_logs(config.agent.log_dir, job_name, config.agent.keep_logs)
         return result
+
+
+def _remove_stale_spool(spool: Path, job: str) -> None:
+    """The work directories of earlier runs of `job` (a run killed before it could
+    clean up); called with the job's lock held, so none of them is in use."""
+    pattern = re.compile(rf"^{re.escape(job)}-{RUN_ID_PATTERN}$")
+    for entry in spool.iterdir():
+        if pattern.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            structlog.get_logger("backupagent.run").info(
+                "removed the spool of an interrupted run", path=str(entry)
+            )
 
 
 def _finished(record: Run, result: RunResult) -> Run:
@@ -367,6 +383,13 @@ class _Run:
             upload_error = pipeline.abort()
             if upload_error is not None:  # the upload failed first; archiving only stopped
                 raise upload_error from None
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise RunError(
+                    f"the spool is full: no space left in {work} ([agent] spool_dir = "
+                    f"{self.config.agent.spool_dir} in {self.config.path}); free space there "
+                    "or point spool_dir at a larger disk: a run needs two volumes "
+                    f"({2 * self.job.volume_size} bytes) plus the compressed database dumps"
+                ) from exc
             if isinstance(exc, OSError):
                 raise RunError(f"writing the archive to {work} failed: {exc}") from exc
             raise
@@ -597,7 +620,7 @@ class _Run:
                 self.log.info("old backup deleted", backup_id=backup.backup_id)
             self.log.info("retention applied", kept=len(backups) - len(doomed), deleted=len(doomed))
             grace = dt.timedelta(hours=self.dest.partial_grace_hours)
-            stale = stale_partials(self.job_name, names, dt.datetime.now(dt.UTC), grace)
+            stale = stale_leftovers(self.job_name, names, dt.datetime.now(dt.UTC), grace)
             if stale:
                 remote.delete(stale)
                 self.log.info("removed uploads left by crashed runs", names=stale)

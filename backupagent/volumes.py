@@ -10,6 +10,7 @@ stream: `cat NAME.0001 NAME.0002 ... | zstd -d | tar -x` restores without us.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -19,6 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+
+class SpoolError(OSError):
+    """Writing a volume into the spool failed (a full disk, most often)."""
+
+    spool = True  # archive.py tells it from a source that cannot be read by this
+
 
 SLOTS = 2  # volumes on the spool at once: one being written, one being sent
 
@@ -72,7 +80,10 @@ class VolumeWriter:
         while view:
             file = self._file or self._open()
             chunk = view[: self.size - self._written]
-            file.write(chunk)
+            try:
+                file.write(chunk)
+            except OSError as exc:  # the spool, not a source: say so (and keep errno)
+                raise SpoolError(exc.errno, f"writing {self._path}: {exc.strerror}") from exc
             self._written += len(chunk)
             view = view[len(chunk) :]
             if self._written == self.size:
@@ -95,9 +106,10 @@ class VolumeWriter:
                 self._finish()
 
     def discard(self) -> None:
-        """After a failure: remove the volume being written."""
+        """After a failure: remove the volume being written (its buffer may not fit)."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
             self._path.unlink(missing_ok=True)
 

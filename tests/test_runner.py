@@ -152,9 +152,9 @@ def test_retention_keeps_newest_and_spares_other_jobs(
     foreign = [
         "www-db-20200101T000000.000Z-aaaaaa.tar.zst",
         "www-db-20200101T000000.000Z-aaaaaa.manifest.json",
-        "www-20200101T000000.000Z-bbbbbb.tar.zst",
-    ]  # no manifest: incomplete, not ours to count
-    for name in foreign:
+    ]  # another job's
+    orphan = "www-20200101T000000.000Z-bbbbbb.tar.zst"  # no manifest: not counted, and old
+    for name in [*foreign, orphan]:
         (d / name).write_bytes(b"x")
     ids = [run_job(config, "www").backup_id for _ in range(5)]
     names = remote_files(ftp_server)
@@ -164,6 +164,7 @@ def test_retention_keeps_newest_and_spares_other_jobs(
     assert kept == sorted(ids[-3:])
     for name in foreign:
         assert name in names
+    assert orphan not in names  # removed once older than partial_grace_hours
 
 
 def test_blocked_passive_fails_cleanly_with_verified_suggestion(
@@ -349,3 +350,42 @@ def test_while_dumps_finish_the_written_part_is_sent(
     assert any(size < 64 << 10 for size in sizes[:-1]), sizes  # the cut, before the end
     unpack(download_archive(config, result.backup_id), tmp_path / "restored")
     assert tree(tmp_path / "restored" / "files" / str(site).lstrip("/")) == archived_tree(site)
+
+
+def test_a_killed_runs_spool_and_orphan_volume_are_cleaned_up(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    config = write_config()
+    killed = config.agent.spool_dir / "www" / "www-20200101T000000.000Z-abcdef"
+    killed.mkdir(parents=True)
+    (killed / "www-20200101T000000.000Z-abcdef.tar.zst.0001").write_bytes(b"half a volume")
+    folder = ftp_server.root / REMOTE
+    folder.mkdir(parents=True)
+    orphan = folder / "www-20200101T000000.000Z-abcdef.tar.zst.0001"  # renamed, no manifest
+    orphan.write_bytes(b"x")
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    assert not killed.exists()
+    assert not orphan.exists()
+
+
+def test_a_full_spool_names_the_place_and_the_key(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from .conftest import require_system
+
+    require_system(os.geteuid() == 0, "mounting a small tmpfs needs root")
+    config = write_config()
+    spool = tmp_path / "spool"
+    spool.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(spool)], check=True)
+    try:
+        result = run_job(config, "www")  # the site holds 300 kB of random bytes
+    finally:
+        subprocess.run(["umount", "--lazy", str(spool)], check=False)
+    assert result.outcome == "failed"
+    assert "the spool is full" in result.error and "[agent] spool_dir" in result.error
+    assert str(config.path) in result.error
+    assert remote_files(ftp_server) == []

@@ -515,7 +515,8 @@ class FtpSession:
         self.dialogue: list[Line] = []
         # names the server may now hold because of us: an upload begun, a rename
         self.touched: set[str] = set() if touched is None else touched
-        self.moved = 0  # data bytes sent or received
+        # data transfers the server took on (its 1xx came): it works, whatever then broke
+        self.moved = 0
         self.certificate: Certificate | None = None  # when TLS verification failed
         self._data_conn: socket.socket | None = None
         self._features: set[str] | None = None
@@ -680,6 +681,7 @@ class FtpSession:
             conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
         else:
             conn, _ = self.ftp.ntransfercmd(f"STOR {name}", offset or None)
+        self.moved += 1
         self._data_conn = conn
         try:
             with conn:
@@ -748,7 +750,6 @@ class FtpSession:
             if n == 0:
                 return sent
             sent += n
-            self.moved += n
             if progress:
                 progress(n)
 
@@ -766,9 +767,12 @@ class FtpSession:
         """RETR in binary mode, from `offset` (REST) to continue a broken download."""
 
         def counted(block: bytes) -> None:
-            self.moved += len(block)
+            if not started:
+                started.append(True)
+                self.moved += 1
             sink(block)
 
+        started: list[bool] = []
         self.ftp.retrbinary(f"RETR {name}", counted, blocksize=BLOCK_SIZE, rest=offset or None)
 
     def rename(self, old: str, new: str) -> None:
@@ -903,7 +907,7 @@ def _keepalive(sock: socket.socket) -> None:
 T = TypeVar("T")
 
 
-# Before this many data bytes have moved, a transient failure is retried once only:
+# Until a data transfer has begun, a transient failure is retried this many times only:
 # a server that is down, unreachable or refusing us at the start fails the run in
 # seconds rather than minutes; once data moves, a restart mid-upload is ridden out.
 UNTRIED_RETRIES = 1
@@ -913,7 +917,7 @@ class FtpRemote:
     """The destination directory, reached through sessions that are reopened after
     transient failures: each operation is retried with exponential backoff, at most
     `retries` times and within `retry_time` seconds, and every attempt is logged.
-    Until data has moved on any of its sessions, at most UNTRIED_RETRIES retries."""
+    Until a transfer has begun on one of its sessions, at most UNTRIED_RETRIES retries."""
 
     def __init__(
         self, dest: FtpDestination, passive: bool, cancel: threading.Event | None = None
@@ -924,12 +928,12 @@ class FtpRemote:
         self.session: FtpSession | None = None
         self.last_failure: Failure | None = None
         self.touched: set[str] = set()  # names the server may hold because of this remote
-        self.moved = 0  # data bytes moved by closed sessions
+        self.moved = 0  # transfers begun on closed sessions
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
 
     @property
     def progressed(self) -> bool:
-        """Data has moved: the server was reachable and working during this run."""
+        """A transfer has begun: the server was reachable and working during this run."""
         return self.moved + (self.session.moved if self.session else 0) > 0
 
     def _connected(self) -> FtpSession:
