@@ -68,7 +68,11 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 @click.pass_obj
 def check(obj: _Context) -> None:
     """Validate jobs.toml; print every problem with its table and key."""
+    from backupagent.config import config_warnings
+
     config = obj.config()
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"{obj.config_path}: OK ({len(config.jobs)} jobs, {len(config.destinations)} destinations)"
     )

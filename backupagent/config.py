@@ -70,9 +70,34 @@ ByteSize = Annotated[StrictInt, BeforeValidator(_parse_size)]
 
 
 class _Table(BaseModel):
-    """A TOML table: unknown keys are errors, so a typo never disables a setting."""
+    """A TOML table: unknown keys are errors, so a typo never disables a setting; a
+    control character in a value (a newline in a directory would become a second FTP
+    command) is refused, naming the key but never showing the value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_control_characters(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                items = value if isinstance(value, list) else [value]
+                for i, item in enumerate(items):
+                    bad = _control_character(item) if isinstance(item, str) else None
+                    if bad is not None:
+                        where = f"{key}[{i}]" if isinstance(value, list) else str(key)
+                        raise ValueError(
+                            f"{where}: contains a control character ({bad}); remove it"
+                        )
+        return data
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character of `text`, escaped, or None."""
+    for char in text:
+        if ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            return f"\\x{ord(char):02x}"
+    return None
 
 
 class _Credentials(_Table):
@@ -539,7 +564,7 @@ def _tables(
         return {}
     tables = {}
     for name, table in value.items():
-        if not re.match(NAME_PATTERN, name):
+        if not re.fullmatch(NAME_PATTERN, name):  # fullmatch: "$" would let "x\n" pass
             problems.append(
                 f"{label}: [{section}.{name}]: the name may use only letters, digits, '.', '_' "
                 "and '-', and must start with a letter or digit"
@@ -585,9 +610,45 @@ def _describe(model: type[BaseModel], err: Any) -> str:
         # a model-level check names its key first: "password_file: cannot read ..."
         key = f"{key}.{named[1]}".lstrip(".")
         msg = msg[named.end() :]
-    elif "input" in err and err["type"] != "value_error" and not isinstance(err["input"], dict):
+    elif (
+        "input" in err
+        and err["type"] != "value_error"
+        and not isinstance(err["input"], dict)
+        and not any(str(part) in SECRET_KEYS for part in loc)  # never echo a secret
+    ):
         msg = f"{msg} (got {err['input']!r})"
     return f"{key}: {msg}" if key else msg
+
+
+SECRET_KEYS = {"password"}
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but unsafe: password files that others may read."""
+    label = config.path.name
+    tables: list[tuple[str, Any]] = [
+        *((f"destinations.{n}", d) for n, d in config.destinations.items()),
+        *(("agent.email", config.agent.email),) * (config.agent.email is not None),
+    ]
+    for name, job in config.jobs.items():
+        tables += [(f"jobs.{name}.databases[{i}]", d) for i, d in enumerate(job.databases)]
+        if job.email is not None:
+            tables.append((f"jobs.{name}.email", job.email))
+    warnings = []
+    for where, table in tables:
+        path = getattr(table, "password_file", None)
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o077:
+            warnings.append(
+                f"{label}: [{where}] password_file: {path} may be read by others "
+                f"(mode {mode & 0o777:o}): chmod 600 {path}"
+            )
+    return warnings
 
 
 def _unknown_key(key: str, allowed: list[str]) -> str:

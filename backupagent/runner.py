@@ -26,7 +26,7 @@ import structlog
 
 from backupagent import __version__, notify, process, replies
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
-from backupagent.config import Config
+from backupagent.config import Config, config_warnings
 from backupagent.crypto import AGE_SUFFIX, fingerprint
 from backupagent.destinations import ftp
 from backupagent.diagnosis import (
@@ -232,6 +232,13 @@ class _Run:
 
     def execute(self) -> None:
         log = self.log
+        for warning in config_warnings(self.config):
+            if (
+                f"[jobs.{self.job_name}." in warning
+                or "[agent." in warning
+                or (f"[destinations.{self.job.destination}]" in warning)
+            ):
+                log.warning("unsafe setting", detail=warning)
         log.info(
             "run started",
             destination=self.job.destination,

@@ -263,3 +263,58 @@ def test_schedules_follow_crontab(schedule: str, after: str, expected: str) -> N
     start = dt.datetime.fromisoformat(after).replace(tzinfo=utc)
     fire = cron_trigger(schedule, "UTC").get_next_fire_time(None, start)
     assert fire == dt.datetime.fromisoformat(expected).replace(tzinfo=utc)
+
+
+@pytest.mark.parametrize(
+    ("dest", "job", "expected"),
+    [
+        (
+            'directory = "/x\\r\\nDELE y"',
+            "",
+            "[destinations.offsite] directory: contains a control character (\\x0d); remove it",
+        ),
+        (
+            "",
+            'exclude = ["ok", "bad\\u001b[2J"]',
+            "[jobs.nightly] exclude[1]: contains a control character (\\x1b); remove it",
+        ),
+        (
+            'user = "back\\tup"',
+            "",
+            "[destinations.offsite] user: contains a control character (\\x09); remove it",
+        ),
+    ],
+)
+def test_control_characters_in_values_are_refused(
+    tmp_path: Path, dest: str, job: str, expected: str
+) -> None:
+    problems = _problems(tmp_path, dest=dest, job=job)
+    assert [p.removeprefix("jobs.toml: ") for p in problems] == [expected]
+
+
+def test_a_job_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path, extra='[jobs."two\\n"]\ndestination = "offsite"\nsources = ["/x"]\n'
+    )
+    assert any("the name may use only letters" in p for p in problems)
+
+
+def test_a_wrongly_typed_secret_is_not_echoed(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, dest="password = 123456789")
+    assert problems and not any("123456789" in p for p in problems)
+    assert any("[destinations.offsite] password:" in p for p in problems)
+
+
+def test_a_password_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
+    from backupagent.config import config_warnings
+
+    secret = tmp_path / "ftp.pass"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o644)
+    config = _load(tmp_path, dest=f'password_file = "{secret}"')
+    assert config_warnings(config) == [
+        f"jobs.toml: [destinations.offsite] password_file: {secret} may be read by others "
+        f"(mode 644): chmod 600 {secret}"
+    ]
+    secret.chmod(0o600)
+    assert config_warnings(config) == []
