@@ -4,6 +4,7 @@ stops the others, and its names never become paths outside the spool."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -129,13 +130,46 @@ def test_a_server_sending_more_than_declared_is_cut_off(
     assert all(p.stat().st_mode & 0o777 == 0o600 for p in workdir.iterdir())
 
 
-def test_a_spool_others_may_write_is_refused(
-    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+@pytest.mark.parametrize("how", ["others may write", "another user owns it"])
+def test_a_spool_another_user_could_plant_links_in_is_refused(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path, how: str
 ) -> None:
+    import pwd
+
     config = write_config()
     assert cli(config.path, "run-job", "www").returncode == 0
     spool = config.agent.spool_dir / "www"
-    spool.chmod(0o777)  # another user could plant a symlink at a .partial path
+    if how == "others may write":
+        spool.chmod(0o777)  # another user could plant a symlink at a .partial path
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("chown needs root")
+        nobody = pwd.getpwnam("nobody")
+        os.chown(spool, nobody.pw_uid, nobody.pw_gid)
     result = cli(config.path, "restore", "www", "--to", str(tmp_path / "restored"))
     assert result.returncode == 1
-    assert "others may write to it" in result.stderr and "spool_dir" in result.stderr
+    assert "belongs to another user or others may write to it" in result.stderr
+    assert "spool_dir" in result.stderr
+
+
+def test_a_restore_target_without_room_says_how_much_is_needed(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from .conftest import require_system
+
+    require_system(os.geteuid() == 0, "mounting a small tmpfs needs root")
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0  # 300 kB of random bytes
+    target = tmp_path / "small"
+    target.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)], check=True)
+    try:
+        result = cli(config.path, "restore", "www", "--to", str(target))
+        left = list(target.iterdir())
+    finally:
+        subprocess.run(["umount", "--lazy", str(target)], check=False)
+    assert result.returncode == 1
+    assert f"{target} has" in result.stderr and "bytes free, the backup needs" in result.stderr
+    assert left == []

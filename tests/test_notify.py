@@ -275,3 +275,22 @@ def test_starttls_and_login(
         controller.stop()
     assert logins == ["mailer"]
     assert len(received) == 1 and received[0]["Subject"].startswith("[backupagent] FAILED")
+
+
+def test_mail_shows_what_the_server_sent_escaped(tmp_path: Path) -> None:
+    """A reply with terminal escapes and bytes that are not UTF-8 reaches the mail as
+    visible escapes, and the message can still be encoded and sent."""
+    from backupagent.config import EmailSettings
+    from backupagent.notify import compose
+    from backupagent.runner import RunResult
+
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"event": "FTP server reply: 530 \\u001b[2J \\udce9", "level": "debug"}\n')
+    result = RunResult("www", "r1", log, outcome="failed")
+    result.error = "the server refused the login"
+    result.suggestion = "Evidence:\n  FTP server reply: 530 \x1b[2J\x1b]0;pwned\x07 caf\udce9"
+    message = compose(EmailSettings(to=["admin@example.com"]), "www", result)
+    body = message.get_content()
+    assert "\x1b" not in body and "\x07" not in body
+    assert "530 \\x1b[2J\\x1b]0;pwned\\x07 caf\\xe9" in body
+    message.as_bytes()  # encodable: no surrogate left

@@ -4,6 +4,7 @@ failure, bounded in time and memory, recorded in the history, printed escaped.""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -141,3 +142,48 @@ def test_a_name_that_is_not_utf8_survives_listing_and_deletion(tmp_path: Path) -
         finally:
             remote.close()
         assert f"DELE {latin1}" in server.commands()  # the very bytes the server listed
+
+
+def test_the_clean_up_after_sigterm_is_bounded_whatever_the_server_does(tmp_path: Path) -> None:
+    """Mid-upload the server stops reading; after SIGTERM, the clean-up connection meets
+    a server that drips its replies. The run still ends, within about one `timeout`."""
+    import signal
+    import subprocess
+
+    def user(session: ScriptedSession, arg: str) -> str | None:
+        if len(server.sessions) > 2:  # the clean-up's connection (after preflight, upload)
+            _drip(session, arg)
+            return None
+        return "331 Password please."
+
+    def stor(session: ScriptedSession, _arg: str) -> None:
+        assert session.passive is not None
+        session.send("150 Go ahead.")
+        session.data = session.passive.accept()[0]  # type: ignore[attr-defined]  # never read
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "big.bin").write_bytes(os.urandom(8 << 20))  # more than buffers hold
+    server = ScriptedFtp({"USER": user, "STOR": stor})
+    with server:
+        # timeout = 3: the server never answers, so no timeout changes what happens;
+        # the bound below is stated in terms of it
+        config = _config(tmp_path, server, "timeout = 3")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "www"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not any(c.startswith("STOR ") for c in server.commands()):  # bounded wait
+            assert time.monotonic() < deadline and agent.poll() is None, agent.communicate()
+            time.sleep(0.05)
+        agent.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        out, err = agent.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    assert agent.returncode == 1, out + err
+    assert took < 3 + 3 + 5, took  # one timeout for the clean-up's reply, one for the watchdog
+    assert "could not remove incomplete upload" in err
+    with History(tmp_path / "state") as history:
+        assert history.last("www").result == "aborted"
