@@ -45,6 +45,7 @@ MAX_LINE = 8192
 MAX_REPLY_LINES = 1000
 MAX_REPLY_BYTES = 256 << 10
 MAX_LISTING_BYTES = 64 << 20  # an NLST of ~1,000,000 backup names
+QUIT_WAIT = 5.0  # seconds to wait for the answer to QUIT
 
 
 class FtpError(Exception):
@@ -158,6 +159,7 @@ class _DialogueMixin:
         self._data_target: str | None = None  # the passive address being connected to
         self._listening: str | None = None  # the address given in PORT/EPRT
         self._buffer = b""  # control-connection bytes read but not yet a line
+        self.broken = False  # a reply timed out or broke off
         # names sent with STOR/APPE: from then on the server may hold the file (vsftpd
         # creates it before it connects back in active mode, and keeps it on failure)
         self.touched: set[str] = set()
@@ -168,6 +170,8 @@ class _DialogueMixin:
         surrogates) go back as the same bytes."""
         if "\r" in line or "\n" in line:
             raise ValueError("an illegal newline character should not be contained")
+        if self.broken:  # its answer would be read as the answer to an earlier command
+            raise ConnectionError("the control connection is out of step after a failed reply")
         assert self.sock is not None
         self.sock.sendall((line + "\r\n").encode("utf-8", "surrogateescape"))
 
@@ -196,6 +200,9 @@ class _DialogueMixin:
                         )
                     if line[:3] == code and line[3:4] != "-":
                         break
+        except (OSError, EOFError, ftplib.error_proto):
+            self.broken = True  # out of step with the server: no more commands on it
+            raise
         finally:
             with contextlib.suppress(OSError):
                 self.sock.settimeout(timeout)
@@ -619,9 +626,12 @@ class FtpSession:
         return info
 
     def close(self) -> None:
-        """QUIT politely; fall back to dropping the connection."""
+        """QUIT politely when the connection is in order, waiting briefly; else (a
+        reply timed out or broke: the server may be busy for a minute, as vsftpd is
+        while it connects back) just drop it."""
         try:
-            if self.ftp.sock is not None:
+            if self.ftp.sock is not None and not getattr(self.ftp, "broken", False):
+                self.ftp.sock.settimeout(min(self.dest.timeout, QUIT_WAIT))
                 self.ftp.quit()
         except (OSError, EOFError, ftplib.Error):
             pass

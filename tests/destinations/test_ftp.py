@@ -337,6 +337,9 @@ def test_active_server_that_never_connects_back_is_a_data_connection_failure(
         with pytest.raises(DataConnectionError) as caught:
             session.upload(io.BytesIO(b"data"), "a.partial")
         failure = session.failure(caught.value)
+    # a reply timed out: the session is out of step, nothing more is sent on it (vsftpd
+    # would answer QUIT only once its own connect timeout ended, 60 s later)
+    assert server.commands()[-1].startswith(silent_at)
     diagnosis = diagnose(failure)
     assert failure.kind is FailureKind.DATA_CONNECT and failure.address
     assert diagnosis.category is Category.ACTIVE_DATA and diagnosis.passive_should_be is True
