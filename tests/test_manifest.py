@@ -173,3 +173,48 @@ def test_a_restore_target_without_room_says_how_much_is_needed(
     assert result.returncode == 1
     assert f"{target} has" in result.stderr and "bytes free, the backup needs" in result.stderr
     assert left == []
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_a_server_serving_a_crafted_volume_name_changes_nothing_outside(
+    tmp_path: Path, command: str
+) -> None:
+    """A scripted server lists the manifest and serves whatever name is asked for:
+    before the typed manifest, `../` in a volume name overwrote a file outside."""
+    from .scripted import ScriptedFtp, ScriptedSession
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("do not touch")
+    spool = tmp_path / "spool"
+    name = "../" * 3 + "victim/keep.txt"  # from spool/www/<restore or verify dir>/
+    data = _with(files=_volume(name=name, size=4))
+
+    def retr(session: ScriptedSession, arg: str) -> str:
+        return session.send_data(data if arg.endswith(".manifest.json") else b"evil")
+
+    script = {"NLST": lambda s, _a: s.send_data(f"{ID}.manifest.json\r\n".encode()), "RETR": retr}
+    with ScriptedFtp(script) as server:
+        path = tmp_path / "jobs.toml"
+        path.write_text(f"""
+[agent]
+state_dir = "{tmp_path}/state"
+log_dir = "{tmp_path}/log"
+spool_dir = "{spool}"
+
+[destinations.evil]
+type = "ftp"
+host = "127.0.0.1"
+port = {server.port}
+password = "x"
+
+[jobs.www]
+destination = "evil"
+sources = ["{tmp_path}"]
+""")
+        before = snapshot(victim)
+        extra = ["--to", str(tmp_path / "restored")] if command == "restore" else []
+        result = cli(path, command, "www", "--backup", ID, *extra)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "is not a volume of" in result.stdout + result.stderr
+    assert snapshot(victim) == before
