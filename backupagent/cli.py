@@ -19,7 +19,8 @@ import click
 from backupagent import __version__
 from backupagent.config import Config, ConfigError, default_config_path, load_config
 from backupagent.logging import configure, read_events, run_logs
-from backupagent.runner import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, RunResult, SetupError
+from backupagent.outcome import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE, Outcome, RunResult
+from backupagent.runner import SetupError
 from backupagent.state import JobLocked
 from backupagent.text import printable
 
@@ -110,7 +111,7 @@ def run_job_command(obj: _Context, job: str) -> None:
 def print_summary(result: RunResult) -> None:
     """The end-of-run report: outcome, warnings, suggestion, where the log is."""
     lines: list[list[tuple[str, str]]] = []  # each line: (text, style) parts
-    if result.outcome in ("success", "warning"):
+    if result.ok:
         s = result.stats
         assert s is not None
         head = "OK" if result.outcome == "success" else "OK with warnings"
@@ -126,7 +127,7 @@ def print_summary(result: RunResult) -> None:
             ]
         )
     else:
-        head = "ABORTED" if result.outcome == "aborted" else "FAILED"
+        head = "ABORTED" if result.outcome == Outcome.ABORTED else "FAILED"
         lines.append(
             [
                 (f"{result.job}: {head}", "bold red"),
@@ -294,7 +295,8 @@ def daemon(obj: _Context) -> None:
 def list_jobs(obj: _Context) -> None:
     """Jobs, their schedule, next run time and last result."""
     from backupagent.config import cron_trigger
-    from backupagent.state import BACKUP_TRIGGERS, History
+    from backupagent.outcome import BACKUP_TRIGGERS
+    from backupagent.state import History
 
     config = obj.config()
     now = dt.datetime.now(dt.UTC)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
+from backupagent.outcome import OK, RunResult
 from backupagent.state import History, Run
 from backupagent.text import printable
 
@@ -30,7 +31,7 @@ RESULTS = ("success", "warning", "failed", "aborted")
 LOG_TAIL = 40  # events of the debug log quoted in a mail
 
 
-def summary(job: str, result: Any) -> dict[str, Any]:
+def summary(job: str, result: RunResult) -> dict[str, Any]:
     """The run summary sent as JSON and used in mails (a runner.RunResult)."""
     stats = result.stats
     return {
@@ -88,7 +89,7 @@ def wants_mail(settings: EmailSettings | None, outcome: str) -> bool:
     return settings is not None and kind in settings.on
 
 
-def compose(settings: EmailSettings, job: str, result: Any) -> EmailMessage:
+def compose(settings: EmailSettings, job: str, result: RunResult) -> EmailMessage:
     """Subject `[backupagent] FAILED nightly on HOST`; suggestion first, then summary, log tail."""
     from email.message import EmailMessage
 
@@ -159,10 +160,10 @@ def send_mail(settings: EmailSettings, message: EmailMessage) -> None:
         log.warning("mail could not be sent", to=settings.to, reason=str(exc))
 
 
-def after_run(config: Config, job: str, result: Any) -> None:
+def after_run(config: Config, job: str, result: RunResult) -> None:
     """Pings, mail and metrics once a run has ended."""
     body = summary(job, result)
-    ok = result.outcome in ("success", "warning")
+    ok = result.outcome in OK
     ping(config.jobs[job].ping, "success" if ok else "failure", body)
     settings = mail_settings(config, job)
     if settings is not None and wants_mail(settings, result.outcome):

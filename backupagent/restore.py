@@ -32,6 +32,7 @@ from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
 from backupagent.destinations import ftp
 from backupagent.manifest import Manifest
+from backupagent.outcome import Outcome, Trigger
 from backupagent.retention import (
     RemoteBackup,
     complete_backups,
@@ -396,7 +397,7 @@ def verify(
     run_id = new_run_id(started)
     log = structlog.get_logger("backupagent.restore")
     with run_log(config.agent.log_dir, job, run_id) as log_path:
-        record = Run(run_id, job, "verify", started, str(log_path))
+        record = Run(run_id, job, Trigger.VERIFY, started, str(log_path))
         workdir = config.agent.spool_dir / job / f"verify-{run_id}"
         try:
             backups, _ = list_backups(config, job)
@@ -423,7 +424,7 @@ def verify(
             ok, message = False, str(exc) or type(exc).__name__
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        record.result = "success" if ok else "failed"
+        record.result = Outcome.SUCCESS if ok else Outcome.FAILED
         record.error = None if ok else message
         record.finished = dt.datetime.now(dt.UTC)
         (log.info if ok else log.error)("verify finished", result=record.result, detail=message)

@@ -18,7 +18,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,15 @@ from backupagent.logging import prune_run_logs, run_log
 from backupagent.manifest import Archive as ManifestArchive
 from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
 from backupagent.manifest import Volume as ManifestVolume
+from backupagent.outcome import (  # re-exported: the CLI and tests take them from here
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Outcome,
+    RunResult,
+    Trigger,
+)
 from backupagent.progress import Progress, logged_progress
 from backupagent.retention import (
     RUN_ID_PATTERN,
@@ -59,32 +67,7 @@ from backupagent.sources.wordpress import Site, WordPressError, read_site
 from backupagent.state import History, Run, job_lock
 from backupagent.volumes import Pipeline, Volume
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 75
-
-
-@dataclass
-class RunResult:
-    """What a run did, for the CLI summary and the run history."""
-
-    job: str
-    run_id: str
-    log_path: Path
-    trigger: str = "manual"  # manual | schedule | catch-up
-    outcome: str = "failed"  # success | warning | failed | aborted
-    backup_id: str | None = None
-    archive: str | None = None  # the uploaded archive's name
-    stats: ArchiveStats | None = None
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-    suggestion: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_OK if self.outcome in ("success", "warning") else EXIT_FAILED
+__all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE", "RunResult", "run_job"]
 
 
 class RunError(Exception):
@@ -105,7 +88,7 @@ def run_job(
     job_name: str,
     progress: Progress | None = None,
     *,
-    trigger: str = "manual",
+    trigger: str = Trigger.MANUAL,
     cancel: threading.Event | None = None,
 ) -> RunResult:
     """Run `job_name` once and record it in the history.
@@ -129,7 +112,7 @@ def run_job(
                 _Run(config, job_name, run_id, started, result, watch, cancel).execute()
             except Exception as exc:  # execute() records every failure it knows: a bug
                 structlog.get_logger("backupagent.run").exception("internal error")
-                result.outcome = "failed"
+                result.outcome = Outcome.FAILED
                 result.error = f"internal error: {type(exc).__name__}: {exc}"
             finally:  # whatever happened, the history never keeps this run as `running`
                 result.seconds = time.monotonic() - clock
@@ -270,7 +253,7 @@ class _Run:
             return
         except (Aborted, process.Cancelled):
             self._remove_leftovers()
-            self.result.outcome = "aborted"
+            self.result.outcome = Outcome.ABORTED
             self.result.error = "stopped by a signal before the backup was published"
             log.warning("run aborted", result="aborted")
             return
@@ -295,7 +278,7 @@ class _Run:
             shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
         self.result.archive = self.archive
-        self.result.outcome = "warning" if self.result.warnings else "success"
+        self.result.outcome = Outcome.WARNING if self.result.warnings else Outcome.SUCCESS
         log.info(
             "run finished",
             result=self.result.outcome,
@@ -345,7 +328,7 @@ class _Run:
             self.progress.uploaded(n)
 
     def _fail(self, error: str) -> None:
-        self.result.outcome = "failed"
+        self.result.outcome = Outcome.FAILED
         self.result.error = error
         self.log.error("run failed", result="failed", error=error)
 
@@ -690,7 +673,7 @@ class _Run:
         text = suggestion_text(
             diagnosis, self.job_name, self.job.destination, self.config.path, probe
         )
-        self.result.outcome = "failed"
+        self.result.outcome = Outcome.FAILED
         self.result.error = diagnosis.what
         self.result.suggestion = text
         self.log.error(

@@ -27,8 +27,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from backupagent.config import Config, ConfigError, cron_trigger, load_config
+from backupagent.outcome import BACKUP_TRIGGERS, OK, Trigger
 from backupagent.runner import run_job
-from backupagent.state import BACKUP_TRIGGERS, History, JobLocked
+from backupagent.state import History, JobLocked
 
 MAX_WORKERS = 64
 
@@ -50,7 +51,7 @@ def missed_run(
 
 def catch_up_reference(history: History, job: str) -> dt.datetime | None:
     """When the job last succeeded, else when it first ran at all (None: never ran)."""
-    success = history.last(job, ("success", "warning"), BACKUP_TRIGGERS)
+    success = history.last(job, tuple(OK), BACKUP_TRIGGERS)
     if success is not None:
         return success.started
     return history.first_started(job)
@@ -142,7 +143,7 @@ class Daemon:
             if job.schedule is not None:
                 trigger = cron_trigger(job.schedule, config.agent.timezone)
                 self.scheduler.add_job(
-                    self._run, trigger, args=(name, "schedule"), id=f"cron:{name}", name=name
+                    self._run, trigger, args=(name, Trigger.SCHEDULE), id=f"cron:{name}", name=name
                 )
             if job.verify_schedule is not None:
                 trigger = cron_trigger(job.verify_schedule, config.agent.timezone)
@@ -168,7 +169,7 @@ class Daemon:
                 if due is not None:
                     self.log.info("catching up a missed run", job=name, was_due=due.isoformat())
                     self.scheduler.add_job(
-                        self._run, args=(name, "catch-up"), id=f"catch-up:{name}", name=name
+                        self._run, args=(name, Trigger.CATCH_UP), id=f"catch-up:{name}", name=name
                     )
 
     def _next_runs(self) -> dict[str, str]:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from backupagent.outcome import BACKUP_TRIGGERS, OK
+
 DB_NAME = "history.sqlite3"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -35,9 +37,6 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (job, started);
 """
-
-
-BACKUP_TRIGGERS = ("manual", "schedule", "catch-up")  # runs that make a backup
 
 
 class JobLocked(Exception):
@@ -155,7 +154,7 @@ class History:
         return {
             job: {
                 "last": self.last(job, triggers=BACKUP_TRIGGERS),
-                "success": self.last(job, ("success", "warning"), BACKUP_TRIGGERS),
+                "success": self.last(job, tuple(OK), BACKUP_TRIGGERS),
             }
             for job in jobs
         }
