@@ -21,7 +21,7 @@ import structlog
 from backupagent import replies
 from backupagent.config import Config, FtpDestination
 from backupagent.destinations.ftp import TRANSFER_ERRORS, FtpSession
-from backupagent.diagnosis import Certificate, FailureKind
+from backupagent.diagnosis import Certificate, FailureKind, passive_setting
 
 Mode = Literal["EPSV", "PASV", "active"]
 MODES: tuple[Mode, ...] = ("EPSV", "PASV", "active")
@@ -88,12 +88,12 @@ def recommend(
     if configured:
         return True, []
     if works("EPSV"):
-        changes = [("job", "passive = true")]
+        changes = [("job", passive_setting(True))]
         return False, changes + ([("destination", 'epsv = "auto"')] if epsv is False else [])
     if works("PASV"):
-        return False, [("job", "passive = true"), ("destination", "epsv = false")]
+        return False, [("job", passive_setting(True)), ("destination", "epsv = false")]
     if works("active"):
-        return False, [("job", "passive = false")]
+        return False, [("job", passive_setting(False))]
     return False, []
 
 

@@ -29,13 +29,14 @@ from backupagent.config import Config, config_warnings
 from backupagent.crypto import AGE_SUFFIX, fingerprint
 from backupagent.destinations import ftp
 from backupagent.diagnosis import (
-    Category,
     Diagnosis,
     Failure,
     ProbeResult,
     diagnose,
     mode_name,
+    passive_setting,
     suggestion_text,
+    wordpress_diagnosis,
 )
 from backupagent.logging import prune_run_logs, run_log
 from backupagent.manifest import Archive as ManifestArchive
@@ -266,7 +267,11 @@ class _Run:
             return
         except (DumpFailed, WordPressError) as exc:
             self._remove_leftovers()  # files were archived and uploaded while it dumped
-            self._suggest(exc.diagnosis if isinstance(exc, DumpFailed) else _wp_diagnosis(exc))
+            self._suggest(
+                exc.diagnosis
+                if isinstance(exc, DumpFailed)
+                else wordpress_diagnosis(exc.problems, exc.config_file)
+            )
             return
         except Exception as exc:  # a bug: record it in the run's log rather than lose it
             log.exception("internal error")
@@ -482,7 +487,7 @@ class _Run:
             raise UploadFailed(
                 failure, ProbeResult(not self.passive, False, second.error or "the upload failed")
             ) from None
-        change = f"passive = {'true' if not self.passive else 'false'}"
+        change = passive_setting(not self.passive)
         note = (
             f"the data connection failed in {failed} mode, {other} mode worked "
             f"(fallback). To skip the failed attempt next time, set {change} under "
@@ -687,23 +692,10 @@ class _Run:
             change=(
                 None
                 if not diagnosis.flips_mode or (probe is not None and not probe.ok)
-                else f"passive = {'true' if diagnosis.passive_should_be else 'false'}"
+                else passive_setting(bool(diagnosis.passive_should_be))
             ),
             verified=None if probe is None else probe.ok,
         )
-
-
-def _wp_diagnosis(exc: WordPressError) -> Diagnosis:
-    return Diagnosis(
-        Category.WORDPRESS_CONFIG,
-        "the database settings could not be read from wp-config.php",
-        tuple(exc.problems),
-        "Give DB_NAME, DB_USER, DB_PASSWORD and DB_HOST as plain strings in wp-config.php, "
-        "or replace `wordpress` in the job by `sources` and an explicit `databases` entry.",
-        keys=("DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST"),
-        table="",
-        file=exc.config_file,
-    )
 
 
 class _Dumping:

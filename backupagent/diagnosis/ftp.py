@@ -1,10 +1,9 @@
-"""What a failed FTP dialogue means, and what the user should change.
+"""What a failed FTP dialogue means: pure rules over the recorded dialogue.
 
-Pure functions over plain data: `diagnose` classifies a `Failure` (the recorded
-dialogue plus what went wrong) into a `Diagnosis`; `suggestion_text` turns that,
-and the result of probing the other mode, into the words shown to the user.
-The I/O that gathers the dialogue and runs the probe lives in destinations/ftp.py
-and runner.py.
+`diagnose` classifies a `Failure` (the dialogue plus what went wrong) into a
+`Diagnosis` with the first rule of FTP_RULES that applies; `is_transient` says whether
+the same operation is worth trying again. The I/O that records the dialogue lives in
+destinations/ftp.py.
 """
 
 from __future__ import annotations
@@ -12,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 
 from backupagent import replies
+from backupagent.diagnosis.common import (
+    NOT_A_MODE_PROBLEM,
+    Category,
+    Diagnosis,
+    mode_name,
+)
 from backupagent.replies import Reply
 
 
@@ -30,29 +34,6 @@ class FailureKind(StrEnum):
     NO_PROGRESS = "no_progress"  # a resumed upload stopped again where the last one did
     PROTOCOL = "protocol"  # a reply that breaks FTP (unparsable, over a bound)
     OTHER = "other"
-
-
-class Category(StrEnum):
-    PASSIVE_DATA = "passive_data_connection"
-    ACTIVE_DATA = "active_data_connection"
-    PASSIVE_UNSUPPORTED = "passive_not_supported"
-    LOGIN = "login"
-    PATH = "path_or_permission"
-    NO_SPACE = "server_out_of_space"
-    HOST = "host_unreachable"
-    TLS = "tls"
-    DATA_BROKEN = "data_transfer_broken"
-    CONTROL_LOST = "control_connection_lost"
-    SERVER_ERROR = "server_error"
-    PROTOCOL = "server_protocol_error"
-    UNKNOWN = "unknown"
-    DB_LOGIN = "database_login"
-    DB_UNKNOWN = "database_unknown"
-    DB_UNREACHABLE = "database_unreachable"
-    DB_TOOL_MISSING = "dump_tool_missing"
-    DB_INCOMPLETE = "dump_incomplete"
-    DB_FAILED = "dump_failed"
-    WORDPRESS_CONFIG = "wordpress_config"
 
 
 @dataclass(frozen=True)
@@ -100,39 +81,10 @@ class Failure:
     closed_by_server: bool = False  # DATA_TRANSFER: reset or closed by the peer, not a stall
 
 
-@dataclass(frozen=True)
-class Diagnosis:
-    category: Category
-    what: str  # what failed, in plain words
-    evidence: tuple[str, ...]  # log lines or facts that show it
-    advice: str  # what to do when no mode flip fixes it
-    passive_should_be: bool | None = None  # the passive value to suggest, if a flip helps
-    keys: tuple[str, ...] = ()  # the jobs.toml keys to look at
-    table: str | None = None  # where those keys are; None: the job's destination table
-    file: Path | None = None  # the file holding them; None: jobs.toml
-
-    @property
-    def flips_mode(self) -> bool:
-        return self.passive_should_be is not None
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """Outcome of a tiny listing transfer tried in one mode."""
-
-    passive: bool
-    ok: bool
-    detail: str
-
-
 PASSIVE_VERBS = {"PASV", "EPSV"}
 ACTIVE_VERBS = {"PORT", "EPRT"}
 LOGIN_VERBS = {"USER", "PASS", "ACCT"}
 TLS_VERBS = {"AUTH", "PBSZ", "PROT"}
-
-
-def mode_name(passive: bool) -> str:
-    return "passive" if passive else "active"
 
 
 def _last_exchange(dialogue: tuple[Line, ...]) -> tuple[Line | None, Line | None]:
@@ -212,7 +164,6 @@ class Rule:
     conclude: Callable[[Facts], Diagnosis]
 
 
-NOT_A_MODE_PROBLEM = "This is not a passive/active mode problem."
 NO_GREETING = "connected, but the server sent no greeting"  # the start of such an error
 
 
@@ -531,199 +482,3 @@ def is_transient(failure: Failure) -> bool:
     if failure.kind is FailureKind.CONTROL_CONNECT:
         return not failure.error.startswith("name lookup failed")
     return failure.kind in (FailureKind.DATA_TRANSFER, FailureKind.CONTROL_LOST)
-
-
-def suggestion_text(
-    diagnosis: Diagnosis,
-    job: str,
-    destination: str,
-    config_path: Path,
-    probe: ProbeResult | None,
-) -> str:
-    """The plain-words suggestion: what failed, the evidence, and the exact change to make."""
-    lines = [f"Job '{job}': {diagnosis.what}."]
-    lines += ["Evidence:"] + [f"  {fact}" for fact in diagnosis.evidence if fact]
-    if diagnosis.flips_mode:
-        target = diagnosis.passive_should_be
-        other = mode_name(bool(target))
-        if probe is not None and not probe.ok:
-            lines.append(
-                f"Checked: a directory listing in {other} mode failed too from this host "
-                f"({probe.detail}), so neither mode works and flipping `passive` alone will "
-                "not help. A firewall blocks the data connection: ask the server's admin "
-                "for its passive port range (vsftpd: pasv_min_port/pasv_max_port) and allow "
-                "outbound connections to it from this host, or allow the server to connect "
-                "back to this host for active mode."
-            )
-            return "\n".join(lines)
-        if probe is not None:
-            lines.append(f"Verified: a directory listing in {other} mode worked from this host.")
-        lines.append(
-            f"Change: in {config_path}, under [jobs.{job}], set "
-            f"passive = {'true' if target else 'false'}"
-        )
-    else:
-        lines.append(f"Advice: {diagnosis.advice}")
-        if diagnosis.keys:
-            keys = ", ".join(diagnosis.keys)
-            table = f"destinations.{destination}" if diagnosis.table is None else diagnosis.table
-            under = f", under [{table}]" if table else ""
-            lines.append(f"Where: in {diagnosis.file or config_path}{under}: {keys}")
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class DumpFailure:
-    """A database dump that failed, as plain data."""
-
-    engine: str  # "mysql" | "postgresql" | "sqlite"
-    database: str
-    tool: str  # the program run, or the names looked for when none was found
-    returncode: int | None  # None: the tool could not be started at all
-    stderr: str
-    complete: bool = True  # the dump ended with its completion marker
-    keys: tuple[tuple[str, str], ...] = ()  # role ("user", "password", "name", "host") -> key
-    table: str | None = None
-    file: Path | None = None
-
-
-DUMP_TOOL_PACKAGES = {"mysql": "mariadb-client", "postgresql": "postgresql-client"}
-
-# (engine, pattern in the tool's stderr, category, what failed, roles of the keys to check)
-DUMP_ERRORS: tuple[tuple[str, str, Category, str, tuple[str, ...]], ...] = (
-    (
-        "mysql",
-        "access denied for user",
-        Category.DB_LOGIN,
-        "the database server refused the login",
-        ("user", "password"),
-    ),
-    (
-        "mysql",
-        "unknown database",
-        Category.DB_UNKNOWN,
-        "the database does not exist on the server",
-        ("name",),
-    ),
-    (
-        "mysql",
-        "can't connect",
-        Category.DB_UNREACHABLE,
-        "the database server could not be reached",
-        ("host", "port", "socket"),
-    ),
-    (
-        "mysql",
-        "unknown server host",
-        Category.DB_UNREACHABLE,
-        "the database server's host name could not be resolved",
-        ("host",),
-    ),
-    (
-        "mysql",
-        "lost connection",
-        Category.DB_UNREACHABLE,
-        "the connection to the database server was lost",
-        ("host", "port", "socket"),
-    ),
-    (
-        "postgresql",
-        "password authentication failed",
-        Category.DB_LOGIN,
-        "the database server refused the login",
-        ("user", "password"),
-    ),
-    (
-        "postgresql",
-        "no password supplied",
-        Category.DB_LOGIN,
-        "the database server asked for a password and none is configured",
-        ("user", "password"),
-    ),
-    ("postgresql", 'role "', Category.DB_LOGIN, "the database user does not exist", ("user",)),
-    (
-        "postgresql",
-        "does not exist",
-        Category.DB_UNKNOWN,
-        "the database does not exist on the server",
-        ("name",),
-    ),
-    (
-        "postgresql",
-        "could not connect",
-        Category.DB_UNREACHABLE,
-        "the database server could not be reached",
-        ("host", "port"),
-    ),
-    (
-        "postgresql",
-        "connection refused",
-        Category.DB_UNREACHABLE,
-        "the database server could not be reached",
-        ("host", "port"),
-    ),
-    (
-        "postgresql",
-        "could not translate host name",
-        Category.DB_UNREACHABLE,
-        "the database server's host name could not be resolved",
-        ("host",),
-    ),
-    (
-        "postgresql",
-        "server version mismatch",
-        Category.DB_FAILED,
-        "pg_dump is older than the server; install the postgresql-client matching the server",
-        (),
-    ),
-)
-
-
-def diagnose_dump(failure: DumpFailure) -> Diagnosis:
-    """Classify a failed dump from the tool's own words; the advice names the keys to check."""
-    roles = dict(failure.keys)
-
-    def keys(*wanted: str) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(roles[r] for r in wanted if r in roles))
-
-    label = f"the {failure.engine} dump of {failure.database!r}"
-    tail = tuple(line for line in failure.stderr.strip().splitlines()[-5:] if line.strip())
-    if failure.returncode is None:
-        package = DUMP_TOOL_PACKAGES.get(failure.engine, "")
-        return Diagnosis(
-            Category.DB_TOOL_MISSING,
-            f"{label} could not start: {failure.tool} is not installed",
-            (f"not found on PATH: {failure.tool}",),
-            f"Install it: apt-get install {package}" if package else "Install the dump tool.",
-        )
-    lowered = failure.stderr.lower()
-    for engine, pattern, category, what, wanted in DUMP_ERRORS:
-        if engine == failure.engine and pattern in lowered:
-            return Diagnosis(
-                category,
-                f"{label} failed: {what}",
-                tail,
-                "Check these settings; this is not an FTP problem.",
-                keys=keys(*wanted),
-                table=failure.table,
-                file=failure.file,
-            )
-    if failure.returncode != 0 or any("error" in line.lower() for line in tail):
-        return Diagnosis(
-            Category.DB_FAILED,
-            f"{label} failed (exit code {failure.returncode})",
-            tail or (f"{failure.tool} exited with {failure.returncode} and printed nothing",),
-            "Read the tool's error above; run it by hand to see more.",
-            keys=keys("name"),
-            table=failure.table,
-            file=failure.file,
-        )
-    return Diagnosis(
-        Category.DB_INCOMPLETE,
-        f"{label} is incomplete: it ended without its completion marker",
-        tail or (f"{failure.tool} exited 0 but the dump does not end with its marker",),
-        "The dump was cut short (a killed tool, a full disk, a server that went away). "
-        "Run the job again; if it recurs, run the dump tool by hand.",
-        table=failure.table,
-        file=failure.file,
-    )

@@ -1,0 +1,45 @@
+"""The words shown to the user: what failed, the evidence, and the exact change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backupagent.diagnosis.common import Diagnosis, ProbeResult, mode_name, passive_setting
+
+
+def suggestion_text(
+    diagnosis: Diagnosis,
+    job: str,
+    destination: str,
+    config_path: Path,
+    probe: ProbeResult | None,
+) -> str:
+    """The plain-words suggestion: what failed, the evidence, and the exact change to make."""
+    lines = [f"Job '{job}': {diagnosis.what}."]
+    lines += ["Evidence:"] + [f"  {fact}" for fact in diagnosis.evidence if fact]
+    if diagnosis.flips_mode:
+        target = diagnosis.passive_should_be
+        other = mode_name(bool(target))
+        if probe is not None and not probe.ok:
+            lines.append(
+                f"Checked: a directory listing in {other} mode failed too from this host "
+                f"({probe.detail}), so neither mode works and flipping `passive` alone will "
+                "not help. A firewall blocks the data connection: ask the server's admin "
+                "for its passive port range (vsftpd: pasv_min_port/pasv_max_port) and allow "
+                "outbound connections to it from this host, or allow the server to connect "
+                "back to this host for active mode."
+            )
+            return "\n".join(lines)
+        if probe is not None:
+            lines.append(f"Verified: a directory listing in {other} mode worked from this host.")
+        lines.append(
+            f"Change: in {config_path}, under [jobs.{job}], set {passive_setting(bool(target))}"
+        )
+    else:
+        lines.append(f"Advice: {diagnosis.advice}")
+        if diagnosis.keys:
+            keys = ", ".join(diagnosis.keys)
+            table = f"destinations.{destination}" if diagnosis.table is None else diagnosis.table
+            under = f", under [{table}]" if table else ""
+            lines.append(f"Where: in {diagnosis.file or config_path}{under}: {keys}")
+    return "\n".join(lines)
