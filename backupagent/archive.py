@@ -10,19 +10,19 @@ import contextlib
 import errno
 import functools
 import grp
-import hashlib
 import os
 import pwd
 import stat
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import structlog
 import zstandard
 
 from backupagent import crypto
+from backupagent.hashing import HashingWriter, Sink
 from backupagent.sources.files import Entry
 
 if TYPE_CHECKING:
@@ -41,34 +41,6 @@ class ArchiveStats:
     archive_bytes: int = 0
     sha256: str = ""
     warnings: list[str] = field(default_factory=list)
-
-
-class Sink(Protocol):
-    """Where archive bytes go: a file, a pipe, or the volume writer."""
-
-    def write(self, data: bytes | memoryview, /) -> int: ...
-
-    def flush(self) -> None: ...
-
-
-class HashingWriter:
-    """A write-only stream that forwards to `out` while counting and (unless told
-    not to) hashing."""
-
-    def __init__(self, out: Sink, hashed: bool = True) -> None:
-        self.out = out
-        self.size = 0
-        self.hash = hashlib.sha256()
-        self.hashed = hashed
-
-    def write(self, data: bytes | memoryview) -> int:
-        if self.hashed:
-            self.hash.update(data)
-        self.size += len(data)
-        return self.out.write(data)
-
-    def flush(self) -> None:
-        self.out.flush()
 
 
 BLOCK = tarfile.BLOCKSIZE

@@ -64,7 +64,7 @@ def make_example_site(root: Path) -> None:
 def run_demo(keep: bool = True) -> int:
     """Run the three steps; returns 0 when every step behaved as expected."""
     out = Console(highlight=False, soft_wrap=True)
-    from backupagent.cli import print_summary
+    from backupagent.summary import print_summary
 
     base = Path(tempfile.mkdtemp(prefix="backupagent-demo-"))
     make_example_site(base / "www")

@@ -25,9 +25,9 @@ import structlog
 import zstandard
 
 from backupagent import process
-from backupagent.archive import HashingWriter
 from backupagent.config import Job, MysqlDatabase, PostgresDatabase, SqliteDatabase
 from backupagent.diagnosis import Diagnosis, DumpFailure, diagnose_dump
+from backupagent.hashing import HashingWriter
 
 AnyDatabase = MysqlDatabase | PostgresDatabase | SqliteDatabase
 MYSQL_SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
