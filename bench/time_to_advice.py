@@ -38,6 +38,7 @@ class Case:
     job: str = ""
     password: str | None = None
     servers: tuple[str, ...] = ("vsftpd", "proftpd", "pure-ftpd")
+    lab: tuple[tuple[str, object], ...] = ()  # options for the lab (open_lab)
 
 
 def _both(lab: Lab) -> None:
@@ -103,6 +104,7 @@ CASES = (
         servers=("vsftpd",),
     ),
     Case("wrong password", True, "login", None, password="wrong-password"),
+    Case("server requires TLS, job has none", True, "tls", None, lab=(("tls", True),)),
     Case(
         "missing directory (cannot be created)",
         True,
@@ -127,7 +129,7 @@ def _config(lab: Lab, case: Case) -> Path:
 
 
 def measure(case: Case, server: str) -> dict[str, object]:
-    with open_lab({"server": server}) as lab:
+    with open_lab({"server": server, **dict(case.lab)}) as lab:
         config = _config(lab, case)
         case.arrange(lab)
         started = time.monotonic()

@@ -161,6 +161,46 @@ CASES = [
         False,
     ),
     (
+        "vsftpd wants TLS",
+        Failure(
+            FailureKind.REPLY,
+            True,
+            (
+                r("220 ready"),
+                c("USER backup"),
+                r("530 Non-anonymous sessions must use encryption."),
+            ),
+        ),
+        Category.TLS,
+        None,
+    ),
+    (
+        "ProFTPD wants TLS",
+        Failure(
+            FailureKind.REPLY,
+            True,
+            (r("220 ready"), c("USER backup"), r("550 SSL/TLS required on the control channel")),
+        ),
+        Category.TLS,
+        None,
+    ),
+    (
+        "Pure-FTPd wants TLS",
+        Failure(
+            FailureKind.REPLY,
+            True,
+            (
+                r("220 ready"),
+                c("USER backup"),
+                r(
+                    "421 Sorry, cleartext sessions and weak ciphers are not accepted on this server."
+                ),
+            ),
+        ),
+        Category.TLS,
+        None,
+    ),
+    (
         "wrong password",
         Failure(FailureKind.REPLY, True, (*LOGIN, r("530 Login incorrect.")), "530"),
         Category.LOGIN,
@@ -373,6 +413,10 @@ CASES = [
 ]
 
 
+def _case(name: str) -> Failure:
+    return next(case[1] for case in CASES if case[0] == name)
+
+
 def test_every_rule_has_a_row() -> None:
     assert {matching_rule(case[1]).name for case in CASES} == {rule.name for rule in FTP_RULES}
 
@@ -436,7 +480,9 @@ def test_neither_mode_works_points_at_firewall_not_flip() -> None:
 
 
 def test_login_advice_never_mentions_a_flip() -> None:
-    text = suggestion_text(diagnose(CASES[9][1]), "nightly", "offsite", Path("jobs.toml"), None)
+    text = suggestion_text(
+        diagnose(_case("wrong password")), "nightly", "offsite", Path("jobs.toml"), None
+    )
     assert "FTP server reply: 530 Login incorrect." in text
     assert "password" in text
     assert "set passive" not in text

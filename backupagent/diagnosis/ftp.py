@@ -8,6 +8,7 @@ destinations/ftp.py.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -223,6 +224,25 @@ def _tls(f: Facts) -> Diagnosis:
     )
 
 
+# how servers say "log in over TLS": vsftpd 530 "Non-anonymous sessions must use
+# encryption.", ProFTPD 550 "SSL/TLS required on the control channel", Pure-FTPd 421
+# "Sorry, cleartext sessions and weak ciphers are not accepted on this server."
+TLS_REQUIRED = re.compile(r"\b(TLS|SSL|encrypt\w*|cleartext)\b", re.IGNORECASE)
+
+
+def _tls_required(f: Facts) -> Diagnosis:
+    unsent = " The password was not sent in clear." if f.verb == "USER" else ""
+    return Diagnosis(
+        Category.TLS,
+        'the server accepts logins only over TLS (FTPS), and this destination has tls = "none"',
+        f.exchange,
+        'Set tls = "explicit" (AUTH TLS on port 21; or "implicit" if the host says port '
+        "990), and give tls_ca_file or tls_fingerprint if its certificate is not from a "
+        f"public CA.{unsent} " + NOT_A_MODE_PROBLEM,
+        keys=("tls",),
+    )
+
+
 def _server_error(f: Facts) -> Diagnosis:
     return Diagnosis(
         Category.SERVER_ERROR,
@@ -407,6 +427,17 @@ FTP_RULES: tuple[Rule, ...] = (
         _certificate,
     ),
     Rule("tls", _is_tls, _tls),
+    Rule(
+        "server requires TLS",
+        lambda f: (
+            f.verb in ("USER", "PASS")
+            and f.code is not None
+            and f.code >= 400
+            and f.reply is not None
+            and bool(TLS_REQUIRED.search(f.reply.text))
+        ),
+        _tls_required,
+    ),
     Rule("protocol error", lambda f: f.kind is FailureKind.PROTOCOL, _protocol),
     Rule(
         "server internal error",

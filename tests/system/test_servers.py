@@ -88,3 +88,15 @@ def test_full_disk_is_a_storage_verdict(lab: Lab) -> None:
     assert suggestion["change"] is None and "set passive" not in failed.stdout
     assert len(_events(lab, "resuming upload")) <= 1
     assert not [n for n in lab.remote_names() if not n.endswith(".partial")]
+
+
+@pytest.mark.parametrize(
+    "lab", [{"server": s, "tls": True} for s in SERVERS], indirect=True, ids=SERVERS
+)
+def test_a_server_that_requires_tls_gets_tls_advice_not_password_advice(lab: Lab) -> None:
+    failed = lab.agent(lab.write_config(passive=True), "run-job", "site")  # tls = "none"
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    suggestion = _events(lab, "suggestion")[-1]
+    assert suggestion["category"] == "tls", suggestion
+    assert 'Set tls = "explicit"' in failed.stdout and "set passive" not in failed.stdout
+    assert not _events(lab, "FTP client command: PASS")  # refused at USER: never sent
