@@ -483,8 +483,13 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
     from backupagent.restore import verify as verify_backup
 
     config = obj.job(job)
-    found = verify_backup(config, job, wanted, identities=_identities(identity))
-    ok, message, log_path = found
+    try:
+        ok, message, log_path = verify_backup(config, job, wanted, identities=_identities(identity))
+    except JobLocked as exc:
+        click.echo(f"skipped: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
+    except SetupError as exc:
+        _fail_exit(str(exc))
     click.echo(("OK: " if ok else "FAILED: ") + message)
     click.echo(f"Log: {log_path}")
     sys.exit(0 if ok else 1)

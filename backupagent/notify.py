@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
-from backupagent.outcome import OK, RunResult
+from backupagent.outcome import BACKUP_TRIGGERS, OK, RunResult, Trigger
 from backupagent.state import History, Run
 from backupagent.text import printable
 
@@ -111,7 +111,8 @@ def compose(settings: EmailSettings, job: str, result: RunResult) -> EmailMessag
     lines += ["", f"Last {LOG_TAIL} events of the debug log ({result.log_path}):"]
     lines += _log_tail(Path(result.log_path))
     message = EmailMessage()
-    message["Subject"] = f"[backupagent] {word} {job} on {host}"
+    what = f"verify of {job}" if result.trigger == Trigger.VERIFY else job
+    message["Subject"] = f"[backupagent] {word} {what} on {host}"
     message["From"] = settings.sender or f"backupagent@{host}"
     message["To"] = ", ".join(settings.to)
     message.set_content(printable("\n".join(lines)) + "\n")
@@ -164,7 +165,8 @@ def after_run(config: Config, job: str, result: RunResult) -> None:
     """Pings, mail and metrics once a run has ended."""
     body = summary(job, result)
     ok = result.outcome in OK
-    ping(config.jobs[job].ping, "success" if ok else "failure", body)
+    if result.trigger in BACKUP_TRIGGERS:  # a verify says nothing about tonight's backup
+        ping(config.jobs[job].ping, "success" if ok else "failure", body)
     settings = mail_settings(config, job)
     if settings is not None and wants_mail(settings, result.outcome):
         send_mail(settings, compose(settings, job, result))

@@ -9,7 +9,6 @@ target has room for it all; unpack.Writer then writes without following any link
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import errno
 import ftplib
 import hashlib
@@ -28,11 +27,13 @@ import zstandard
 
 from backupagent import crypto, unpack
 from backupagent import manifest as manifest_model
+from backupagent.archive import ArchiveStats
 from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
 from backupagent.destinations import ftp
 from backupagent.manifest import Manifest
 from backupagent.outcome import Outcome, Trigger
+from backupagent.recording import recorded_run
 from backupagent.retention import (
     RemoteBackup,
     complete_backups,
@@ -388,46 +389,43 @@ def verify(
     cancel: threading.Event | None = None,
     identities: list[Any] | None = None,
 ) -> tuple[bool, str, Path]:
-    """Download a backup, check its hashes and read it to the end; recorded as a run."""
-    from backupagent.logging import run_log
-    from backupagent.runner import new_run_id
-    from backupagent.state import History, Run
+    """Download a backup, check its hashes and read it to the end; recorded as a run
+    (the job's lock, log, history row and notifications: see recording.py).
 
-    started = dt.datetime.now(dt.UTC)
-    run_id = new_run_id(started)
+    Raises state.JobLocked while the job runs.
+    """
     log = structlog.get_logger("backupagent.restore")
-    with run_log(config.agent.log_dir, job, run_id) as log_path:
-        record = Run(run_id, job, Trigger.VERIFY, started, str(log_path))
-        workdir = config.agent.spool_dir / job / f"verify-{run_id}"
+    with recorded_run(config, job, Trigger.VERIFY) as (result, _started):
+        workdir = config.agent.spool_dir / job / f"verify-{result.run_id}"
         try:
             backups, _ = list_backups(config, job)
             backup = choose(backups, wanted)
-            record.archive = backup.archive
+            result.archive = backup.archive
+            result.backup_id = backup.backup_id
+            result.stats = ArchiveStats(archive_bytes=backup.size)
             archive = download(config, job, backup, workdir, cancel)
             check(archive, backup)
-            record.bytes_uploaded = backup.size
             if backup.encrypted and not identities:
-                ok = True
                 message = (
                     f"{backup.backup_id}: SHA-256 matches the manifest; encrypted, so its "
                     "contents were not read (give --identity to read them to the end)"
                 )
             else:
                 planned = scan(archive, identities)
-                ok = True
                 message = (
                     f"{backup.backup_id}: SHA-256 matches the manifest; {planned.members} "
                     f"members, {planned.bytes} bytes read to the end"
                 )
-                record.bytes_archived = planned.bytes
+                result.stats.bytes_read = planned.bytes
+            result.outcome = Outcome.SUCCESS
         except (RestoreError, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
-            ok, message = False, str(exc) or type(exc).__name__
+            message = str(exc) or type(exc).__name__
+            result.outcome = Outcome.FAILED
+            result.error = message
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        record.result = Outcome.SUCCESS if ok else Outcome.FAILED
-        record.error = None if ok else message
-        record.finished = dt.datetime.now(dt.UTC)
-        (log.info if ok else log.error)("verify finished", result=record.result, detail=message)
-        with History(config.agent.state_dir) as history:
-            history.save(record)
-    return ok, message, log_path
+        ok = result.outcome == Outcome.SUCCESS
+        (log.info if ok else log.error)(
+            "verify finished", result=str(result.outcome), detail=message
+        )
+    return ok, message, result.log_path

@@ -11,19 +11,16 @@ import ftplib
 import functools
 import hashlib
 import re
-import secrets
 import shutil
 import socket
-import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from backupagent import __version__, notify, process, replies
+from backupagent import __version__, process, replies
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
 from backupagent.config import Config, config_warnings
 from backupagent.crypto import AGE_SUFFIX, fingerprint
@@ -38,7 +35,6 @@ from backupagent.diagnosis import (
     suggestion_text,
     wordpress_diagnosis,
 )
-from backupagent.logging import prune_run_logs, run_log
 from backupagent.manifest import Archive as ManifestArchive
 from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
 from backupagent.manifest import Volume as ManifestVolume
@@ -52,6 +48,7 @@ from backupagent.outcome import (  # re-exported: the CLI and tests take them fr
     Trigger,
 )
 from backupagent.progress import Progress, logged_progress
+from backupagent.recording import SetupError, new_run_id, recorded_run
 from backupagent.retention import (
     RUN_ID_PATTERN,
     archive_name,
@@ -65,10 +62,18 @@ from backupagent.retention import (
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
 from backupagent.sources.files import Entry, identity, walk
 from backupagent.sources.wordpress import Site, WordPressError, read_site
-from backupagent.state import History, Run, job_lock
 from backupagent.volumes import Pipeline, Volume
 
-__all__ = ["EXIT_FAILED", "EXIT_LOCKED", "EXIT_OK", "EXIT_USAGE", "RunResult", "run_job"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "RunResult",
+    "SetupError",
+    "new_run_id",
+    "run_job",
+]
 
 
 class RunError(Exception):
@@ -77,11 +82,6 @@ class RunError(Exception):
 
 class Aborted(Exception):
     """The run was asked to stop (SIGTERM/SIGINT); it cleans up and records itself aborted."""
-
-
-def new_run_id(now: dt.datetime) -> str:
-    """`YYYYmmddTHHMMSS.mmmZ-xxxxxx`: sorts by start time, unique across quick reruns."""
-    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def run_job(
@@ -97,31 +97,11 @@ def run_job(
     Raises state.JobLocked if the job is already running (here or in another process).
     Setting `cancel` aborts the run: what it uploaded and spooled is removed.
     """
-    _prepare_directories(config, job_name)
-    with job_lock(config.agent.state_dir, job_name):
+    with recorded_run(config, job_name, Trigger(trigger)) as (result, started):
         _remove_stale_spool(config.agent.spool_dir / job_name, job_name)
-        started = dt.datetime.now(dt.UTC)
-        run_id = new_run_id(started)
-        with run_log(config.agent.log_dir, job_name, run_id) as log_path:
-            notify.ping(config.jobs[job_name].ping, "start")
-            result = RunResult(job_name, run_id, log_path, trigger)
-            record = Run(run_id, job_name, trigger, started, str(log_path))
-            _record(config, record, interrupted=True)
-            clock = time.monotonic()
-            watch = progress or logged_progress(config.agent.progress_interval)
-            try:
-                _Run(config, job_name, run_id, started, result, watch, cancel).execute()
-            except Exception as exc:  # execute() records every failure it knows: a bug
-                structlog.get_logger("backupagent.run").exception("internal error")
-                result.outcome = Outcome.FAILED
-                result.error = f"internal error: {type(exc).__name__}: {exc}"
-            finally:  # whatever happened, the history never keeps this run as `running`
-                result.seconds = time.monotonic() - clock
-                _record(config, _finished(record, result))
-        # after the log is closed: the suggestion stays its last event
-        notify.after_run(config, job_name, result)
-        prune_run_logs(config.agent.log_dir, job_name, config.agent.keep_logs)
-        return result
+        watch = progress or logged_progress(config.agent.progress_interval)
+        _Run(config, job_name, result.run_id, started, result, watch, cancel).execute()
+    return result
 
 
 def _remove_stale_spool(spool: Path, job: str) -> None:
@@ -134,51 +114,6 @@ def _remove_stale_spool(spool: Path, job: str) -> None:
             structlog.get_logger("backupagent.run").info(
                 "removed the spool of an interrupted run", path=str(entry)
             )
-
-
-def _finished(record: Run, result: RunResult) -> Run:
-    stats = result.stats
-    record.result = result.outcome
-    record.finished = dt.datetime.now(dt.UTC)
-    record.bytes_archived = stats.bytes_read if stats else None
-    record.bytes_uploaded = stats.archive_bytes if stats and result.backup_id else None
-    record.archive = result.archive
-    record.error = result.error
-    record.suggestion = result.suggestion
-    record.warnings = len(result.warnings)
-    return record
-
-
-def _record(config: Config, run: Run, interrupted: bool = False) -> None:
-    """Write the run to the history; a history problem never fails a backup."""
-    try:
-        with History(config.agent.state_dir) as history:
-            if interrupted:
-                history.interrupted(run.job)  # we hold the lock: such rows are stale
-            history.save(run)
-    except sqlite3.Error as exc:
-        structlog.get_logger("backupagent.run").warning(
-            "could not record the run in the history", error=str(exc)
-        )
-
-
-class SetupError(Exception):
-    """The agent's own directories cannot be used; names the [agent] key to fix."""
-
-
-def _prepare_directories(config: Config, job_name: str) -> None:
-    for key, path in (
-        ("state_dir", config.agent.state_dir / "locks"),
-        ("log_dir", config.agent.log_dir / job_name),
-        ("spool_dir", config.agent.spool_dir / job_name),
-    ):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SetupError(
-                f"cannot create {path}: {exc.strerror or exc} "
-                f"(set [agent] {key} in {config.path} to a directory this user may write)"
-            ) from None
 
 
 class _Run:

@@ -210,6 +210,8 @@ class Daemon:
         try:
             ok, message, _ = verify(self.config, name, cancel=self.cancel)
             (self.log.info if ok else self.log.error)("verify ended", job=name, detail=message)
+        except JobLocked as exc:  # the backup runs now: the next verify will check it
+            self.log.warning("verify skipped", job=name, reason=str(exc))
         except Exception:
             self.log.exception("verify crashed", job=name)
 

@@ -319,8 +319,13 @@ def test_verify_schedule(write_config: WriteConfig, start: Callable[..., DaemonP
     )
     daemon = start(config.path)
     daemon.wait_message("READY=1")
-    verified = wait_for(
-        lambda: [r for r in runs(config.agent.state_dir) if r.trigger == "verify"], "a verify run"
+    verified = wait_for(  # recorded like a backup run: `running` first, then its result
+        lambda: [
+            r
+            for r in runs(config.agent.state_dir)
+            if r.trigger == "verify" and r.result != "running"
+        ],
+        "a finished verify run",
     )
     assert verified[0].result == "success"
     assert daemon.stop() == 0

@@ -260,3 +260,24 @@ def test_restore_across_volumes_resumes_one_and_refuses_a_changed_one(
     assert again.returncode == 1
     assert f"{volumes[5].name} does not match its manifest" in again.stderr
     assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())
+
+
+def test_verify_takes_the_jobs_lock_and_is_recorded(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    """verify is a recorded run like a backup: the job's lock, a history row, no ping."""
+    from backupagent.state import job_lock
+
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    with job_lock(config.agent.state_dir, "www"):  # a backup of the job is running
+        locked = cli(config.path, "verify", "www")
+    assert locked.returncode == 75 and "already running" in locked.stderr
+    done = cli(config.path, "verify", "www")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with History(config.agent.state_dir) as history:
+        rows = history.runs("www", limit=5)
+    assert [(r.trigger, r.result) for r in rows[:2]] == [
+        ("verify", "success"),
+        ("manual", "success"),
+    ]
