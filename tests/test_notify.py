@@ -294,3 +294,21 @@ def test_mail_shows_what_the_server_sent_escaped(tmp_path: Path) -> None:
     assert "\x1b" not in body and "\x07" not in body
     assert "530 \\x1b[2J\\x1b]0;pwned\\x07 caf\\xe9" in body
     message.as_bytes()  # encodable: no surrogate left
+
+
+def test_a_failed_verify_is_mailed_as_a_verify(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, smtp
+) -> None:
+    from backupagent.restore import verify
+
+    port, received = smtp
+    config = write_config()
+    assert run_job(config, "www").outcome == "success"
+    archive = next((ftp_server.root / "backups/site").glob("*.tar.zst.0001"))
+    archive.write_bytes(archive.read_bytes()[:-1] + b"!")  # the hash no longer matches
+    _with_mail(config, port)
+    ok, message, _ = verify(load_config(config.path), "www")
+    assert not ok and "does not match its manifest" in message
+    assert [m["Subject"] for m in received] == [
+        f"[backupagent] FAILED verify of www on {socket.gethostname()}"
+    ]
