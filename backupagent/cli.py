@@ -444,7 +444,7 @@ def restore(
         f"{report.hardlinks} hard links"
     )
     for note in report.skipped:
-        click.echo(f"  skipped {note}")
+        click.echo(f"  skipped {printable(note)}")  # member names come from the archive
     if load and into:
         dump = target / "databases" / f"{load}.sql"
         if not dump.is_file():
@@ -490,7 +490,7 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
         sys.exit(EXIT_LOCKED)
     except SetupError as exc:
         _fail_exit(str(exc))
-    click.echo(("OK: " if ok else "FAILED: ") + message)
+    click.echo(("OK: " if ok else "FAILED: ") + printable(message))
     click.echo(f"Log: {log_path}")
     sys.exit(0 if ok else 1)
 
@@ -599,7 +599,7 @@ def _or_exit(action: Callable[[], T]) -> T:
 
 
 def _fail_exit(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {printable(message)}", err=True)  # it may quote the server
     sys.exit(EXIT_FAILED)
 
 

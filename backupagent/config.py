@@ -623,14 +623,17 @@ def _describe(model: type[BaseModel], err: Any) -> str:
 SECRET_KEYS = {"password"}
 
 
-def config_warnings(config: Config) -> list[str]:
-    """What is valid but unsafe: password files that others may read."""
+def config_warnings(config: Config, only_job: str | None = None) -> list[str]:
+    """What is valid but unsafe: password files that others may read (of every table,
+    or of those `only_job` uses)."""
     label = config.path.name
+    jobs = {only_job: config.jobs[only_job]} if only_job else config.jobs
+    used = {job.destination for job in jobs.values()}
     tables: list[tuple[str, Any]] = [
-        *((f"destinations.{n}", d) for n, d in config.destinations.items()),
+        *((f"destinations.{n}", d) for n, d in config.destinations.items() if n in used),
         *(("agent.email", config.agent.email),) * (config.agent.email is not None),
     ]
-    for name, job in config.jobs.items():
+    for name, job in jobs.items():
         tables += [(f"jobs.{name}.databases[{i}]", d) for i, d in enumerate(job.databases)]
         if job.email is not None:
             tables.append((f"jobs.{name}.email", job.email))

@@ -210,9 +210,7 @@ class _Capped:
                 f"the server sent more of {self.name} than its manifest's size: refused"
             )
         self.room -= len(block)
-        view = memoryview(block)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        unpack.write_all(self.fd, block)
 
 
 def _fetch(remote: ftp.FtpRemote, target: Path, size: int) -> Path:

@@ -151,13 +151,8 @@ class _Run:
 
     def execute(self) -> None:
         log = self.log
-        for warning in config_warnings(self.config):
-            if (
-                f"[jobs.{self.job_name}." in warning
-                or "[agent." in warning
-                or (f"[destinations.{self.job.destination}]" in warning)
-            ):
-                log.warning("unsafe setting", detail=warning)
+        for warning in config_warnings(self.config, self.job_name):
+            log.warning("unsafe setting", detail=warning)
         log.info(
             "run started",
             destination=self.job.destination,

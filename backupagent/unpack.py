@@ -24,6 +24,13 @@ from typing import IO, Any
 
 KEEP_MODE = 0o1777  # everything but setuid and setgid
 MAX_HEADER = 1 << 20  # a GNU long name or PAX header larger than this is refused
+MAX_NAME = 4096  # bytes of a member's name or link target (Linux's PATH_MAX)
+MAX_MEMBERS = 5_000_000
+# names kept in memory until the end (files for hard links, links and directories made
+# last): with the two bounds above, what a restore holds stays bounded too
+MAX_KEPT_BYTES = 512 << 20
+KEPT_OVERHEAD = 100  # bytes of bookkeeping per kept entry, beyond its names
+MAX_SKIPPED_LISTED = 1000  # skipped members listed in the report
 CHUNK = 1 << 20
 
 
@@ -70,6 +77,8 @@ def judge(member: tarfile.TarInfo, files: set[str], outside_links: bool = False)
     name = member.name
     if not name or "\x00" in name or "\x00" in member.linkname:
         return Judgement(Verdict.REFUSE, "an empty name or a NUL byte in a name")
+    if len(name) > MAX_NAME or len(member.linkname) > MAX_NAME:
+        return Judgement(Verdict.REFUSE, f"a name or link target over {MAX_NAME} bytes")
     if name.startswith("/"):
         return Judgement(Verdict.REFUSE, "an absolute name")
     if ".." in name.split("/"):
@@ -156,16 +165,26 @@ def plan(items: Iterable[tarfile.TarInfo], outside_links: bool = False) -> Plan:
     """Judge every member; UnsafeArchive at the first one that must be refused."""
     result = Plan()
     files: set[str] = set()
+    kept = 0  # what the writing pass will hold: see MAX_KEPT_BYTES
     for member in items:
         judgement = judge(member, files, outside_links)
         if judgement.verdict is Verdict.REFUSE:
             raise UnsafeArchive(f"unsafe member {member.name!r}: {judgement.reason}")
         if judgement.verdict is Verdict.SKIP:
-            result.skipped.append(f"{member.name}: {judgement.reason}")
-        elif member.isreg():
-            files.add("/".join(_parts(member.name)))
-            result.bytes += member.size
+            if len(result.skipped) < MAX_SKIPPED_LISTED:
+                result.skipped.append(f"{member.name}: {judgement.reason}")
+        else:
+            if member.isreg():
+                files.add("/".join(_parts(member.name)))
+                result.bytes += member.size
+            if member.isreg() or member.isdir() or member.issym():
+                kept += len(member.name) + len(member.linkname) + KEPT_OVERHEAD
         result.members += 1
+        if result.members > MAX_MEMBERS or kept > MAX_KEPT_BYTES:
+            raise UnsafeArchive(
+                f"more than {MAX_MEMBERS} members, or more than {MAX_KEPT_BYTES} bytes of "
+                "names to keep: refused rather than exhaust memory"
+            )
     return result
 
 
@@ -177,8 +196,8 @@ class Writer:
         self.outside_links = outside_links
         self.report = Report()
         self.files: set[str] = set()
-        self.links: list[tarfile.TarInfo] = []
-        self.directories: list[tuple[str, tarfile.TarInfo]] = []
+        self.links: list[_Later] = []
+        self.directories: list[_Later] = []
         self.as_root = os.geteuid() == 0
 
     def add(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> None:
@@ -186,14 +205,15 @@ class Writer:
         if judgement.verdict is Verdict.REFUSE:  # the same bytes passed plan(): cannot happen
             raise UnsafeArchive(f"unsafe member {member.name!r}: {judgement.reason}")
         if judgement.verdict is Verdict.SKIP:
-            self.report.skipped.append(f"{member.name}: {judgement.reason}")
+            if len(self.report.skipped) < MAX_SKIPPED_LISTED:
+                self.report.skipped.append(f"{member.name}: {judgement.reason}")
             return
         rel = "/".join(_parts(member.name))
         if member.issym():
-            self.links.append(member)
+            self.links.append(_Later.of(rel, member))
         elif member.isdir():
             self._directory(rel)
-            self.directories.append((rel, member))
+            self.directories.append(_Later.of(rel, member))
         elif member.islnk():
             self._hardlink(rel, "/".join(_parts(member.linkname)))
         else:
@@ -255,25 +275,25 @@ class Writer:
 
     def finish(self) -> Report:
         """Symbolic links last, then each directory's owner, mode and time, deepest first."""
-        for member in self.links:
-            self._symlink(member)
-        for rel, member in sorted(self.directories, key=lambda d: -d[0].count("/")):
+        for link in self.links:
+            self._symlink(link)
+        for later in sorted(self.directories, key=lambda d: -d.rel.count("/")):
             try:
-                fd = os.open(self._path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                fd = os.open(self._path(later.rel), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             except OSError:
                 continue
             try:
                 if self.as_root:
-                    os.fchown(fd, member.uid, member.gid)
-                os.fchmod(fd, member.mode & KEEP_MODE)
-                os.utime(fd, (member.mtime, member.mtime))
+                    os.fchown(fd, later.uid, later.gid)
+                os.fchmod(fd, later.mode & KEEP_MODE)
+                os.utime(fd, (later.mtime, later.mtime))
             finally:
                 os.close(fd)
             self.report.directories += 1
         return self.report
 
-    def _symlink(self, member: tarfile.TarInfo) -> None:
-        rel = "/".join(_parts(member.name))
+    def _symlink(self, member: _Later) -> None:
+        rel = member.rel
         if not self._parent_ready(rel):
             return
         path = self._path(rel)
@@ -292,6 +312,22 @@ class Writer:
         self.report.symlinks += 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """What the last steps need of a symbolic link or a directory (not the TarInfo)."""
+
+    rel: str
+    linkname: str
+    uid: int
+    gid: int
+    mode: int
+    mtime: int
+
+    @classmethod
+    def of(cls, rel: str, member: tarfile.TarInfo) -> _Later:
+        return cls(rel, member.linkname, member.uid, member.gid, member.mode, int(member.mtime))
+
+
 def _copy(data: IO[bytes], fd: int, size: int) -> None:
     """`size` bytes into `fd`; runs of zeros become holes (sparse files stay sparse)."""
     written = 0
@@ -302,12 +338,13 @@ def _copy(data: IO[bytes], fd: int, size: int) -> None:
         if chunk.count(0) == len(chunk):
             os.lseek(fd, len(chunk), os.SEEK_CUR)
         else:
-            _write_all(fd, chunk)
+            write_all(fd, chunk)
         written += len(chunk)
     os.ftruncate(fd, size)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` into `fd` (os.write may take less)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 
 class ScriptedSession:
@@ -145,3 +146,30 @@ class ScriptedFtp:
         self._accepting.join(timeout=5)
         for thread in self._threads:
             thread.join(timeout=5)
+
+
+def jobs_toml(tmp_path: Path, server: ScriptedFtp, dest: str = "") -> Path:
+    """A jobs.toml in `tmp_path`: job `www` (a one-file site) to destination `evil`,
+    this server; `dest` adds keys to the destination."""
+    (tmp_path / "site").mkdir(exist_ok=True)
+    (tmp_path / "site" / "index.php").write_text("<?php\n")
+    path = tmp_path / "jobs.toml"
+    path.write_text(f"""
+[agent]
+state_dir = "{tmp_path}/state"
+log_dir = "{tmp_path}/log"
+spool_dir = "{tmp_path}/spool"
+
+[destinations.evil]
+type = "ftp"
+host = "127.0.0.1"
+port = {server.port}
+password = "x"
+retry_wait = 0.1
+{dest}
+
+[jobs.www]
+destination = "evil"
+sources = ["{tmp_path}/site"]
+""")
+    return path

@@ -181,12 +181,11 @@ def test_a_server_serving_a_crafted_volume_name_changes_nothing_outside(
 ) -> None:
     """A scripted server lists the manifest and serves whatever name is asked for:
     before the typed manifest, `../` in a volume name overwrote a file outside."""
-    from .scripted import ScriptedFtp, ScriptedSession
+    from .scripted import ScriptedFtp, ScriptedSession, jobs_toml
 
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "keep.txt").write_text("do not touch")
-    spool = tmp_path / "spool"
     name = "../" * 3 + "victim/keep.txt"  # from spool/www/<restore or verify dir>/
     data = _with(files=_volume(name=name, size=4))
 
@@ -195,23 +194,7 @@ def test_a_server_serving_a_crafted_volume_name_changes_nothing_outside(
 
     script = {"NLST": lambda s, _a: s.send_data(f"{ID}.manifest.json\r\n".encode()), "RETR": retr}
     with ScriptedFtp(script) as server:
-        path = tmp_path / "jobs.toml"
-        path.write_text(f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{spool}"
-
-[destinations.evil]
-type = "ftp"
-host = "127.0.0.1"
-port = {server.port}
-password = "x"
-
-[jobs.www]
-destination = "evil"
-sources = ["{tmp_path}"]
-""")
+        path = jobs_toml(tmp_path, server)
         before = snapshot(victim)
         extra = ["--to", str(tmp_path / "restored")] if command == "restore" else []
         result = cli(path, command, "www", "--backup", ID, *extra)

@@ -41,6 +41,8 @@ def info(
         (info("./"), set(), False, Verdict.REFUSE),
         (info(""), set(), False, Verdict.REFUSE),
         (info("files/a\x00b"), set(), False, Verdict.REFUSE),
+        (info("files/" + "n" * 4096), set(), False, Verdict.REFUSE),
+        (info("files/s", tarfile.SYMTYPE, "t" * 4097), set(), True, Verdict.REFUSE),
         (info("files/hl", tarfile.LNKTYPE, "files/a.txt"), {"files/a.txt"}, False, Verdict.WRITE),
         (info("files/hl", tarfile.LNKTYPE, "files/link"), {"files/a.txt"}, False, Verdict.REFUSE),
         (info("files/hl", tarfile.LNKTYPE, "/etc/shadow"), set(), False, Verdict.REFUSE),
@@ -73,6 +75,18 @@ def test_judge(member: tarfile.TarInfo, files: set[str], outside: bool, verdict:
 )
 def test_leaves(base: str, relative: str, out: bool) -> None:
     assert leaves(base, relative) is out
+
+
+def test_the_names_kept_for_the_end_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Links and directories are made last, so their names are kept: a hostile archive
+    of millions of them is refused before the writing pass holds them all."""
+    from backupagent import unpack
+
+    monkeypatch.setattr(unpack, "MAX_KEPT_BYTES", 10_000)
+    links = (info(f"files/l{i}", tarfile.SYMTYPE, "x" * 100) for i in range(1000))
+    with pytest.raises(unpack.UnsafeArchive, match="names to keep"):
+        unpack.plan(links)
+    assert unpack.plan([info("files/a"), info("files/d", tarfile.DIRTYPE)]).members == 2
 
 
 @pytest.fixture

@@ -151,7 +151,14 @@ class _DialogueMixin:
     host: str
     af: int
 
-    def __init__(self, log: Any, dialogue: list[Line], dest: FtpDestination, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        log: Any,
+        dialogue: list[Line],
+        dest: FtpDestination,
+        touched: set[str],
+        **kwargs: Any,
+    ) -> None:
         self.log = log
         self.dialogue = dialogue
         self.dest = dest
@@ -162,7 +169,7 @@ class _DialogueMixin:
         self.broken = False  # a reply timed out or broke off
         # names sent with STOR/APPE: from then on the server may hold the file (vsftpd
         # creates it before it connects back in active mode, and keeps it on failure)
-        self.touched: set[str] = set()
+        self.touched = touched
         super().__init__(**kwargs)
 
     def putline(self, line: str) -> None:
@@ -523,7 +530,7 @@ class FtpSession:
         # names the server may now hold because of us: an upload begun, a rename
         self.touched: set[str] = set() if touched is None else touched
         # data transfers the server took on (its 1xx came): it works, whatever then broke
-        self.moved = 0
+        self.transfers = 0
         self.certificate: Certificate | None = None  # when TLS verification failed
         self._data_conn: socket.socket | None = None
         self._features: set[str] | None = None
@@ -531,8 +538,9 @@ class FtpSession:
         kwargs: dict[str, Any] = {"timeout": dest.connect_timeout}
         if dest.tls != "none":
             kwargs["context"] = tls_context(dest)
-        self.ftp: ftplib.FTP = _CLIENTS[dest.tls](self.log, self.dialogue, dest, **kwargs)
-        self.ftp.touched = self.touched  # type: ignore[attr-defined]
+        self.ftp: ftplib.FTP = _CLIENTS[dest.tls](
+            self.log, self.dialogue, dest, self.touched, **kwargs
+        )
 
     def open(self) -> FtpSession:
         """Connect (within connect_timeout), check TLS, log in, set the mode."""
@@ -691,7 +699,7 @@ class FtpSession:
             conn, _ = self.ftp.ntransfercmd(f"APPE {name}")
         else:
             conn, _ = self.ftp.ntransfercmd(f"STOR {name}", offset or None)
-        self.moved += 1
+        self.transfers += 1
         self._data_conn = conn
         try:
             with conn:
@@ -779,7 +787,7 @@ class FtpSession:
         def counted(block: bytes) -> None:
             if not started:
                 started.append(True)
-                self.moved += 1
+                self.transfers += 1
             sink(block)
 
         started: list[bool] = []
@@ -938,13 +946,13 @@ class FtpRemote:
         self.session: FtpSession | None = None
         self.last_failure: Failure | None = None
         self.touched: set[str] = set()  # names the server may hold because of this remote
-        self.moved = 0  # transfers begun on closed sessions
+        self.transfers = 0  # transfers begun on closed sessions
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
 
     @property
     def progressed(self) -> bool:
         """A transfer has begun: the server was reachable and working during this run."""
-        return self.moved + (self.session.moved if self.session else 0) > 0
+        return self.transfers + (self.session.transfers if self.session else 0) > 0
 
     def _connected(self) -> FtpSession:
         if self.session is None:
@@ -956,7 +964,7 @@ class FtpRemote:
 
     def close(self) -> None:
         if self.session is not None:
-            self.moved += self.session.moved
+            self.transfers += self.session.transfers
             self.session.close()
             self.session = None
 

@@ -18,32 +18,7 @@ from backupagent.retention import complete_backups
 from backupagent.state import History
 
 from ..helpers import cli, peak_rss_mib
-from ..scripted import ScriptedFtp, ScriptedSession, serve
-
-
-def _config(tmp_path: Path, server: ScriptedFtp, dest: str = "") -> Path:
-    (tmp_path / "site").mkdir(exist_ok=True)
-    (tmp_path / "site" / "index.php").write_text("<?php\n")
-    path = tmp_path / "jobs.toml"
-    path.write_text(f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
-[destinations.evil]
-type = "ftp"
-host = "127.0.0.1"
-port = {server.port}
-password = "x"
-retry_wait = 0.1
-{dest}
-
-[jobs.www]
-destination = "evil"
-sources = ["{tmp_path}/site"]
-""")
-    return path
+from ..scripted import ScriptedFtp, ScriptedSession, jobs_toml, serve
 
 
 def _last_run(tmp_path: Path) -> dict:
@@ -60,7 +35,7 @@ def _endless(session: ScriptedSession, _arg: str) -> None:
 
 def test_an_endless_multiline_reply_is_refused_with_bounded_memory(tmp_path: Path) -> None:
     with ScriptedFtp({"USER": _endless}) as server:
-        argv = [sys.executable, "-m", "backupagent", "--config", str(_config(tmp_path, server))]
+        argv = [sys.executable, "-m", "backupagent", "--config", str(jobs_toml(tmp_path, server))]
         result, peak = peak_rss_mib([*argv, "run-job", "www"])
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
@@ -80,7 +55,7 @@ def test_a_dripping_server_fails_within_timeout(tmp_path: Path) -> None:
     # timeout = 2: the reply never ends, so no timeout changes the outcome; only the
     # whole-reply deadline stops it (per recv, each byte would reset the clock)
     with ScriptedFtp({"USER": _drip}) as server:
-        config = _config(tmp_path, server, "timeout = 2\nretries = 0")
+        config = jobs_toml(tmp_path, server, "timeout = 2\nretries = 0")
         result = cli(config, "run-job", "www")  # cli() bounds it at 300 s: a hang fails
     assert result.returncode == 1, result.stdout + result.stderr
     assert _last_run(tmp_path)["category"] == "control_connection_lost"
@@ -90,7 +65,7 @@ def test_a_dripping_server_fails_within_timeout(tmp_path: Path) -> None:
 def test_escapes_and_bytes_that_are_not_utf8_are_shown_escaped(tmp_path: Path) -> None:
     evil = "530 \x1b[2J\x1b]0;pwned\x07 caf\xe9 refused"  # sent as Latin-1: \xe9 is not UTF-8
     with ScriptedFtp({"PASS": evil}) as server:
-        config = _config(tmp_path, server)
+        config = jobs_toml(tmp_path, server)
         result = cli(config, "run-job", "www")
         logs = cli(config, "logs", "www")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -113,7 +88,7 @@ def test_escapes_and_bytes_that_are_not_utf8_are_shown_escaped(tmp_path: Path) -
 )
 def test_an_unparsable_passive_reply_is_a_protocol_error(tmp_path: Path, reply: str) -> None:
     with ScriptedFtp({"EPSV": reply}) as server:
-        result = cli(_config(tmp_path, server), "run-job", "www")
+        result = cli(jobs_toml(tmp_path, server), "run-job", "www")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "internal error" not in result.stdout and "Traceback" not in result.stderr
     last = _last_run(tmp_path)
@@ -167,7 +142,7 @@ def test_the_clean_up_after_sigterm_is_bounded_whatever_the_server_does(tmp_path
     with server:
         # timeout = 3: the server never answers, so no timeout changes what happens;
         # the bound below is stated in terms of it
-        config = _config(tmp_path, server, "timeout = 3")
+        config = jobs_toml(tmp_path, server, "timeout = 3")
         agent = subprocess.Popen(
             [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "www"],
             stdout=subprocess.PIPE,
