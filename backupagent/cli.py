@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +17,7 @@ from backupagent import __version__
 from backupagent.config import Config, ConfigError, default_config_path, load_config
 from backupagent.logging import configure, read_events, run_logs
 from backupagent.outcome import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE
-from backupagent.runner import SetupError
+from backupagent.recording import SetupError
 from backupagent.state import JobLocked
 from backupagent.summary import print_summary
 from backupagent.summary import size as _size
@@ -86,8 +83,8 @@ def check(obj: _Context) -> None:
 @click.pass_obj
 def run_job_command(obj: _Context, job: str) -> None:
     """Run one job now, in the foreground."""
+    from backupagent.actions.backup import run_job
     from backupagent.progress import terminal_progress
-    from backupagent.runner import run_job
 
     config = obj.job(job)
     cancel = threading.Event()  # SIGTERM/SIGINT: abort cleanly, remove what was uploaded
@@ -134,9 +131,9 @@ def logs(obj: _Context, job: str, run_id: str | None) -> None:
 @click.pass_obj
 def diagnose(obj: _Context, job: str) -> None:
     """Test the job's destination: connect, TLS, login, FEAT, then EPSV, PASV and active."""
-    from backupagent.checkup import configured_mode, run_checkup
+    from backupagent.destinations.ftp.checkup import configured_mode, run_checkup
     from backupagent.logging import run_log
-    from backupagent.runner import new_run_id
+    from backupagent.recording import new_run_id
 
     config = obj.job(job)
     dest = config.destination_of(job)
@@ -323,7 +320,7 @@ _RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails
 @click.pass_obj
 def backups(obj: _Context, job: str) -> None:
     """Complete backups on the destination (and incomplete leftovers)."""
-    from backupagent.restore import list_backups
+    from backupagent.retrieve import list_backups
 
     config = obj.job(job)
     found, leftovers = _or_exit(lambda: list_backups(config, job))
@@ -402,71 +399,38 @@ def restore(
     outside_links: bool,
 ) -> None:
     """Download a backup, verify it, extract it safely; load a database on request."""
+    from backupagent.actions.restore import Load, UsageError, load_dump
+    from backupagent.actions.restore import restore as restore_backup
     from backupagent.config import MysqlDatabase
-    from backupagent.restore import (
-        check,
-        choose,
-        download,
-        extract,
-        list_backups,
-        load_database,
-        private_directory,
-    )
 
     config = obj.job(job)
     if load and not into:
         _usage("--load-database needs --into DATABASE (a database to create or fill)")
-    if load and into in _live_databases(config, job) and not overwrite_live:
-        _usage(
-            f"--into {into} is the database job '{job}' backs up; loading a backup over it "
-            "needs --overwrite-live"
+    loading = None
+    if load and into:
+        password = db_password_file.read_text().splitlines()[0] if db_password_file else None
+        database = MysqlDatabase(
+            type="mysql", name=into, host=db_host, port=db_port, socket=db_socket, user=db_user
         )
+        loading = Load(load, database, password, overwrite_live)
     identities = _identities(identity)
-    found, _ = _or_exit(lambda: list_backups(config, job))
-    backup = _or_exit(lambda: choose(found, wanted))
-    if backup.encrypted and not identities:
-        fingerprints = ", ".join(backup.recipients)
-        _fail_exit(
-            f"{backup.backup_id} is encrypted (age, for {fingerprints}): give --identity FILE "
-            "with the private key of one of those recipients"
-        )
-    spool = _or_exit(lambda: private_directory(config.agent.spool_dir / job, "spool_dir"))
-    workdir = Path(tempfile.mkdtemp(prefix="restore-", dir=spool))  # 0700, this run's own
     try:
-        archive = _or_exit(lambda: download(config, job, backup, workdir))
-        _or_exit(lambda: check(archive, backup))
-        report = _or_exit(lambda: extract(archive, target, identities, outside_links))
-    finally:  # on every way out, exits included: downloaded backups do not linger
-        shutil.rmtree(workdir, ignore_errors=True)
+        done = _or_exit(
+            lambda: restore_backup(config, job, target, wanted, identities, outside_links, loading)
+        )
+    except UsageError as exc:
+        _usage(str(exc))
+    report = done.report
     click.echo(
-        f"restored {backup.backup_id} into {target}: {report.files} files, "
+        f"restored {done.backup.backup_id} into {target}: {report.files} files, "
         f"{report.directories} directories, {report.symlinks} symlinks, "
         f"{report.hardlinks} hard links"
     )
     for note in report.skipped:
         click.echo(f"  skipped {printable(note)}")  # member names come from the archive
-    if load and into:
-        dump = target / "databases" / f"{load}.sql"
-        if not dump.is_file():
-            _fail_exit(f"the backup has no MySQL dump named {load!r} ({dump} is missing)")
-        password = db_password_file.read_text().splitlines()[0] if db_password_file else None
-        database = MysqlDatabase(
-            type="mysql", name=into, host=db_host, port=db_port, socket=db_socket, user=db_user
-        )
-        _or_exit(lambda: load_database(dump, database, password))
+    if loading is not None:
+        dump = _or_exit(lambda: load_dump(target, loading))
         click.echo(f"loaded {dump.name} into database {into}")
-
-
-def _live_databases(config: Config, job: str) -> set[str]:
-    """Names of the MySQL databases the job dumps (wp-config.php's too, if readable)."""
-    from backupagent.sources.wordpress import WordPressError, read_site
-
-    spec = config.jobs[job]
-    names = {d.name for d in spec.databases if d.type == "mysql"}
-    if spec.wordpress:
-        with contextlib.suppress(WordPressError):
-            names.add(read_site(spec.wordpress, spec).database)
-    return names
 
 
 @cli.command()
@@ -480,7 +444,7 @@ def _live_databases(config: Config, job: str) -> set[str]:
 @click.pass_obj
 def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
     """Download a backup, check its hashes and read it to the end, without extracting."""
-    from backupagent.restore import verify as verify_backup
+    from backupagent.actions.verify import verify as verify_backup
 
     config = obj.job(job)
     try:
@@ -501,41 +465,23 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
 @click.pass_obj
 def prune(obj: _Context, job: str, dry_run: bool) -> None:
     """Apply retention now: print each backup kept or deleted, with the reason."""
-    from backupagent.destinations.ftp import FtpRemote
-    from backupagent.retention import (
-        complete_backups,
-        decide,
-        retention_policy,
-        stale_leftovers,
-    )
-    from backupagent.state import job_lock
+    from backupagent.actions.prune import Plan, prune_job
 
     config = obj.job(job)
-    dest = config.destination_of(job)
+
+    def show(plan: Plan) -> None:
+        for d in plan.decisions:
+            verdict = "keep  " if d.keep else "delete"
+            click.echo(f"{verdict} {d.backup.backup_id}  ({'; '.join(d.reasons)})")
+        for name in plan.stale:
+            click.echo(
+                f"delete {name}  (left by a run that started over {plan.grace_hours:g} h ago)"
+            )
+        if dry_run:
+            click.echo("dry run: nothing deleted")
+
     try:
-        with job_lock(config.agent.state_dir, job):
-            remote = FtpRemote(dest, config.passive_for(job))
-            try:
-                names = _or_exit(lambda: remote.call("listing", lambda s, _: s.names()))
-                decisions = decide(complete_backups(job, names), retention_policy(dest))
-                grace = dt.timedelta(hours=dest.partial_grace_hours)
-                stale = stale_leftovers(job, names, dt.datetime.now(dt.UTC), grace)
-                for d in decisions:
-                    verdict = "keep  " if d.keep else "delete"
-                    click.echo(f"{verdict} {d.backup.backup_id}  ({'; '.join(d.reasons)})")
-                for name in stale:
-                    click.echo(
-                        f"delete {name}  (left by a run that started over "
-                        f"{dest.partial_grace_hours:g} h ago)"
-                    )
-                if dry_run:
-                    click.echo("dry run: nothing deleted")
-                    return
-                # each backup's manifest goes first: from then on it no longer counts
-                doomed = [n for d in decisions if not d.keep for n in d.backup.names] + stale
-                _or_exit(lambda: remote.call("delete", lambda s, _: s.delete_all(doomed)))
-            finally:
-                remote.close()
+        _or_exit(lambda: prune_job(config, job, dry_run, show))
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)
@@ -585,14 +531,14 @@ def _console(**options: Any) -> Any:
 
 
 def _or_exit(action: Callable[[], T]) -> T:
-    """Run a restore step; a RestoreError or FTP failure ends the command with exit 1."""
-    from backupagent.destinations.ftp import TRANSFER_ERRORS
-    from backupagent.restore import RestoreError
+    """Run an action; a RestoreError or a destination's failure ends the command with exit 1."""
+    from backupagent.destinations.base import DestinationError
+    from backupagent.retrieve import RestoreError
     from backupagent.sources.databases import DumpFailed
 
     try:
         return action()
-    except (RestoreError, *TRANSFER_ERRORS) as exc:  # type: ignore[misc]
+    except (RestoreError, DestinationError) as exc:
         _fail_exit(str(exc) or type(exc).__name__)
     except DumpFailed as exc:
         _fail_exit(f"{exc.diagnosis.what}: {' / '.join(exc.diagnosis.evidence)}")

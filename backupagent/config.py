@@ -211,7 +211,18 @@ class AgentConfig(_Table):
         return value
 
 
-class FtpDestination(_Credentials):
+class Retention(_Table):
+    """What every destination keeps: retention (retention.py) and the grace before
+    what crashed runs left is removed."""
+
+    keep: StrictInt = Field(default=14, ge=1)  # the newest N complete backups of each job
+    keep_daily: StrictInt = Field(default=0, ge=0)  # plus the newest of each of the last N days
+    keep_weekly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N ISO weeks
+    keep_monthly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N months
+    partial_grace_hours: float = Field(default=24.0, gt=0)  # then crashed runs' uploads go
+
+
+class FtpDestination(_Credentials, Retention):
     """A `[destinations.NAME]` table with `type = "ftp"`."""
 
     type: Literal["ftp"]
@@ -235,11 +246,6 @@ class FtpDestination(_Credentials):
     retry_wait: float = Field(default=2.0, ge=0, le=600)  # first backoff; doubles each time
     retry_time: float = Field(default=900.0, gt=0, le=86400)  # give up retrying after this
     resume: Literal["auto", "rest", "appe", "off"] = "auto"  # auto: REST if FEAT says so
-    keep: StrictInt = Field(default=14, ge=1)  # the newest N complete backups of each job
-    keep_daily: StrictInt = Field(default=0, ge=0)  # plus the newest of each of the last N days
-    keep_weekly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N ISO weeks
-    keep_monthly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N months
-    partial_grace_hours: float = Field(default=24.0, gt=0)  # then crashed runs' uploads go
     encrypt_to: list[str] = []  # age recipients for jobs that set none themselves
 
     @field_validator("encrypt_to")

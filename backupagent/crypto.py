@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyrage
 from pyrage import ssh, x25519
+
+from backupagent.workers import Worker
 
 AGE_SUFFIX = ".age"
 
@@ -82,39 +83,35 @@ def decrypting(source: BinaryIO, identities: list[Any]) -> Iterator[Any]:
     """A readable stream of `source` decrypted (a thread feeds it through a pipe)."""
     read_end, write_end = os.pipe()
     reader, writer = os.fdopen(read_end, "rb"), os.fdopen(write_end, "wb")
-    errors: list[BaseException] = []
 
     def pump() -> None:
         try:
             pyrage.decrypt_io(source, writer, identities)
-        except BaseException as exc:  # reported to the reading side below
-            errors.append(exc)
         finally:
             with contextlib.suppress(OSError):
                 writer.close()
 
-    thread = threading.Thread(target=pump, name="age-decrypt", daemon=True)
-    thread.start()
+    worker = Worker("age-decrypt", pump).start()
     try:
-        yield _Checked(reader, errors)
+        yield _Checked(reader, worker)
     finally:
         reader.close()
-        thread.join()
-    if errors and not isinstance(errors[0], BrokenPipeError):
-        raise CryptoError(f"cannot decrypt: {errors[0]}")
+        worker.wait()
+    if worker.error is not None and not isinstance(worker.error, BrokenPipeError):
+        raise CryptoError(f"cannot decrypt: {worker.error}")
 
 
 class _Checked:
     """A reader that turns the decrypting thread's failure into an error on read."""
 
-    def __init__(self, reader: BinaryIO, errors: list[BaseException]) -> None:
+    def __init__(self, reader: BinaryIO, worker: Worker[None]) -> None:
         self.reader = reader
-        self.errors = errors
+        self.worker = worker
 
     def read(self, n: int = -1) -> bytes:
         data = self.reader.read(n)
-        if not data and self.errors:
-            raise CryptoError(f"cannot decrypt: {self.errors[0]}")
+        if not data and self.worker.error is not None:
+            raise CryptoError(f"cannot decrypt: {self.worker.error}")
         return data
 
     def readable(self) -> bool:
@@ -126,23 +123,19 @@ def _pumped(consume: Any) -> Iterator[BinaryIO]:
     """A pipe: the caller writes, a thread runs `consume(reader)`; errors re-raised."""
     read_end, write_end = os.pipe()
     reader, writer = os.fdopen(read_end, "rb"), os.fdopen(write_end, "wb")
-    errors: list[BaseException] = []
 
     def pump() -> None:
         try:
             consume(reader)
-        except BaseException as exc:
-            errors.append(exc)
         finally:
             reader.close()
 
-    thread = threading.Thread(target=pump, name="age-encrypt", daemon=True)
-    thread.start()
+    worker = Worker("age-encrypt", pump).start()
     try:
         yield writer
     finally:
         with contextlib.suppress(OSError):
             writer.close()
-        thread.join()
-    if errors:
-        raise CryptoError(f"encryption failed: {errors[0]}")
+        worker.wait()
+    if worker.error is not None:
+        raise CryptoError(f"encryption failed: {worker.error}")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from backupagent.actions.backup import run_job
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
-from backupagent.runner import run_job
 
 JOBS_TOML = """\
 # The demo's jobs.toml: a copy of what you would put in /etc/backupagent/jobs.toml.

@@ -16,11 +16,9 @@ from typing import BinaryIO
 
 import structlog
 
+from backupagent.workers import Cancelled, Worker, on_cancel
+
 STDERR_KEEP = 64 * 1024  # bytes of a tool's stderr kept for the log and the advice
-
-
-class Cancelled(Exception):
-    """The caller's cancel event was set; the child was killed."""
 
 
 class ToolMissing(Exception):
@@ -97,29 +95,18 @@ def stream(
             errors.extend(data)
             del errors[:-STDERR_KEEP]
 
-    reader = threading.Thread(target=drain, name="stderr", daemon=True)
-    reader.start()
-    done = threading.Event()
-    if cancel is not None:
-
-        def watch() -> None:
-            while not done.wait(0.2):
-                if cancel.is_set():
-                    proc.kill()
-                    return
-
-        threading.Thread(target=watch, name="cancel-watch", daemon=True).start()
+    reader = Worker("stderr", drain).start()
     try:
-        while data := proc.stdout.read(chunk):
-            sink(data)
+        with on_cancel(cancel, proc.kill):
+            while data := proc.stdout.read(chunk):
+                sink(data)
     except BaseException:
         proc.kill()
         raise
     finally:
         proc.stdout.close()
         proc.wait()
-        done.set()
-        reader.join()
+        reader.wait()
         proc.stderr.close()
     if cancel is not None and cancel.is_set():
         raise Cancelled(f"{argv[0]} was stopped")

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backupagent.config import FtpDestination
+from backupagent.config import Retention
 
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -160,7 +160,7 @@ def decide(backups: list[RemoteBackup], policy: Policy) -> list[Decision]:
     ]
 
 
-def retention_policy(dest: FtpDestination) -> Policy:
+def retention_policy(dest: Retention) -> Policy:
     return Policy(dest.keep, dest.keep_daily, dest.keep_weekly, dest.keep_monthly)
 
 

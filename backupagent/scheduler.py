@@ -26,9 +26,9 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
+from backupagent.actions.backup import run_job
 from backupagent.config import Config, ConfigError, cron_trigger, load_config
 from backupagent.outcome import BACKUP_TRIGGERS, OK, Trigger
-from backupagent.runner import run_job
 from backupagent.state import History, JobLocked
 
 MAX_WORKERS = 64
@@ -203,7 +203,7 @@ class Daemon:
 
     def _verify(self, name: str) -> None:
         """A scheduled check of the newest backup, in a worker thread."""
-        from backupagent.restore import verify
+        from backupagent.actions.verify import verify
 
         if self.cancel.is_set():
             return

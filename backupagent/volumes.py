@@ -11,7 +11,6 @@ stream: `cat NAME.0001 NAME.0002 ... | zstd -d | tar -x` restores without us.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import hashlib
 import queue
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from backupagent.workers import Cancelled, Worker
 
 
 class SpoolError(OSError):
@@ -45,10 +46,6 @@ class Volume:
 def volume_name(archive: str, index: int) -> str:
     """`NAME.tar.zst.0001`: shell globs list the volumes in order up to 9999."""
     return f"{archive}.{index:04d}"
-
-
-class Stopped(Exception):
-    """The sending side gave up; the archiver must stop writing."""
 
 
 class VolumeWriter:
@@ -116,10 +113,10 @@ class VolumeWriter:
     def _open(self) -> BinaryIO:
         while not self.slots.acquire(timeout=0.5):
             if self.stop.is_set():
-                raise Stopped()
+                raise Cancelled("the upload stopped")
         if self.stop.is_set():
             self.slots.release()
-            raise Stopped()
+            raise Cancelled("the upload stopped")
         self.count += 1
         self._path = self.spool / volume_name(self.archive, self.count)
         self._file = self._path.open("wb")
@@ -139,7 +136,7 @@ class VolumeWriter:
 class Pipeline:
     """A `VolumeWriter` whose volumes a thread hashes and passes to `send`, in order.
 
-    `send` raising stops the pipeline: the writer raises `Stopped` at its next
+    `send` raising stops the pipeline: the writer raises `Cancelled` at its next
     volume, and `finish` re-raises what `send` raised.
     """
 
@@ -153,12 +150,7 @@ class Pipeline:
         self._slots = threading.Semaphore(SLOTS)
         self._stop = threading.Event()
         self.writer = VolumeWriter(spool, archive, size, self._queue.put, self._slots, self._stop)
-        # the copied context carries the run's log fields (job, run_id) into the thread
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._run,), name="volume-sender", daemon=True
-        )
-        self._thread.start()
+        self._worker = Worker("volume-sender", self._run).start()
 
     def _run(self) -> None:
         while (volume := self._queue.get()) is not None:
@@ -192,4 +184,4 @@ class Pipeline:
 
     def _end(self) -> None:
         self._queue.put(None)
-        self._thread.join()
+        self._worker.wait()

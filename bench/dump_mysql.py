@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backupagent.actions.backup import run_job
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import configure, read_events
-from backupagent.runner import run_job
 from tests.databases import start_mariadb
 
 

@@ -10,7 +10,9 @@ import stat
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -203,3 +205,18 @@ def peak_rss_mib(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], flo
     peak, _, out = result.stdout.partition("\n")
     result.stdout = out
     return result, int(peak) / 1024
+
+
+class Watched:
+    """A destination that tells `published(path)` after each file it published."""
+
+    def __init__(self, inner: Any, published: Callable[[Path], None]) -> None:
+        self.inner = inner
+        self.published = published
+
+    def publish_file(self, path: Path, name: str, sha256: str, progress: Any = None) -> None:
+        self.inner.publish_file(path, name, sha256, progress)
+        self.published(path)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.inner, attribute)

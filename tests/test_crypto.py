@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from backupagent.actions.backup import run_job
 from backupagent.config import ConfigError, load_config
 from backupagent.crypto import generate
 from backupagent.ftpserver import LocalFtpServer
-from backupagent.runner import run_job
 
 from .conftest import WriteConfig, require_system
 from .helpers import archived_tree, cli, tree, unpack

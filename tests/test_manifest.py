@@ -113,7 +113,7 @@ def test_a_server_sending_more_than_declared_is_cut_off(
     write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
 ) -> None:
     """The manifest says 1,024 bytes; the server has 20 MiB: no more than that is kept."""
-    from backupagent.restore import RestoreError, download, list_backups
+    from backupagent.retrieve import RestoreError, download, list_backups
 
     config = write_config()
     folder = ftp_server.root / "backups/site"

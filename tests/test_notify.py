@@ -14,10 +14,10 @@ from typing import ClassVar
 
 import pytest
 
+from backupagent.actions.backup import run_job
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
-from backupagent.runner import run_job
 
 from .conftest import WriteConfig
 from .helpers import cli
@@ -282,7 +282,7 @@ def test_mail_shows_what_the_server_sent_escaped(tmp_path: Path) -> None:
     visible escapes, and the message can still be encoded and sent."""
     from backupagent.config import EmailSettings
     from backupagent.notify import compose
-    from backupagent.runner import RunResult
+    from backupagent.outcome import RunResult
 
     log = tmp_path / "run.jsonl"
     log.write_text('{"event": "FTP server reply: 530 \\u001b[2J \\udce9", "level": "debug"}\n')
@@ -299,7 +299,7 @@ def test_mail_shows_what_the_server_sent_escaped(tmp_path: Path) -> None:
 def test_a_failed_verify_is_mailed_as_a_verify(
     write_config: WriteConfig, ftp_server: LocalFtpServer, smtp
 ) -> None:
-    from backupagent.restore import verify
+    from backupagent.actions.verify import verify
 
     port, received = smtp
     config = write_config()

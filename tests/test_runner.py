@@ -8,17 +8,20 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backupagent.destinations.ftp import FtpSession
+from backupagent.actions.backup import run_job
+from backupagent.config import Config
+from backupagent.destinations import open_destination
+from backupagent.destinations.base import Hooks
+from backupagent.destinations.ftp.session import FtpSession
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
-from backupagent.runner import run_job
-from backupagent.volumes import Volume
 
 from .conftest import WriteConfig
-from .helpers import archived_tree, tree, unpack
+from .helpers import Watched, archived_tree, tree, unpack
 
 REMOTE = "backups/site"
 
@@ -286,26 +289,25 @@ def test_volumes_are_uploaded_while_the_archive_is_written(
 
 
 def _dump_after_upload(
-    monkeypatch: pytest.MonkeyPatch, uploaded: Callable[[Volume], bool], dump: Callable[[], list]
-) -> None:
-    """Replace the run's database dumps by `dump`, called once a volume for which
-    `uploaded(volume)` holds is on the server (the real upload, then the signal)."""
-    from backupagent import runner
-
+    config: Config, uploaded: Callable[[int], bool], dump: Callable[[], list]
+) -> dict[str, Any]:
+    """run_job's arguments that replace the run's database dumps by `dump`, called once
+    a volume whose size passes `uploaded(size)` is on the server (the real upload,
+    through the configured destination, then the signal)."""
     seen = threading.Event()
-    send = runner._Run._send
 
-    def send_and_tell(self, volume: Volume) -> None:
-        send(self, volume)
-        if uploaded(volume):
-            seen.set()
+    def destination(hooks: Hooks, cancel: threading.Event) -> Watched:
+        def published(path: Path) -> None:
+            if uploaded(path.stat().st_size):
+                seen.set()
 
-    def dump_when_seen(self, site, work, stop):
+        return Watched(open_destination(config, "www", hooks, cancel), published)
+
+    def dump_when_seen(site: object, work: Path, stop: threading.Event) -> list:
         assert seen.wait(60), "no such volume was uploaded while the dump ran"
         return dump()
 
-    monkeypatch.setattr(runner._Run, "_send", send_and_tell)
-    monkeypatch.setattr(runner._Run, "_dump_databases", dump_when_seen)
+    return {"destination": destination, "dumper": dump_when_seen}
 
 
 def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
@@ -322,8 +324,8 @@ def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
         raise DumpFailed(Diagnosis(Category.DB_LOGIN, "access denied", (), "fix it"))
 
     (site / "more.bin").write_bytes(os.urandom(400_000))
-    _dump_after_upload(monkeypatch, lambda volume: True, fail)
-    result = run_job(write_config(job='volume_size = "64K"'), "www")
+    config = write_config(job='volume_size = "64K"')
+    result = run_job(config, "www", **_dump_after_upload(config, lambda size: True, fail))
     assert result.outcome == "failed" and result.error == "access denied"
     events = [e["event"] for e in read_events(result.log_path)]
     assert any(e.startswith("FTP client command: RNTO www-") for e in events)
@@ -341,9 +343,10 @@ def test_while_dumps_finish_the_written_part_is_sent(
     """Files done, dumps still running: the volume in progress is cut and uploaded meanwhile."""
     (site / "more.bin").write_bytes(os.urandom(150_000))
     # the dump ends (with nothing) once the cut, short volume is on the server
-    _dump_after_upload(monkeypatch, lambda volume: volume.size < 64 << 10, list)
     config = write_config(job='volume_size = "64K"')
-    result = run_job(config, "www")
+    result = run_job(
+        config, "www", **_dump_after_upload(config, lambda size: size < 64 << 10, list)
+    )
     assert result.outcome == "success", result.error
     meta = json.loads(download(config, f"{result.backup_id}.manifest.json"))
     sizes = [v["size"] for v in meta["files"]]

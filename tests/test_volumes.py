@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.volumes import Pipeline, Stopped, Volume, VolumeWriter, volume_name
+from backupagent.volumes import Pipeline, Volume, VolumeWriter, volume_name
+from backupagent.workers import Cancelled
 
 
 @pytest.mark.parametrize(
@@ -55,7 +56,7 @@ def test_writer_never_opens_a_third_volume_while_two_are_unsent(tmp_path: Path) 
 
     writer = VolumeWriter(tmp_path, "a", 100, hand_over, threading.Semaphore(2), stop)
     writer.write(b"x" * 200)
-    with pytest.raises(Stopped):
+    with pytest.raises(Cancelled):
         writer.write(b"y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.0001", "a.0002"]
 
@@ -87,7 +88,7 @@ def test_a_failed_send_stops_the_writer_and_is_raised(tmp_path: Path) -> None:
             raise ConnectionError("server went away")
 
     pipeline = Pipeline(tmp_path, "a", 100, send)
-    with pytest.raises(Stopped):
+    with pytest.raises(Cancelled):
         for _ in range(1000):  # far more than the sender lets through
             pipeline.writer.write(b"z" * 50)
     assert isinstance(pipeline.abort(), ConnectionError)

@@ -1,1 +1,35 @@
-"""Where backups are sent. Only FTP/FTPS so far; each type gets a module here."""
+"""Where backups go. base.py is the seam the actions see; each type is one module or
+package here, registered in OPENERS by the `type` of its [destinations.NAME] table.
+
+A new type: write its module with an `open_for_job(config, job, hooks, cancel)` that
+returns a base.Destination, add its settings model to config.py's Destination union,
+and add one line to OPENERS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backupagent.config import Config
+    from backupagent.destinations.base import Destination, Hooks
+
+# type -> the module whose open_for_job opens it (imported only when used)
+OPENERS = {
+    "ftp": "backupagent.destinations.ftp.destination",
+}
+
+
+def open_destination(
+    config: Config,
+    job: str,
+    hooks: Hooks | None = None,
+    cancel: threading.Event | None = None,
+) -> Destination:
+    """The destination of `job`, ready for one action (nothing is connected yet)."""
+    kind = config.destination_of(job).type
+    module = importlib.import_module(OPENERS[kind])
+    destination: Destination = module.open_for_job(config, job, hooks, cancel)
+    return destination

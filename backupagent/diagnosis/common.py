@@ -48,6 +48,13 @@ class Diagnosis:
     def flips_mode(self) -> bool:
         return self.passive_should_be is not None
 
+    def change(self, probe: ProbeResult | None = None) -> str | None:
+        """The jobs.toml line to write, unless no flip helps or the probe of the other
+        mode failed too."""
+        if self.passive_should_be is None or (probe is not None and not probe.ok):
+            return None
+        return passive_setting(self.passive_should_be)
+
 
 @dataclass(frozen=True)
 class ProbeResult:

@@ -14,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from backupagent.actions.backup import run_job
 from backupagent.config import Config, FtpDestination, load_config
-from backupagent.destinations.ftp import ControlConnectError, DataConnectionError, FtpSession
-from backupagent.diagnosis import Category, FailureKind, diagnose, is_transient
+from backupagent.destinations.ftp.diagnosis import FailureKind, diagnose, is_transient
+from backupagent.destinations.ftp.dialogue import ControlConnectError, DataConnectionError
+from backupagent.destinations.ftp.session import FtpSession
+from backupagent.diagnosis import Category
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
-from backupagent.runner import RunResult, run_job
+from backupagent.outcome import RunResult
 
 from ..conftest import WriteConfig
 from ..helpers import make_certificates
@@ -269,7 +272,7 @@ def test_tls_verify_false_warns_loudly(
 def test_control_connection_has_keepalive(write_config: WriteConfig) -> None:
     import socket
 
-    from backupagent.destinations.ftp import FtpSession
+    from backupagent.destinations.ftp.session import FtpSession
 
     config = write_config()
     with FtpSession(config.destination_of("www"), True) as session:
@@ -282,7 +285,8 @@ def test_control_connection_has_keepalive(write_config: WriteConfig) -> None:
 def test_local_read_error_is_not_a_network_error(write_config: WriteConfig) -> None:
     import io as _io
 
-    from backupagent.destinations.ftp import FtpSession, LocalReadError
+    from backupagent.destinations.ftp.dialogue import LocalReadError
+    from backupagent.destinations.ftp.session import FtpSession
 
     class Broken(_io.RawIOBase):
         def readable(self) -> bool:

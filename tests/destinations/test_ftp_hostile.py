@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backupagent.config import FtpDestination
-from backupagent.destinations.ftp import FtpRemote
+from backupagent.destinations.ftp.remote import FtpRemote
 from backupagent.logging import read_events, run_logs
 from backupagent.retention import complete_backups
 from backupagent.state import History

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from backupagent.actions.backup import run_job
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
-from backupagent.runner import RunResult, run_job
+from backupagent.outcome import RunResult
 
 from ..conftest import WriteConfig, require_system
 from ..databases import MariaDB

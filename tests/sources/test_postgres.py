@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from backupagent.actions.backup import run_job
 from backupagent.logging import read_events
-from backupagent.runner import run_job
 
 from ..conftest import WriteConfig
 from ..databases import Postgres

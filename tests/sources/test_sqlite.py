@@ -6,7 +6,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from backupagent.runner import run_job
+from backupagent.actions.backup import run_job
 
 from ..conftest import WriteConfig
 from .test_mysql import _members

@@ -13,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from backupagent import replies
+from backupagent.destinations.ftp import replies
+from backupagent.destinations.ftp.replies import Reply
 from backupagent.diagnosis.common import (
     NOT_A_MODE_PROBLEM,
     Category,
     Diagnosis,
     mode_name,
 )
-from backupagent.replies import Reply
 
 
 class FailureKind(StrEnum):

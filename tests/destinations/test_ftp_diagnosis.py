@@ -6,19 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.diagnosis import (
+from backupagent.destinations.ftp.diagnosis import (
     FTP_RULES,
-    Category,
     Certificate,
     Failure,
     FailureKind,
     Line,
-    ProbeResult,
     diagnose,
     is_transient,
     matching_rule,
-    suggestion_text,
 )
+from backupagent.diagnosis import Category, ProbeResult, suggestion_text
 
 CERT = Certificate("CN=ftp.example.com", "CN=Example CA", "2027-01-01 00:00:00 UTC", "ab" * 32)
 

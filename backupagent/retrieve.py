@@ -1,4 +1,4 @@
-"""Getting data back: list backups, download with resume, verify, extract safely.
+"""Getting data back: list backups, download with resume, check, extract safely.
 
 Nothing is extracted before the archive's size and SHA-256 match its manifest and
 every member has passed unpack.judge (no absolute names, no `..`, hard links only to
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ftplib
 import hashlib
 import os
 import shutil
@@ -22,18 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import structlog
 import zstandard
 
 from backupagent import crypto, unpack
 from backupagent import manifest as manifest_model
-from backupagent.archive import ArchiveStats
 from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
-from backupagent.destinations import ftp
+from backupagent.destinations import open_destination
+from backupagent.destinations.base import CutShort, Destination, Unreadable
 from backupagent.manifest import Manifest
-from backupagent.outcome import Outcome, Trigger
-from backupagent.recording import recorded_run
 from backupagent.retention import (
     RemoteBackup,
     complete_backups,
@@ -96,47 +92,31 @@ class BackupInfo:
         return list(encryption.recipients) if encryption else []
 
 
-def _remote(config: Config, job: str, cancel: threading.Event | None = None) -> ftp.FtpRemote:
-    return ftp.FtpRemote(config.destination_of(job), config.passive_for(job), cancel)
-
-
-def _read(remote: ftp.FtpRemote, name: str, limit: int) -> bytes:
-    """A small file, whole; ManifestError past `limit` bytes (nothing more is read)."""
-    buffer = bytearray()
-
-    def keep(block: bytes) -> None:
-        if len(buffer) + len(block) > limit:
-            raise manifest_model.ManifestError(f"the server sent more than {limit} bytes")
-        buffer.extend(block)
-
-    def fetch(session: ftp.FtpSession, _attempt: int) -> None:
-        buffer.clear()
-        session.download(name, keep)
-
-    remote.call(f"download of {name}", fetch)
-    return bytes(buffer)
-
-
 def list_backups(config: Config, job: str) -> tuple[list[BackupInfo], list[str]]:
-    """The job's complete backups, newest first, and its incomplete leftovers. A
-    manifest that cannot be read makes its backup unreadable, not the listing."""
-    remote = _remote(config, job)
+    """The job's complete backups on its destination, newest first, and its
+    incomplete leftovers. Raises DestinationError."""
+    destination = open_destination(config, job)
     try:
-        names = remote.call("listing", lambda s, _: s.names())
-        return [_info(remote, b) for b in reversed(complete_backups(job, names))], incomplete(
-            job, names
-        )
+        return listed(destination, job)
     finally:
-        remote.close()
+        destination.close()
 
 
-def _info(remote: ftp.FtpRemote, backup: RemoteBackup) -> BackupInfo:
+def listed(destination: Destination, job: str) -> tuple[list[BackupInfo], list[str]]:
+    """`list_backups` on an open destination. A manifest that cannot be read makes its
+    backup unreadable, not the listing."""
+    names = destination.names()
+    backups = [_info(destination, b) for b in reversed(complete_backups(job, names))]
+    return backups, incomplete(job, names)
+
+
+def _info(destination: Destination, backup: RemoteBackup) -> BackupInfo:
     try:
-        data = _read(remote, manifest_name(backup.backup_id), manifest_model.MAX_BYTES)
+        data = destination.read(manifest_name(backup.backup_id), manifest_model.MAX_BYTES)
         return BackupInfo(backup.backup_id, manifest_model.parse(data, backup.backup_id))
-    except manifest_model.ManifestError as exc:
+    except (manifest_model.ManifestError, CutShort) as exc:
         return BackupInfo(backup.backup_id, None, f"unreadable manifest: {exc}")
-    except ftplib.error_perm as exc:  # gone or unreadable on the server: this one only
+    except Unreadable as exc:  # gone or unreadable on the server: this one only
         return BackupInfo(backup.backup_id, None, f"manifest not downloadable: {exc}")
 
 
@@ -186,68 +166,28 @@ def download(
     workdir: Path,
     cancel: threading.Event | None = None,
 ) -> list[Path]:
+    """The archive's volumes from the job's destination into `workdir`; see `fetched`."""
+    destination = open_destination(config, job, cancel=cancel)
+    try:
+        return fetched(destination, backup, workdir, config.agent.spool_dir / job)
+    finally:
+        destination.close()
+
+
+def fetched(destination: Destination, backup: BackupInfo, workdir: Path, spool: Path) -> list[Path]:
     """The archive's volumes in `workdir` (private: 0700, files 0600), in order; a
     download that breaks is resumed. The server may send no more than the manifest
     declares."""
-    private_directory(config.agent.spool_dir / job, "spool_dir")
+    private_directory(spool, "spool_dir")
     private_directory(workdir, "spool_dir")
-    remote = _remote(config, job, cancel)
-    try:
-        return [_fetch(remote, workdir / volume.name, volume.size) for volume in backup.volumes]
-    finally:
-        remote.close()
-
-
-class _Capped:
-    """A download sink that refuses a byte past the declared size."""
-
-    def __init__(self, fd: int, room: int, name: str) -> None:
-        self.fd, self.room, self.name = fd, room, name
-
-    def __call__(self, block: bytes) -> None:
-        if len(block) > self.room:
-            raise RestoreError(
-                f"the server sent more of {self.name} than its manifest's size: refused"
-            )
-        self.room -= len(block)
-        unpack.write_all(self.fd, block)
-
-
-def _fetch(remote: ftp.FtpRemote, target: Path, size: int) -> Path:
-    partial = target.with_name(target.name + ".partial")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
-    reached: list[int] = []  # where each attempt began
-
-    def fetch(session: ftp.FtpSession, attempt: int) -> None:
+    paths = []
+    for volume in backup.volumes:
         try:
-            fd = os.open(partial, flags, 0o600)
-        except OSError as exc:
-            raise RestoreError(f"cannot write {partial}: {exc.strerror or exc}") from None
-        try:
-            offset = os.fstat(fd).st_size
-            if offset >= size:
-                return
-            if attempt and reached and offset <= reached[-1]:
-                raise RestoreError(
-                    f"the server holds only {offset} of the {size} bytes of {target.name} "
-                    "its manifest declares: it was cut short; nothing was extracted"
-                )
-            reached.append(offset)
-            if offset:
-                structlog.get_logger("backupagent.restore").info(
-                    "resuming download", name=target.name, offset=offset, of=size
-                )
-            session.download(target.name, _Capped(fd, size - offset, target.name), offset=offset)
-            if os.fstat(fd).st_size < size:  # the server ended the transfer early
-                raise ftp.DataTransferError(
-                    f"the server ended {target.name} at byte {os.fstat(fd).st_size} of {size}"
-                )
-        finally:
-            os.close(fd)
-
-    remote.call(f"download of {target.name}", fetch)
-    os.replace(partial, target)
-    return target
+            destination.download(volume.name, workdir / volume.name, volume.size)
+        except CutShort as exc:  # the server holds another file than the manifest says
+            raise RestoreError(str(exc)) from None
+        paths.append(workdir / volume.name)
+    return paths
 
 
 def check(volumes: list[Path], backup: BackupInfo) -> None:
@@ -378,52 +318,3 @@ def load_database(
     """Load a MySQL/MariaDB dump into `target.name` (created if missing)."""
     with dump.open("rb") as source:
         load_mysql(Target(target, password, (), None), source, create=create)
-
-
-def verify(
-    config: Config,
-    job: str,
-    wanted: str = "latest",
-    cancel: threading.Event | None = None,
-    identities: list[Any] | None = None,
-) -> tuple[bool, str, Path]:
-    """Download a backup, check its hashes and read it to the end; recorded as a run
-    (the job's lock, log, history row and notifications: see recording.py).
-
-    Raises state.JobLocked while the job runs.
-    """
-    log = structlog.get_logger("backupagent.restore")
-    with recorded_run(config, job, Trigger.VERIFY) as (result, _started):
-        workdir = config.agent.spool_dir / job / f"verify-{result.run_id}"
-        try:
-            backups, _ = list_backups(config, job)
-            backup = choose(backups, wanted)
-            result.archive = backup.archive
-            result.backup_id = backup.backup_id
-            result.stats = ArchiveStats(archive_bytes=backup.size)
-            archive = download(config, job, backup, workdir, cancel)
-            check(archive, backup)
-            if backup.encrypted and not identities:
-                message = (
-                    f"{backup.backup_id}: SHA-256 matches the manifest; encrypted, so its "
-                    "contents were not read (give --identity to read them to the end)"
-                )
-            else:
-                planned = scan(archive, identities)
-                message = (
-                    f"{backup.backup_id}: SHA-256 matches the manifest; {planned.members} "
-                    f"members, {planned.bytes} bytes read to the end"
-                )
-                result.stats.bytes_read = planned.bytes
-            result.outcome = Outcome.SUCCESS
-        except (RestoreError, *ftp.TRANSFER_ERRORS) as exc:  # type: ignore[misc]
-            message = str(exc) or type(exc).__name__
-            result.outcome = Outcome.FAILED
-            result.error = message
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        ok = result.outcome == Outcome.SUCCESS
-        (log.info if ok else log.error)(
-            "verify finished", result=str(result.outcome), detail=message
-        )
-    return ok, message, result.log_path

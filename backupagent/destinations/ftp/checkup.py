@@ -18,10 +18,12 @@ from typing import Any, Literal
 
 import structlog
 
-from backupagent import replies
 from backupagent.config import Config, FtpDestination
-from backupagent.destinations.ftp import TRANSFER_ERRORS, FtpSession
-from backupagent.diagnosis import Certificate, FailureKind, passive_setting
+from backupagent.destinations.ftp import replies
+from backupagent.destinations.ftp.diagnosis import Certificate, FailureKind
+from backupagent.destinations.ftp.dialogue import TRANSFER_ERRORS
+from backupagent.destinations.ftp.session import FtpSession
+from backupagent.diagnosis.common import passive_setting
 
 Mode = Literal["EPSV", "PASV", "active"]
 MODES: tuple[Mode, ...] = ("EPSV", "PASV", "active")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.checkup import Outcome, recommend
+from backupagent.destinations.ftp.checkup import Outcome, recommend
 from backupagent.ftpserver import LocalFtpServer
 
-from .conftest import WriteConfig
-from .destinations.test_ftp import point_at
-from .helpers import cli
+from ..conftest import WriteConfig
+from ..helpers import cli
+from .test_ftp import point_at
 
 
 def _modes(epsv: bool, pasv: bool, active: bool, epsv_refused: bool = False) -> dict[str, Outcome]:
@@ -102,7 +102,7 @@ def test_diagnose_shows_the_certificate_it_could_not_verify(
     write_config: WriteConfig, tmp_path: Path
 ) -> None:
     pytest.importorskip("OpenSSL", reason="pyOpenSSL is needed for pyftpdlib's FTPS")
-    from .helpers import make_certificates
+    from ..helpers import make_certificates
 
     files = make_certificates(tmp_path)
     fingerprint = (tmp_path / "fingerprint").read_text()

@@ -1,0 +1,113 @@
+"""`backupagent restore`: choose a backup, download it, check it against its manifest,
+extract it safely into an empty directory, and load a MySQL dump on request.
+
+Nothing is extracted before every volume matches its manifest and every member has
+passed unpack.judge (retrieve.py); the downloaded volumes never outlive the restore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backupagent.config import Config, MysqlDatabase
+from backupagent.destinations import open_destination
+from backupagent.retrieve import (
+    BackupInfo,
+    RestoreError,
+    check,
+    choose,
+    extract,
+    fetched,
+    listed,
+    load_database,
+    private_directory,
+)
+from backupagent.unpack import Report
+
+
+class UsageError(Exception):
+    """The request itself is wrong (exit 2): nothing was downloaded."""
+
+
+@dataclass(frozen=True)
+class Load:
+    """Load the backup's dump of `dump` into `into` (a MySQL database)."""
+
+    dump: str
+    into: MysqlDatabase
+    password: str | None = None
+    overwrite_live: bool = False
+
+
+@dataclass(frozen=True)
+class Restored:
+    backup: BackupInfo
+    report: Report
+
+
+def restore(
+    config: Config,
+    job: str,
+    target: Path,
+    wanted: str = "latest",
+    identities: list[Any] | None = None,
+    outside_links: bool = False,
+    load: Load | None = None,
+) -> Restored:
+    """Restore a backup of `job` into the empty directory `target`; `load` is only
+    checked here (a live database needs overwrite_live) and done by `load_dump`.
+    Raises UsageError, RestoreError, DestinationError."""
+    if load and load.into.name in live_databases(config, job) and not load.overwrite_live:
+        raise UsageError(
+            f"--into {load.into.name} is the database job '{job}' backs up; loading a "
+            "backup over it needs --overwrite-live"
+        )
+    destination = open_destination(config, job)
+    try:
+        backups, _ = listed(destination, job)
+        backup = choose(backups, wanted)
+        if backup.encrypted and not identities:
+            raise RestoreError(
+                f"{backup.backup_id} is encrypted (age, for {', '.join(backup.recipients)}): "
+                "give --identity FILE with the private key of one of those recipients"
+            )
+        spool = private_directory(config.agent.spool_dir / job, "spool_dir")
+        workdir = Path(tempfile.mkdtemp(prefix="restore-", dir=spool))  # 0700, its own
+        try:
+            archive = fetched(destination, backup, workdir, spool)
+        finally:
+            destination.close()
+        try:
+            check(archive, backup)
+            report = extract(archive, target, identities, outside_links)
+        finally:  # downloaded backups do not linger
+            shutil.rmtree(workdir, ignore_errors=True)
+    finally:
+        destination.close()
+    return Restored(backup, report)
+
+
+def load_dump(target: Path, load: Load) -> Path:
+    """After `restore` into `target`: load its dump into the database asked for."""
+    dump = target / "databases" / f"{load.dump}.sql"
+    if not dump.is_file():
+        raise RestoreError(f"the backup has no MySQL dump named {load.dump!r} ({dump} is missing)")
+    load_database(dump, load.into, load.password)
+    return dump
+
+
+def live_databases(config: Config, job: str) -> set[str]:
+    """Names of the MySQL databases the job dumps (wp-config.php's too, if readable)."""
+    from backupagent.sources.wordpress import WordPressError, read_site
+
+    spec = config.jobs[job]
+    names = {d.name for d in spec.databases if d.type == "mysql"}
+    if spec.wordpress:
+        with contextlib.suppress(WordPressError):
+            names.add(read_site(spec.wordpress, spec).database)
+    return names

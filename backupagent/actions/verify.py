@@ -1,0 +1,72 @@
+"""`backupagent verify` and scheduled verifies: download a backup, check every
+volume's SHA-256 against its manifest and read the archive to the end, recorded as a
+run (the job's lock, log, history row and notifications: recording.py)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from backupagent.archive import ArchiveStats
+from backupagent.config import Config
+from backupagent.destinations import open_destination
+from backupagent.destinations.base import DestinationError
+from backupagent.outcome import Outcome, Trigger
+from backupagent.recording import recorded_run
+from backupagent.retrieve import RestoreError, check, choose, fetched, listed, scan
+from backupagent.workers import Cancelled
+
+
+def verify(
+    config: Config,
+    job: str,
+    wanted: str = "latest",
+    cancel: threading.Event | None = None,
+    identities: list[Any] | None = None,
+) -> tuple[bool, str, Path]:
+    """(passed, what was found, the run's log). Raises state.JobLocked while the job runs."""
+    log = structlog.get_logger("backupagent.restore")
+    with recorded_run(config, job, Trigger.VERIFY) as (result, _started):
+        workdir = config.agent.spool_dir / job / f"verify-{result.run_id}"
+        destination = open_destination(config, job, cancel=cancel)
+        try:
+            backups, _ = listed(destination, job)
+            backup = choose(backups, wanted)
+            result.archive = backup.archive
+            result.backup_id = backup.backup_id
+            result.stats = ArchiveStats(archive_bytes=backup.size)
+            archive = fetched(destination, backup, workdir, config.agent.spool_dir / job)
+            check(archive, backup)
+            if backup.encrypted and not identities:
+                message = (
+                    f"{backup.backup_id}: SHA-256 matches the manifest; encrypted, so its "
+                    "contents were not read (give --identity to read them to the end)"
+                )
+            else:
+                planned = scan(archive, identities)
+                message = (
+                    f"{backup.backup_id}: SHA-256 matches the manifest; {planned.members} "
+                    f"members, {planned.bytes} bytes read to the end"
+                )
+                result.stats.bytes_read = planned.bytes
+            result.outcome = Outcome.SUCCESS
+        except (RestoreError, DestinationError) as exc:
+            message = str(exc) or type(exc).__name__
+            result.outcome = Outcome.FAILED
+            result.error = message
+        except Cancelled:
+            message = "stopped before the verify ended"
+            result.outcome = Outcome.ABORTED
+            result.error = message
+        finally:
+            destination.close()
+            shutil.rmtree(workdir, ignore_errors=True)
+        ok = result.outcome == Outcome.SUCCESS
+        (log.info if ok else log.error)(
+            "verify finished", result=str(result.outcome), detail=message
+        )
+    return ok, message, result.log_path

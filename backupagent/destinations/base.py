@@ -1,0 +1,196 @@
+"""The seam between a run and where its backups go.
+
+A destination is one directory (on an FTP server today; an SFTP server or a local
+disk next) holding every job's backups as plain files named by retention.py. The
+actions (backup, prune, restore, verify) see only `Destination`; each type lives in
+its own module or package under destinations/ and is registered in
+destinations/__init__.py.
+
+The publishing contract, whatever the type: a file is written under a temporary
+name, renamed when complete and then checked (size, and a checksum where the other
+side can compute one); the manifest is published last, and `commit` then makes the
+backup complete. Until then `rollback` removes what the run wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from backupagent.config import Retention
+from backupagent.diagnosis.common import Diagnosis, ProbeResult
+from backupagent.unpack import write_all
+
+
+class DestinationError(Exception):
+    """An operation failed for good (after the destination's own retries)."""
+
+    def explain(self) -> tuple[Diagnosis, ProbeResult | None] | None:
+        """What the failure means and what to change (with a check of the change,
+        if the type can make one); None when the message says it all."""
+        return None
+
+
+class Unreadable(DestinationError):
+    """One named file cannot be read (gone, or refused): the others may still be."""
+
+
+class CutShort(DestinationError):
+    """The destination holds less of a file than its manifest declares, or sends more."""
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a destination tells the run besides success and failure."""
+
+    # a problem that did not stop the run, about `subject` (a file, the directory)
+    warn: Callable[[str, str], None] = lambda subject, reason: None
+    # (warning, suggestion): it worked only after a change the user should make
+    advise: Callable[[str, str], None] = lambda warning, suggestion: None
+
+
+class Destination(Protocol):
+    """A directory of backups, reached however its type reaches it.
+
+    Every method raises DestinationError when it fails for good, and
+    workers.Cancelled when the cancel event the destination was opened with is set.
+    """
+
+    name: str  # the [destinations.NAME] it was configured as
+    retention: Retention  # keep, keep_daily, ... and partial_grace_hours
+
+    def describe(self) -> dict[str, Any]:
+        """Where it is, as log fields (server, directory, mode...)."""
+        ...
+
+    def check(self) -> None:
+        """Reach the directory (creating it), so a wrong password or path shows
+        before any work is done."""
+        ...
+
+    def names(self) -> list[str]:
+        """The plain file names in the directory."""
+        ...
+
+    def publish_file(
+        self, path: Path, name: str, sha256: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Upload `path` under a temporary name, rename it to `name`, check it.
+        `progress` hears the bytes sent; raising from it stops the upload."""
+        ...
+
+    def publish_bytes(self, data: bytes, name: str) -> None:
+        """`data` as `name`, by the same contract (the manifest)."""
+        ...
+
+    def commit(self) -> None:
+        """The manifest is published: the run's files now form a complete backup and
+        are no longer rolled back."""
+        ...
+
+    def rollback(self) -> None:
+        """Best effort, bounded in time: remove what this run wrote since the last
+        commit. Never raises."""
+        ...
+
+    def delete(self, names: list[str]) -> None:
+        """Delete `names` in order; a name already gone is fine."""
+        ...
+
+    def read(self, name: str, limit: int) -> bytes:
+        """A small file, whole; CutShort past `limit` bytes (nothing more is read)."""
+        ...
+
+    def download(self, name: str, target: Path, size: int) -> None:
+        """`name` into `target` (0600, never through a link): exactly `size` bytes,
+        resumed where it broke off; CutShort when the other side has fewer or more."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# what destinations/__init__.py registers for each `type`: (settings, job, hooks, cancel)
+Opener = Callable[..., Destination]
+
+
+class PartialFile:
+    """The local side of a resumable download: `target.partial`, appended to, never
+    followed through a link, renamed to `target` once it holds `size` bytes."""
+
+    FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+
+    def __init__(self, target: Path, size: int) -> None:
+        self.target = target
+        self.size = size
+        self.path = target.with_name(target.name + ".partial")
+        self.starts: list[int] = []  # where each attempt began
+
+    def attempt(self) -> _Appending | None:
+        """Open for the next attempt; None when it is complete already. CutShort when
+        the attempt before brought nothing (the other side has no more)."""
+        try:
+            fd = os.open(self.path, self.FLAGS, 0o600)
+        except OSError as exc:
+            raise DestinationError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        held = os.fstat(fd).st_size
+        if held >= self.size:
+            os.close(fd)
+            return None
+        if self.starts and held <= self.starts[-1]:
+            os.close(fd)
+            raise CutShort(
+                f"the server holds only {held} of the {self.size} bytes of {self.target.name} "
+                "its manifest declares: it was cut short; nothing was extracted"
+            )
+        self.starts.append(held)
+        return _Appending(fd, self.size - held, self.target.name, held)
+
+    def finish(self) -> None:
+        os.replace(self.path, self.target)
+
+
+class _Appending:
+    """A download sink that refuses a byte past the declared size."""
+
+    def __init__(self, fd: int, room: int, name: str, offset: int) -> None:
+        self.fd, self.room, self.name, self.offset = fd, room, name, offset
+
+    def __call__(self, block: bytes) -> None:
+        if len(block) > self.room:
+            raise CutShort(f"the server sent more of {self.name} than its manifest's size: refused")
+        self.room -= len(block)
+        write_all(self.fd, block)
+
+    @property
+    def complete(self) -> bool:
+        return self.room == 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> _Appending:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Capped:
+    """A sink keeping at most `limit` bytes in memory; CutShort past them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def __call__(self, block: bytes) -> None:
+        if len(self.data) + len(block) > self.limit:
+            raise CutShort(f"the server sent more than {self.limit} bytes")
+        self.data.extend(block)
+
+    def reset(self) -> Capped:
+        """Empty again, for another attempt."""
+        self.data.clear()
+        return self
