@@ -122,9 +122,10 @@ class PartialFile:
 
     FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def __init__(self, target: Path, size: int) -> None:
+    def __init__(self, target: Path, size: int, name: str | None = None) -> None:
         self.target = target
         self.size = size
+        self.name = name or target.name  # the file's name at the destination
         self.path = target.with_name(target.name + ".partial")
         self.starts: list[int] = []  # where each attempt began
 
@@ -142,11 +143,11 @@ class PartialFile:
         if self.starts and held <= self.starts[-1]:
             os.close(fd)
             raise CutShort(
-                f"the server holds only {held} of the {self.size} bytes of {self.target.name} "
+                f"the server holds only {held} of the {self.size} bytes of {self.name} "
                 "its manifest declares: it was cut short; nothing was extracted"
             )
         self.starts.append(held)
-        return _Appending(fd, self.size - held, self.target.name, held)
+        return _Appending(fd, self.size - held, self.name, held)
 
     def finish(self) -> None:
         os.replace(self.path, self.target)

@@ -132,7 +132,7 @@ class Ftp:
         return bytes(sink.data)
 
     def download(self, name: str, target: Path, size: int) -> None:
-        partial = PartialFile(target, size)
+        partial = PartialFile(target, size, name)
 
         def fetch(session: FtpSession, _attempt: int) -> None:
             appending = partial.attempt()
@@ -219,12 +219,16 @@ class Ftp:
             with on_cancel(self.cancel, remote.interrupt):
                 return op(remote)
         except LocalReadError as exc:
+            remote.abandon()
             raise DestinationError(str(exc)) from exc
         except TRANSFER_ERRORS as exc:
             failure = self._failure_of(remote, exc)
             error = FtpFailed(failure, self.settings, message=str(exc) or None)
             error.refused = isinstance(exc, ftplib.error_perm) and not replies.is_oops(str(exc))
             raise error from None
+        except BaseException:  # stopped mid-command (a sink refused more, a cancel)
+            remote.abandon()
+            raise
 
     def _failure_of(self, remote: FtpRemote, exc: BaseException) -> Failure:
         """What the connection's last failed operation showed; Cancelled if cancelled."""

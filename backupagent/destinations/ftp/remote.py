@@ -74,6 +74,13 @@ class FtpRemote:
             self.session.close()
             self.session = None
 
+    def abandon(self) -> None:
+        """Drop the session without a word: an operation broke off mid-command (a
+        download the caller refused to take more of), so its replies are out of step."""
+        if self.session is not None:
+            self.session.ftp.broken = True  # type: ignore[attr-defined]
+        self.close()
+
     def check(self) -> None:
         """Log in and reach the directory (creating it), then disconnect: a wrong
         password or a missing directory shows before any work is done."""

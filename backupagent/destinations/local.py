@@ -1,0 +1,172 @@
+"""A directory on this host (a NAS mount, a second disk) behind the destination seam.
+
+The same contract as FTP: a temporary name, fsync, rename, the size and SHA-256
+read back, the manifest last. Not yet a `type` in jobs.toml (that is the SFTP and
+local destinations work); the tests use it to run a job without a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from backupagent.config import Retention
+from backupagent.destinations.base import (
+    Capped,
+    CutShort,
+    DestinationError,
+    Hooks,
+    PartialFile,
+    Unreadable,
+)
+from backupagent.retention import temp_name
+from backupagent.workers import raise_if_cancelled
+
+CHUNK = 1 << 20
+
+
+class LocalDirectory:
+    """Backups as files in `path`."""
+
+    def __init__(
+        self,
+        path: Path,
+        name: str = "local",
+        retention: Retention | None = None,
+        hooks: Hooks | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.retention = retention or Retention()
+        self.hooks = hooks or Hooks()
+        self.cancel = cancel
+        self.written: list[str] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"destination": self.name, "directory": str(self.path)}
+
+    def check(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DestinationError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+
+    def names(self) -> list[str]:
+        try:
+            with os.scandir(self.path) as entries:
+                return [e.name for e in entries if e.is_file(follow_symlinks=False)]
+        except OSError as exc:
+            raise DestinationError(f"cannot list {self.path}: {exc.strerror or exc}") from None
+
+    def publish_file(
+        self, path: Path, name: str, sha256: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        with path.open("rb") as source:
+            self._publish(name, iter(lambda: source.read(CHUNK), b""), progress)
+        self._verify(name, path.stat().st_size, sha256)
+
+    def publish_bytes(self, data: bytes, name: str) -> None:
+        self._publish(name, iter([data]), None)
+        self._verify(name, len(data), hashlib.sha256(data).hexdigest())
+
+    def _publish(self, name: str, blocks: Any, progress: Callable[[int], None] | None) -> None:
+        final = self._at(name)  # refused before anything is written
+        temp = temp_name(name)
+        self._will_write(temp, name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self._at(temp), flags, 0o600)
+            try:
+                for block in blocks:
+                    raise_if_cancelled(self.cancel)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    if progress:
+                        progress(len(block))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(self._at(temp), final)
+            directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)  # the rename itself survives a power cut
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            raise DestinationError(f"writing {self._at(name)}: {exc.strerror or exc}") from None
+
+    def _verify(self, name: str, size: int, sha256: str) -> None:
+        with self._at(name).open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            held = handle.tell()
+        if held != size or digest != sha256:
+            raise DestinationError(
+                f"{self._at(name)} holds {held} bytes (SHA-256 {digest}), {size} were written"
+            )
+
+    def commit(self) -> None:
+        self.written.clear()
+
+    def rollback(self) -> None:
+        for name in self.written:
+            try:
+                self._at(name).unlink(missing_ok=True)
+            except OSError as exc:
+                self.hooks.warn(name, f"could not remove: {exc.strerror or exc}")
+        self.written.clear()
+
+    def delete(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                self._at(name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise DestinationError(f"cannot delete {self._at(name)}: {exc}") from None
+
+    def read(self, name: str, limit: int) -> bytes:
+        sink = Capped(limit)
+        self._copy(name, sink, 0)
+        return bytes(sink.data)
+
+    def download(self, name: str, target: Path, size: int) -> None:
+        partial = PartialFile(target, size, name)
+        appending = partial.attempt()
+        if appending is not None:
+            with appending:
+                self._copy(name, appending, appending.offset)
+                if not appending.complete:
+                    raise CutShort(
+                        f"{self._at(name)} holds {size - appending.room} of the {size} bytes "
+                        "its manifest declares: it was cut short; nothing was extracted"
+                    )
+        partial.finish()
+
+    def _copy(self, name: str, sink: Callable[[bytes], None], offset: int) -> None:
+        try:
+            fd = os.open(self._at(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise Unreadable(f"cannot read {self._at(name)}: {exc.strerror or exc}") from None
+        try:
+            os.lseek(fd, offset, os.SEEK_SET)
+            while block := os.read(fd, CHUNK):
+                raise_if_cancelled(self.cancel)
+                sink(block)
+        finally:
+            os.close(fd)
+
+    def _at(self, name: str) -> Path:
+        """A name in the directory; a name that could lead out of it is refused."""
+        if not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise DestinationError(f"refusing the file name {name!r}")
+        return self.path / name
+
+    def _will_write(self, *names: str) -> None:
+        self.written.extend(n for n in names if n not in self.written)
+
+    def close(self) -> None:
+        pass
