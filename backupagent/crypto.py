@@ -84,14 +84,12 @@ def decrypting(source: BinaryIO, identities: list[Any]) -> Iterator[Any]:
     read_end, write_end = os.pipe()
     reader, writer = os.fdopen(read_end, "rb"), os.fdopen(write_end, "wb")
 
-    def pump() -> None:
-        try:
-            pyrage.decrypt_io(source, writer, identities)
-        finally:
-            with contextlib.suppress(OSError):
-                writer.close()
+    def close() -> None:
+        with contextlib.suppress(OSError):
+            writer.close()
 
-    worker = Worker("age-decrypt", pump).start()
+    worker = Worker("age-decrypt", pyrage.decrypt_io, source, writer, identities, then=close)
+    worker.start()
     try:
         yield _Checked(reader, worker)
     finally:
@@ -124,13 +122,7 @@ def _pumped(consume: Any) -> Iterator[BinaryIO]:
     read_end, write_end = os.pipe()
     reader, writer = os.fdopen(read_end, "rb"), os.fdopen(write_end, "wb")
 
-    def pump() -> None:
-        try:
-            consume(reader)
-        finally:
-            reader.close()
-
-    worker = Worker("age-encrypt", pump).start()
+    worker = Worker("age-encrypt", consume, reader, then=reader.close).start()
     try:
         yield writer
     finally:

@@ -22,17 +22,17 @@ if TYPE_CHECKING:
 
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
-from backupagent.outcome import BACKUP_TRIGGERS, OK, RunResult, Trigger
+from backupagent.outcome import BACKUP_TRIGGERS, OK, Outcome, RunResult, Trigger
 from backupagent.state import History, Run
 from backupagent.text import printable
 
 Event = Literal["start", "success", "failure"]
-RESULTS = ("success", "warning", "failed", "aborted")
+RESULTS = tuple(o for o in Outcome if o is not Outcome.RUNNING)
 LOG_TAIL = 40  # events of the debug log quoted in a mail
 
 
 def summary(job: str, result: RunResult) -> dict[str, Any]:
-    """The run summary sent as JSON and used in mails (a runner.RunResult)."""
+    """The run summary sent as JSON and used in mails (a RunResult)."""
     stats = result.stats
     return {
         "job": job,

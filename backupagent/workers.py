@@ -25,11 +25,22 @@ class Cancelled(Exception):
 
 class Worker(Generic[T]):
     """`target(*args)` on a daemon thread, with the starting thread's contextvars
-    (structlog's bound fields: job, run_id). `join` waits and re-raises what it raised."""
+    (structlog's bound fields: job, run_id). `join` waits and re-raises what it raised.
 
-    def __init__(self, name: str, target: Callable[..., T], *args: Any) -> None:
+    `then` runs on the thread once the target's outcome is recorded: closing a pipe
+    there means whoever sees its end also sees `error`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        target: Callable[..., T],
+        *args: Any,
+        then: Callable[[], object] | None = None,
+    ) -> None:
         self.value: T | None = None
         self.error: BaseException | None = None
+        self._then = then
         context = contextvars.copy_context()
         self._thread = threading.Thread(
             target=context.run, args=(self._run, target, *args), name=name, daemon=True
@@ -40,6 +51,9 @@ class Worker(Generic[T]):
             self.value = target(*args)
         except BaseException as exc:  # re-raised by check()/join() in the waiting thread
             self.error = exc
+        finally:
+            if self._then is not None:
+                self._then()
 
     def start(self) -> Worker[T]:
         self._thread.start()

@@ -18,10 +18,10 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 from backupagent.outcome import RunResult
 
+from ..actions.test_backup import download, download_archive
 from ..conftest import WriteConfig, require_system
 from ..databases import MariaDB
 from ..helpers import decompress
-from ..test_runner import download, download_archive
 
 PASSWORD = "tri\"cky 'pa$$\\word #1"
 DUMP_TOOLS = ("mariadb-dump", "mariadb")

@@ -17,9 +17,9 @@ from backupagent.cli import _size
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History
 
-from .conftest import WriteConfig
-from .destinations.test_ftp import point_at
-from .helpers import archived_tree, cli, tree
+from ..conftest import WriteConfig
+from ..destinations.test_ftp import point_at
+from ..helpers import archived_tree, cli, tree
 
 REMOTE = Path("backups/site")
 

@@ -20,8 +20,8 @@ from backupagent.destinations.ftp.session import FtpSession
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 
-from .conftest import WriteConfig
-from .helpers import Watched, archived_tree, tree, unpack
+from ..conftest import WriteConfig
+from ..helpers import Watched, archived_tree, tree, unpack
 
 REMOTE = "backups/site"
 
@@ -377,7 +377,7 @@ def test_a_full_spool_names_the_place_and_the_key(
 ) -> None:
     import subprocess
 
-    from .conftest import require_system
+    from ..conftest import require_system
 
     require_system(os.geteuid() == 0, "mounting a small tmpfs needs root")
     config = write_config()
