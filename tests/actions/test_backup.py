@@ -196,17 +196,11 @@ def test_failure_after_rename_removes_the_final_archive(
 ) -> None:
     """Make the manifest upload fail: the already-renamed archive must go too."""
     config = write_config()
-    original = FtpSession.upload_bytes
-
-    def refuse(self, data, name):  # the server answers 553 as for a forbidden name
-        self.ftp.sendcmd("STOR /nonexistent-dir/x")
-
-    FtpSession.upload_bytes = refuse  # type: ignore[method-assign]
-    try:
-        result = run_job(config, "www")
-    finally:
-        FtpSession.upload_bytes = original  # type: ignore[method-assign]
+    # the volume's STOR goes through; the manifest's is refused as a forbidden name
+    ftp_server.faults = {"STOR": [None, "553 Could not create file."]}
+    result = run_job(config, "www")
     assert result.exit_code == 1
+    assert "553 Could not create file." in (result.suggestion or "")
     assert remote_files(ftp_server) == []
 
 
@@ -314,7 +308,6 @@ def test_a_dump_failing_after_volumes_were_uploaded_removes_them(
     write_config: WriteConfig,
     ftp_server: LocalFtpServer,
     site: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Dumps run while files are archived: a late failure must not leave volumes behind."""
     from backupagent.diagnosis import Category, Diagnosis
@@ -338,7 +331,6 @@ def test_while_dumps_finish_the_written_part_is_sent(
     ftp_server: LocalFtpServer,
     site: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Files done, dumps still running: the volume in progress is cut and uploaded meanwhile."""
     (site / "more.bin").write_bytes(os.urandom(150_000))
