@@ -128,19 +128,56 @@ def logs(obj: _Context, job: str, run_id: str | None) -> None:
 
 @cli.command()
 @click.argument("job")
+@click.option("--destination", "only", metavar="NAME", help="Only this one of the job's.")
 @click.pass_obj
-def diagnose(obj: _Context, job: str) -> None:
-    """Test the job's destination: connect, TLS, login, FEAT, then EPSV, PASV and active."""
-    from backupagent.destinations.ftp.checkup import configured_mode, run_checkup
+def diagnose(obj: _Context, job: str, only: str | None) -> None:
+    """Test the job's destinations step by step (FTP: connect, TLS, login, FEAT, then
+    EPSV, PASV and active; local: mount, room, a write test)."""
     from backupagent.logging import run_log
     from backupagent.recording import new_run_id
 
     config = obj.job(job)
-    dest = config.destination_of(job)
-    name = config.jobs[job].destination
+    names = [only] if only else config.jobs[job].destination_names
+    if only and only not in config.jobs[job].destination_names:
+        _usage(_not_a_destination(config, job, only))
     log_dir = config.agent.log_dir / "diagnose"
     run_id = new_run_id(dt.datetime.now(dt.UTC))
     out = _console(soft_wrap=True)
+    printers = {"ftp": _diagnose_ftp, "local": _diagnose_local}
+    works = True
+    with run_log(log_dir, job, run_id) as log_path:
+        for name in names:
+            works &= printers[config.destinations[name].type](config, job, name, out)
+    out.print(printable(f"Log: {log_path}"), markup=False)
+    sys.exit(0 if works else 1)
+
+
+def _not_a_destination(config: Config, job: str, name: str) -> str:
+    known = ", ".join(config.jobs[job].destination_names)
+    return f"--destination {name}: job '{job}' has no such destination (its: {known})"
+
+
+def _diagnose_local(config: Config, job: str, name: str, out: Any) -> bool:
+    from backupagent.destinations.local import checkup
+
+    settings = config.destinations[name]
+    assert settings.type == "local"
+    out.print(f"Destination {name!r} -> {settings.path} (local)", markup=False)
+    steps = checkup(config, job, name)
+    for step in steps:
+        mark = "ok  " if step.ok else "FAIL"
+        out.print(
+            printable(f"  {mark} {step.name} ({step.seconds:.2f}s) {step.detail}"), markup=False
+        )
+    return all(step.ok for step in steps)
+
+
+def _diagnose_ftp(config: Config, job: str, name: str, out: Any) -> bool:
+    """`diagnose` for an FTP destination: the steps, every mode, and what to set."""
+    from backupagent.destinations.ftp.checkup import configured_mode, run_checkup
+
+    dest = config.destinations[name]
+    assert dest.type == "ftp"
 
     def say(text: str) -> None:  # what the server said may hold escapes
         out.print(printable(text), markup=False)
@@ -154,8 +191,7 @@ def diagnose(obj: _Context, job: str) -> None:
     def step(text: str) -> None:  # progress on stderr: stdout stays the report
         click.echo(f"  ... {text}", err=True)
 
-    with run_log(log_dir, job, run_id) as log_path:
-        report = run_checkup(config, job, step)
+    report = run_checkup(config, job, name, step)
     for outcome in report.steps:
         mark = "ok  " if outcome.ok else "FAIL"
         say(f"  {mark} {outcome.name} ({outcome.seconds:.2f}s) {outcome.detail}")
@@ -185,13 +221,13 @@ def diagnose(obj: _Context, job: str) -> None:
             for m in report.modes.values()
         ]
         _table(["mode", "result", "time", "reply or error"], rows, result_column=1)
-        configured = configured_mode(config.passive_for(job), dest.epsv)
+        configured = configured_mode(config.passive_for(job, name), dest.epsv)
         if report.configured_works:
             say(f"The configured mode ({configured}) works; no change needed.")
         elif report.changes:
             tables = {
                 "job": f"jobs.{job}",
-                "destination": f"destinations.{config.jobs[job].destination}",
+                "destination": f"destinations.{name}",
             }
             changes = "; ".join(f"under [{tables[t]}] set {value}" for t, value in report.changes)
             out.print(
@@ -204,8 +240,7 @@ def diagnose(obj: _Context, job: str) -> None:
                 "ask for the server's passive port range and allow it.",
                 markup=False,
             )
-    say(f"Log: {log_path}")
-    sys.exit(0 if report.configured_works else 1)
+    return report.configured_works
 
 
 @cli.command()

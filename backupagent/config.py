@@ -222,7 +222,28 @@ class Retention(_Table):
     partial_grace_hours: float = Field(default=24.0, gt=0)  # then crashed runs' uploads go
 
 
-class FtpDestination(_Credentials, Retention):
+class _DestinationTable(Retention):
+    """What every `[destinations.NAME]` table has: retention and default recipients."""
+
+    encrypt_to: list[str] = []  # age recipients for jobs that set none themselves
+
+    @field_validator("encrypt_to")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        return _valid_recipients(value)
+
+
+class _Reaching(_Table):
+    """How long to wait for a remote destination, and how to retry it."""
+
+    connect_timeout: float = Field(default=15.0, gt=0, le=600)
+    timeout: float = Field(default=30.0, gt=0, le=3600)  # a connection that stops moving
+    retries: StrictInt = Field(default=5, ge=0, le=100)  # extra attempts after transient errors
+    retry_wait: float = Field(default=2.0, ge=0, le=600)  # first backoff; doubles each time
+    retry_time: float = Field(default=900.0, gt=0, le=86400)  # give up retrying after this
+
+
+class FtpDestination(_Credentials, _Reaching, _DestinationTable):
     """A `[destinations.NAME]` table with `type = "ftp"`."""
 
     type: Literal["ftp"]
@@ -239,19 +260,8 @@ class FtpDestination(_Credentials, Retention):
     tls_ca_file: Path | None = None  # CA bundle for a private or self-signed certificate
     tls_fingerprint: str | None = None  # SHA-256 of the server certificate (pinning)
     tls_max_version: Literal["1.2", "1.3"] | None = None  # "1.2" for servers where 1.3 breaks reuse
-    connect_timeout: float = Field(default=15.0, gt=0, le=600)
-    timeout: float = Field(default=30.0, gt=0, le=3600)  # a connection that stops moving
     final_reply_timeout: float = Field(default=300.0, gt=0, le=86400)  # 226 after the last byte
-    retries: StrictInt = Field(default=5, ge=0, le=100)  # extra attempts after transient errors
-    retry_wait: float = Field(default=2.0, ge=0, le=600)  # first backoff; doubles each time
-    retry_time: float = Field(default=900.0, gt=0, le=86400)  # give up retrying after this
     resume: Literal["auto", "rest", "appe", "off"] = "auto"  # auto: REST if FEAT says so
-    encrypt_to: list[str] = []  # age recipients for jobs that set none themselves
-
-    @field_validator("encrypt_to")
-    @classmethod
-    def _recipients(cls, value: list[str]) -> list[str]:
-        return _valid_recipients(value)
 
     @field_validator("active_ports")
     @classmethod
@@ -294,7 +304,59 @@ class FtpDestination(_Credentials, Retention):
         return 990 if self.tls == "implicit" else 21
 
 
-Destination = FtpDestination
+class SftpDestination(_Credentials, _Reaching, _DestinationTable):
+    """A `[destinations.NAME]` table with `type = "sftp"`: no data connection at all."""
+
+    type: Literal["sftp"]
+    host: str = Field(min_length=1)
+    port: StrictInt = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    key_file: Path | None = None  # a private key (OpenSSH format); else the password
+    host_key: str | None = None  # the server's key as `ssh-keygen -l` prints it: SHA256:...
+    known_hosts: Path | None = None  # or an OpenSSH known_hosts file that names the host
+    directory: str = "."  # relative to the login directory unless it starts with /
+
+    @field_validator("host_key")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}=?", value):
+            raise ValueError(
+                "must be a key fingerprint as `ssh-keygen -l -f KEY` prints it: SHA256:..."
+            )
+        return value
+
+    @field_validator("key_file", "known_hosts")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_each(self) -> SftpDestination:
+        if self.host_key and self.known_hosts:
+            raise ValueError("known_hosts: give host_key or known_hosts, not both")
+        if self.key_file and (self.password or self.password_file or self.password_env):
+            raise ValueError(f"{self.password_key}: give key_file or a password, not both")
+        return self
+
+
+class LocalDestination(_DestinationTable):
+    """A `[destinations.NAME]` table with `type = "local"`: a directory on this host."""
+
+    type: Literal["local"]
+    path: AbsolutePath
+    # refuse to write unless `path` is a mount point (or below one other than /): an
+    # unmounted NAS must not fill the root disk
+    require_mount: StrictBool = False
+
+
+Destination = FtpDestination | SftpDestination | LocalDestination
+DESTINATION_MODELS: dict[str, type[_DestinationTable]] = {
+    "ftp": FtpDestination,
+    "sftp": SftpDestination,
+    "local": LocalDestination,
+}
 
 
 class MysqlDatabase(_Credentials):
@@ -351,7 +413,9 @@ class Job(_Table):
     """A `[jobs.NAME]` table."""
 
     schedule: str | None = None
-    destination: str
+    destination: str | None = None  # one destination ...
+    destinations: list[str] = []  # ... or several, each getting the same volumes
+    require: Literal["all", "any"] = "all"  # "any": the run succeeds if one destination does
     passive: StrictBool | None = None
     sources: list[Path] = []
     exclude: list[str] = []
@@ -390,6 +454,21 @@ class Job(_Table):
     def _absolute(cls, value: list[Path]) -> list[Path]:
         return [_must_be_absolute(path) for path in value]
 
+    @property
+    def destination_names(self) -> list[str]:
+        return [self.destination] if self.destination else list(self.destinations)
+
+    @model_validator(mode="after")
+    def _one_destination_key(self) -> Job:
+        if self.destination and self.destinations:
+            raise ValueError("destinations: give destination or destinations, not both")
+        if not self.destination and not self.destinations:
+            raise ValueError("destination: required key is missing")
+        for i, name in enumerate(self.destinations):
+            if name in self.destinations[:i]:
+                raise ValueError(f"destinations[{i}]: {name!r} is named twice")
+        return self
+
     @model_validator(mode="after")
     def _something_to_back_up(self) -> Job:
         if not (self.sources or self.databases or self.wordpress):
@@ -418,22 +497,24 @@ class Config(BaseModel):
     destinations: dict[str, Destination] = {}
     jobs: dict[str, Job] = {}
 
-    def passive_for(self, job_name: str) -> bool:
-        """The job's passive setting, else its destination's (passive by default)."""
+    def passive_for(self, job_name: str, destination: str | None = None) -> bool:
+        """The job's passive setting, else its (FTP) destination's (passive by default)."""
         job = self.jobs[job_name]
-        return job.passive if job.passive is not None else self.destination_of(job_name).passive
+        if job.passive is not None:
+            return job.passive
+        return getattr(self.destination_of(job_name, destination), "passive", True)
 
     def recipients_for(self, job_name: str) -> list[str]:
-        """The job's age recipients, else its destination's (empty: not encrypted)."""
+        """The job's age recipients, else its destinations' (parse_config checks they
+        agree; empty: not encrypted)."""
         job = self.jobs[job_name]
-        return (
-            job.encrypt_to
-            if job.encrypt_to is not None
-            else self.destination_of(job_name).encrypt_to
-        )
+        if job.encrypt_to is not None:
+            return job.encrypt_to
+        return self.destination_of(job_name, job.destination_names[0]).encrypt_to
 
-    def destination_of(self, job_name: str) -> Destination:
-        return self.destinations[self.jobs[job_name].destination]
+    def destination_of(self, job_name: str, name: str | None = None) -> Destination:
+        """The settings of the job's destination `name` (by default its first)."""
+        return self.destinations[name or self.jobs[job_name].destination_names[0]]
 
 
 def cron_trigger(schedule: str, timezone: str | None) -> CronTrigger:
@@ -536,24 +617,35 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             )
 
     agent = _validate(AgentConfig, raw.get("agent", {}), "agent", label, problems)
-    destinations = {
-        name: dest
-        for name, table in _tables(raw, "destinations", label, problems).items()
-        if (dest := _validate(Destination, table, f"destinations.{name}", label, problems))
-    }
+    destinations: dict[str, Destination] = {}
+    for name, table in _tables(raw, "destinations", label, problems).items():
+        model = DESTINATION_MODELS.get(table.get("type"))  # type: ignore[arg-type]
+        if model is None:
+            kinds = ", ".join(f'"{k}"' for k in DESTINATION_MODELS)
+            problems.append(f"{label}: [destinations.{name}] type: must be one of {kinds}")
+        elif dest := _validate(model, table, f"destinations.{name}", label, problems):
+            destinations[name] = dest  # type: ignore[assignment]
     jobs: dict[str, Job] = {}
     for name, table in _tables(raw, "jobs", label, problems).items():
         job = _validate(Job, table, f"jobs.{name}", label, problems)
         if job is None:
             continue
         jobs[name] = job
-        if job.destination not in destinations and job.destination not in raw.get(
-            "destinations", {}
-        ):
-            known = ", ".join(sorted(raw.get("destinations", {}))) or "none defined"
+        key = "destination" if job.destination else "destinations"
+        for wanted in job.destination_names:
+            if wanted not in destinations and wanted not in raw.get("destinations", {}):
+                known = ", ".join(sorted(raw.get("destinations", {}))) or "none defined"
+                problems.append(
+                    f"{label}: [jobs.{name}] {key}: no [destinations.{wanted}] "
+                    f"table (destinations: {known})"
+                )
+        recipients = {
+            tuple(destinations[d].encrypt_to) for d in job.destination_names if d in destinations
+        }
+        if job.encrypt_to is None and len(recipients) > 1:
             problems.append(
-                f"{label}: [jobs.{name}] destination: no [destinations.{job.destination}] "
-                f"table (destinations: {known})"
+                f"{label}: [jobs.{name}] encrypt_to: its destinations name different "
+                "recipients; the archive is made once, so set encrypt_to for the job"
             )
     if problems:
         raise ConfigError(problems)
@@ -634,7 +726,7 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[str]:
     or of those `only_job` uses)."""
     label = config.path.name
     jobs = {only_job: config.jobs[only_job]} if only_job else config.jobs
-    used = {job.destination for job in jobs.values()}
+    used = {name for job in jobs.values() for name in job.destination_names}
     tables: list[tuple[str, Any]] = [
         *((f"destinations.{n}", d) for n, d in config.destinations.items() if n in used),
         *(("agent.email", config.agent.email),) * (config.agent.email is not None),

@@ -43,6 +43,16 @@ BACKUP_TRIGGERS = (Trigger.MANUAL, Trigger.SCHEDULE, Trigger.CATCH_UP)  # runs t
 
 
 @dataclass
+class DestinationResult:
+    """How one of the run's destinations fared (a job may have several)."""
+
+    name: str
+    outcome: str
+    error: str | None = None
+    suggestion: str | None = None
+
+
+@dataclass
 class RunResult:
     """What a run did, for the CLI summary, the notifications and the run history."""
 
@@ -58,6 +68,7 @@ class RunResult:
     error: str | None = None
     suggestion: str | None = None
     seconds: float = 0.0
+    destinations: list[DestinationResult] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -24,6 +24,7 @@ import structlog
 
 from backupagent import __version__
 from backupagent.actions import prune
+from backupagent.actions.fanout import Fanout, Member
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
 from backupagent.config import Config, config_warnings
 from backupagent.crypto import AGE_SUFFIX, fingerprint
@@ -33,7 +34,7 @@ from backupagent.diagnosis import Diagnosis, ProbeResult, suggestion_text, wordp
 from backupagent.manifest import Archive as ManifestArchive
 from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
 from backupagent.manifest import Volume as ManifestVolume
-from backupagent.outcome import Outcome, RunResult, Trigger
+from backupagent.outcome import DestinationResult, Outcome, RunResult, Trigger
 from backupagent.progress import Progress, logged_progress
 from backupagent.recording import recorded_run
 from backupagent.retention import RUN_ID_PATTERN, archive_name, manifest_name
@@ -73,8 +74,14 @@ def run_job(
     with recorded_run(config, job_name, Trigger(trigger)) as (result, started):
         _remove_stale_spool(config.agent.spool_dir / job_name, job_name)
         run = _Run(config, job_name, result, started, progress, cancel)
-        opened = (destination or run.configured_destination)(run.hooks, run.cancel)
-        run.execute(opened, dumper or run.dump_databases)
+        if destination is not None:
+            opened = [destination(run.hooks_for("test"), run.cancel)]
+        else:
+            opened = [
+                open_destination(config, job_name, run.hooks_for(name), run.cancel, name)
+                for name in config.jobs[job_name].destination_names
+            ]
+        run.execute(Fanout(opened, config.jobs[job_name].require), dumper or run.dump_databases)
     return result
 
 
@@ -113,14 +120,20 @@ class _Run:
         self.recipients = config.recipients_for(job_name)
         # the uploaded archive's name says whether it is encrypted
         self.archive = archive_name(self.backup_id) + (AGE_SUFFIX if self.recipients else "")
-        self.hooks = Hooks(warn=self.warn, advise=self.advise)
         self.stop_dumps = threading.Event()  # set when the run ends: a dump still running stops
         self.log = structlog.get_logger("backupagent.run")
 
-    def configured_destination(self, hooks: Hooks, cancel: threading.Event) -> Destination:
-        return open_destination(self.config, self.job_name, hooks, cancel)
+    def hooks_for(self, name: str) -> Hooks:
+        """What destination `name` reports goes into this run's result."""
+        several = len(self.job.destination_names) > 1
+        return Hooks(
+            warn=lambda subject, reason: self.warn(
+                f"{name}: {subject}" if several else subject, reason
+            ),
+            advise=self.advise,
+        )
 
-    def execute(self, destination: Destination, dump_databases: Dumper) -> None:
+    def execute(self, destination: Fanout, dump_databases: Dumper) -> None:
         """The steps in order; each way of failing ends the run with its explanation."""
         for warning in config_warnings(self.config, self.job_name):
             self.log.warning("unsafe setting", detail=warning)
@@ -145,13 +158,18 @@ class _Run:
             manifest = self._manifest(stats, volumes, dumps, site)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
-            self.log.info(
-                "backup published", archive=self.archive, manifest=manifest_name(self.backup_id)
-            )
-            self._prune(destination)
+            for member in destination.live:
+                self.log.info(
+                    "backup published",
+                    archive=self.archive,
+                    manifest=manifest_name(self.backup_id),
+                    destination=member.name,
+                )
+                self._prune(member.destination)
         except BaseException as exc:
             destination.rollback()  # files may be uploaded while a dump fails, say
-            self._end_with(exc)
+            self._record_destinations(destination, published=False)
+            self._end_with(exc, destination)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -160,6 +178,11 @@ class _Run:
             shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
         self.result.archive = self.archive
+        self._record_destinations(destination, published=True)
+        for member in destination.failed:  # require = "any": the others have the backup
+            assert member.error is not None
+            self.warn(member.name, f"this destination failed: {member.error}")
+            self._advise_on(member)
         self.result.outcome = Outcome.WARNING if self.result.warnings else Outcome.SUCCESS
         self.log.info(
             "run finished",
@@ -168,7 +191,30 @@ class _Run:
             warnings=len(self.result.warnings),
         )
 
-    def _end_with(self, exc: BaseException) -> None:
+    def _record_destinations(self, fanout: Fanout, published: bool) -> None:
+        self.result.destinations = [
+            DestinationResult(
+                m.name,
+                Outcome.FAILED if m.error else (Outcome.SUCCESS if published else Outcome.ABORTED),
+                str(m.error) if m.error else None,
+            )
+            for m in fanout.members
+        ]
+
+    def _advise_on(self, member: Member) -> None:
+        """A failed destination's diagnosis, logged as a suggestion and kept in its result."""
+        assert member.error is not None
+        explained = member.error.explain()
+        if explained is None:
+            return
+        diagnosis, probe = explained
+        text = self._suggestion(diagnosis, probe, member.name)
+        for entry in self.result.destinations:
+            if entry.name == member.name:
+                entry.suggestion = text
+        self.result.suggestion = "\n\n".join(filter(None, [self.result.suggestion, text]))
+
+    def _end_with(self, exc: BaseException, fanout: Fanout) -> None:
         """The result of a run that failed with `exc` (after the rollback, so that a
         suggestion is the run's last event)."""
         match exc:
@@ -183,11 +229,16 @@ class _Run:
             case WordPressError():
                 self._suggest(wordpress_diagnosis(exc.problems, exc.config_file))
             case DestinationError():
-                explained = exc.explain()
+                failed = fanout.failed or [Member(fanout.members[0].destination, exc)]
+                for member in failed[:-1]:  # require = "any": each failed in turn
+                    self._advise_on(member)
+                last = failed[-1]
+                assert last.error is not None
+                explained = last.error.explain()
                 if explained is None:
-                    self._fail(str(exc))
+                    self._fail(str(last.error))
                 else:
-                    self._suggest(*explained)
+                    self._suggest(*explained, destination=last.name)
             case Exception():  # a bug: record it in the run's log rather than lose it
                 self.log.exception("internal error")
                 self._fail(f"internal error: {type(exc).__name__}: {exc}")
@@ -232,7 +283,7 @@ class _Run:
         self.result.suggestion = suggestion
 
     def _archive_and_upload(
-        self, destination: Destination, work: Path, dumping: Worker[list[Dump]]
+        self, destination: Fanout, work: Path, dumping: Worker[list[Dump]]
     ) -> tuple[ArchiveStats, list[Volume]]:
         """Write files, then the database dumps, into one archive whose volumes are
         published while the next is written. The databases are dumped meanwhile; a
@@ -367,17 +418,28 @@ class _Run:
                 f"retention failed, nothing more deleted: {exc}",
             )
 
-    def _suggest(self, diagnosis: Diagnosis, probe: ProbeResult | None = None) -> None:
+    def _suggest(
+        self,
+        diagnosis: Diagnosis,
+        probe: ProbeResult | None = None,
+        destination: str | None = None,
+    ) -> None:
         """Fail the run with a diagnosis; the suggestion is the run's last event."""
-        text = suggestion_text(
-            diagnosis, self.job_name, self.job.destination, self.config.path, probe
-        )
         self.result.outcome = Outcome.FAILED
         self.result.error = diagnosis.what
-        self.result.suggestion = text
         self.log.error(
             "run failed", result="failed", error=diagnosis.what, category=str(diagnosis.category)
         )
+        text = self._suggestion(diagnosis, probe, destination or self.job.destination_names[0])
+        for entry in self.result.destinations:
+            if entry.name == destination:
+                entry.suggestion = text
+        self.result.suggestion = "\n\n".join(filter(None, [self.result.suggestion, text]))
+
+    def _suggestion(self, diagnosis: Diagnosis, probe: ProbeResult | None, name: str) -> str:
+        """The suggestion for a failure at destination `name`, logged as an event."""
+        text = suggestion_text(diagnosis, self.job_name, name, self.config.path, probe)
+        several = len(self.job.destination_names) > 1
         self.log.warning(
             "suggestion",
             text=text,
@@ -385,7 +447,9 @@ class _Run:
             evidence=list(diagnosis.evidence),
             change=diagnosis.change(probe),
             verified=None if probe is None else probe.ok,
+            **({"destination": name} if several else {}),
         )
+        return text
 
 
 @contextlib.contextmanager

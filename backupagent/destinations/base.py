@@ -15,6 +15,7 @@ backup complete. Until then `rollback` removes what the run wrote.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,27 @@ class Unreadable(DestinationError):
 
 class CutShort(DestinationError):
     """The destination holds less of a file than its manifest declares, or sends more."""
+
+
+@dataclass(frozen=True)
+class CheckStep:
+    """One step of `backupagent diagnose`: did it work, how long it took, what it saw."""
+
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def timed_step(name: str, action: Callable[[], str]) -> CheckStep:
+    """Run `action` (which returns what it saw) as one step; a DestinationError or an
+    OSError fails the step with its message."""
+    started = time.monotonic()
+    try:
+        detail = action()
+    except (DestinationError, OSError) as exc:
+        return CheckStep(name, False, time.monotonic() - started, str(exc))
+    return CheckStep(name, True, time.monotonic() - started, detail)
 
 
 @dataclass(frozen=True)

@@ -1,32 +1,61 @@
-"""A directory on this host (a NAS mount, a second disk) behind the destination seam.
+"""`type = "local"`: a directory on this host (a NAS mount, a second disk) behind the
+destination seam.
 
 The same contract as FTP: a temporary name, fsync, rename, the size and SHA-256
-read back, the manifest last. Not yet a `type` in jobs.toml (that is the SFTP and
-local destinations work); the tests use it to run a job without a server.
+read back, the manifest last. With `require_mount`, nothing is written unless the
+directory lies on a mounted filesystem other than the root one: a NAS that is not
+mounted must not fill the root disk.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import secrets
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backupagent.config import Retention
+from backupagent.config import Config, LocalDestination, Retention
 from backupagent.destinations.base import (
     Capped,
+    CheckStep,
     CutShort,
     DestinationError,
     Hooks,
     PartialFile,
     Unreadable,
+    timed_step,
 )
+from backupagent.diagnosis.common import Category, Diagnosis, ProbeResult
 from backupagent.retention import temp_name
 from backupagent.workers import raise_if_cancelled
 
 CHUNK = 1 << 20
+
+
+class LocalProblem(DestinationError):
+    """A local directory that cannot take the backup, explained."""
+
+    def __init__(self, message: str, diagnosis: Diagnosis) -> None:
+        super().__init__(message)
+        self.diagnosis = diagnosis
+
+    def explain(self) -> tuple[Diagnosis, ProbeResult | None]:
+        return self.diagnosis, None
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the filesystem `path` (or its nearest existing parent) is on."""
+    current = path.absolute()
+    while not current.exists():
+        current = current.parent
+    while not os.path.ismount(current):
+        current = current.parent
+    return current
 
 
 class LocalDirectory:
@@ -39,22 +68,65 @@ class LocalDirectory:
         retention: Retention | None = None,
         hooks: Hooks | None = None,
         cancel: threading.Event | None = None,
+        require_mount: bool = False,
     ) -> None:
         self.path = path
         self.name = name
         self.retention = retention or Retention()
         self.hooks = hooks or Hooks()
         self.cancel = cancel
+        self.require_mount = require_mount
         self.written: list[str] = []
 
     def describe(self) -> dict[str, Any]:
         return {"destination": self.name, "directory": str(self.path)}
 
     def check(self) -> None:
+        """The mount first (before a missing directory is created on the root disk)."""
+        if self.require_mount and mount_point(self.path) == Path("/"):
+            what = f"{self.path} is not on a mounted filesystem (require_mount = true)"
+            raise LocalProblem(
+                what,
+                Diagnosis(
+                    Category.PATH,
+                    what,
+                    (f"{self.path} lies on the root filesystem: nothing is mounted there",),
+                    "mount the filesystem (the NAS) at or above that path, or check `path`",
+                    keys=("path", "require_mount"),
+                ),
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DestinationError(f"cannot create {self.path}: {exc.strerror or exc}") from None
+            raise self._problem(f"cannot create {self.path}", exc) from None
+
+    def _problem(self, what: str, exc: OSError) -> DestinationError:
+        """An OSError in plain words; a full disk and a refused write are diagnosed."""
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            usage = shutil.disk_usage(mount_point(self.path))
+            return LocalProblem(
+                f"{what}: {reason}",
+                Diagnosis(
+                    Category.NO_SPACE,
+                    f"the filesystem of {self.path} is full",
+                    (f"{what}: {reason}", f"{usage.free} bytes free of {usage.total}"),
+                    "free space there, or lower `keep` so that fewer backups are kept",
+                    keys=("path", "keep"),
+                ),
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return LocalProblem(
+                f"{what}: {reason}",
+                Diagnosis(
+                    Category.PATH,
+                    f"this user may not write to {self.path}",
+                    (f"{what}: {reason}",),
+                    "give this user write access there, or choose another `path`",
+                    keys=("path",),
+                ),
+            )
+        return DestinationError(f"{what}: {reason}")
 
     def names(self) -> list[str]:
         try:
@@ -99,7 +171,7 @@ class LocalDirectory:
             finally:
                 os.close(directory)
         except OSError as exc:
-            raise DestinationError(f"writing {self._at(name)}: {exc.strerror or exc}") from None
+            raise self._problem(f"writing {self._at(name)}", exc) from None
 
     def _verify(self, name: str, size: int, sha256: str) -> None:
         with self._at(name).open("rb") as handle:
@@ -170,3 +242,53 @@ class LocalDirectory:
 
     def close(self) -> None:
         pass
+
+
+def open_for_job(
+    config: Config,
+    job: str,
+    name: str,
+    hooks: Hooks | None = None,
+    cancel: threading.Event | None = None,
+) -> LocalDirectory:
+    settings = config.destinations[name]
+    assert isinstance(settings, LocalDestination)
+    return LocalDirectory(
+        settings.path, name, settings, hooks, cancel, require_mount=settings.require_mount
+    )
+
+
+def checkup(config: Config, job: str, name: str) -> list[CheckStep]:
+    """`diagnose` for a local directory: the mount, the directory, its room, and a
+    test file written, read back and removed."""
+    settings = config.destinations[name]
+    assert isinstance(settings, LocalDestination)
+    directory = LocalDirectory(settings.path, name, require_mount=settings.require_mount)
+    mount = mount_point(settings.path)
+    steps = [timed_step("mount and directory", lambda: _checked(directory, mount))]
+    if not steps[0].ok:
+        return steps
+
+    def room() -> str:
+        usage = shutil.disk_usage(settings.path)
+        return f"{usage.free} bytes free of {usage.total} on {mount}"
+
+    def write_test() -> str:
+        probe = f".backupagent-diagnose-{secrets.token_hex(4)}"
+        data = b"backupagent diagnose: this file is deleted right away\n"
+        try:
+            directory.publish_bytes(data, probe)
+            if directory.read(probe, len(data)) != data:
+                raise DestinationError("the test file read back differs")
+        finally:
+            directory.rollback()
+        return "wrote, read back and removed a test file"
+
+    steps.append(timed_step("free space", room))
+    steps.append(timed_step("write test", write_test))
+    return steps
+
+
+def _checked(directory: LocalDirectory, mount: Path) -> str:
+    directory.check()
+    return f"{directory.path} exists, on the filesystem mounted at {mount}"

@@ -114,14 +114,19 @@ def _describe(exc: BaseException) -> str:
 
 
 def run_checkup(
-    config: Config, job: str, on_step: Callable[[str], None] = lambda _text: None
+    config: Config,
+    job: str,
+    name: str | None = None,
+    on_step: Callable[[str], None] = lambda _text: None,
 ) -> Report:
     """Every step against the job's destination; every FTP line goes to the debug log.
 
     `on_step` hears each step as it starts, with how long it may take, so a mode that a
     firewall blocks is not a silent wait.
     """
-    dest = config.destination_of(job)
+    dest = config.destination_of(job, name)
+    assert isinstance(dest, FtpDestination)
+    passive = config.passive_for(job, name)
     report = Report(job)
     log = structlog.get_logger("backupagent.diagnose")
     on_step(f"resolving {dest.host}")
@@ -138,7 +143,7 @@ def run_checkup(
     report.steps.append(outcome)
     if not outcome.ok:
         return report
-    session = FtpSession(dest, config.passive_for(job))
+    session = FtpSession(dest, passive)
     started = time.monotonic()
     on_step(f"connecting and logging in (up to {dest.connect_timeout + dest.timeout:g}s)")
     try:
@@ -173,7 +178,7 @@ def run_checkup(
             "mode tried", tried=mode, ok=report.modes[mode].ok, detail=report.modes[mode].detail
         )
     epsv = dest.epsv
-    report.configured_works, report.changes = recommend(report.modes, config.passive_for(job), epsv)
+    report.configured_works, report.changes = recommend(report.modes, passive, epsv)
     return report
 
 

@@ -343,17 +343,22 @@ def _names(session: FtpSession, _attempt: int) -> list[str]:
 
 
 def open_for_job(
-    config: Config, job: str, hooks: Hooks | None = None, cancel: threading.Event | None = None
+    config: Config,
+    job: str,
+    name: str,
+    hooks: Hooks | None = None,
+    cancel: threading.Event | None = None,
 ) -> Ftp:
-    """The job's FTP destination in the job's mode."""
-    spec = config.jobs[job]
+    """The job's FTP destination `name`, in the job's mode."""
+    settings = config.destinations[name]
+    assert isinstance(settings, FtpDestination)
     return Ftp(
-        spec.destination,
-        config.destination_of(job),
-        config.passive_for(job),
+        name,
+        settings,
+        config.passive_for(job, name),
         job=job,
         config_path=config.path,
-        fallback=spec.fallback,
+        fallback=config.jobs[job].fallback,
         hooks=hooks,
         cancel=cancel,
     )
