@@ -152,6 +152,16 @@ def diagnose(obj: _Context, job: str, only: str | None) -> None:
     sys.exit(0 if works else 1)
 
 
+def _destination(config: Config, job: str, only: str | None) -> str:
+    """The destination a command works on: --destination, or the job's only one."""
+    names = config.jobs[job].destination_names
+    if only is None and len(names) > 1:
+        _usage(f"job '{job}' has several destinations: give --destination ({', '.join(names)})")
+    if only is not None and only not in names:
+        _usage(_not_a_destination(config, job, only))
+    return only or names[0]
+
+
 def _not_a_destination(config: Config, job: str, name: str) -> str:
     known = ", ".join(config.jobs[job].destination_names)
     return f"--destination {name}: job '{job}' has no such destination (its: {known})"
@@ -352,13 +362,20 @@ _RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails
 
 @cli.command()
 @click.argument("job")
+@click.option(
+    "--destination",
+    "only",
+    metavar="NAME",
+    help="Which of the job's destinations (when it has several).",
+)
 @click.pass_obj
-def backups(obj: _Context, job: str) -> None:
+def backups(obj: _Context, job: str, only: str | None) -> None:
     """Complete backups on the destination (and incomplete leftovers)."""
     from backupagent.retrieve import list_backups
 
     config = obj.job(job)
-    found, leftovers = _or_exit(lambda: list_backups(config, job))
+    name = _destination(config, job, only)
+    found, leftovers = _or_exit(lambda: list_backups(config, job, name))
     rows = [
         [
             b.backup_id,
@@ -416,10 +433,17 @@ def backups(obj: _Context, job: str) -> None:
     is_flag=True,
     help="Also create symbolic links that point outside DIR (made last, never followed).",
 )
+@click.option(
+    "--destination",
+    "only",
+    metavar="NAME",
+    help="Which of the job's destinations (when it has several).",
+)
 @click.pass_obj
 def restore(
     obj: _Context,
     job: str,
+    only: str | None,
     wanted: str,
     target: Path,
     load: str | None,
@@ -449,9 +473,12 @@ def restore(
         )
         loading = Load(load, database, password, overwrite_live)
     identities = _identities(identity)
+    name = _destination(config, job, only)
     try:
         done = _or_exit(
-            lambda: restore_backup(config, job, target, wanted, identities, outside_links, loading)
+            lambda: restore_backup(
+                config, job, target, wanted, identities, outside_links, loading, name
+            )
         )
     except UsageError as exc:
         _usage(str(exc))
@@ -476,14 +503,26 @@ def restore(
     type=click.Path(path_type=Path, dir_okay=False),
     help="age identity file, for an encrypted backup.",
 )
+@click.option(
+    "--destination",
+    "only",
+    metavar="NAME",
+    help="Which of the job's destinations (when it has several).",
+)
 @click.pass_obj
-def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
+def verify(obj: _Context, job: str, wanted: str, identity: Path | None, only: str | None) -> None:
     """Download a backup, check its hashes and read it to the end, without extracting."""
     from backupagent.actions.verify import verify as verify_backup
 
     config = obj.job(job)
     try:
-        ok, message, log_path = verify_backup(config, job, wanted, identities=_identities(identity))
+        ok, message, log_path = verify_backup(
+            config,
+            job,
+            wanted,
+            identities=_identities(identity),
+            destination=_destination(config, job, only),
+        )
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)
@@ -497,8 +536,14 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None) -> None:
 @cli.command()
 @click.argument("job")
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted and why.")
+@click.option(
+    "--destination",
+    "only",
+    metavar="NAME",
+    help="Which of the job's destinations (when it has several).",
+)
 @click.pass_obj
-def prune(obj: _Context, job: str, dry_run: bool) -> None:
+def prune(obj: _Context, job: str, dry_run: bool, only: str | None) -> None:
     """Apply retention now: print each backup kept or deleted, with the reason."""
     from backupagent.actions.prune import Plan, prune_job
 
@@ -516,7 +561,7 @@ def prune(obj: _Context, job: str, dry_run: bool) -> None:
             click.echo("dry run: nothing deleted")
 
     try:
-        _or_exit(lambda: prune_job(config, job, dry_run, show))
+        _or_exit(lambda: prune_job(config, job, dry_run, show, _destination(config, job, only)))
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)

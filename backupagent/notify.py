@@ -48,6 +48,9 @@ def summary(job: str, result: RunResult) -> dict[str, Any]:
         "error": result.error,
         "suggestion": result.suggestion,
         "log": str(result.log_path),
+        "destinations": [
+            {"name": d.name, "result": d.outcome, "error": d.error} for d in result.destinations
+        ],
     }
 
 
@@ -106,6 +109,12 @@ def compose(settings: EmailSettings, job: str, result: RunResult) -> EmailMessag
         lines.append(f"Error: {result.error}")
     for key in ("run_id", "trigger", "backup_id", "seconds", "bytes_archived", "bytes_uploaded"):
         lines.append(f"{key}: {facts[key]}")
+    if len(result.destinations) > 1:
+        lines += ["", "Destinations:"]
+        lines += [
+            f"  {d.name}: {d.outcome}" + (f" — {d.error}" if d.error else "")
+            for d in result.destinations
+        ]
     if result.warnings:
         lines += ["", f"Warnings ({len(result.warnings)}):", *[f"  {w}" for w in result.warnings]]
     lines += ["", f"Last {LOG_TAIL} events of the debug log ({result.log_path}):"]
@@ -183,6 +192,10 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
         ("backupagent_last_run_archived_bytes", "Bytes read from sources and dumps."),
         ("backupagent_last_run_uploaded_bytes", "Size of the uploaded archive."),
         ("backupagent_last_run_warnings", "Warnings of the last backup run."),
+        (
+            "backupagent_last_run_destination_result",
+            "1 for each destination's last result, 0 for the others (jobs with several).",
+        ),
     ]
     samples: dict[str, list[str]] = {name: [] for name, _ in families}
     for job in sorted(latest):
@@ -205,6 +218,11 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
         ):
             if amount is not None:
                 samples[families[family][0]].append(f"{{{label}}} {amount}")
+        for entry in last.destination_results:
+            where = f'{label},destination="{_escape(str(entry["name"]))}"'
+            for result in RESULTS:
+                flag = 1 if entry["result"] == result else 0
+                samples[families[7][0]].append(f'{{{where},result="{result}"}} {flag}')
     lines = []
     for name, help_text in families:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import secrets
 import sqlite3
 import time
@@ -71,6 +72,10 @@ def _finished(record: Run, result: RunResult) -> Run:
     record.error = result.error
     record.suggestion = result.suggestion
     record.warnings = len(result.warnings)
+    if len(result.destinations) > 1:
+        record.destinations = json.dumps(
+            [{"name": d.name, "result": d.outcome, "error": d.error} for d in result.destinations]
+        )
     return record
 
 

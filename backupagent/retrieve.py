@@ -92,10 +92,12 @@ class BackupInfo:
         return list(encryption.recipients) if encryption else []
 
 
-def list_backups(config: Config, job: str) -> tuple[list[BackupInfo], list[str]]:
-    """The job's complete backups on its destination, newest first, and its
-    incomplete leftovers. Raises DestinationError."""
-    destination = open_destination(config, job)
+def list_backups(
+    config: Config, job: str, name: str | None = None
+) -> tuple[list[BackupInfo], list[str]]:
+    """The job's complete backups on its destination `name` (by default its first),
+    newest first, and its incomplete leftovers. Raises DestinationError."""
+    destination = open_destination(config, job, name=name)
     try:
         return listed(destination, job)
     finally:
@@ -165,9 +167,10 @@ def download(
     backup: BackupInfo,
     workdir: Path,
     cancel: threading.Event | None = None,
+    name: str | None = None,
 ) -> list[Path]:
     """The archive's volumes from the job's destination into `workdir`; see `fetched`."""
-    destination = open_destination(config, job, cancel=cancel)
+    destination = open_destination(config, job, cancel=cancel, name=name)
     try:
         return fetched(destination, backup, workdir, config.agent.spool_dir / job)
     finally:

@@ -208,8 +208,13 @@ class Daemon:
         if self.cancel.is_set():
             return
         try:
-            ok, message, _ = verify(self.config, name, cancel=self.cancel)
-            (self.log.info if ok else self.log.error)("verify ended", job=name, detail=message)
+            for destination in self.config.jobs[name].destination_names:
+                ok, message, _ = verify(
+                    self.config, name, cancel=self.cancel, destination=destination
+                )
+                (self.log.info if ok else self.log.error)(
+                    "verify ended", job=name, destination=destination, detail=message
+                )
         except JobLocked as exc:  # the backup runs now: the next verify will check it
             self.log.warning("verify skipped", job=name, reason=str(exc))
         except Exception:

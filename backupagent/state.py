@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -81,6 +82,12 @@ class Run:
     error: str | None = None
     suggestion: str | None = None
     warnings: int | None = None
+    # JSON: [{"name", "result", "error"}] per destination, for jobs that have several
+    destinations: str | None = None
+
+    @property
+    def destination_results(self) -> list[dict[str, str | None]]:
+        return json.loads(self.destinations) if self.destinations else []
 
     @property
     def seconds(self) -> float | None:
@@ -100,9 +107,10 @@ class History:
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.executescript(SCHEMA)
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
-        if "warnings" not in columns:  # a history written by 0.1.0
-            with contextlib.suppress(sqlite3.OperationalError):  # another process added it
-                self.conn.execute("ALTER TABLE runs ADD COLUMN warnings INTEGER")
+        for column, kind in (("warnings", "INTEGER"), ("destinations", "TEXT")):
+            if column not in columns:  # a history written by an older version
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.conn.close()

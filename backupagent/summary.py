@@ -37,6 +37,12 @@ def print_summary(result: RunResult) -> None:
                 (f" — {result.error}; nothing was published.", ""),
             ]
         )
+    if len(result.destinations) > 1:
+        for entry in result.destinations:
+            word = {"success": "OK", "aborted": "not completed"}.get(entry.outcome, "FAILED")
+            detail = f" — {entry.error}" if entry.error else ""
+            style = "green" if entry.outcome == "success" else "red"
+            lines.append([(f"  {entry.name}: ", ""), (word, style), (detail, "")])
     if result.warnings:
         lines.append([(f"{len(result.warnings)} warning(s):", "yellow")])
         lines.extend([(f"  {warning}", "")] for warning in result.warnings[:20])

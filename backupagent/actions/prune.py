@@ -69,12 +69,16 @@ def _delete(destination: Destination, planned: Plan) -> None:
 
 
 def prune_job(
-    config: Config, job: str, dry_run: bool = False, show: Callable[[Plan], None] = print
+    config: Config,
+    job: str,
+    dry_run: bool = False,
+    show: Callable[[Plan], None] = print,
+    name: str | None = None,
 ) -> Plan:
     """`backupagent prune`: with the job's lock held, plan, `show` the plan, and
     delete unless `dry_run`. Raises state.JobLocked, DestinationError."""
     with job_lock(config.agent.state_dir, job):
-        destination = open_destination(config, job)
+        destination = open_destination(config, job, name=name)
         try:
             names = destination.names()
             planned = plan(job, names, destination.retention, dt.datetime.now(dt.UTC))

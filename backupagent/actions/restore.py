@@ -58,6 +58,7 @@ def restore(
     identities: list[Any] | None = None,
     outside_links: bool = False,
     load: Load | None = None,
+    destination: str | None = None,
 ) -> Restored:
     """Restore a backup of `job` into the empty directory `target`; `load` is only
     checked here (a live database needs overwrite_live) and done by `load_dump`.
@@ -67,9 +68,9 @@ def restore(
             f"--into {load.into.name} is the database job '{job}' backs up; loading a "
             "backup over it needs --overwrite-live"
         )
-    destination = open_destination(config, job)
+    opened = open_destination(config, job, name=destination)
     try:
-        backups, _ = listed(destination, job)
+        backups, _ = listed(opened, job)
         backup = choose(backups, wanted)
         if backup.encrypted and not identities:
             raise RestoreError(
@@ -79,16 +80,16 @@ def restore(
         spool = private_directory(config.agent.spool_dir / job, "spool_dir")
         workdir = Path(tempfile.mkdtemp(prefix="restore-", dir=spool))  # 0700, its own
         try:
-            archive = fetched(destination, backup, workdir, spool)
+            archive = fetched(opened, backup, workdir, spool)
         finally:
-            destination.close()
+            opened.close()
         try:
             check(archive, backup)
             report = extract(archive, target, identities, outside_links)
         finally:  # downloaded backups do not linger
             shutil.rmtree(workdir, ignore_errors=True)
     finally:
-        destination.close()
+        opened.close()
     return Restored(backup, report)
 
 

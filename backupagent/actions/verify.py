@@ -27,19 +27,21 @@ def verify(
     wanted: str = "latest",
     cancel: threading.Event | None = None,
     identities: list[Any] | None = None,
+    destination: str | None = None,
 ) -> tuple[bool, str, Path]:
-    """(passed, what was found, the run's log). Raises state.JobLocked while the job runs."""
+    """(passed, what was found, the run's log) for the backup on the job's destination
+    `destination` (by default its first). Raises state.JobLocked while the job runs."""
     log = structlog.get_logger("backupagent.restore")
     with recorded_run(config, job, Trigger.VERIFY) as (result, _started):
         workdir = config.agent.spool_dir / job / f"verify-{result.run_id}"
-        destination = open_destination(config, job, cancel=cancel)
+        opened = open_destination(config, job, cancel=cancel, name=destination)
         try:
-            backups, _ = listed(destination, job)
+            backups, _ = listed(opened, job)
             backup = choose(backups, wanted)
             result.archive = backup.archive
             result.backup_id = backup.backup_id
             result.stats = ArchiveStats(archive_bytes=backup.size)
-            archive = fetched(destination, backup, workdir, config.agent.spool_dir / job)
+            archive = fetched(opened, backup, workdir, config.agent.spool_dir / job)
             check(archive, backup)
             if backup.encrypted and not identities:
                 message = (
@@ -63,7 +65,7 @@ def verify(
             result.outcome = Outcome.ABORTED
             result.error = message
         finally:
-            destination.close()
+            opened.close()
             shutil.rmtree(workdir, ignore_errors=True)
         ok = result.outcome == Outcome.SUCCESS
         (log.info if ok else log.error)(
