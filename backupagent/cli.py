@@ -143,11 +143,12 @@ def diagnose(obj: _Context, job: str, only: str | None) -> None:
     log_dir = config.agent.log_dir / "diagnose"
     run_id = new_run_id(dt.datetime.now(dt.UTC))
     out = _console(soft_wrap=True)
-    printers = {"ftp": _diagnose_ftp, "local": _diagnose_local}
+    printers = {"ftp": _diagnose_ftp}
     works = True
     with run_log(log_dir, job, run_id) as log_path:
         for name in names:
-            works &= printers[config.destinations[name].type](config, job, name, out)
+            printer = printers.get(config.destinations[name].type, _diagnose_steps)
+            works &= printer(config, job, name, out)
     out.print(printable(f"Log: {log_path}"), markup=False)
     sys.exit(0 if works else 1)
 
@@ -167,18 +168,20 @@ def _not_a_destination(config: Config, job: str, name: str) -> str:
     return f"--destination {name}: job '{job}' has no such destination (its: {known})"
 
 
-def _diagnose_local(config: Config, job: str, name: str, out: Any) -> bool:
-    from backupagent.destinations.local import checkup
+def _diagnose_steps(config: Config, job: str, name: str, out: Any) -> bool:
+    """`diagnose` for a destination type whose module has `checkup`: its steps."""
+    import importlib
+
+    from backupagent.destinations import OPENERS
 
     settings = config.destinations[name]
-    assert settings.type == "local"
-    out.print(f"Destination {name!r} -> {settings.path} (local)", markup=False)
-    steps = checkup(config, job, name)
+    where = getattr(settings, "path", None) or f"{getattr(settings, 'host', '')}"
+    out.print(f"Destination {name!r} -> {where} ({settings.type})", markup=False)
+    steps = importlib.import_module(OPENERS[settings.type]).checkup(config, job, name)
     for step in steps:
         mark = "ok  " if step.ok else "FAIL"
-        out.print(
-            printable(f"  {mark} {step.name} ({step.seconds:.2f}s) {step.detail}"), markup=False
-        )
+        line = f"  {mark} {step.name} ({step.seconds:.2f}s) {step.detail}"
+        out.print(printable(line), markup=False)
     return all(step.ok for step in steps)
 
 

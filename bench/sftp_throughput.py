@@ -3,12 +3,16 @@ asyncssh, the same file to the same sshd, alternated round by round.
 
 Run as root (it starts its own sshd on 127.0.0.1):  .venv/bin/python bench/sftp_throughput.py
 Prints MB/s per round and the median of each, and each library's ratio to OpenSSH.
+"asyncssh" is its own `put` with its defaults; "backupagent" is destinations/sftp.py
+(asyncssh, AES-GCM preferred, IN_FLIGHT requests of BLOCK bytes) publishing the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import os
 import statistics
 import subprocess
@@ -90,6 +94,27 @@ def with_asyncssh(server: Sshd, source: Path, target: str) -> None:
     asyncio.run(put())
 
 
+def with_backupagent(server: Sshd, source: Path, target: str) -> None:
+    """The product's own path: destinations/sftp.py publishing a volume."""
+    from backupagent.config import SftpDestination
+    from backupagent.destinations.sftp import Sftp
+
+    settings = SftpDestination(
+        type="sftp",
+        host="127.0.0.1",
+        port=server.port,
+        user=server.user,
+        key_file=server.key_file,
+        host_key=server.fingerprint,
+        directory=str(Path(target).parent),
+    )
+    destination = Sftp("bench", settings)
+    try:
+        destination.publish_file(source, Path(target).name, "")
+    finally:
+        destination.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -109,6 +134,7 @@ def main() -> int:
             "openssh sftp": openssh,
             "paramiko": with_paramiko,
             "asyncssh": with_asyncssh,
+            "backupagent": with_backupagent,
         }
         figures: dict[str, list[float]] = {name: [] for name in uploaders}
         with running_sshd(work / "sshd") as server:
@@ -116,7 +142,8 @@ def main() -> int:
                 for name, upload in uploaders.items():
                     target = str(server.root / f"{name.replace(' ', '-')}.bin")
                     started = time.perf_counter()
-                    upload(server, source, target)
+                    with contextlib.redirect_stderr(io.StringIO()):  # the agent's log lines
+                        upload(server, source, target)
                     seconds = time.perf_counter() - started
                     assert Path(target).stat().st_size == size
                     Path(target).unlink()

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,10 +58,12 @@ class Sshd:
             if self.process.poll() is not None:
                 log = (self.directory / "sshd.log").read_text(errors="replace")
                 raise RuntimeError(f"sshd exited: {log[-2000:]}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), 1) as probe:
-                    if probe.recv(4).startswith(b"SSH-"):
-                        return
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1) as probe,
+            ):
+                if probe.recv(4).startswith(b"SSH-"):
+                    return
             time.sleep(0.05)
         raise RuntimeError("sshd did not start within 20 s")
 
@@ -109,6 +112,9 @@ def running_sshd(directory: Path, password: str | None = None) -> Iterator[Sshd]
         subprocess.run(["chpasswd"], input=f"{created}:{password}".encode(), check=True)
         user = created
     root = directory / "files"
+    if created:  # the user must reach it: pytest's directories are private to root
+        root = Path(tempfile.mkdtemp(prefix="backupagent-sshd-", dir="/var/tmp")) / "files"
+        os.chmod(root.parent, 0o755)
     root.mkdir()
     if created:
         shutil.chown(root, created, created)
@@ -139,3 +145,4 @@ LogLevel VERBOSE
         server.kill()
         if created:
             subprocess.run(["userdel", created], check=False)
+            shutil.rmtree(root.parent, ignore_errors=True)

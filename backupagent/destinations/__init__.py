@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 OPENERS = {
     "ftp": "backupagent.destinations.ftp.destination",
     "local": "backupagent.destinations.local",
+    "sftp": "backupagent.destinations.sftp",
 }
 
 

@@ -19,6 +19,7 @@ class Category(StrEnum):
     NO_SPACE = "server_out_of_space"
     HOST = "host_unreachable"
     TLS = "tls"
+    HOST_KEY = "ssh_host_key"
     DATA_BROKEN = "data_transfer_broken"
     CONTROL_LOST = "control_connection_lost"
     SERVER_ERROR = "server_error"
