@@ -15,6 +15,8 @@ backup complete. Until then `rollback` removes what the run wrote.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +66,19 @@ def timed_step(name: str, action: Callable[[], str]) -> CheckStep:
     return CheckStep(name, True, time.monotonic() - started, detail)
 
 
+def write_test(destination: Destination) -> str:
+    """`diagnose`'s last step for any type: a small file published, read back, removed."""
+    probe = f".backupagent-diagnose-{secrets.token_hex(4)}"
+    data = b"backupagent diagnose: this file is deleted right away\n"
+    try:
+        destination.publish_bytes(data, probe)
+        if destination.read(probe, len(data)) != data:
+            raise DestinationError("the test file read back differs")
+    finally:
+        destination.rollback()
+    return "wrote, read back and removed a test file"
+
+
 @dataclass(frozen=True)
 class Hooks:
     """What a destination tells the run besides success and failure."""
@@ -81,8 +96,15 @@ class Destination(Protocol):
     workers.Cancelled when the cancel event the destination was opened with is set.
     """
 
-    name: str  # the [destinations.NAME] it was configured as
-    retention: Retention  # keep, keep_daily, ... and partial_grace_hours
+    @property
+    def name(self) -> str:
+        """The [destinations.NAME] it was configured as."""
+        ...
+
+    @property
+    def retention(self) -> Retention:
+        """keep, keep_daily, ... and partial_grace_hours."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """Where it is, as log fields (server, directory, mode...)."""
@@ -217,3 +239,14 @@ class Capped:
         """Empty again, for another attempt."""
         self.data.clear()
         return self
+
+
+def answers_ssh(host: str, port: int = 22, timeout: float = 5.0) -> bool:
+    """Whether `host` greets as an SSH server on `port`: when FTP's data connection is
+    blocked both ways, an sftp destination on the same host avoids it altogether."""
+    try:
+        with socket.create_connection((host, port), timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(4) == b"SSH-"
+    except OSError:
+        return False

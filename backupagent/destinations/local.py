@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from backupagent.destinations.base import (
     PartialFile,
     Unreadable,
     timed_step,
+    write_test,
 )
 from backupagent.diagnosis.common import Category, Diagnosis, ProbeResult
 from backupagent.retention import temp_name
@@ -273,19 +273,8 @@ def checkup(config: Config, job: str, name: str) -> list[CheckStep]:
         usage = shutil.disk_usage(settings.path)
         return f"{usage.free} bytes free of {usage.total} on {mount}"
 
-    def write_test() -> str:
-        probe = f".backupagent-diagnose-{secrets.token_hex(4)}"
-        data = b"backupagent diagnose: this file is deleted right away\n"
-        try:
-            directory.publish_bytes(data, probe)
-            if directory.read(probe, len(data)) != data:
-                raise DestinationError("the test file read back differs")
-        finally:
-            directory.rollback()
-        return "wrote, read back and removed a test file"
-
     steps.append(timed_step("free space", room))
-    steps.append(timed_step("write test", write_test))
+    steps.append(timed_step("write test", lambda: write_test(directory)))
     return steps
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,6 +35,7 @@ from backupagent.destinations.base import (
     PartialFile,
     Unreadable,
     timed_step,
+    write_test,
 )
 from backupagent.diagnosis.common import Category, Diagnosis, ProbeResult
 from backupagent.retention import temp_name
@@ -591,31 +591,8 @@ def checkup(config: Config, job: str, name: str) -> list[CheckStep]:
         def listing() -> str:
             return f"{len(destination.names())} entries in {settings.directory}"
 
-        def write_test() -> str:
-            probe = f".backupagent-diagnose-{secrets.token_hex(4)}"
-            data = b"backupagent diagnose: this file is deleted right away\n"
-            try:
-                destination.publish_bytes(data, probe)
-                if destination.read(probe, len(data)) != data:
-                    raise DestinationError("the test file read back differs")
-            finally:
-                destination.rollback()
-            return "wrote, read back and removed a test file"
-
         steps.append(timed_step("list the directory", listing))
-        steps.append(timed_step("write test", write_test))
+        steps.append(timed_step("write test", lambda: write_test(destination)))
         return steps
     finally:
         destination.close()
-
-
-def answers_ssh(host: str, port: int = 22, timeout: float = 5.0) -> bool:
-    """Whether `host` greets as an SSH server on `port` (for FTP's both-modes-fail advice)."""
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(4) == b"SSH-"
-    except OSError:
-        return False

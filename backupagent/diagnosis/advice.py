@@ -29,6 +29,12 @@ def suggestion_text(
                 "outbound connections to it from this host, or allow the server to connect "
                 "back to this host for active mode."
             )
+            if probe.ssh_too:
+                lines.append(
+                    "Or avoid FTP's data connection altogether: this server also answers SSH "
+                    f'on port 22, so a [destinations.{destination}] with type = "sftp" (same '
+                    "host, user and directory, its host_key pinned) needs no data connection."
+                )
             return "\n".join(lines)
         if probe is not None:
             lines.append(f"Verified: a directory listing in {other} mode worked from this host.")

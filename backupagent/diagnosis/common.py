@@ -64,6 +64,7 @@ class ProbeResult:
     passive: bool
     ok: bool
     detail: str
+    ssh_too: bool = False  # the server also answers SSH on port 22
 
 
 def mode_name(passive: bool) -> str:

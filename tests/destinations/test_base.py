@@ -15,7 +15,7 @@ import pytest
 
 from backupagent.actions import prune
 from backupagent.actions.backup import run_job
-from backupagent.config import Retention
+from backupagent.config import Retention, SftpDestination
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import (
     CutShort,
@@ -26,18 +26,20 @@ from backupagent.destinations.base import (
     Unreadable,
 )
 from backupagent.destinations.local import LocalDirectory
+from backupagent.destinations.sftp import Sftp
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.retention import complete_backups, temp_name
 from backupagent.retrieve import check, fetched, listed, scan
 from backupagent.workers import Cancelled
 
-from ..conftest import WriteConfig
+from ..conftest import WriteConfig, require_system
 from ..helpers import Watched, snapshot
+from ..sshd import missing, running_sshd
 
 Opened = tuple[Destination, Callable[[], set[str]]]  # the destination, what the directory holds
 
 
-@pytest.fixture(params=["local", "ftp"])
+@pytest.fixture(params=["local", "ftp", "sftp"])
 def opened(
     request: pytest.FixtureRequest, tmp_path: Path, write_config: WriteConfig
 ) -> Iterator[Opened]:
@@ -45,6 +47,26 @@ def opened(
     if request.param == "local":
         directory = tmp_path / "nas"
         yield LocalDirectory(directory), lambda: _held(directory)
+        return
+    if request.param == "sftp":
+        why = missing()
+        require_system(why is None, why or "")
+        with running_sshd(tmp_path / "sshd") as server:
+            settings = SftpDestination(
+                type="sftp",
+                host="127.0.0.1",
+                port=server.port,
+                user=server.user,
+                key_file=server.key_file,
+                host_key=server.fingerprint,
+                directory=str(server.root / "backups"),
+                retry_wait=0.05,  # as for FTP below
+            )
+            sftp = Sftp("box", settings)
+            try:
+                yield sftp, lambda: _held(server.root / "backups")
+            finally:
+                sftp.close()
         return
     server: LocalFtpServer = request.getfixturevalue("ftp_server")
     # retries back off quickly: how long they wait cannot change what a test sees

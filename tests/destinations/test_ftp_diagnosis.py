@@ -475,6 +475,15 @@ def test_neither_mode_works_points_at_firewall_not_flip() -> None:
     assert "neither mode works" in text
     assert "passive port range" in text
     assert "set passive" not in text
+    assert 'type = "sftp"' not in text  # nothing was seen on port 22
+
+
+def test_neither_mode_works_and_ssh_answers_suggests_sftp() -> None:
+    probe = ProbeResult(passive=False, ok=False, detail="timed out after 5s", ssh_too=True)
+    text = suggestion_text(diagnose(CASES[0][1]), "nightly", "offsite", Path("jobs.toml"), probe)
+    assert "passive port range" in text
+    assert 'a [destinations.offsite] with type = "sftp"' in text
+    assert "set passive" not in text
 
 
 def test_login_advice_never_mentions_a_flip() -> None:

@@ -16,7 +16,8 @@ import pytest
 
 from backupagent.actions.backup import run_job
 from backupagent.config import Config, SftpDestination, load_config
-from backupagent.destinations.sftp import Sftp, SftpFailed, answers_ssh
+from backupagent.destinations.base import answers_ssh
+from backupagent.destinations.sftp import Sftp, SftpFailed
 from backupagent.logging import read_events
 from backupagent.retention import complete_backups
 

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from backupagent.logging import read_events, run_logs
 
-from .lab import Lab
+from ..sshd import SSHD
+from .lab import SERVER_ADDR, Lab
 
 pytestmark = pytest.mark.system
 
@@ -87,6 +92,40 @@ def test_both_modes_blocked_points_at_the_firewall(lab: Lab) -> None:
     assert "neither mode works" in failed.stdout
     assert "set passive" not in failed.stdout
     assert _last_suggestion(lab)["verified"] is False
+
+
+def test_both_modes_blocked_on_a_host_that_answers_ssh_suggests_sftp(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The FTP server's host runs sshd on port 22 as well: SFTP needs no data connection."""
+    lab.block_active()
+    lab.block_passive()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "host_key")],
+        check=True,
+    )
+    config = tmp_path / "sshd_config"
+    config.write_text(
+        f"Port 22\nListenAddress {SERVER_ADDR}\nHostKey {tmp_path}/host_key\n"
+        f"PidFile {tmp_path}/sshd.pid\nPasswordAuthentication no\nUsePAM no\n"
+    )
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    sshd = subprocess.Popen(
+        ["ip", "netns", "exec", lab.server_ns, SSHD, "-D", "-e", "-f", str(config)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        greet = f"import socket; socket.create_connection(('{SERVER_ADDR}', 22), 1).recv(4)"
+        deadline = time.monotonic() + 20
+        while lab.client(sys.executable, "-c", greet).returncode != 0:
+            assert time.monotonic() < deadline, "sshd did not start in the server namespace"
+        failed = lab.agent(lab.write_config(passive=True), "run-job", "site")
+        assert failed.returncode == 1
+        assert "neither mode works" in failed.stdout
+        assert 'type = "sftp"' in failed.stdout
+    finally:
+        sshd.kill()
+        sshd.wait()
 
 
 def test_wrong_password_gives_credentials_advice_without_flip(lab: Lab) -> None:

@@ -9,6 +9,7 @@ recorded dialogue, probing the other mode before a flip is suggested.
 
 from __future__ import annotations
 
+import dataclasses
 import ftplib
 import hashlib
 import threading
@@ -25,6 +26,7 @@ from backupagent.destinations.base import (
     Hooks,
     PartialFile,
     Unreadable,
+    answers_ssh,
 )
 from backupagent.destinations.ftp import replies
 from backupagent.destinations.ftp.diagnosis import Failure, diagnose
@@ -67,6 +69,9 @@ class FtpFailed(DestinationError):
         log.info(f"probing {mode_name(other)} mode with a directory listing")
         result = probe(self.settings, other)
         log.info("probe finished", probe_mode=mode_name(other), ok=result.ok, detail=result.detail)
+        if not result.ok and answers_ssh(self.settings.host, 22, self.settings.connect_timeout):
+            log.info("the FTP server also answers SSH on port 22")
+            result = dataclasses.replace(result, ssh_too=True)
         return diagnosis, result
 
 
