@@ -106,6 +106,48 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
         ),
         ({"extra": "[agnet]\n"}, "jobs.toml: agnet: unknown key; did you mean 'agent'?"),
         (
+            {"extra": '[destinations.x]\ntype = "webdav"\n'},
+            'jobs.toml: [destinations.x] type: must be one of "ftp", "sftp", "local"',
+        ),
+        (
+            {
+                "extra": '[destinations.x]\ntype = "sftp"\nhost = "h"\nuser = "u"\nhost_key = "ab:cd"\n'
+            },
+            "jobs.toml: [destinations.x] host_key: must be a key fingerprint as `ssh-keygen -l",
+        ),
+        (
+            {
+                "extra": '[destinations.x]\ntype = "sftp"\nhost = "h"\nuser = "u"\nkey_file = "/nonexistent/key"\n'
+            },
+            "jobs.toml: [destinations.x] key_file: no such file: /nonexistent/key",
+        ),
+        (
+            {"extra": '[destinations.x]\ntype = "local"\npath = "relative"\n'},
+            "jobs.toml: [destinations.x] path: 'relative' is not an absolute path",
+        ),
+        (
+            {
+                "extra": '[jobs.other]\ndestination = "offsite"\ndestinations = ["offsite"]\nsources = ["/srv"]\n'
+            },
+            "jobs.toml: [jobs.other] destinations: give destination or destinations, not both",
+        ),
+        (
+            {"extra": '[jobs.other]\ndestinations = ["offsite", "nowhere"]\nsources = ["/srv"]\n'},
+            "jobs.toml: [jobs.other] destinations: no [destinations.nowhere] table",
+        ),
+        (
+            {"extra": '[jobs.other]\ndestinations = ["offsite", "offsite"]\nsources = ["/srv"]\n'},
+            "jobs.toml: [jobs.other] destinations[1]: 'offsite' is named twice",
+        ),
+        (
+            {
+                "extra": '[destinations.nas]\ntype = "local"\npath = "/mnt/nas"\n'
+                'encrypt_to = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]\n'
+                '[jobs.other]\ndestinations = ["offsite", "nas"]\nsources = ["/srv"]\n'
+            },
+            "jobs.toml: [jobs.other] encrypt_to: its destinations name different recipients",
+        ),
+        (
             {"extra": '["jobs"."bad name"]\ndestination = "offsite"\nsources = ["/srv"]\n'},
             "jobs.toml: [jobs.bad name]: the name may use only letters",
         ),
