@@ -580,7 +580,11 @@ def checkup(config: Config, job: str, name: str) -> list[CheckStep]:
     try:
 
         def login() -> str:
-            destination.check()
+            try:
+                destination.check()
+            except SftpFailed as exc:  # the advice belongs on the report: what to set
+                diagnosis, _ = exc.explain()
+                raise DestinationError(f"{diagnosis.what}: {exc}. {diagnosis.advice}") from None
             seen = destination._client.seen if destination._client else None
             return f"host key {seen} accepted; logged in as {settings.user}"
 

@@ -124,7 +124,10 @@ def test_with_require_any_the_other_destination_keeps_the_backup(
         'backupagent_last_run_destination_result{job="www",destination="offsite",result="failed"} 1'
         in metrics
     )
-    summary = cli(config.path, "history", "www")
-    assert summary.returncode == 0
+    assert cli(config.path, "history", "www").returncode == 0
+    again = cli(config.path, "run-job", "www")  # the summary shows each destination
+    assert again.returncode == 0
+    offsite = "FAILED" if failing == "at login" else "OK"  # the fault table was used up
+    assert f"  offsite: {offsite}" in again.stdout and "  nas: OK" in again.stdout
     events = [json.loads(line) for line in result.log_path.read_text().splitlines()]
     assert any(e["event"] == "suggestion" and e.get("destination") == "offsite" for e in events)

@@ -126,6 +126,8 @@ def test_a_host_key_not_pinned_is_refused_with_its_fingerprint(
     assert not (sshd.root / "backups").exists()  # refused before anything was done
     events = read_events(result.log_path)
     assert events[-1]["event"] == "suggestion" and events[-1]["category"] == "ssh_host_key"
+    checked = cli(config.path, "diagnose", "www")
+    assert checked.returncode == 1 and f'host_key = "{sshd.fingerprint}"' in checked.stdout
     assert not any("retrying" in e["event"] for e in events)  # not a transient failure
 
 
