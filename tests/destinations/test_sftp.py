@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -223,3 +226,58 @@ def test_an_unreachable_server_is_a_host_problem(tmp_path: Path, site: Path, ssh
             direct.check()
     finally:
         direct.close()
+
+
+def test_sshd_killed_mid_download_and_restarted_resumes(tmp_path: Path, sshd: Sshd) -> None:
+    data = os.urandom(48 << 20)
+    (sshd.root / "backups").mkdir()
+    (sshd.root / "backups" / "v.tar.zst.0001").write_bytes(data)
+    settings = SftpDestination(
+        type="sftp",
+        host="127.0.0.1",
+        port=sshd.port,
+        user=sshd.user,
+        key_file=sshd.key_file,
+        host_key=sshd.fingerprint,
+        directory=str(sshd.root / "backups"),
+        retry_wait=0.5,  # how soon it retries cannot change whether it resumes
+    )
+    destination = Sftp("box", settings)
+    target = tmp_path / "v.tar.zst.0001"
+    partial = target.with_name(target.name + ".partial")
+
+    def crash_when_a_third_is_here() -> None:
+        deadline = time.monotonic() + 60
+        while not (partial.exists() and partial.stat().st_size > len(data) // 3):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)  # polling a file another thread writes; no event to wait on
+        sshd.kill()
+        sshd.start()
+
+    crasher = threading.Thread(target=crash_when_a_third_is_here)
+    crasher.start()
+    try:
+        destination.download("v.tar.zst.0001", target, len(data))
+    finally:
+        crasher.join()
+        destination.close()
+    assert target.read_bytes() == data
+
+
+def test_sigterm_mid_upload_aborts_and_leaves_nothing(
+    tmp_path: Path, site: Path, sshd: Sshd
+) -> None:
+    (site / "big.bin").write_bytes(os.urandom(64 << 20))
+    config = sftp_config(tmp_path, site, sshd, key_login(sshd), job='volume_size = "8M"')
+    argv = [sys.executable, "-m", "backupagent", "--config", str(config.path), "run-job", "www"]
+    agent = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    backups = sshd.root / "backups"
+    deadline = time.monotonic() + 60
+    while not (backups.exists() and any(backups.iterdir())):  # an upload has begun
+        assert time.monotonic() < deadline and agent.poll() is None
+        time.sleep(0.01)  # watching another process's output directory
+    agent.send_signal(signal.SIGTERM)
+    out, _ = agent.communicate(timeout=60)
+    assert agent.returncode == 1, out
+    assert "ABORTED" in out
+    assert list(backups.iterdir()) == []
