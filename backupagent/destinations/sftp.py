@@ -428,7 +428,7 @@ class Sftp:
         loop = self._loop_running()
         while True:
             try:
-                return loop.run(self._bounded(op(attempt)), self.cancel)
+                return loop.run(_awaited(op(attempt)), self.cancel)
             except Cancelled:
                 self._drop()
                 raise
@@ -450,14 +450,9 @@ class Sftp:
                     wait_seconds=delay,
                     reason=failure.detail,
                 )
-                if self.cancel is not None and self.cancel.wait(delay):
+                if (self.cancel or threading.Event()).wait(delay):  # the backoff, or a cancel
                     raise Cancelled("the run was stopped") from None
-                if self.cancel is None:
-                    time.sleep(delay)
                 delay = min(delay * 2, 60.0)
-
-    async def _bounded(self, op: Awaitable[T]) -> T:
-        return await op
 
     # --- SFTP operations --------------------------------------------------------------
 
@@ -556,6 +551,11 @@ class Sftp:
 
     def _will_write(self, *names: str) -> None:
         self.written.extend(n for n in names if n not in self.written)
+
+
+async def _awaited(op: Awaitable[T]) -> T:
+    """`op` as a coroutine (run_coroutine_threadsafe takes nothing else)."""
+    return await op
 
 
 def open_for_job(

@@ -1,0 +1,236 @@
+"""Incremental backups, the decisions: pure functions over plain data (issue 17).
+
+- the index: every archived path with the stat fields that tell a change (size, mtime
+  and ctime in ns, inode, kind), encoded compressed and read back with bounds (it comes
+  back from the server like everything else);
+- `changes`: what an incremental archives (new or changed paths) and records as
+  deleted, against the index of the backup before it;
+- `next_kind`: full or incremental, from the chain so far and `full_every`;
+- `layers`: for restoring a point, which backup of its chain supplies each path;
+- `keep_chains`: retention that never keeps an incremental without its ancestors.
+
+Not wired into runs yet: the run, the manifest fields and restore of a chain come next.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import zstandard
+
+MAX_INDEX_BYTES = 1 << 30  # decompressed: about 10,000,000 paths
+MAX_INDEX_ENTRIES = 10_000_000
+FORMAT = 1
+
+
+class BadIndex(Exception):
+    """An index that cannot be trusted: the next run must be a full."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    """What tells a path changed: any field differing means archive it again."""
+
+    kind: str  # "f" file, "d" directory, "l" symlink, "o" other (fifo...)
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+
+
+def stat_of(st: os.stat_result) -> Stat:
+    mode = st.st_mode
+    kind = (
+        "f"
+        if stat.S_ISREG(mode)
+        else "d"
+        if stat.S_ISDIR(mode)
+        else "l"
+        if stat.S_ISLNK(mode)
+        else "o"
+    )
+    return Stat(kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+Index = Mapping[str, Stat]
+
+
+@dataclass(frozen=True)
+class Changes:
+    archive: frozenset[str]  # new, changed or retyped paths: archived again
+    deleted: tuple[str, ...]  # gone since the previous backup, sorted
+    retyped: tuple[str, ...]  # a file became a directory, a link, ...: sorted
+
+    @property
+    def empty(self) -> bool:
+        return not (self.archive or self.deleted)
+
+
+def changes(previous: Index, current: Index) -> Changes:
+    """What an incremental over `previous` must hold to give `current` back."""
+    archive = frozenset(p for p, s in current.items() if previous.get(p) != s)
+    deleted = tuple(sorted(p for p in previous if p not in current))
+    retyped = tuple(
+        sorted(p for p in archive if p in previous and previous[p].kind != current[p].kind)
+    )
+    return Changes(archive, deleted, retyped)
+
+
+def encode(index: Index) -> bytes:
+    """The index as zstd-compressed JSON lines, sorted: the same index, the same bytes."""
+    lines = [json.dumps({"format": FORMAT}, separators=(",", ":"))]
+    for path in sorted(index):
+        s = index[path]
+        lines.append(
+            json.dumps(
+                [path, s.kind, s.size, s.mtime_ns, s.ctime_ns, s.ino],
+                ensure_ascii=True,
+                separators=(",", ":"),
+            )
+        )
+    return zstandard.ZstdCompressor(level=3).compress(("\n".join(lines) + "\n").encode())
+
+
+def decode(data: bytes) -> dict[str, Stat]:
+    """An index read back (from the state directory or the server), every field checked;
+    BadIndex for anything else."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(data)
+        text = reader.read(MAX_INDEX_BYTES + 1)
+    except zstandard.ZstdError as exc:
+        raise BadIndex(f"not a zstd stream: {exc}") from None
+    if len(text) > MAX_INDEX_BYTES:
+        raise BadIndex(f"over {MAX_INDEX_BYTES} bytes decompressed")
+    lines = text.split(b"\n")
+    try:
+        head = json.loads(lines[0])
+    except ValueError:
+        raise BadIndex("no header line") from None
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        raise BadIndex(f"format {head!r} is not {FORMAT}")
+    index: dict[str, Stat] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        if len(index) >= MAX_INDEX_ENTRIES:
+            raise BadIndex(f"over {MAX_INDEX_ENTRIES} entries")
+        try:
+            path, kind, *numbers = json.loads(line)
+        except ValueError:
+            raise BadIndex(f"line {number} is not an entry") from None
+        if (
+            not isinstance(path, str)
+            or kind not in ("f", "d", "l", "o")
+            or len(numbers) != 4
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers)
+            or path in index
+        ):
+            raise BadIndex(f"line {number} is not a valid entry")
+        index[path] = Stat(kind, *numbers)
+    return index
+
+
+_EVERY = re.compile(r"^\s*(\d+)\s*([dh])\s*$")
+
+
+def parse_full_every(value: int | str) -> int | dt.timedelta:
+    """`7` (a full every 7th run) or `"7d"` / `"36h"` (when the full is that old)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError("must be at least 1 (a full every run)")
+        return value
+    match = _EVERY.match(str(value))
+    if not match or int(match[1]) < 1:
+        raise ValueError(f'{value!r} is not a number of runs (7) or an age ("7d", "36h")')
+    unit = {"d": "days", "h": "hours"}[match[2]]
+    return dt.timedelta(**{unit: int(match[1])})
+
+
+@dataclass(frozen=True)
+class Link:
+    """A complete backup of the job as the chain sees it."""
+
+    backup_id: str
+    created: dt.datetime
+    parent: str | None  # None: a full
+
+
+@dataclass(frozen=True)
+class Next:
+    kind: str  # "full" | "incremental"
+    parent: str | None
+    reason: str
+
+
+def next_kind(
+    chain: Sequence[Link], every: int | dt.timedelta, now: dt.datetime, index_matches: bool
+) -> Next:
+    """Full or incremental. `chain` is the newest backup's chain, full first (empty when
+    there is none or it is broken); `index_matches`: the local index is the newest
+    backup's (else the state directory is lost or stale: a full, never a wrong
+    incremental)."""
+    if not chain:
+        return Next("full", None, "no complete chain to continue")
+    if chain[0].parent is not None:
+        return Next("full", None, f"the chain of {chain[-1].backup_id} has no full on the server")
+    if not index_matches:
+        return Next("full", None, "the local index is not the newest backup's (state_dir lost?)")
+    if isinstance(every, int):
+        if len(chain) >= every:
+            return Next(
+                "full", None, f"the chain holds {len(chain)} backups (full_every = {every})"
+            )
+    elif now - chain[0].created >= every:
+        return Next("full", None, f"the full is older than {every} (full_every)")
+    return Next("incremental", chain[-1].backup_id, f"continues the chain of {chain[0].backup_id}")
+
+
+def chain_of(backup_id: str, parents: Mapping[str, str | None]) -> list[str] | None:
+    """`backup_id` and its ancestors, full first; None when one is missing or the
+    parents loop (a server that lies)."""
+    chain = [backup_id]
+    while (parent := parents.get(chain[-1])) is not None:
+        if parent not in parents or parent in chain:
+            return None
+        chain.append(parent)
+    return list(reversed(chain)) if chain[-1] in parents else None
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One backup of a chain, as restore sees it."""
+
+    backup_id: str
+    members: frozenset[str]
+    deleted: frozenset[str]
+
+
+def layers(chain: Sequence[Layer]) -> dict[str, str]:
+    """For each path of the restored point, the backup of the chain that supplies it
+    (the latest that holds it, unless deleted after). Paths absent from the result are
+    not restored."""
+    source: dict[str, str] = {}
+    for layer in chain:
+        for path in layer.deleted:
+            source.pop(path, None)
+        for path in layer.members:
+            source[path] = layer.backup_id
+    return source
+
+
+def keep_chains(keep: Iterable[str], parents: Mapping[str, str | None]) -> set[str]:
+    """The backups to keep: those retention keeps, and every ancestor of each (an
+    incremental is worthless without its full and the increments before it)."""
+    kept: set[str] = set()
+    for backup_id in keep:
+        current: str | None = backup_id
+        while current is not None and current not in kept:
+            kept.add(current)
+            current = parents.get(current)
+    return kept
