@@ -504,6 +504,14 @@ class Config(BaseModel):
             return job.passive
         return getattr(self.destination_of(job_name, destination), "passive", True)
 
+    def mode_table(self, job_name: str, destination: str) -> str:
+        """Where a `passive` change belongs: the job's table, unless the job has several
+        destinations and leaves `passive` to each of them."""
+        job = self.jobs[job_name]
+        if job.passive is None and len(job.destination_names) > 1:
+            return f"destinations.{destination}"
+        return f"jobs.{job_name}"
+
     def recipients_for(self, job_name: str) -> list[str]:
         """The job's age recipients, else its destinations' (parse_config checks they
         agree; empty: not encrypted)."""

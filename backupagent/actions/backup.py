@@ -438,7 +438,14 @@ class _Run:
 
     def _suggestion(self, diagnosis: Diagnosis, probe: ProbeResult | None, name: str) -> str:
         """The suggestion for a failure at destination `name`, logged as an event."""
-        text = suggestion_text(diagnosis, self.job_name, name, self.config.path, probe)
+        text = suggestion_text(
+            diagnosis,
+            self.job_name,
+            name,
+            self.config.path,
+            probe,
+            self.config.mode_table(self.job_name, name),
+        )
         several = len(self.job.destination_names) > 1
         self.log.warning(
             "suggestion",

@@ -13,8 +13,10 @@ def suggestion_text(
     destination: str,
     config_path: Path,
     probe: ProbeResult | None,
+    mode_table: str | None = None,
 ) -> str:
-    """The plain-words suggestion: what failed, the evidence, and the exact change to make."""
+    """The plain-words suggestion: what failed, the evidence, and the exact change to make.
+    `mode_table` is where `passive` goes (default: the job's table)."""
     lines = [f"Job '{job}': {diagnosis.what}."]
     lines += ["Evidence:"] + [f"  {fact}" for fact in diagnosis.evidence if fact]
     if diagnosis.flips_mode:
@@ -39,7 +41,8 @@ def suggestion_text(
         if probe is not None:
             lines.append(f"Verified: a directory listing in {other} mode worked from this host.")
         lines.append(
-            f"Change: in {config_path}, under [jobs.{job}], set {passive_setting(bool(target))}"
+            f"Change: in {config_path}, under [{mode_table or f'jobs.{job}'}], "
+            f"set {passive_setting(bool(target))}"
         )
     else:
         lines.append(f"Advice: {diagnosis.advice}")

@@ -131,3 +131,43 @@ def test_with_require_any_the_other_destination_keeps_the_backup(
     assert f"  offsite: {offsite}" in again.stdout and "  nas: OK" in again.stdout
     events = [json.loads(line) for line in result.log_path.read_text().splitlines()]
     assert any(e["event"] == "suggestion" and e.get("destination") == "offsite" for e in events)
+
+
+def test_a_mode_flip_for_one_of_two_ftp_destinations_goes_under_that_destination(
+    tmp_path: Path, site: Path, ftp_server: LocalFtpServer, server: LocalFtpServer
+) -> None:
+    """`passive` under the job would flip both; the advice names the one that failed."""
+    server.block_passive()
+    (tmp_path / "ftp.pass").write_text(ftp_server.password + "\n")
+    text = f"""
+[agent]
+state_dir = "{tmp_path}/state"
+log_dir = "{tmp_path}/log"
+spool_dir = "{tmp_path}/spool"
+
+[destinations.one]
+type = "ftp"
+host = "{ftp_server.host}"
+port = {ftp_server.port}
+user = "{ftp_server.user}"
+password_file = "{tmp_path}/ftp.pass"
+timeout = 5
+
+[destinations.two]
+type = "ftp"
+host = "{server.host}"
+port = {server.port}
+user = "{server.user}"
+password_file = "{tmp_path}/ftp.pass"
+timeout = 5
+
+[jobs.www]
+destinations = ["one", "two"]
+require = "any"
+sources = ["{site}"]
+"""
+    (tmp_path / "jobs.toml").write_text(text)
+    result = run_job(load_config(tmp_path / "jobs.toml"), "www")
+    assert result.outcome == "warning", result.error
+    assert "under [destinations.two], set passive = false" in (result.suggestion or "")
+    assert "[jobs.www]" not in (result.suggestion or "")

@@ -91,6 +91,7 @@ class Ftp:
         job: str = "",
         config_path: Path | None = None,
         fallback: bool = False,
+        mode_table: str | None = None,
         hooks: Hooks | None = None,
         cancel: threading.Event | None = None,
     ) -> None:
@@ -101,6 +102,7 @@ class Ftp:
         self.job = job
         self.config_path = config_path
         self.fallback = fallback
+        self.mode_table = mode_table  # where the `passive` change goes (default: the job's)
         self.hooks = hooks or Hooks()
         self.cancel = cancel or threading.Event()
         self.log = structlog.get_logger("backupagent.run")
@@ -275,7 +277,7 @@ class Ftp:
         note = (
             f"the data connection failed in {failed} mode, {other} mode worked "
             f"(fallback). To skip the failed attempt next time, set {change} under "
-            f"[jobs.{self.job}] in {self.config_path}"
+            f"[{self.mode_table or f'jobs.{self.job}'}] in {self.config_path}"
         )
         suggestion = f"Job '{self.job}': {note}."
         self.hooks.advise(f"fallback to {other} mode: {note}", suggestion)
@@ -364,6 +366,7 @@ def open_for_job(
         job=job,
         config_path=config.path,
         fallback=config.jobs[job].fallback,
+        mode_table=config.mode_table(job, name),
         hooks=hooks,
         cancel=cancel,
     )
