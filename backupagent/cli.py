@@ -393,6 +393,9 @@ def backups(obj: _Context, job: str, only: str | None) -> None:
         for b in found
     ]
     headers = ["backup", "created", "size", "volumes", "files", "databases"]
+    if config.jobs[job].incremental:  # each point's kind and what it builds on
+        headers += ["kind", "parent"]
+        rows = [[*row, b.kind or "-", b.parent or "-"] for row, b in zip(rows, found, strict=True)]
     _table(headers, rows, result_column=0)
     if leftovers:
         click.echo(f"incomplete (no manifest; not backups): {len(leftovers)}")

@@ -425,6 +425,8 @@ class Job(_Table):
     wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
     catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed
     fallback: StrictBool = False  # data connection failed: retry once in the other mode
+    incremental: StrictBool = False  # after a full, only what changed (incremental.py)
+    full_every: StrictInt | str = 7  # a full every N runs (7), or once it is that old ("7d")
     verify_schedule: str | None = None  # cron: download and check the newest backup
     email: EmailSettings | None = None  # overrides [agent.email] for this job
     ping: PingSettings | None = None
@@ -441,6 +443,14 @@ class Job(_Table):
     # the archive is cut into volumes of this size, each uploaded as soon as it is
     # written: the spool never holds more than two volumes
     volume_size: ByteSize = Field(default=64 << 20, ge=64 << 10)
+
+    @field_validator("full_every")
+    @classmethod
+    def _full_every(cls, value: int | str) -> int | str:
+        from backupagent.incremental import parse_full_every
+
+        parse_full_every(value)
+        return value
 
     @field_validator("schedule", "verify_schedule")
     @classmethod

@@ -21,6 +21,7 @@ import re
 import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import zstandard
 
@@ -161,9 +162,12 @@ class Link:
     parent: str | None  # None: a full
 
 
+Kind = Literal["full", "incremental"]
+
+
 @dataclass(frozen=True)
 class Next:
-    kind: str  # "full" | "incremental"
+    kind: Kind
     parent: str | None
     reason: str
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -82,6 +82,12 @@ class Manifest(_Part):
     warnings: Size = 0
     encryption: Encryption | None = None
     wordpress: dict[str, Any] | None = None
+    # incremental jobs (absent: a full): the backup this one builds on, the paths gone
+    # since it, and this backup's index of every path (to compare the next run against)
+    kind: Literal["full", "incremental"] = "full"
+    parent: str | None = Field(default=None, max_length=255)
+    deleted: list[Annotated[str, Field(max_length=4096)]] = Field(default=[], max_length=10_000_000)
+    index: Volume | None = None
 
     @model_validator(mode="after")
     def _volumes_of_this_backup(self) -> Manifest:
@@ -93,6 +99,15 @@ class Manifest(_Part):
                 )
         if self.archive is not None and not pattern.match(self.archive.name):
             raise ValueError(f"archive.name {self.archive.name!r} is not of {self.backup_id}")
+        if self.index is not None and self.index.name != f"{self.backup_id}.index.zst":
+            raise ValueError(f"index.name {self.index.name!r} is not of {self.backup_id}")
+        job_run = rf"^{re.escape(self.job)}-\d{{8}}T\d{{6}}\.\d{{3}}Z-[0-9a-f]{{6}}$"
+        if self.parent is not None and (
+            not re.match(job_run, self.parent) or self.parent >= self.backup_id
+        ):
+            raise ValueError(f"parent {self.parent!r} is not an earlier backup of {self.job}")
+        if (self.kind == "incremental") != (self.parent is not None):
+            raise ValueError("kind: an incremental names its parent, a full does not")
         return self
 
     @property

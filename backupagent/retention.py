@@ -14,6 +14,7 @@ from backupagent.config import Retention
 
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
+INDEX_SUFFIX = ".index.zst"  # an incremental job's index of the backup (incremental.py)
 TEMP_SUFFIX = ".partial"
 RUN_ID_PATTERN = r"(?P<stamp>\d{8}T\d{6}\.\d{3}Z)-(?P<nonce>[0-9a-f]{6})"
 
@@ -24,6 +25,10 @@ def archive_name(backup_id: str) -> str:
 
 def manifest_name(backup_id: str) -> str:
     return backup_id + MANIFEST_SUFFIX
+
+
+def index_name(backup_id: str) -> str:
+    return backup_id + INDEX_SUFFIX
 
 
 def temp_name(final_name: str, tag: str = "") -> str:
@@ -69,7 +74,8 @@ def name_pattern(job: str) -> re.Pattern[str]:
     `www` never matches the files of `www-db`, nor of `www-20240101T000000.000Z-abcdef.x`."""
     return re.compile(
         rf"^(?P<id>{re.escape(job)}-{RUN_ID_PATTERN})"
-        rf"(?P<kind>{re.escape(MANIFEST_SUFFIX)}|{re.escape(ARCHIVE_SUFFIX)}(?:\.age)?(?:\.\d{{4}})?)"
+        rf"(?P<kind>{re.escape(MANIFEST_SUFFIX)}|{re.escape(INDEX_SUFFIX)}"
+        rf"|{re.escape(ARCHIVE_SUFFIX)}(?:\.age)?(?:\.\d{{4}})?)"
         rf"(?P<temp>(?:\.(?:passive|active))?{re.escape(TEMP_SUFFIX)})?$"
     )
 

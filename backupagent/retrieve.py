@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from backupagent import crypto, unpack
+from backupagent import crypto, incremental, unpack
 from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
@@ -87,6 +87,14 @@ class BackupInfo:
         return bool(self.manifest and self.manifest.encrypted)
 
     @property
+    def kind(self) -> str:
+        return self.manifest.kind if self.manifest else ""
+
+    @property
+    def parent(self) -> str | None:
+        return self.manifest.parent if self.manifest else None
+
+    @property
     def recipients(self) -> list[str]:
         encryption = self.manifest.encryption if self.manifest else None
         return list(encryption.recipients) if encryption else []
@@ -110,6 +118,27 @@ def listed(destination: Destination, job: str) -> tuple[list[BackupInfo], list[s
     names = destination.names()
     backups = [_info(destination, b) for b in reversed(complete_backups(job, names))]
     return backups, incomplete(job, names)
+
+
+def info(destination: Destination, backup_id: str) -> BackupInfo:
+    """One backup's manifest, read and checked (unreadable: `problem` says why)."""
+    return _info(destination, RemoteBackup("", backup_id))
+
+
+def chain(backups: list[BackupInfo], wanted: BackupInfo) -> list[BackupInfo]:
+    """`wanted` and the backups it builds on, full first (an incremental restores only
+    with all of them); RestoreError when one is missing or unreadable."""
+    by_id = {b.backup_id: b for b in backups}
+    links = [wanted]
+    while (parent := links[-1].parent) is not None:
+        found = by_id.get(parent)
+        if found is None or not found.readable or found in links:
+            why = "is not on the server" if found is None else (found.problem or "loops")
+            raise RestoreError(
+                f"{wanted.backup_id} is an incremental whose chain is broken: {parent} {why}"
+            )
+        links.append(found)
+    return list(reversed(links))
 
 
 def _info(destination: Destination, backup: RemoteBackup) -> BackupInfo:
@@ -286,33 +315,80 @@ def extract(
     outside_links: bool = False,
 ) -> unpack.Report:
     """Extract into an empty `dest`, once `scan` has admitted every member."""
+    return extract_chain([(archive, frozenset())], dest, identities, outside_links)
+
+
+def extract_chain(
+    chain: list[tuple[list[Path], frozenset[str]]],
+    dest: Path,
+    identities: list[Any] | None = None,
+    outside_links: bool = False,
+) -> unpack.Report:
+    """Extract the point the last of `chain` was, into an empty `dest`: each backup of
+    the chain is (its volumes, the paths it records as deleted), full first. Every
+    archive is judged first (unpack.plan); then each path comes from the latest backup
+    that holds it (incremental.layers), databases from the last one only."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
         if any(dest.iterdir()):
             raise RestoreError(f"{dest} is not empty: restore into an empty directory")
     except OSError as exc:
         raise RestoreError(f"cannot use {dest}: {exc.strerror or exc}") from None
-    planned = scan(archive, identities, outside_links)  # also proves the identity fits
+    single = len(chain) == 1  # a full: every member, no names kept (memory stays bounded)
+    found: list[incremental.Layer] = []
+    sizes: dict[tuple[int, str], int] = {}
+    needed = 0
+    for number, (archive, deleted) in enumerate(chain):
+        names: set[str] = set()
+        try:  # also proves the identity fits
+            with _members(archive, identities) as tar:
+                members = unpack.members(tar)
+                if not single:
+                    members = _noted(members, names, sizes, number)
+                needed = unpack.plan(members, outside_links).bytes
+        except unpack.UnsafeArchive as exc:
+            raise RestoreError(f"refusing the archive: {exc}; nothing was extracted") from None
+        except _UNREADABLE as exc:
+            raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
+        last = number == len(chain) - 1
+        kept = names if last else {n for n in names if n.startswith("files/")}
+        found.append(incremental.Layer(str(number), frozenset(kept), deleted))
+    source = incremental.layers(found)
+    if not single:
+        needed = sum(size for (n, name), size in sizes.items() if source.get(name) == str(n))
     free = shutil.disk_usage(dest).free
-    if planned.bytes > free:
+    if needed > free:
         raise RestoreError(
-            f"{dest} has {free} bytes free, the backup needs {planned.bytes}: "
+            f"{dest} has {free} bytes free, the backup needs {needed}: "
             "restore somewhere with more room; nothing was extracted"
         )
     writer = unpack.Writer(dest, outside_links)
-    try:
-        with _members(archive, identities) as tar:
-            for member in unpack.members(tar):
-                writer.add(member, tar.extractfile(member) if member.isreg() else None)
-    except unpack.UnsafeArchive as exc:
-        raise RestoreError(f"refusing the archive: {exc}") from None
-    except _UNREADABLE as exc:
-        raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise RestoreError(f"{dest} is full (the backup needs {planned.bytes} bytes)") from None
-        raise RestoreError(f"writing into {dest} failed: {exc}") from None
+    for number, (archive, _deleted) in enumerate(chain):
+        try:
+            with _members(archive, identities) as tar:
+                for member in unpack.members(tar):
+                    if single or source.get(member.name) == str(number):
+                        writer.add(member, tar.extractfile(member) if member.isreg() else None)
+        except unpack.UnsafeArchive as exc:
+            raise RestoreError(f"refusing the archive: {exc}") from None
+        except _UNREADABLE as exc:
+            raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise RestoreError(f"{dest} is full (the backup needs {needed} bytes)") from None
+            raise RestoreError(f"writing into {dest} failed: {exc}") from None
     return writer.finish()
+
+
+def _noted(
+    members: Iterator[tarfile.TarInfo], names: set[str], sizes: dict[tuple[int, str], int], n: int
+) -> Iterator[tarfile.TarInfo]:
+    """`members`, noting each name (and regular file size) as it passes."""
+    for member in members:
+        names.add(member.name)
+        if member.isreg():
+            sizes[(n, member.name)] = member.size
+        yield member
 
 
 def load_database(

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import errno
+import hashlib
 import re
 import shutil
 import socket
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import structlog
 
-from backupagent import __version__
-from backupagent.actions import prune
+from backupagent import __version__, incremental
+from backupagent.actions import increments, prune
 from backupagent.actions.fanout import Fanout, Member
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
 from backupagent.config import Config, config_warnings
@@ -37,7 +38,7 @@ from backupagent.manifest import Volume as ManifestVolume
 from backupagent.outcome import DestinationResult, Outcome, RunResult, Trigger
 from backupagent.progress import Progress, logged_progress
 from backupagent.recording import recorded_run
-from backupagent.retention import RUN_ID_PATTERN, archive_name, manifest_name
+from backupagent.retention import RUN_ID_PATTERN, archive_name, index_name, manifest_name
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
 from backupagent.sources.files import Entry, identity, walk
 from backupagent.sources.wordpress import Site, WordPressError, read_site
@@ -120,6 +121,7 @@ class _Run:
         self.recipients = config.recipients_for(job_name)
         # the uploaded archive's name says whether it is encrypted
         self.archive = archive_name(self.backup_id) + (AGE_SUFFIX if self.recipients else "")
+        self.increment: increments.Increment | None = None  # incremental jobs only
         self.stop_dumps = threading.Event()  # set when the run ends: a dump still running stops
         self.log = structlog.get_logger("backupagent.run")
 
@@ -148,6 +150,10 @@ class _Run:
             self._check_sources()
             site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
             destination.check()  # a wrong password shows before any dump or archive
+            if self.job.incremental:
+                self.increment = increments.plan(
+                    self.config, self.job_name, destination, dt.datetime.now(dt.UTC)
+                )
             work.mkdir(mode=0o700)
             dumping = Worker("dump", dump_databases, site, work, self.stop_dumps)
             with _running(dumping, self.stop_dumps):
@@ -155,9 +161,15 @@ class _Run:
                 dumps = dumping.join(self._check_cancel)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
-            manifest = self._manifest(stats, volumes, dumps, site)
+            index = None
+            if self.increment is not None:
+                index = incremental.encode(self.increment.current)
+                destination.publish_bytes(index, index_name(self.backup_id))
+            manifest = self._manifest(stats, volumes, dumps, site, index)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
+            if index is not None:
+                increments.save(self.config, self.job_name, self.backup_id, index)
             for member in destination.live:
                 self.log.info(
                     "backup published",
@@ -295,12 +307,15 @@ class _Run:
         roots = {source: list(self.job.exclude) for source in self.job.sources}
         if self.job.wordpress:
             roots[self.job.wordpress] = [*self.job.exclude, *self.job.wordpress_exclude]
+        increment = self.increment
 
         def entries() -> Iterator[Entry | Dump | Flush]:
             for root, patterns in roots.items():
                 for entry in walk(root, patterns, self.warn, skip):
                     self._check_cancel()
                     dumping.check()
+                    if increment is not None and increment.unchanged(entry.arcname, entry.path):
+                        continue  # the backups it builds on hold it as it is
                     yield entry
             if dumping.running:  # send what is written while the dumps finish
                 yield FLUSH
@@ -360,7 +375,12 @@ class _Run:
             self.progress.uploaded(n)
 
     def _manifest(
-        self, stats: ArchiveStats, volumes: list[Volume], dumps: list[Dump], site: Site | None
+        self,
+        stats: ArchiveStats,
+        volumes: list[Volume],
+        dumps: list[Dump],
+        site: Site | None,
+        index: bytes | None = None,
     ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
         return Manifest(
@@ -406,12 +426,22 @@ class _Run:
                 "database": site.database,
                 "tables": "prefix" if site.target.table_prefix is not None else "all",
             },
+            kind=self.increment.kind if self.increment else "full",
+            parent=self.increment.decided.parent if self.increment else None,
+            deleted=self.increment.deleted() if self.increment else [],
+            index=None
+            if index is None
+            else ManifestVolume(
+                name=index_name(self.backup_id),
+                size=len(index),
+                sha256=hashlib.sha256(index).hexdigest(),
+            ),
         ).to_json()
 
     def _prune(self, destination: Destination) -> None:
         """Retention after a published backup; a failure is a warning, not a failed run."""
         try:
-            prune.apply(destination, self.job_name)
+            prune.apply(destination, self.job_name, chains=self.job.incremental)
         except DestinationError as exc:
             self.warn(
                 str(destination.describe().get("directory", destination.name)),

@@ -7,11 +7,12 @@ One implementation for the end of every backup run and for `backupagent prune`:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
+from backupagent import incremental
 from backupagent.config import Config, Retention
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import Destination
@@ -22,6 +23,7 @@ from backupagent.retention import (
     retention_policy,
     stale_leftovers,
 )
+from backupagent.retrieve import info
 from backupagent.state import job_lock
 
 
@@ -33,27 +35,72 @@ class Plan:
     decisions: list[Decision]
     stale: list[str]
     grace_hours: float
+    chains: bool = False  # an incremental job's plan
 
     @property
     def doomed(self) -> list[Decision]:
-        """The backups to delete, oldest first."""
-        return sorted((d for d in self.decisions if not d.keep), key=lambda d: d.backup)
+        """The backups to delete: oldest first; in chains newest first, so that an
+        interrupted prune leaves shorter chains, never an incremental without its full."""
+        doomed = sorted((d for d in self.decisions if not d.keep), key=lambda d: d.backup)
+        return doomed[::-1] if self.chains else doomed
 
 
-def plan(job: str, names: list[str], retention: Retention, now: dt.datetime) -> Plan:
-    """What retention does to `job`'s files among `names` at `now`."""
+def plan(
+    job: str,
+    names: list[str],
+    retention: Retention,
+    now: dt.datetime,
+    parents: Mapping[str, str | None] | None = None,
+) -> Plan:
+    """What retention does to `job`'s files among `names` at `now`. With `parents`
+    (an incremental job: each backup's parent, None for a full), the policy counts
+    restorable points, and a kept point keeps every backup it builds on."""
     decisions = decide(complete_backups(job, names), retention_policy(retention))
+    if parents is not None:
+        needed = incremental.keep_chains((d.backup.backup_id for d in decisions if d.keep), parents)
+        children = {parent: child for child, parent in parents.items() if parent}
+        decisions = [
+            d
+            if d.keep or d.backup.backup_id not in needed
+            else Decision(
+                d.backup,
+                True,
+                (f"needed to restore {_kept_child(d.backup.backup_id, children, decisions)}",),
+            )
+            for d in decisions
+        ]
     grace = dt.timedelta(hours=retention.partial_grace_hours)
     stale = stale_leftovers(job, names, now, grace)
-    return Plan(decisions, stale, retention.partial_grace_hours)
+    return Plan(decisions, stale, retention.partial_grace_hours, parents is not None)
 
 
-def apply(destination: Destination, job: str) -> Plan:
+def _kept_child(backup_id: str, children: Mapping[str, str], decisions: list[Decision]) -> str:
+    """The nearest kept backup built on `backup_id` (for the reason printed)."""
+    kept = {d.backup.backup_id for d in decisions if d.keep}
+    current = backup_id
+    while current in children:
+        current = children[current]
+        if current in kept:
+            return current
+    return "a kept incremental"
+
+
+def apply(destination: Destination, job: str, chains: bool = False) -> Plan:
     """Plan over the destination's listing, then delete: each backup's manifest
     first, so that from that moment it no longer counts as complete."""
-    planned = plan(job, destination.names(), destination.retention, dt.datetime.now(dt.UTC))
+    names = destination.names()
+    parents = parents_of(destination, job, names) if chains else None
+    planned = plan(job, names, destination.retention, dt.datetime.now(dt.UTC), parents)
     _delete(destination, planned)
     return planned
+
+
+def parents_of(destination: Destination, job: str, names: list[str]) -> dict[str, str | None]:
+    """Each complete backup's parent from its manifest (unreadable: taken as a full,
+    which its children then keep)."""
+    return {
+        b.backup_id: info(destination, b.backup_id).parent for b in complete_backups(job, names)
+    }
 
 
 def _delete(destination: Destination, planned: Plan) -> None:
@@ -81,7 +128,8 @@ def prune_job(
         destination = open_destination(config, job, name=name)
         try:
             names = destination.names()
-            planned = plan(job, names, destination.retention, dt.datetime.now(dt.UTC))
+            parents = parents_of(destination, job, names) if config.jobs[job].incremental else None
+            planned = plan(job, names, destination.retention, dt.datetime.now(dt.UTC), parents)
             show(planned)
             if not dry_run:
                 _delete(destination, planned)

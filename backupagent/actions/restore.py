@@ -19,9 +19,10 @@ from backupagent.destinations import open_destination
 from backupagent.retrieve import (
     BackupInfo,
     RestoreError,
+    chain,
     check,
     choose,
-    extract,
+    extract_chain,
     fetched,
     listed,
     load_database,
@@ -72,20 +73,30 @@ def restore(
     try:
         backups, _ = listed(opened, job)
         backup = choose(backups, wanted)
-        if backup.encrypted and not identities:
+        links = chain(backups, backup)  # an incremental needs the backups it builds on
+        encrypted = next((b for b in links if b.encrypted), None)
+        if encrypted is not None and not identities:
             raise RestoreError(
-                f"{backup.backup_id} is encrypted (age, for {', '.join(backup.recipients)}): "
-                "give --identity FILE with the private key of one of those recipients"
+                f"{encrypted.backup_id} is encrypted (age, for "
+                f"{', '.join(encrypted.recipients)}): give --identity FILE with the "
+                "private key of one of those recipients"
             )
         spool = private_directory(config.agent.spool_dir / job, "spool_dir")
         workdir = Path(tempfile.mkdtemp(prefix="restore-", dir=spool))  # 0700, its own
         try:
-            archive = fetched(opened, backup, workdir, spool)
-        finally:
-            opened.close()
-        try:
-            check(archive, backup)
-            report = extract(archive, target, identities, outside_links)
+            try:
+                archives = [
+                    fetched(opened, link, workdir / link.backup_id, spool) for link in links
+                ]
+            finally:
+                opened.close()
+            for link, archive in zip(links, archives, strict=True):
+                check(archive, link)
+            layers = [
+                (archive, frozenset(link.manifest.deleted if link.manifest else ()))
+                for link, archive in zip(links, archives, strict=True)
+            ]
+            report = extract_chain(layers, target, identities, outside_links)
         finally:  # downloaded backups do not linger
             shutil.rmtree(workdir, ignore_errors=True)
     finally:

@@ -17,7 +17,7 @@ from backupagent.destinations import open_destination
 from backupagent.destinations.base import DestinationError
 from backupagent.outcome import Outcome, Trigger
 from backupagent.recording import recorded_run
-from backupagent.retrieve import RestoreError, check, choose, fetched, listed, scan
+from backupagent.retrieve import RestoreError, chain, check, choose, fetched, listed, scan
 from backupagent.workers import Cancelled
 
 
@@ -41,20 +41,29 @@ def verify(
             result.archive = backup.archive
             result.backup_id = backup.backup_id
             result.stats = ArchiveStats(archive_bytes=backup.size)
-            archive = fetched(opened, backup, workdir, config.agent.spool_dir / job)
-            check(archive, backup)
-            if backup.encrypted and not identities:
+            links = chain(backups, backup)  # an incremental is checked with its chain
+            members = read = 0
+            for link in links:
+                archive = fetched(
+                    opened, link, workdir / link.backup_id, config.agent.spool_dir / job
+                )
+                check(archive, link)
+                if not (link.encrypted and not identities):
+                    planned = scan(archive, identities)
+                    members, read = members + planned.members, read + planned.bytes
+                shutil.rmtree(workdir / link.backup_id, ignore_errors=True)
+            of = f" and the {len(links) - 1} it builds on" if len(links) > 1 else ""
+            if any(link.encrypted for link in links) and not identities:
                 message = (
-                    f"{backup.backup_id}: SHA-256 matches the manifest; encrypted, so its "
-                    "contents were not read (give --identity to read them to the end)"
+                    f"{backup.backup_id}{of}: SHA-256 matches the manifest; encrypted, so "
+                    "its contents were not read (give --identity to read them to the end)"
                 )
             else:
-                planned = scan(archive, identities)
                 message = (
-                    f"{backup.backup_id}: SHA-256 matches the manifest; {planned.members} "
-                    f"members, {planned.bytes} bytes read to the end"
+                    f"{backup.backup_id}{of}: SHA-256 matches the manifest; {members} "
+                    f"members, {read} bytes read to the end"
                 )
-                result.stats.bytes_read = planned.bytes
+                result.stats.bytes_read = read
             result.outcome = Outcome.SUCCESS
         except (RestoreError, DestinationError) as exc:
             message = str(exc) or type(exc).__name__

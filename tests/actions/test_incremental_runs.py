@@ -1,0 +1,178 @@
+"""Incremental jobs end to end (FTP, pyftpdlib): a full and three incrementals with
+adds, changes, deletes and type changes, each point restored and compared; a missing
+parent gives a full; a failed incremental leaves the chain usable; chains pruned whole."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from backupagent.actions import prune
+from backupagent.actions.backup import run_job
+from backupagent.config import Retention
+from backupagent.ftpserver import LocalFtpServer
+from backupagent.logging import read_events
+
+from ..conftest import WriteConfig
+from ..helpers import cli
+
+INCREMENTAL = "incremental = true\nfull_every = 10"
+
+
+def state(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path below `root`: kind, content or link target, mode, mtime (seconds)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if rel.startswith("wp-content/cache") or rel.endswith(".log"):
+            continue  # the job excludes them
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), int(st.st_mtime))
+        else:
+            out[rel] = ("file", path.read_bytes(), stat.S_IMODE(st.st_mode), int(st.st_mtime))
+    return out
+
+
+def restored(config_path: Path, backup_id: str, into: Path, site: Path) -> dict:
+    done = cli(
+        config_path, "restore", "www", "--backup", backup_id, "--to", str(into), "--outside-links"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return state(into / "files" / str(site).lstrip("/"))
+
+
+def test_a_chain_restores_every_point_exactly(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config = write_config(job=INCREMENTAL)
+    points: list[tuple[str, dict]] = []
+
+    def backup(kind: str) -> None:
+        result = run_job(config, "www")
+        assert result.outcome == "success", result.error
+        kinds = [e for e in read_events(result.log_path) if e["event"] == "backup kind"]
+        assert kinds[0]["kind"] == kind
+        points.append((result.backup_id or "", state(site)))
+
+    backup("full")
+    (site / "new.txt").write_text("added\n")  # an add, a change, a delete
+    (site / "index.php").write_text("<?php echo 'changed, and longer';\n")
+    (site / "keep.log.txt").unlink()
+    backup("incremental")
+    (site / "wp-content/uploads/big.bin").unlink()  # a file becomes a directory
+    (site / "wp-content/uploads/big.bin").mkdir()
+    (site / "wp-content/uploads/big.bin/inside.txt").write_text("inside\n")
+    (site / "new.txt").unlink()  # a file becomes a symlink
+    (site / "new.txt").symlink_to("index.php")
+    os.chmod(site / "index.php", 0o600)  # only the mode
+    os.utime(site / "wp-content/uploads/café menu.txt", (1_600_000_000, 1_600_000_000))
+    backup("incremental")
+    (site / "wp-content/uploads/big.bin/inside.txt").rename(site / "moved.txt")  # a rename
+    (site / "empty").rmdir()  # a directory goes
+    backup("incremental")
+
+    for number, (backup_id, expected) in enumerate(points):
+        got = restored(config.path, backup_id, tmp_path / f"point{number}", site)
+        assert got == expected, f"point {number} ({backup_id}) differs"
+
+    listing = cli(config.path, "backups", "www").stdout.splitlines()
+    assert listing[0].split("\t")[-2:] == ["kind", "parent"]
+    assert [line.split("\t")[-2] for line in listing[1:]] == ["incremental"] * 3 + ["full"]
+    verified = cli(config.path, "verify", "www")
+    assert verified.returncode == 0 and "the 3 it builds on" in verified.stdout, verified.stdout
+
+
+def test_an_incremental_uploads_only_what_changed(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path
+) -> None:
+    config = write_config(job=INCREMENTAL)
+    full = run_job(config, "www")
+    (site / "small.txt").write_text("one small change\n")
+    increment = run_job(config, "www")
+    assert full.stats is not None and increment.stats is not None
+    assert increment.stats.files == 1  # the new file only (plus changed directories)
+    assert increment.stats.archive_bytes < full.stats.archive_bytes / 10
+
+
+def test_a_missing_parent_makes_the_next_run_a_full(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path
+) -> None:
+    config = write_config(job=INCREMENTAL)
+    first = run_job(config, "www")
+    second = run_job(config, "www")
+    (ftp_server.root / "backups/site" / f"{first.backup_id}.manifest.json").unlink()
+    third = run_job(config, "www")
+    assert third.outcome == "success", third.error
+    events = read_events(third.log_path)
+    kinds = [e for e in events if e["event"] == "backup kind"]
+    assert kinds[0]["kind"] == "full"
+    warned = [e for e in events if e["event"] == "this run is a full, not an incremental"]
+    assert warned and second.backup_id in warned[0]["reason"]
+
+
+def test_a_lost_state_dir_makes_the_next_run_a_full(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path
+) -> None:
+    config = write_config(job=INCREMENTAL)
+    run_job(config, "www")
+    for path in (config.agent.state_dir / "index").iterdir():
+        path.write_bytes(b"stale")
+    again = run_job(config, "www")
+    kinds = [e for e in read_events(again.log_path) if e["event"] == "backup kind"]
+    assert kinds[0]["kind"] == "full"
+
+
+def test_a_failed_incremental_leaves_the_chain_usable(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config = write_config(job=INCREMENTAL)
+    full = run_job(config, "www")
+    (site / "new.txt").write_text("added\n")
+    # the incremental's index is stored, its manifest refused: the run fails
+    ftp_server.faults = {"STOR": [None, None, "553 Could not create file."]}
+    failed = run_job(config, "www")
+    assert failed.outcome == "failed"
+    after = run_job(config, "www")
+    assert after.outcome == "success", after.error
+    kinds = [e for e in read_events(after.log_path) if e["event"] == "backup kind"]
+    assert (kinds[0]["kind"], kinds[0]["parent"]) == ("incremental", full.backup_id)
+    assert restored(config.path, after.backup_id or "", tmp_path / "back", site) == state(site)
+
+
+def _names(*backups: tuple[str, str | None]) -> tuple[list[str], dict[str, str | None]]:
+    names, parents = [], {}
+    for backup_id, parent in backups:
+        names += [f"{backup_id}.manifest.json", f"{backup_id}.tar.zst.0001"]
+        parents[backup_id] = parent
+    return names, parents
+
+
+B = [f"www-202611{day:02d}T030000.000Z-abcdef" for day in range(1, 10)]
+
+
+@pytest.mark.parametrize(
+    ("chain", "keep", "kept", "deleted"),
+    [
+        # keep = 1 keeps the newest point, and everything it builds on
+        ([(B[0], None), (B[1], B[0]), (B[2], B[1])], 1, [B[2], B[1], B[0]], []),
+        # an older chain whose points are all beyond the policy goes, newest first
+        ([(B[0], None), (B[1], B[0]), (B[2], None), (B[3], B[2])], 2, [B[3], B[2]], [B[1], B[0]]),
+        # a full on its own is pruned as before
+        ([(B[0], None), (B[1], None), (B[2], None)], 1, [B[2]], [B[1], B[0]]),
+    ],
+)
+def test_retention_keeps_chains_whole(chain, keep, kept, deleted) -> None:
+    names, parents = _names(*chain)
+    now = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    planned = prune.plan("www", names, Retention(keep=keep), now, parents)
+    assert [d.backup.backup_id for d in planned.decisions if d.keep] == kept
+    assert [d.backup.backup_id for d in planned.doomed] == deleted
+    needed = [d for d in planned.decisions if d.reasons[0].startswith("needed to restore")]
+    assert all(d.keep for d in needed)
