@@ -87,7 +87,8 @@ class Manifest(_Part):
     kind: Literal["full", "incremental"] = "full"
     parent: str | None = Field(default=None, max_length=255)
     deleted: list[Annotated[str, Field(max_length=4096)]] = Field(default=[], max_length=10_000_000)
-    index: Volume | None = None
+    index: Volume | None = None  # the uploaded index: whole after a full, own entries after
+    index_sha256: Sha256 | None = None  # an incremental; this: SHA-256 of the whole index
 
     @model_validator(mode="after")
     def _volumes_of_this_backup(self) -> Manifest:

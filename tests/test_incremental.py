@@ -56,19 +56,25 @@ def test_the_index_round_trips_and_is_deterministic() -> None:
     assert encode(index) == encode(dict(reversed(list(index.items()))))
 
 
+def _z(text: str) -> bytes:
+    return zstandard.ZstdCompressor().compress(text.encode())
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"not zstd",
-        zstandard.ZstdCompressor().compress(b'{"format": 2}\n'),
-        zstandard.ZstdCompressor().compress(b'{"format": 1}\n["a","f",1,2,3]\n'),
-        zstandard.ZstdCompressor().compress(b'{"format": 1}\n["a","x",1,2,3,4]\n'),
-        zstandard.ZstdCompressor().compress(b'{"format": 1}\n["a","f",-1,2,3,4]\n'),
-        zstandard.ZstdCompressor().compress(b'{"format": 1}\n["a","f",true,2,3,4]\n'),
-        zstandard.ZstdCompressor().compress(
-            b'{"format": 1}\n["a","f",1,2,3,4]\n["a","f",1,2,3,4]\n'
-        ),
-        zstandard.ZstdCompressor().compress(b"[1]\n"),
+        _z('{"format": 2, "entries": []}'),
+        _z('{"format": 1}'),
+        _z('{"format": 1, "entries": [["a","f",1,2,3]]}'),
+        _z('{"format": 1, "entries": [["a","x",1,2,3,4]]}'),
+        _z('{"format": 1, "entries": [["a","f",-1,2,3,4]]}'),
+        _z('{"format": 1, "entries": [["a","f",true,2,3,4]]}'),
+        _z('{"format": 1, "entries": [["a","f",1.5,2,3,4]]}'),
+        _z('{"format": 1, "entries": [["a","f",1,2,3,4],["a","f",1,2,3,4]]}'),
+        _z('{"format": 1, "entries": {"a": 1}}'),
+        _z("[1]"),
+        _z("[" * 100_000),
     ],
 )
 def test_an_index_from_a_hostile_server_is_refused(data: bytes) -> None:

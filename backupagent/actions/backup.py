@@ -161,11 +161,12 @@ class _Run:
                 dumps = dumping.join(self._check_cancel)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
-            index = None
+            index = uploaded = None
             if self.increment is not None:
                 index = incremental.encode(self.increment.current)
-                destination.publish_bytes(index, index_name(self.backup_id))
-            manifest = self._manifest(stats, volumes, dumps, site, index)
+                uploaded = self.increment.uploaded_index()
+                destination.publish_bytes(uploaded, index_name(self.backup_id))
+            manifest = self._manifest(stats, volumes, dumps, site, index, uploaded)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
             if index is not None:
@@ -381,6 +382,7 @@ class _Run:
         dumps: list[Dump],
         site: Site | None,
         index: bytes | None = None,
+        uploaded: bytes | None = None,
     ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
         return Manifest(
@@ -430,12 +432,13 @@ class _Run:
             parent=self.increment.decided.parent if self.increment else None,
             deleted=self.increment.deleted() if self.increment else [],
             index=None
-            if index is None
+            if uploaded is None
             else ManifestVolume(
                 name=index_name(self.backup_id),
-                size=len(index),
-                sha256=hashlib.sha256(index).hexdigest(),
+                size=len(uploaded),
+                sha256=hashlib.sha256(uploaded).hexdigest(),
             ),
+            index_sha256=None if index is None else hashlib.sha256(index).hexdigest(),
         ).to_json()
 
     def _prune(self, destination: Destination) -> None:

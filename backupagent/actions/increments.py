@@ -34,6 +34,7 @@ class Increment:
     decided: Next
     previous: Index = field(default_factory=dict)
     current: dict[str, Stat] = field(default_factory=dict)
+    archived: set[str] = field(default_factory=set)  # what this backup holds
 
     @property
     def kind(self) -> incremental.Kind:
@@ -46,7 +47,18 @@ class Increment:
         except OSError:
             return False  # the archive reports it
         self.current[arcname] = now
-        return self.decided.kind == "incremental" and self.previous.get(arcname) == now
+        if self.decided.kind == "incremental" and self.previous.get(arcname) == now:
+            return True
+        self.archived.add(arcname)
+        return False
+
+    def uploaded_index(self) -> bytes:
+        """What goes to the server: the whole index after a full; after an incremental
+        only its own entries (the chain's entries and deletions rebuild the whole),
+        so a night's upload stays near what changed."""
+        if self.decided.kind == "full":
+            return incremental.encode(self.current)
+        return incremental.encode({p: self.current[p] for p in self.archived})
 
     def deleted(self) -> list[str]:
         if self.decided.kind != "incremental":
@@ -86,12 +98,12 @@ def plan(config: Config, job: str, fanout: Fanout, now: dt.datetime) -> Incremen
         chains.append(links)
     same = all([b.backup_id for b in c] == [b.backup_id for b in chains[0]] for c in chains)
     links = chains[0] if chains and same else []
-    newest_index = links[-1].manifest.index if links and links[-1].manifest else None
+    newest = links[-1].manifest if links else None
     matches = bool(
-        links
-        and newest_index is not None
-        and local_id == links[-1].backup_id
-        and hashlib.sha256(local).hexdigest() == newest_index.sha256
+        newest is not None
+        and newest.index_sha256 is not None
+        and local_id == newest.backup_id
+        and hashlib.sha256(local).hexdigest() == newest.index_sha256
     )
     decided = incremental.next_kind(
         [Link(b.backup_id, _created(b), b.parent) for b in links], every, now, matches

@@ -1,0 +1,147 @@
+"""Incremental nights against the full pipeline an expert would use, on loopback.
+
+    python bench/incremental.py [--scale 1] [--nights 5] [--changed 0.01]
+
+Builds compare.py's WordPress-like site (5,000 small PHP files and 300 MiB of
+incompressible uploads per unit of --scale), runs one full backup with
+`incremental = true`, then for each night changes a fixed share of the files (chosen
+at random, seeded: PHP files rewritten, uploads replaced by new bytes of the same
+size) and alternates `backupagent run-job` (an incremental) with the reference
+
+    tar -cf - SITE | zstd -3 -T0 | curl -T - ftp://...
+
+It prints each night's wall times and their ratio, what the incremental uploaded
+(its volumes and index) against the changed files' bytes compressed with zstd -3,
+and the medians. The site only: a job's database dumps stay full every night and add
+their own time (compare.py measures them). Figures, not tests: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.compare import (
+    BENCH_PASSWORD,
+    BENCH_USER,
+    PHP,
+    free_port,
+    ftp_server,
+    make_site,
+    timed,
+)
+
+
+def change(files: list[Path], share: float, rng: random.Random) -> int:
+    """Change `share` of `files`; the changed bytes, compressed with zstd -3."""
+    compressor = zstandard.ZstdCompressor(level=3)
+    compressed = 0
+    for path in rng.sample(files, max(1, round(len(files) * share))):
+        if path.suffix == ".php":
+            data = (PHP.format(n=rng.randrange(10**9)) * rng.randrange(10, 50)).encode()
+        else:
+            data = os.urandom(path.stat().st_size)
+        path.write_bytes(data)
+        compressed += len(compressor.compress(data))
+    return compressed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--nights", type=int, default=5)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of files per night")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="ba-incremental-"))
+    os.chmod(base, 0o755)
+    ftp_root = base / "ftp"
+    ftp_root.mkdir()
+    port = free_port()
+    try:
+        with ftp_server(ftp_root, port) as server:
+            nights(base, ftp_root, port, server, args.scale, args.nights, args.changed)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def nights(
+    base: Path, ftp_root: Path, port: int, server: str, scale: int, count: int, share: float
+) -> None:
+    site = base / "site"
+    make_site(site, scale)
+    (base / "ftp.pass").write_text(BENCH_PASSWORD)
+    config = base / "jobs.toml"
+    config.write_text(f"""
+[agent]
+state_dir = "{base}/state"
+log_dir = "{base}/log"
+spool_dir = "{base}/spool"
+[destinations.ftp]
+type = "ftp"
+host = "127.0.0.1"
+port = {port}
+user = "{BENCH_USER}"
+password_file = "{base}/ftp.pass"
+directory = "/agent"
+keep = 30
+[jobs.bench]
+destination = "ftp"
+sources = ["{site}"]
+incremental = true
+full_every = 1000
+""")
+    url = f"ftp://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port}/ref"
+    reference = (
+        "set -eo pipefail; "
+        f"tar -C {site.parent} -cf - {site.name} | zstd -3 -T0 -q | "
+        f"curl -sS --ftp-create-dirs -T - {url}/site.tar.zst"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    agent = [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "bench"]
+    files = sorted(p for p in site.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in files)
+    print(
+        f"scale {scale}: site {size / 2**20:.0f} MiB in {len(files)} files; "
+        f"{share:.0%} changed per night; FTP server {server}; {os.cpu_count()} cores"
+    )
+    full, _, _ = timed(agent, env, None)
+    print(f"  the full: {full:.2f} s")
+    rng = random.Random(17)
+    ratios, uploads, times, refs = [], [], [], []
+    home = ftp_root / "agent"
+    for night in range(1, count + 1):
+        changed = change(files, share, rng)
+        before = {p.name for p in home.iterdir()}
+        seconds, _, _ = timed(agent, env, None)
+        new = [p for p in home.iterdir() if p.name not in before]
+        uploaded = sum(p.stat().st_size for p in new if ".manifest." not in p.name)
+        reference_seconds, _, _ = timed(["bash", "-c", reference], env, None)
+        times.append(seconds)
+        refs.append(reference_seconds)
+        ratios.append(seconds / reference_seconds)
+        uploads.append(uploaded / changed)
+        print(
+            f"  night {night}: incremental {seconds:6.2f} s  reference {reference_seconds:6.2f} s"
+            f"  ratio {ratios[-1]:.3f};  uploaded {uploaded / 2**20:7.2f} MiB for "
+            f"{changed / 2**20:7.2f} MiB changed (compressed): {uploads[-1]:.2f}x"
+        )
+    print(
+        f"  median: incremental {statistics.median(times):.2f} s, reference "
+        f"{statistics.median(refs):.2f} s, time ratio {statistics.median(ratios):.3f} "
+        f"(nights {min(ratios):.3f} to {max(ratios):.3f}); uploaded/changed "
+        f"{statistics.median(uploads):.2f}x ({min(uploads):.2f} to {max(uploads):.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
