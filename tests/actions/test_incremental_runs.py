@@ -13,7 +13,7 @@ import pytest
 
 from backupagent.actions import prune
 from backupagent.actions.backup import run_job
-from backupagent.config import Retention
+from backupagent.config import Retention, load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 
@@ -176,3 +176,62 @@ def test_retention_keeps_chains_whole(chain, keep, kept, deleted) -> None:
     assert [d.backup.backup_id for d in planned.doomed] == deleted
     needed = [d for d in planned.decisions if d.reasons[0].startswith("needed to restore")]
     assert all(d.keep for d in needed)
+
+
+def test_two_destinations_carry_the_same_chain_and_prune_explains_it(
+    tmp_path: Path, site: Path, ftp_server: LocalFtpServer
+) -> None:
+    (tmp_path / "ftp.pass").write_text(ftp_server.password + "\n")
+    (tmp_path / "jobs.toml").write_text(f"""
+[agent]
+state_dir = "{tmp_path}/state"
+log_dir = "{tmp_path}/log"
+spool_dir = "{tmp_path}/spool"
+
+[destinations.offsite]
+type = "ftp"
+host = "{ftp_server.host}"
+port = {ftp_server.port}
+user = "{ftp_server.user}"
+password_file = "{tmp_path}/ftp.pass"
+directory = "/backups"
+keep = 1
+
+[destinations.nas]
+type = "local"
+path = "{tmp_path}/nas"
+keep = 1
+
+[jobs.www]
+destinations = ["offsite", "nas"]
+sources = ["{site}"]
+incremental = true
+""")
+    config = load_config(tmp_path / "jobs.toml")
+    full = run_job(config, "www")
+    (site / "new.txt").write_text("added\n")
+    increment = run_job(config, "www")
+    kinds = [e for e in read_events(increment.log_path) if e["event"] == "backup kind"]
+    assert (kinds[0]["kind"], kinds[0]["parent"]) == ("incremental", full.backup_id)
+    for name in ("offsite", "nas"):
+        dry = cli(config.path, "prune", "www", "--dry-run", "--destination", name)
+        assert dry.returncode == 0, dry.stderr
+        assert f"keep   {full.backup_id}  (needed to restore {increment.backup_id})" in dry.stdout
+        back = tmp_path / f"from-{name}"
+        done = cli(
+            config.path,
+            "restore",
+            "www",
+            "--destination",
+            name,
+            "--to",
+            str(back),
+            "--outside-links",
+        )
+        assert done.returncode == 0, done.stderr
+        assert state(back / "files" / str(site).lstrip("/")) == state(site)
+    # the nas lost the increment's manifest: the chains differ, so the next run is a full
+    (tmp_path / "nas" / f"{increment.backup_id}.manifest.json").unlink()
+    again = run_job(config, "www")
+    kinds = [e for e in read_events(again.log_path) if e["event"] == "backup kind"]
+    assert kinds[0]["kind"] == "full"
