@@ -65,6 +65,7 @@ def test_a_chain_restores_every_point_exactly(
     (site / "new.txt").write_text("added\n")  # an add, a change, a delete
     (site / "index.php").write_text("<?php echo 'changed, and longer';\n")
     (site / "keep.log.txt").unlink()
+    os.link(site / "index.php", site / "hard.txt")  # a new name for an unchanged file
     backup("incremental")
     (site / "wp-content/uploads/big.bin").unlink()  # a file becomes a directory
     (site / "wp-content/uploads/big.bin").mkdir()
@@ -81,6 +82,9 @@ def test_a_chain_restores_every_point_exactly(
     for number, (backup_id, expected) in enumerate(points):
         got = restored(config.path, backup_id, tmp_path / f"point{number}", site)
         assert got == expected, f"point {number} ({backup_id}) differs"
+        if number >= 1:  # the hard link is restored as one, not as a copy
+            back = tmp_path / f"point{number}" / "files" / str(site).lstrip("/")
+            assert (back / "hard.txt").stat().st_ino == (back / "index.php").stat().st_ino
 
     listing = cli(config.path, "backups", "www").stdout.splitlines()
     assert listing[0].split("\t")[-2:] == ["kind", "parent"]
