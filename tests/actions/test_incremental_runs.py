@@ -239,3 +239,22 @@ incremental = true
     again = run_job(config, "www")
     kinds = [e for e in read_events(again.log_path) if e["event"] == "backup kind"]
     assert kinds[0]["kind"] == "full"
+
+
+def test_an_encrypted_chain_restores_with_the_identity(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    identity = tmp_path / "identity.txt"
+    made = cli(None, "keygen", "--out", str(identity))
+    recipient = made.stdout.split('encrypt_to = ["')[1].split('"')[0]
+    config = write_config(job=f'{INCREMENTAL}\nencrypt_to = ["{recipient}"]')
+    run_job(config, "www")
+    (site / "new.txt").write_text("added\n")
+    increment = run_job(config, "www")
+    assert increment.outcome == "success", increment.error
+    args = ["restore", "www", "--to", str(tmp_path / "back"), "--outside-links"]
+    refused = cli(config.path, *args)
+    assert refused.returncode == 1 and "--identity" in refused.stderr
+    done = cli(config.path, *args, "--identity", str(identity))
+    assert done.returncode == 0, done.stderr
+    assert state(tmp_path / "back" / "files" / str(site).lstrip("/")) == state(site)
