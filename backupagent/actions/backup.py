@@ -169,8 +169,9 @@ class _Run:
             manifest = self._manifest(stats, volumes, dumps, site, index, uploaded)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
-            if index is not None:
+            if index is not None and self.increment is not None:
                 increments.save(self.config, self.job_name, self.backup_id, index)
+                self.increment.known[self.backup_id] = self.increment.decided.parent
             for member in destination.live:
                 self.log.info(
                     "backup published",
@@ -179,6 +180,8 @@ class _Run:
                     destination=member.name,
                 )
                 self._prune(member.destination)
+            if self.increment is not None:
+                increments.remember_parents(self.config, self.job_name, self.increment.known)
         except BaseException as exc:
             destination.rollback()  # files may be uploaded while a dump fails, say
             self._record_destinations(destination, published=False)
@@ -444,7 +447,10 @@ class _Run:
     def _prune(self, destination: Destination) -> None:
         """Retention after a published backup; a failure is a warning, not a failed run."""
         try:
-            prune.apply(destination, self.job_name, chains=self.job.incremental)
+            if self.increment is None:
+                prune.apply(destination, self.job_name)
+            else:
+                prune.apply(destination, self.job_name, self.increment.known)
         except DestinationError as exc:
             self.warn(
                 str(destination.describe().get("directory", destination.name)),

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from backupagent.actions.fanout import Fanout
 from backupagent.config import Config
 from backupagent.destinations.base import Destination, DestinationError
 from backupagent.incremental import Index, Link, Next, Stat
-from backupagent.retention import RemoteBackup, complete_backups
+from backupagent.retention import complete_backups
 from backupagent.retrieve import BackupInfo, info
 
 
@@ -35,6 +37,7 @@ class Increment:
     previous: Index = field(default_factory=dict)
     current: dict[str, Stat] = field(default_factory=dict)
     archived: set[str] = field(default_factory=set)  # what this backup holds
+    known: dict[str, str | None] = field(default_factory=dict)  # parents read so far
 
     @property
     def kind(self) -> incremental.Kind:
@@ -77,37 +80,40 @@ def plan(config: Config, job: str, fanout: Fanout, now: dt.datetime) -> Incremen
     spec = config.jobs[job]
     every = incremental.parse_full_every(spec.full_every)
     index_file, id_file = _state(config, job)
+    known = known_parents(config, job)
     try:
         local = index_file.read_bytes()
         local_id = id_file.read_text().strip()
     except OSError:
         local, local_id = b"", ""
-    chains: list[list[BackupInfo]] = []
+    chains: list[list[Link]] = []
+    heads: list[BackupInfo | None] = []  # each destination's newest backup, read
     broken = ""
     for member in fanout.live:
         names = member.destination.names()
         backups = complete_backups(job, names)
-        if not backups:
-            chains.append([])
-            continue
-        try:
-            links, why = _chain(member.destination, {b.backup_id for b in backups}, backups[-1])
-        except DestinationError as exc:
-            links, why = [], f"the chain on {member.name} cannot be read: {exc}"
-        broken = broken or why
+        head: BackupInfo | None = None
+        links: list[Link] = []
+        if backups:
+            try:
+                head = info(member.destination, backups[-1].backup_id)
+                complete = {b.backup_id for b in backups}
+                links, why = _chain(head, complete, member.destination, known)
+            except DestinationError as exc:
+                links, why = [], f"the chain on {member.name} cannot be read: {exc}"
+            broken = broken or why
         chains.append(links)
-    same = all([b.backup_id for b in c] == [b.backup_id for b in chains[0]] for c in chains)
+        heads.append(head)
+    same = all(c == chains[0] for c in chains)
     links = chains[0] if chains and same else []
-    newest = links[-1].manifest if links else None
+    newest = heads[0].manifest if links and heads[0] is not None else None
     matches = bool(
         newest is not None
         and newest.index_sha256 is not None
         and local_id == newest.backup_id
         and hashlib.sha256(local).hexdigest() == newest.index_sha256
     )
-    decided = incremental.next_kind(
-        [Link(b.backup_id, _created(b), b.parent) for b in links], every, now, matches
-    )
+    decided = incremental.next_kind(links, every, now, matches)
     previous: Index = {}
     if decided.kind == "incremental":
         try:
@@ -119,24 +125,36 @@ def plan(config: Config, job: str, fanout: Fanout, now: dt.datetime) -> Incremen
         log.warning("this run is a full, not an incremental", reason=why)
         decided = Next("full", None, why)
     log.info("backup kind", kind=decided.kind, parent=decided.parent, reason=decided.reason)
-    return Increment(decided, previous)
+    return Increment(decided, previous, known=known)
 
 
 def _chain(
-    destination: Destination, complete: set[str], newest: RemoteBackup
-) -> tuple[list[BackupInfo], str]:
-    """The newest backup's chain, full first, reading only its manifests; ([], why)
-    when a link is missing or unreadable."""
-    links = [info(destination, newest.backup_id)]
-    while True:
-        last = links[-1]
-        if not last.readable:
-            return [], f"{last.backup_id} cannot be read: {last.problem}"
-        if last.parent is None:
-            return list(reversed(links)), ""
-        if last.parent not in complete or any(b.backup_id == last.parent for b in links):
-            return [], f"{last.backup_id} builds on {last.parent}, which is not on the server"
-        links.append(info(destination, last.parent))
+    head: BackupInfo, complete: set[str], destination: Destination, known: dict[str, str | None]
+) -> tuple[list[Link], str]:
+    """The chain of `head` (the newest backup, read), full first; ([], why) when a link
+    is missing or unreadable. Parents in `known` need no manifest read."""
+    if not head.readable or head.manifest is None:
+        return [], f"{head.backup_id} cannot be read: {head.problem}"
+    known[head.backup_id] = head.parent
+    links = [Link(head.backup_id, _created(head), head.parent)]
+    seen = {head.backup_id}
+    while (parent := links[-1].parent) is not None:
+        if parent not in complete or parent in seen:
+            return [], f"{links[-1].backup_id} builds on {parent}, which is not on the server"
+        if parent not in known:
+            found = info(destination, parent)
+            if not found.readable:
+                return [], f"{parent} cannot be read: {found.problem}"
+            known[parent] = found.parent
+        links.append(Link(parent, _stamp_time(parent), known[parent]))
+        seen.add(parent)
+    return list(reversed(links)), ""
+
+
+def _stamp_time(backup_id: str) -> dt.datetime:
+    """When a backup started, from its run id (no manifest needed)."""
+    stamp = backup_id.rsplit("-", 2)[-2]
+    return dt.datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=dt.UTC)
 
 
 def _created(backup: BackupInfo) -> dt.datetime:
@@ -162,3 +180,53 @@ def save(config: Config, job: str, backup_id: str, index: bytes) -> None:
         )
         with contextlib.suppress(OSError):
             id_file.unlink()
+
+
+MAX_PARENTS_BYTES = 16 << 20
+
+
+def known_parents(config: Config, job: str) -> dict[str, str | None]:
+    """Parents already read from manifests (they never change for a backup id), so a
+    run or a prune does not download every manifest again; anything odd: none known."""
+    path = config.agent.state_dir / "index" / f"{job}.parents.json"
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PARENTS_BYTES + 1)
+        document = json.loads(data) if len(data) <= MAX_PARENTS_BYTES else None
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return {
+        k: v
+        for k, v in document.items()
+        if isinstance(k, str) and (v is None or isinstance(v, str))
+    }
+
+
+def remember_parents(config: Config, job: str, parents: Mapping[str, str | None]) -> None:
+    path = config.agent.state_dir / "index" / f"{job}.parents.json"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = path.with_name(path.name + ".tmp")
+        temp.write_text(json.dumps(dict(parents), sort_keys=True))
+        os.replace(temp, path)
+    except OSError:
+        pass  # only a cache: the manifests are read again next time
+
+
+def parents_of(
+    destination: Destination, job: str, names: list[str], known: dict[str, str | None]
+) -> dict[str, str | None]:
+    """Each complete backup's parent: from `known`, else from its manifest (added to
+    `known` when readable; an unreadable one counts as a full, which its children keep)."""
+    parents: dict[str, str | None] = {}
+    for backup in complete_backups(job, names):
+        if backup.backup_id not in known:
+            found = info(destination, backup.backup_id)
+            if not found.readable:
+                parents[backup.backup_id] = None
+                continue
+            known[backup.backup_id] = found.parent
+        parents[backup.backup_id] = known[backup.backup_id]
+    return parents

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from backupagent import incremental
+from backupagent.actions import increments
 from backupagent.config import Config, Retention
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import Destination
@@ -23,7 +24,6 @@ from backupagent.retention import (
     retention_policy,
     stale_leftovers,
 )
-from backupagent.retrieve import info
 from backupagent.state import job_lock
 
 
@@ -85,22 +85,15 @@ def _kept_child(backup_id: str, children: Mapping[str, str], decisions: list[Dec
     return "a kept incremental"
 
 
-def apply(destination: Destination, job: str, chains: bool = False) -> Plan:
+def apply(destination: Destination, job: str, known: dict[str, str | None] | None = None) -> Plan:
     """Plan over the destination's listing, then delete: each backup's manifest
-    first, so that from that moment it no longer counts as complete."""
+    first, so that from that moment it no longer counts as complete. `known`: an
+    incremental job's parents known so far (increments.known_parents)."""
     names = destination.names()
-    parents = parents_of(destination, job, names) if chains else None
+    parents = None if known is None else increments.parents_of(destination, job, names, known)
     planned = plan(job, names, destination.retention, dt.datetime.now(dt.UTC), parents)
     _delete(destination, planned)
     return planned
-
-
-def parents_of(destination: Destination, job: str, names: list[str]) -> dict[str, str | None]:
-    """Each complete backup's parent from its manifest (unreadable: taken as a full,
-    which its children then keep)."""
-    return {
-        b.backup_id: info(destination, b.backup_id).parent for b in complete_backups(job, names)
-    }
 
 
 def _delete(destination: Destination, planned: Plan) -> None:
@@ -128,7 +121,11 @@ def prune_job(
         destination = open_destination(config, job, name=name)
         try:
             names = destination.names()
-            parents = parents_of(destination, job, names) if config.jobs[job].incremental else None
+            parents = None
+            if config.jobs[job].incremental:
+                known = increments.known_parents(config, job)
+                parents = increments.parents_of(destination, job, names, known)
+                increments.remember_parents(config, job, known)
             planned = plan(job, names, destination.retention, dt.datetime.now(dt.UTC), parents)
             show(planned)
             if not dry_run:
