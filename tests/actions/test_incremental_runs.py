@@ -258,3 +258,20 @@ def test_an_encrypted_chain_restores_with_the_identity(
     done = cli(config.path, *args, "--identity", str(identity))
     assert done.returncode == 0, done.stderr
     assert state(tmp_path / "back" / "files" / str(site).lstrip("/")) == state(site)
+
+
+def test_an_incremental_whose_full_is_gone_is_refused_not_half_restored(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config = write_config(job=INCREMENTAL)
+    full = run_job(config, "www")
+    (site / "new.txt").write_text("added\n")
+    increment = run_job(config, "www")
+    (ftp_server.root / "backups/site" / f"{full.backup_id}.manifest.json").unlink()
+    target = tmp_path / "back"
+    refused = cli(config.path, "restore", "www", "--to", str(target))
+    assert refused.returncode == 1
+    assert f"{increment.backup_id} is an incremental whose chain is broken" in refused.stderr
+    assert not target.exists() or not any(target.iterdir())
+    verified = cli(config.path, "verify", "www")
+    assert verified.returncode == 1 and "chain is broken" in verified.stdout
