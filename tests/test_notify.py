@@ -312,3 +312,20 @@ def test_a_failed_verify_is_mailed_as_a_verify(
     assert [m["Subject"] for m in received] == [
         f"[backupagent] FAILED verify of www on {socket.gethostname()}"
     ]
+
+
+def test_a_mail_lists_each_destination_of_a_job_with_several(tmp_path: Path) -> None:
+    from backupagent.config import EmailSettings
+    from backupagent.notify import compose, summary
+    from backupagent.outcome import DestinationResult, RunResult
+
+    log = tmp_path / "run.jsonl"
+    log.write_text("")
+    result = RunResult("www", "r1", log, outcome="warning")
+    result.destinations = [
+        DestinationResult("offsite", "failed", "553 Could not create file."),
+        DestinationResult("nas", "success"),
+    ]
+    body = compose(EmailSettings(to=["admin@example.com"]), "www", result).get_content()
+    assert "Destinations:\n  offsite: failed — 553 Could not create file.\n  nas: success" in body
+    assert [d["name"] for d in summary("www", result)["destinations"]] == ["offsite", "nas"]
