@@ -336,7 +336,7 @@ def extract_chain(
         raise RestoreError(f"cannot use {dest}: {exc.strerror or exc}") from None
     single = len(chain) == 1  # a full: every member, no names kept (memory stays bounded)
     found: list[incremental.Layer] = []
-    sizes: dict[tuple[int, str], int] = {}
+    noted = _Noted()
     needed = 0
     for number, (archive, deleted) in enumerate(chain):
         names: set[str] = set()
@@ -344,7 +344,7 @@ def extract_chain(
             with _members(archive, identities) as tar:
                 members = unpack.members(tar)
                 if not single:
-                    members = _noted(members, names, sizes, number)
+                    members = noted.members(members, names, number)
                 needed = unpack.plan(members, outside_links).bytes
         except unpack.UnsafeArchive as exc:
             raise RestoreError(f"refusing the archive: {exc}; nothing was extracted") from None
@@ -355,7 +355,7 @@ def extract_chain(
         found.append(incremental.Layer(str(number), frozenset(kept), deleted))
     source = incremental.layers(found)
     if not single:
-        needed = sum(size for (n, name), size in sizes.items() if source.get(name) == str(n))
+        needed = sum(s for (n, name), s in noted.sizes.items() if source.get(name) == str(n))
     free = shutil.disk_usage(dest).free
     if needed > free:
         raise RestoreError(
@@ -380,15 +380,28 @@ def extract_chain(
     return writer.finish()
 
 
-def _noted(
-    members: Iterator[tarfile.TarInfo], names: set[str], sizes: dict[tuple[int, str], int], n: int
-) -> Iterator[tarfile.TarInfo]:
-    """`members`, noting each name (and regular file size) as it passes."""
-    for member in members:
-        names.add(member.name)
-        if member.isreg():
-            sizes[(n, member.name)] = member.size
-        yield member
+class _Noted:
+    """Every member name of a chain's archives (and regular file sizes), bounded in all
+    by unpack.MAX_KEPT_BYTES: a long chain cannot add up what one archive may not hold."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[tuple[int, str], int] = {}
+        self.kept = 0
+
+    def members(
+        self, members: Iterator[tarfile.TarInfo], names: set[str], n: int
+    ) -> Iterator[tarfile.TarInfo]:
+        for member in members:
+            self.kept += len(member.name) + unpack.KEPT_OVERHEAD
+            if self.kept > unpack.MAX_KEPT_BYTES:
+                raise unpack.UnsafeArchive(
+                    f"the chain's archives name more than {unpack.MAX_KEPT_BYTES} bytes of "
+                    "members: refused rather than exhaust memory"
+                )
+            names.add(member.name)
+            if member.isreg():
+                self.sizes[(n, member.name)] = member.size
+            yield member
 
 
 def load_database(

@@ -46,6 +46,8 @@ T = TypeVar("T")
 BLOCK = 128 << 10  # bytes per SFTP read or write request (OpenSSH takes up to 255 KiB)
 IN_FLIGHT = 32  # requests outstanding at once: the window that makes SFTP fast
 MAX_NAMES = 1_000_000  # a listing of more names is refused
+MAX_LISTING_BYTES = 64 << 20  # ... or of more bytes of names (as FTP's)
+MAX_REASON = 300  # characters of a server's error text kept (it reaches the advice)
 UNTRIED_RETRIES = 1  # as FTP: until data has moved, a failure is retried once only
 # AES-GCM first: with AES-NI it is what lets asyncssh keep up with OpenSSH (the bench)
 CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
@@ -166,23 +168,29 @@ class _Client(asyncssh.SSHClient):
         return self.pinned is not None and self.seen == self.pinned
 
 
+def _reason(exc: BaseException) -> str:
+    """The server's words for an error, bounded (they are quoted in the advice)."""
+    reason = str(getattr(exc, "reason", "") or exc)
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
+
+
 def _classify(exc: BaseException, client: _Client | None, timeout: float) -> Failure:
     seen = client.seen if client else None
     match exc:
         case asyncssh.HostKeyNotVerifiable():
             return Failure(Kind.HOST_KEY, f"host key not verifiable ({seen})", seen)
         case asyncssh.PermissionDenied():
-            return Failure(Kind.AUTH, f"login refused: {exc.reason}")
+            return Failure(Kind.AUTH, f"login refused: {_reason(exc)}")
         case asyncssh.SFTPPermissionDenied():
-            return Failure(Kind.PERMISSION, f"permission denied: {exc.reason}")
+            return Failure(Kind.PERMISSION, f"permission denied: {_reason(exc)}")
         case asyncssh.SFTPNoSuchFile():
-            return Failure(Kind.NOT_FOUND, f"no such file: {exc.reason}")
+            return Failure(Kind.NOT_FOUND, f"no such file: {_reason(exc)}")
         case asyncssh.SFTPConnectionLost() | asyncssh.ConnectionLost():
-            return Failure(Kind.LOST, f"the connection was lost: {exc}")
+            return Failure(Kind.LOST, f"the connection was lost: {_reason(exc)}")
         case asyncssh.SFTPError():
-            return Failure(Kind.SERVER, f"SFTP error {exc.code}: {exc.reason}")
+            return Failure(Kind.SERVER, f"SFTP error {exc.code}: {_reason(exc)}")
         case asyncssh.DisconnectError():
-            return Failure(Kind.LOST, f"disconnected: {exc.reason}")
+            return Failure(Kind.LOST, f"disconnected: {_reason(exc)}")
         case TimeoutError() | asyncio.TimeoutError():
             return Failure(Kind.LOST, f"timed out after {timeout:g}s")
         case ConnectionRefusedError() | OSError():
@@ -256,12 +264,21 @@ class Sftp:
 
     def names(self) -> list[str]:
         async def listing() -> list[str]:
+            """Read a READDIR reply at a time, refused past MAX_NAMES or
+            MAX_LISTING_BYTES: a server cannot make this side hold more."""
             sftp = await self._connected()
-            names = await sftp.listdir(self._path(""))
-            if len(names) > MAX_NAMES:
-                raise DestinationError(f"a listing of over {MAX_NAMES} names, refused")
-            decoded = [n.decode("utf-8", "surrogateescape") for n in names]
-            return [n for n in decoded if n not in (".", "..")]
+            names: list[str] = []
+            held = 0
+            async for entry in sftp.scandir(self._path("")):
+                name = entry.filename.decode("utf-8", "surrogateescape")
+                held += len(name)
+                if len(names) >= MAX_NAMES or held > MAX_LISTING_BYTES:
+                    raise DestinationError(
+                        f"a listing of over {MAX_NAMES} names or {MAX_LISTING_BYTES} bytes, refused"
+                    )
+                if name not in (".", ".."):
+                    names.append(name)
+            return names
 
         return self._call("listing", listing)
 
@@ -536,7 +553,7 @@ class Sftp:
             remote = await sftp.open(self._path(name), "rb")
         except asyncssh.SFTPError as exc:
             if isinstance(exc, asyncssh.SFTPNoSuchFile | asyncssh.SFTPPermissionDenied):
-                raise Unreadable(f"{name}: {exc.reason}") from None
+                raise Unreadable(f"{name}: {_reason(exc)}") from None
             raise
         async with remote:
             at, end = offset, offset + most

@@ -275,3 +275,25 @@ def test_an_incremental_whose_full_is_gone_is_refused_not_half_restored(
     assert not target.exists() or not any(target.iterdir())
     verified = cli(config.path, "verify", "www")
     assert verified.returncode == 1 and "chain is broken" in verified.stdout
+
+
+def test_a_chain_naming_too_much_is_refused_before_anything_is_written(
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    site: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from backupagent import unpack
+
+    config = write_config(job=INCREMENTAL)
+    run_job(config, "www")
+    (site / "new.txt").write_text("added\n")
+    run_job(config, "www")
+    monkeypatch.setattr(unpack, "MAX_KEPT_BYTES", 1_000)  # scaled down: 512 MiB in use
+    from backupagent.actions.restore import restore
+    from backupagent.retrieve import RestoreError
+
+    with pytest.raises(RestoreError, match="refused rather than exhaust memory"):
+        restore(config, "www", tmp_path / "back")
+    assert not (tmp_path / "back").exists() or not any((tmp_path / "back").iterdir())

@@ -19,7 +19,7 @@ import pytest
 
 from backupagent.actions.backup import run_job
 from backupagent.config import Config, SftpDestination, load_config
-from backupagent.destinations.base import answers_ssh
+from backupagent.destinations.base import DestinationError, answers_ssh
 from backupagent.destinations.sftp import Sftp, SftpFailed
 from backupagent.logging import read_events
 from backupagent.retention import complete_backups
@@ -281,3 +281,27 @@ def test_sigterm_mid_upload_aborts_and_leaves_nothing(
     assert agent.returncode == 1, out
     assert "ABORTED" in out
     assert list(backups.iterdir()) == []
+
+
+def test_a_listing_past_its_bound_is_refused(sshd: Sshd, monkeypatch: pytest.MonkeyPatch) -> None:
+    from backupagent.destinations import sftp
+
+    monkeypatch.setattr(sftp, "MAX_NAMES", 50)  # the bound, scaled down: 1,000,000 in use
+    (sshd.root / "backups").mkdir()
+    for i in range(60):
+        (sshd.root / "backups" / f"f{i}").touch()
+    settings = SftpDestination(
+        type="sftp",
+        host="127.0.0.1",
+        port=sshd.port,
+        user=sshd.user,
+        key_file=sshd.key_file,
+        host_key=sshd.fingerprint,
+        directory=str(sshd.root / "backups"),
+    )
+    destination = Sftp("box", settings)
+    try:
+        with pytest.raises(DestinationError, match="listing of over 50 names"):
+            destination.names()
+    finally:
+        destination.close()
