@@ -224,11 +224,7 @@ class _Run:
         if explained is None:
             return
         diagnosis, probe = explained
-        text = self._suggestion(diagnosis, probe, member.name)
-        for entry in self.result.destinations:
-            if entry.name == member.name:
-                entry.suggestion = text
-        self.result.suggestion = "\n\n".join(filter(None, [self.result.suggestion, text]))
+        self._suggestion(diagnosis, probe, member.name)
 
     def _end_with(self, exc: BaseException, fanout: Fanout) -> None:
         """The result of a run that failed with `exc` (after the rollback, so that a
@@ -469,14 +465,11 @@ class _Run:
         self.log.error(
             "run failed", result="failed", error=diagnosis.what, category=str(diagnosis.category)
         )
-        text = self._suggestion(diagnosis, probe, destination or self.job.destination_names[0])
-        for entry in self.result.destinations:
-            if entry.name == destination:
-                entry.suggestion = text
-        self.result.suggestion = "\n\n".join(filter(None, [self.result.suggestion, text]))
+        self._suggestion(diagnosis, probe, destination or self.job.destination_names[0])
 
-    def _suggestion(self, diagnosis: Diagnosis, probe: ProbeResult | None, name: str) -> str:
-        """The suggestion for a failure at destination `name`, logged as an event."""
+    def _suggestion(self, diagnosis: Diagnosis, probe: ProbeResult | None, name: str) -> None:
+        """The suggestion for a failure at destination `name`: logged as an event, kept
+        in that destination's result and added to the run's."""
         text = suggestion_text(
             diagnosis,
             self.job_name,
@@ -495,7 +488,10 @@ class _Run:
             verified=None if probe is None else probe.ok,
             **({"destination": name} if several else {}),
         )
-        return text
+        for entry in self.result.destinations:
+            if entry.name == name:
+                entry.suggestion = text
+        self.result.suggestion = "\n\n".join(filter(None, [self.result.suggestion, text]))
 
 
 @contextlib.contextmanager

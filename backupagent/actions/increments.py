@@ -66,7 +66,7 @@ class Increment:
     def deleted(self) -> list[str]:
         if self.decided.kind != "incremental":
             return []
-        return sorted(p for p in self.previous if p not in self.current)
+        return list(incremental.changes(self.previous, self.current).deleted)
 
 
 def _state(config: Config, job: str) -> tuple[Path, Path]:
@@ -169,11 +169,8 @@ def save(config: Config, job: str, backup_id: str, index: bytes) -> None:
     against (written atomically; a failure only makes the next run a full)."""
     index_file, id_file = _state(config, job)
     try:
-        index_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for path, data in ((index_file, index), (id_file, backup_id.encode() + b"\n")):
-            temp = path.with_name(path.name + ".tmp")
-            temp.write_bytes(data)
-            os.replace(temp, path)
+        _replace(index_file, index)
+        _replace(id_file, backup_id.encode() + b"\n")
     except OSError as exc:
         structlog.get_logger("backupagent.run").warning(
             "the index was not saved: the next run is a full", error=str(exc)
@@ -206,13 +203,16 @@ def known_parents(config: Config, job: str) -> dict[str, str | None]:
 
 def remember_parents(config: Config, job: str, parents: Mapping[str, str | None]) -> None:
     path = config.agent.state_dir / "index" / f"{job}.parents.json"
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = path.with_name(path.name + ".tmp")
-        temp.write_text(json.dumps(dict(parents), sort_keys=True))
-        os.replace(temp, path)
-    except OSError:
-        pass  # only a cache: the manifests are read again next time
+    with contextlib.suppress(OSError):  # only a cache: the manifests are read again
+        _replace(path, json.dumps(dict(parents), sort_keys=True).encode())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """`path` holds `data` or what it held before, never half of it."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
 
 
 def parents_of(

@@ -51,9 +51,10 @@ class FtpFailed(DestinationError):
         settings: FtpDestination,
         other_mode: ProbeResult | None = None,
         message: str | None = None,
+        refused: bool = False,
     ) -> None:
         super().__init__(message or failure.error)
-        self.refused = False  # a permanent (5xx) answer about the file itself
+        self.refused = refused  # a permanent (5xx) answer about the file itself
         self.failure = failure
         self.settings = settings
         self.other_mode = other_mode
@@ -230,9 +231,10 @@ class Ftp:
             raise DestinationError(str(exc)) from exc
         except TRANSFER_ERRORS as exc:
             failure = self._failure_of(remote, exc)
-            error = FtpFailed(failure, self.settings, message=str(exc) or None)
-            error.refused = isinstance(exc, ftplib.error_perm) and not replies.is_oops(str(exc))
-            raise error from None
+            refused = isinstance(exc, ftplib.error_perm) and not replies.is_oops(str(exc))
+            raise FtpFailed(
+                failure, self.settings, message=str(exc) or None, refused=refused
+            ) from None
         except BaseException:  # stopped mid-command (a sink refused more, a cancel)
             remote.abandon()
             raise
