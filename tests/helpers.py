@@ -220,3 +220,20 @@ class Watched:
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.inner, attribute)
+
+
+def agent_table(tmp_path: Path, extra: str = "") -> str:
+    """jobs.toml's [agent] table with every directory under `tmp_path`."""
+    return (
+        f'[agent]\nstate_dir = "{tmp_path}/state"\nlog_dir = "{tmp_path}/log"\n'
+        f'spool_dir = "{tmp_path}/spool"\n{extra}\n'
+    )
+
+
+def ftp_table(name: str, server: Any, password_file: Path, extra: str = "") -> str:
+    """A [destinations.NAME] table for a LocalFtpServer. `timeout = 5`: pyftpdlib answers
+    at once or refuses, so how long the agent would wait never decides an outcome."""
+    return (
+        f'[destinations.{name}]\ntype = "ftp"\nhost = "{server.host}"\nport = {server.port}\n'
+        f'user = "{server.user}"\npassword_file = "{password_file}"\ntimeout = 5\n{extra}\n'
+    )

@@ -13,7 +13,7 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.retention import complete_backups
 from backupagent.state import History
 
-from ..helpers import cli
+from ..helpers import agent_table, cli, ftp_table
 
 
 def two_destinations(
@@ -21,21 +21,8 @@ def two_destinations(
 ) -> Config:
     (tmp_path / "ftp.pass").write_text(password + "\n")
     text = f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-metrics_file = "{tmp_path}/metrics.prom"
-
-[destinations.offsite]
-type = "ftp"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-password_file = "{tmp_path}/ftp.pass"
-directory = "/backups"
-timeout = 5
-
+{agent_table(tmp_path, f'metrics_file = "{tmp_path}/metrics.prom"')}
+{ftp_table("offsite", server, tmp_path / "ftp.pass", 'directory = "/backups"')}
 [destinations.nas]
 type = "local"
 path = "{tmp_path}/nas"
@@ -140,27 +127,9 @@ def test_a_mode_flip_for_one_of_two_ftp_destinations_goes_under_that_destination
     server.block_passive()
     (tmp_path / "ftp.pass").write_text(ftp_server.password + "\n")
     text = f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
-[destinations.one]
-type = "ftp"
-host = "{ftp_server.host}"
-port = {ftp_server.port}
-user = "{ftp_server.user}"
-password_file = "{tmp_path}/ftp.pass"
-timeout = 5
-
-[destinations.two]
-type = "ftp"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-password_file = "{tmp_path}/ftp.pass"
-timeout = 5
-
+{agent_table(tmp_path)}
+{ftp_table("one", ftp_server, tmp_path / "ftp.pass")}
+{ftp_table("two", server, tmp_path / "ftp.pass")}
 [jobs.www]
 destinations = ["one", "two"]
 require = "any"

@@ -18,7 +18,7 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
 
 from ..conftest import WriteConfig
-from ..helpers import cli
+from ..helpers import agent_table, cli, ftp_table
 
 INCREMENTAL = "incremental = true\nfull_every = 10"
 
@@ -187,19 +187,8 @@ def test_two_destinations_carry_the_same_chain_and_prune_explains_it(
 ) -> None:
     (tmp_path / "ftp.pass").write_text(ftp_server.password + "\n")
     (tmp_path / "jobs.toml").write_text(f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
-[destinations.offsite]
-type = "ftp"
-host = "{ftp_server.host}"
-port = {ftp_server.port}
-user = "{ftp_server.user}"
-password_file = "{tmp_path}/ftp.pass"
-directory = "/backups"
-keep = 1
+{agent_table(tmp_path)}
+{ftp_table("offsite", ftp_server, tmp_path / "ftp.pass", 'directory = "/backups"' + chr(10) + "keep = 1")}
 
 [destinations.nas]
 type = "local"

@@ -18,16 +18,12 @@ from backupagent.config import Config, load_config
 from backupagent.retention import complete_backups
 
 from ..conftest import require_system
-from ..helpers import cli, snapshot, tree
+from ..helpers import agent_table, cli, snapshot, tree
 
 
 def local_config(tmp_path: Path, site: Path, path: Path, extra: str = "", job: str = "") -> Config:
     text = f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
+{agent_table(tmp_path)}
 [destinations.nas]
 type = "local"
 path = "{path}"

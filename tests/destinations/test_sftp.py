@@ -25,7 +25,7 @@ from backupagent.logging import read_events
 from backupagent.retention import complete_backups
 
 from ..conftest import require_system
-from ..helpers import cli, tree
+from ..helpers import agent_table, cli, tree
 from ..sshd import Sshd, missing, running_sshd
 
 
@@ -39,11 +39,7 @@ def sshd(tmp_path: Path) -> Iterator[Sshd]:
 
 def sftp_config(tmp_path: Path, site: Path, server: Sshd, keys: str, job: str = "") -> Config:
     text = f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
+{agent_table(tmp_path)}
 [destinations.box]
 type = "sftp"
 host = "127.0.0.1"
