@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,6 +159,55 @@ class Destination(Protocol):
 
 # what destinations/__init__.py registers for each `type`: (settings, job, hooks, cancel)
 Opener = Callable[..., Destination]
+
+
+# Until data has moved in an action, a transient failure is retried this many times
+# only: a server that is down, unreachable or refusing us at the start fails the run in
+# seconds rather than minutes; once data moves, a restart mid-upload is ridden out.
+UNTRIED_RETRIES = 1
+
+
+class Retrying:
+    """The retry policy every remote destination shares: exponential backoff from
+    `retry_wait`, doubling to at most 60 s, at most `retries` more attempts (one until
+    data has moved) and none starting after `retry_time`; each retry logged."""
+
+    def __init__(
+        self, settings: Any, cancel: threading.Event | None, log: Any, protocol: str
+    ) -> None:
+        self.settings = settings  # any table with retries, retry_wait, retry_time
+        self.cancel = cancel or threading.Event()
+        self.log = log
+        self.protocol = protocol
+        self.attempt = 0
+        self.delay = settings.retry_wait
+        self.deadline = time.monotonic() + settings.retry_time
+
+    def again(self, what: str, transient: bool, progressed: bool, reason: str) -> bool:
+        """After a failure: True once the backoff has passed and another attempt is
+        due; False to give up (not transient, out of attempts or time, or cancelled)."""
+        retries = (
+            self.settings.retries if progressed else min(self.settings.retries, UNTRIED_RETRIES)
+        )
+        if (
+            self.cancel.is_set()
+            or not transient
+            or self.attempt >= retries
+            or time.monotonic() + self.delay > self.deadline
+        ):
+            return False
+        self.attempt += 1
+        self.log.warning(
+            f"{self.protocol} {what} failed; retrying",
+            attempt=self.attempt,
+            retries=self.settings.retries,
+            wait_seconds=self.delay,
+            reason=reason,
+        )
+        if self.cancel.wait(self.delay):
+            return False
+        self.delay = min(self.delay * 2, 60.0)
+        return True
 
 
 class PartialFile:

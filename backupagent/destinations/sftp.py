@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +32,7 @@ from backupagent.destinations.base import (
     DestinationError,
     Hooks,
     PartialFile,
+    Retrying,
     Unreadable,
     timed_step,
     write_test,
@@ -48,7 +48,6 @@ IN_FLIGHT = 32  # requests outstanding at once: the window that makes SFTP fast
 MAX_NAMES = 1_000_000  # a listing of more names is refused
 MAX_LISTING_BYTES = 64 << 20  # ... or of more bytes of names (as FTP's)
 MAX_REASON = 300  # characters of a server's error text kept (it reaches the advice)
-UNTRIED_RETRIES = 1  # as FTP: until data has moved, a failure is retried once only
 # AES-GCM first: with AES-NI it is what lets asyncssh keep up with OpenSSH (the bench)
 CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
 
@@ -441,35 +440,21 @@ class Sftp:
         """`op(attempt)` with retries of transient failures on a fresh connection, as
         FtpRemote.call: backoff doubling from retry_wait, within retries and retry_time."""
         s = self.settings
-        delay, deadline, attempt = s.retry_wait, time.monotonic() + s.retry_time, 0
+        retrying = Retrying(s, self.cancel, self.log, "SFTP")
         loop = self._loop_running()
         while True:
             try:
-                return loop.run(_awaited(op(attempt)), self.cancel)
+                return loop.run(_awaited(op(retrying.attempt)), self.cancel)
             except Cancelled:
                 self._drop()
                 raise
             except _ERRORS as exc:
                 failure = _classify(exc, self._client, s.timeout)
                 self._drop()
-                retries = s.retries if self.moved else min(s.retries, UNTRIED_RETRIES)
-                if (
-                    failure.kind not in TRANSIENT
-                    or attempt >= retries
-                    or time.monotonic() + delay > deadline
-                ):
+                if not retrying.again(what, failure.kind in TRANSIENT, self.moved, failure.detail):
+                    if self.cancel is not None and self.cancel.is_set():
+                        raise Cancelled("the run was stopped") from None
                     raise SftpFailed(failure, s) from None
-                attempt += 1
-                self.log.warning(
-                    f"SFTP {what} failed; retrying",
-                    attempt=attempt,
-                    retries=s.retries,
-                    wait_seconds=delay,
-                    reason=failure.detail,
-                )
-                if (self.cancel or threading.Event()).wait(delay):  # the backoff, or a cancel
-                    raise Cancelled("the run was stopped") from None
-                delay = min(delay * 2, 60.0)
 
     # --- SFTP operations --------------------------------------------------------------
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -14,6 +13,7 @@ from typing import TypeVar
 import structlog
 
 from backupagent.config import FtpDestination
+from backupagent.destinations.base import Retrying
 from backupagent.destinations.ftp import replies
 from backupagent.destinations.ftp.diagnosis import (
     Failure,
@@ -29,12 +29,6 @@ from backupagent.destinations.ftp.session import FtpSession
 from backupagent.diagnosis.common import ProbeResult, mode_name
 
 T = TypeVar("T")
-
-
-# Until a data transfer has begun, a transient failure is retried this many times only:
-# a server that is down, unreachable or refusing us at the start fails the run in
-# seconds rather than minutes; once data moves, a restart mid-upload is ridden out.
-UNTRIED_RETRIES = 1
 
 
 class FtpRemote:
@@ -97,38 +91,20 @@ class FtpRemote:
 
         On giving up, the last exception propagates and `last_failure` describes it.
         """
-        delay = self.dest.retry_wait
-        deadline = time.monotonic() + self.dest.retry_time
-        attempt = 0
+        retrying = Retrying(self.dest, self.cancel, self.log, "FTP")
         while True:
             try:
-                return op(self._connected(), attempt)
+                return op(self._connected(), retrying.attempt)
             except TRANSFER_ERRORS as exc:
                 assert self.session is not None
                 failure = self.session.failure(exc)
                 self.last_failure = failure
                 self.close()  # a fresh connection for whatever comes next
-                retries = self.dest.retries
-                if not self.progressed:
-                    retries = min(retries, UNTRIED_RETRIES)
-                if (
-                    self.cancel.is_set()
-                    or not is_transient(failure)
-                    or attempt >= retries
-                    or time.monotonic() + delay > deadline
+                last = failure.dialogue[-1].text if failure.dialogue else ""
+                if not retrying.again(
+                    what, is_transient(failure), self.progressed, failure.error or last
                 ):
                     raise
-                attempt += 1
-                self.log.warning(
-                    f"FTP {what} failed; retrying",
-                    attempt=attempt,
-                    retries=self.dest.retries,
-                    wait_seconds=delay,
-                    reason=failure.error or (failure.dialogue[-1].text if failure.dialogue else ""),
-                )
-                if self.cancel.wait(delay):
-                    raise
-                delay = min(delay * 2, 60.0)
 
     def upload_file(
         self, path: Path, name: str, progress: Callable[[int], None] | None = None
