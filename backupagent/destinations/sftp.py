@@ -437,8 +437,8 @@ class Sftp:
         return self._call_attempts(what, lambda _attempt: op())
 
     def _call_attempts(self, what: str, op: Callable[[int], Awaitable[T]]) -> T:
-        """`op(attempt)` with retries of transient failures on a fresh connection, as
-        FtpRemote.call: backoff doubling from retry_wait, within retries and retry_time."""
+        """`op(attempt)` with retries of transient failures on a fresh connection, by
+        the policy FTP uses too (base.Retrying)."""
         s = self.settings
         retrying = Retrying(s, self.cancel, self.log, "SFTP")
         loop = self._loop_running()
