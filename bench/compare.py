@@ -385,10 +385,14 @@ def small_files(count: int) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def main() -> None:
-    # bytecode for backupagent, as `pip install` writes it: the agent is measured as
-    # installed, not compiling its own source at every start (PYTHONDONTWRITEBYTECODE)
+def compile_agent() -> None:
+    """Bytecode for backupagent, as `pip install` writes it: the agent is measured as
+    installed, not compiling its own source at every start (PYTHONDONTWRITEBYTECODE)."""
     compileall.compile_dir(Path(__file__).resolve().parents[1] / "backupagent", quiet=1)
+
+
+def main() -> None:
+    compile_agent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up servers and user
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1)

@@ -36,6 +36,7 @@ from bench.compare import (
     BENCH_PASSWORD,
     BENCH_USER,
     PHP,
+    compile_agent,
     free_port,
     ftp_server,
     make_site,
@@ -68,6 +69,7 @@ def main() -> None:
         help="run the job inside this process, as the daemon does (no interpreter start)",
     )
     args = parser.parse_args()
+    compile_agent()
     base = Path(tempfile.mkdtemp(prefix="ba-incremental-"))
     os.chmod(base, 0o755)
     ftp_root = base / "ftp"

@@ -501,3 +501,33 @@ def test_certificate_failure_shows_what_to_pin(
     assert "issuer: CN=backupagent test CA" in text and "valid until: 20" in text
     assert "tls_ca_file" in text and "set passive" not in text
     assert "PASS ****" not in commands(result)
+
+
+# --- one login for a quick run ---------------------------------------------------------
+
+
+def test_a_quick_run_logs_in_once(write_config: WriteConfig) -> None:
+    """The login check's session carries the run (vsftpd's PAM login costs ~45 ms)."""
+    result = run_job(write_config(), "www")
+    assert result.outcome == "success", result.error
+    sent = commands(result)
+    assert sum(c.startswith("USER ") for c in sent) == 1, sent
+    assert sent.count("QUIT") == 1
+
+
+def test_a_session_idle_longer_than_reuse_idle_is_replaced(
+    write_config: WriteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a long dump, the checked session is not trusted: a fresh one is opened."""
+    from backupagent.destinations.ftp import remote as remote_module
+
+    config = write_config()
+    remote = remote_module.FtpRemote(config.destinations["test"], passive=True)
+    remote.check()
+    first = remote.session
+    monkeypatch.setattr(remote_module, "REUSE_IDLE", -1.0)  # as if REUSE_IDLE had passed
+    remote.call("listing", lambda session, _attempt: session.features())
+    assert remote.session is not None and remote.session is not first
+    assert first is not None and first.ftp.sock is None  # the old one was closed
+    assert [line.verb for line in first.dialogue if line.direction == "command"][-1] == "QUIT"
+    remote.close()

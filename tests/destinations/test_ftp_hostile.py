@@ -126,7 +126,7 @@ def test_the_clean_up_after_sigterm_is_bounded_whatever_the_server_does(tmp_path
     import subprocess
 
     def user(session: ScriptedSession, arg: str) -> str | None:
-        if len(server.sessions) > 2:  # the clean-up's connection (after preflight, upload)
+        if len(server.sessions) > 1:  # the clean-up's connection (after the run's one)
             _drip(session, arg)
             return None
         return "331 Password please."

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ftplib
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +31,11 @@ from backupagent.diagnosis.common import ProbeResult, mode_name
 
 T = TypeVar("T")
 
+# A session idle longer than this is closed and a fresh one opened rather than reused:
+# well inside the idle limits servers ship with (vsftpd 300 s, ProFTPD 600 s, Pure-FTPd
+# 900 s), so a reused session is not one the server is about to drop.
+REUSE_IDLE = 20.0
+
 
 class FtpRemote:
     """The destination directory, reached through sessions that are reopened after
@@ -47,6 +53,7 @@ class FtpRemote:
         self.last_failure: Failure | None = None
         self.touched: set[str] = set()  # names the server may hold because of this remote
         self.transfers = 0  # transfers begun on closed sessions
+        self.idle_since = 0.0  # monotonic time the session's last operation ended
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
 
     @property
@@ -55,6 +62,8 @@ class FtpRemote:
         return self.transfers + (self.session.transfers if self.session else 0) > 0
 
     def _connected(self) -> FtpSession:
+        if self.session is not None and time.monotonic() - self.idle_since > REUSE_IDLE:
+            self.close()
         if self.session is None:
             # created before open, so that failure() can describe a failed open
             self.session = FtpSession(self.dest, self.passive, self.touched)
@@ -76,10 +85,11 @@ class FtpRemote:
         self.close()
 
     def check(self) -> None:
-        """Log in and reach the directory (creating it), then disconnect: a wrong
-        password or a missing directory shows before any work is done."""
+        """Log in and reach the directory (creating it): a wrong password or a missing
+        directory shows before any work is done. The session is kept for the work that
+        follows within REUSE_IDLE (one login for a quick run); after a long dump it is
+        replaced."""
         self.call("login", lambda _session, _attempt: None)
-        self.close()
 
     def interrupt(self) -> None:
         """From another thread: break off the current operation."""
@@ -105,6 +115,8 @@ class FtpRemote:
                     what, is_transient(failure), self.progressed, failure.error or last
                 ):
                     raise
+            finally:
+                self.idle_since = time.monotonic()
 
     def upload_file(
         self, path: Path, name: str, progress: Callable[[int], None] | None = None
