@@ -9,12 +9,13 @@
 - `layers`: for restoring a point, which backup of its chain supplies each path;
 - `keep_chains`: retention that never keeps an incremental without its ancestors.
 
-Not wired into runs yet: the run, the manifest fields and restore of a chain come next.
+The run's side is actions/increments.py; restoring a chain is retrieve.extract_chain.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -27,7 +28,7 @@ import zstandard
 
 MAX_INDEX_BYTES = 1 << 30  # decompressed: about 10,000,000 paths
 MAX_INDEX_ENTRIES = 10_000_000
-FORMAT = 1
+FORMAT = 2  # 1 was a list of [path, kind, size, mtime, ctime, inode]
 
 
 class BadIndex(Exception):
@@ -50,7 +51,11 @@ _KINDS = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l"}
 
 def stat_of(st: os.stat_result) -> Stat:
     kind = _KINDS.get(stat.S_IFMT(st.st_mode), "o")
-    return Stat(kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    # tuple.__new__ directly: NamedTuple's own __new__ is a Python call per path
+    return _new(Stat, (kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+
+
+_new = tuple.__new__
 
 
 Index = Mapping[str, Stat]
@@ -67,20 +72,41 @@ class Changes:
         return not (self.archive or self.deleted)
 
 
+def deleted(previous: Index, current: Index) -> list[str]:
+    """The paths of `previous` that `current` no longer has, sorted (`changes().deleted`
+    without the rest: what a run's manifest records)."""
+    return sorted(p for p in previous if p not in current)
+
+
 def changes(previous: Index, current: Index) -> Changes:
     """What an incremental over `previous` must hold to give `current` back."""
     archive = frozenset(p for p, s in current.items() if previous.get(p) != s)
-    deleted = tuple(sorted(p for p in previous if p not in current))
+    gone = tuple(deleted(previous, current))
     retyped = tuple(
         sorted(p for p in archive if p in previous and previous[p].kind != current[p].kind)
     )
-    return Changes(archive, deleted, retyped)
+    return Changes(archive, gone, retyped)
+
+
+COLUMNS = ("sizes", "mtimes", "ctimes", "inodes")
 
 
 def encode(index: Index) -> bytes:
-    """The index as zstd-compressed JSON, paths sorted: the same index, the same bytes."""
-    entries = [[path, *index[path]] for path in sorted(index)]
-    text = json.dumps({"format": FORMAT, "entries": entries}, separators=(",", ":"))
+    """The index as zstd-compressed JSON, paths sorted: the same index, the same bytes.
+
+    Column by column (the paths, the kinds as one string, then one list per number),
+    so that reading it back is checked by whole lists, not path by path: for a site
+    of 13,000 files it is a good part of an incremental night."""
+    paths = sorted(index)
+    rows = [index[p] for p in paths]
+    document: dict[str, object] = {
+        "format": FORMAT,
+        "paths": paths,
+        "kinds": "".join(r[0] for r in rows),
+    }
+    for number, column in enumerate(COLUMNS, start=1):
+        document[column] = [r[number] for r in rows]
+    text = json.dumps(document, separators=(",", ":"))
     return zstandard.ZstdCompressor(level=3).compress(text.encode())
 
 
@@ -100,29 +126,30 @@ def decode(data: bytes) -> dict[str, Stat]:
         raise BadIndex("not JSON") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise BadIndex(f"not an index of format {FORMAT}")
-    entries = document.get("entries")
-    if not isinstance(entries, list) or len(entries) > MAX_INDEX_ENTRIES:
-        raise BadIndex(f"no list of at most {MAX_INDEX_ENTRIES} entries")
-    index: dict[str, Stat] = {}
-    kinds = frozenset("fdlo")
-    for number, entry in enumerate(entries):
-        try:
-            path, kind, size, mtime, ctime, ino = entry
-        except (TypeError, ValueError):
-            raise BadIndex(f"entry {number} is not a valid entry") from None
-        if (  # spelled out: a generator per entry costs a third of the whole decode
-            type(path) is not str
-            or kind not in kinds
-            or type(size) is not int
-            or type(mtime) is not int
-            or type(ctime) is not int
-            or type(ino) is not int
-            or min(size, mtime, ctime, ino) < 0
-            or path in index
+    paths, kinds = document.get("paths"), document.get("kinds")
+    columns = [document.get(c) for c in COLUMNS]
+    if type(paths) is not list or len(paths) > MAX_INDEX_ENTRIES:
+        raise BadIndex(f"no list of at most {MAX_INDEX_ENTRIES} paths")
+    if type(kinds) is not str or len(kinds) != len(paths) or not set(kinds) <= _KIND_LETTERS:
+        raise BadIndex("the kinds are not one letter of fdlo per path")
+    if not set(map(type, paths)) <= {str}:
+        raise BadIndex("a path is not a string")
+    for name, column in zip(COLUMNS, columns, strict=True):
+        if (  # bool is refused too: its type is not int
+            type(column) is not list
+            or len(column) != len(paths)
+            or not set(map(type, column)) <= {int}
+            or (column and min(column) < 0)
         ):
-            raise BadIndex(f"entry {number} is not a valid entry")
-        index[path] = Stat(kind, size, mtime, ctime, ino)
+            raise BadIndex(f"the {name} are not a non-negative integer per path")
+    index = dict(zip(paths, map(_stat_row, zip(kinds, *columns, strict=True)), strict=True))
+    if len(index) != len(paths):
+        raise BadIndex("a path appears twice")
     return index
+
+
+_KIND_LETTERS = frozenset("fdlo")
+_stat_row = functools.partial(tuple.__new__, Stat)
 
 
 _EVERY = re.compile(r"^\s*(\d+)\s*([dh])\s*$")

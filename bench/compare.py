@@ -41,27 +41,10 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from bench.site import make_synthetic_site as make_site
 from tests.databases import MariaDB, start_mariadb
 
-PHP = "<?php\n/** {n} */\nfunction wp_fn_{n}($a) {{ return apply_filters('x_{n}', $a . '{n}'); }}\n"
-
-
-SMALL_FILES = 5000  # per unit of --scale
-UPLOADS = 60  # 5 MiB each, per unit
-ROWS = 200_000  # per unit
-
-
-def make_site(root: Path, scale: int) -> None:
-    """Small compressible files plus incompressible uploads, WordPress-shaped."""
-    for i in range(SMALL_FILES * scale):
-        folder = root / "wp-includes" / f"part{i % 60}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"file{i}.php").write_text(PHP.format(n=i) * (10 + i % 40))
-    uploads = root / "wp-content" / "uploads"
-    uploads.mkdir(parents=True)
-    for i in range(UPLOADS * scale):
-        (uploads / f"photo{i}.jpg").write_bytes(os.urandom(5 << 20))
-
+ROWS = 200_000  # per unit of --scale
 
 VSFTPD_CONF = """\
 listen=YES

@@ -1,12 +1,14 @@
 """Incremental nights against the full pipeline an expert would use, on loopback.
 
-    python bench/incremental.py [--scale 1] [--nights 5] [--changed 0.01]
+    python bench/incremental.py [--site wordpress|synthetic] [--scale 1] [--nights 5]
+                                [--changed 0.01] [--in-process]
 
-Builds compare.py's WordPress-like site (5,000 small PHP files and 300 MiB of
-incompressible uploads per unit of --scale), runs one full backup with
-`incremental = true`, then for each night changes a fixed share of the files (chosen
-at random, seeded: PHP files rewritten, uploads replaced by new bytes of the same
-size) and alternates `backupagent run-job` (an incremental) with the reference
+Builds bench/site.py's site (by default the real-looking WordPress tree: Debian's
+core and themes, plugins, generated media; about 600 MB in 12,000 files per unit of
+--scale), runs one full backup with `incremental = true`, then for each night changes
+a fixed share of the files (chosen at random, seeded: text files rewritten as by a
+plugin update, media replaced by new bytes of the same size) and alternates
+`backupagent run-job` (an incremental) with the reference
 
     tar -cf - SITE | zstd -3 -T0 | curl -T - ftp://...
 
@@ -35,13 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.compare import (
     BENCH_PASSWORD,
     BENCH_USER,
-    PHP,
     compile_agent,
     free_port,
     ftp_server,
-    make_site,
     timed,
 )
+from bench.site import PHP, make_site
+
+TEXT = {".php", ".js", ".css", ".json", ".html", ".txt", ".svg", ".scss"}
 
 
 def change(files: list[Path], share: float, rng: random.Random) -> int:
@@ -49,7 +52,7 @@ def change(files: list[Path], share: float, rng: random.Random) -> int:
     compressor = zstandard.ZstdCompressor(level=3)
     compressed = 0
     for path in rng.sample(files, max(1, round(len(files) * share))):
-        if path.suffix == ".php":
+        if path.suffix in TEXT:  # a plugin update: new code
             data = (PHP.format(n=rng.randrange(10**9)) * rng.randrange(10, 50)).encode()
         else:
             data = os.urandom(path.stat().st_size)
@@ -61,6 +64,7 @@ def change(files: list[Path], share: float, rng: random.Random) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--site", choices=("wordpress", "synthetic"), default="wordpress")
     parser.add_argument("--nights", type=int, default=5)
     parser.add_argument("--changed", type=float, default=0.01, help="share of files per night")
     parser.add_argument(
@@ -78,7 +82,15 @@ def main() -> None:
     try:
         with ftp_server(ftp_root, port) as server:
             nights(
-                base, ftp_root, port, server, args.scale, args.nights, args.changed, args.in_process
+                base,
+                ftp_root,
+                port,
+                server,
+                args.site,
+                args.scale,
+                args.nights,
+                args.changed,
+                args.in_process,
             )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -89,13 +101,14 @@ def nights(
     ftp_root: Path,
     port: int,
     server: str,
+    kind: str,
     scale: int,
     count: int,
     share: float,
     in_process: bool = False,
 ) -> None:
     site = base / "site"
-    make_site(site, scale)
+    make_site(site, scale, kind)
     (base / "ftp.pass").write_text(BENCH_PASSWORD)
     config = base / "jobs.toml"
     config.write_text(f"""
@@ -128,7 +141,7 @@ full_every = 1000
     files = sorted(p for p in site.rglob("*") if p.is_file())
     size = sum(p.stat().st_size for p in files)
     print(
-        f"scale {scale}: site {size / 2**20:.0f} MiB in {len(files)} files; "
+        f"{kind} site at scale {scale}: {size / 2**20:.0f} MiB in {len(files)} files; "
         f"{share:.0%} changed per night; FTP server {server}; {os.cpu_count()} cores; "
         f"agent {'in this process (as the daemon)' if in_process else 'as backupagent run-job'}"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 import zstandard
@@ -60,19 +61,41 @@ def _z(text: str) -> bytes:
     return zstandard.ZstdCompressor().compress(text.encode())
 
 
+def _doc(**columns: object) -> str:
+    """A one-path index of format 2 with `columns` replaced."""
+    document = {"format": 2, "paths": ["a"], "kinds": "f", "sizes": [1], "mtimes": [2]}
+    return json.dumps({**document, "ctimes": [3], "inodes": [4], **columns})
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"not zstd",
-        _z('{"format": 2, "entries": []}'),
-        _z('{"format": 1}'),
-        _z('{"format": 1, "entries": [["a","f",1,2,3]]}'),
-        _z('{"format": 1, "entries": [["a","x",1,2,3,4]]}'),
-        _z('{"format": 1, "entries": [["a","f",-1,2,3,4]]}'),
-        _z('{"format": 1, "entries": [["a","f",true,2,3,4]]}'),
-        _z('{"format": 1, "entries": [["a","f",1.5,2,3,4]]}'),
-        _z('{"format": 1, "entries": [["a","f",1,2,3,4],["a","f",1,2,3,4]]}'),
-        _z('{"format": 1, "entries": {"a": 1}}'),
+        _z('{"format": 1, "entries": []}'),  # the old layout
+        _z('{"format": 2}'),
+        _z(
+            '{"format": 2, "paths": ["a"], "kinds": "f", "sizes": [1], "mtimes": [2], '
+            '"ctimes": [3]}'
+        ),  # a column missing
+        _z(_doc(paths=["a"], kinds="x")),  # no such kind
+        _z(_doc(paths=["a"], kinds="ff")),  # more kinds than paths
+        _z(_doc(paths=[7])),  # a path not a string
+        _z(_doc(sizes=[-1])),
+        _z(_doc(sizes=[True])),
+        _z(_doc(sizes=[1.5])),
+        _z(_doc(sizes=[1, 2])),  # more sizes than paths
+        _z(_doc(inodes={"a": 1})),
+        _z(
+            _doc(
+                paths=["a", "a"],
+                kinds="ff",
+                sizes=[1, 1],
+                mtimes=[2, 2],
+                ctimes=[3, 3],
+                inodes=[4, 4],
+            )
+        ),  # a path twice
+        _z(_doc(paths={"a": 1})),
         _z("[1]"),
         _z("[" * 100_000),
     ],

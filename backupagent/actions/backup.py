@@ -23,7 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from backupagent import __version__, incremental
+from backupagent import __version__
 from backupagent.actions import increments, prune
 from backupagent.actions.fanout import Fanout, Member
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
@@ -40,7 +40,7 @@ from backupagent.progress import Progress, logged_progress
 from backupagent.recording import recorded_run
 from backupagent.retention import RUN_ID_PATTERN, archive_name, index_name, manifest_name
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
-from backupagent.sources.files import Entry, identity, walk
+from backupagent.sources.files import Entry, Scan, identity
 from backupagent.sources.wordpress import Site, WordPressError, read_site
 from backupagent.volumes import Pipeline, Volume
 from backupagent.workers import Cancelled, Worker, raise_if_cancelled
@@ -146,31 +146,39 @@ class _Run:
             agent_version=__version__,
         )
         work = self.config.agent.spool_dir / self.job_name / self.backup_id
+        scan: Scan | None = None
         try:
             self._check_sources()
             site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
+            scan = self._scan()
+            reading = None
+            if self.job.incremental:  # decoded while the destinations log in
+                reading = Worker("index", increments.read_local, self.config, self.job_name)
+                reading.start()
             destination.check()  # a wrong password shows before any dump or archive
-            if self.job.incremental:
+            if reading is not None:
                 self.increment = increments.plan(
-                    self.config, self.job_name, destination, dt.datetime.now(dt.UTC)
+                    self.config,
+                    self.job_name,
+                    destination,
+                    dt.datetime.now(dt.UTC),
+                    reading.join(self._check_cancel),
                 )
             work.mkdir(mode=0o700)
             dumping = Worker("dump", dump_databases, site, work, self.stop_dumps)
             with _running(dumping, self.stop_dumps):
-                stats, volumes = self._archive_and_upload(destination, work, dumping)
+                stats, volumes = self._archive_and_upload(destination, work, dumping, scan)
                 dumps = dumping.join(self._check_cancel)
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
-            index = uploaded = None
-            if self.increment is not None:
-                index = incremental.encode(self.increment.current)
-                uploaded = self.increment.uploaded_index()
-                destination.publish_bytes(uploaded, index_name(self.backup_id))
-            manifest = self._manifest(stats, volumes, dumps, site, index, uploaded)
+            sealed = self.increment.seal() if self.increment is not None else None
+            if sealed is not None:
+                destination.publish_bytes(sealed.uploaded, index_name(self.backup_id))
+            manifest = self._manifest(stats, volumes, dumps, site, sealed)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
-            if index is not None and self.increment is not None:
-                increments.save(self.config, self.job_name, self.backup_id, index)
+            if sealed is not None and self.increment is not None:
+                increments.save(self.config, self.job_name, self.backup_id, sealed.index)
                 self.increment.known[self.backup_id] = self.increment.decided.parent
             for member in destination.live:
                 self.log.info(
@@ -190,6 +198,8 @@ class _Run:
                 raise
             return
         finally:
+            if scan is not None:
+                scan.close()
             destination.close()
             shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
@@ -294,12 +304,9 @@ class _Run:
         self.result.warnings.append(warning)
         self.result.suggestion = suggestion
 
-    def _archive_and_upload(
-        self, destination: Fanout, work: Path, dumping: Worker[list[Dump]]
-    ) -> tuple[ArchiveStats, list[Volume]]:
-        """Write files, then the database dumps, into one archive whose volumes are
-        published while the next is written. The databases are dumped meanwhile; a
-        failed dump stops the archive at once."""
+    def _scan(self) -> Scan:
+        """The walk of the sources, started ahead of the archive (it runs while the
+        destinations log in)."""
         agent = self.config.agent
         # the agent's own files change while it runs: never archive them
         own = (agent.spool_dir, agent.log_dir, agent.state_dir)
@@ -307,16 +314,24 @@ class _Run:
         roots = {source: list(self.job.exclude) for source in self.job.sources}
         if self.job.wordpress:
             roots[self.job.wordpress] = [*self.job.exclude, *self.job.wordpress_exclude]
+        return Scan(roots, self.warn, skip, with_stat=self.job.incremental).start()
+
+    def _archive_and_upload(
+        self, destination: Fanout, work: Path, dumping: Worker[list[Dump]], scan: Scan
+    ) -> tuple[ArchiveStats, list[Volume]]:
+        """Write files, then the database dumps, into one archive whose volumes are
+        published while the next is written. The databases are dumped meanwhile; a
+        failed dump stops the archive at once."""
         increment = self.increment
 
         def entries() -> Iterator[Entry | Dump | Flush]:
-            for root, patterns in roots.items():
-                for entry in walk(root, patterns, self.warn, skip):
+            for number, (entry, st) in enumerate(scan):
+                if not number % 256:  # a stop request or a failed dump ends the archive
                     self._check_cancel()
                     dumping.check()
-                    if increment is not None and increment.unchanged(entry.arcname, entry.path):
-                        continue  # the backups it builds on hold it as it is
-                    yield entry
+                if increment is not None and increment.unchanged(entry.arcname, st):
+                    continue  # the backups it builds on hold it as it is
+                yield entry
             if dumping.running:  # send what is written while the dumps finish
                 yield FLUSH
                 pipeline.writer.cut()
@@ -356,6 +371,8 @@ class _Run:
             raise
         if self.progress.upload_started:
             self.progress.upload_started(stats.archive_bytes)
+        if increment is not None:
+            increment.seal()  # while the last volume uploads
         volumes = pipeline.finish()
         self.log.info(
             "archive written",
@@ -380,8 +397,7 @@ class _Run:
         volumes: list[Volume],
         dumps: list[Dump],
         site: Site | None,
-        index: bytes | None = None,
-        uploaded: bytes | None = None,
+        sealed: increments.Sealed | None = None,
     ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
         return Manifest(
@@ -429,15 +445,15 @@ class _Run:
             },
             kind=self.increment.kind if self.increment else "full",
             parent=self.increment.decided.parent if self.increment else None,
-            deleted=self.increment.deleted() if self.increment else [],
+            deleted=sealed.deleted if sealed else [],
             index=None
-            if uploaded is None
+            if sealed is None
             else ManifestVolume(
                 name=index_name(self.backup_id),
-                size=len(uploaded),
-                sha256=hashlib.sha256(uploaded).hexdigest(),
+                size=len(sealed.uploaded),
+                sha256=hashlib.sha256(sealed.uploaded).hexdigest(),
             ),
-            index_sha256=None if index is None else hashlib.sha256(index).hexdigest(),
+            index_sha256=None if sealed is None else hashlib.sha256(sealed.index).hexdigest(),
         ).to_json()
 
     def _prune(self, destination: Destination) -> None:

@@ -38,35 +38,76 @@ class Increment:
     current: dict[str, Stat] = field(default_factory=dict)
     archived: set[str] = field(default_factory=set)  # what this backup holds
     known: dict[str, str | None] = field(default_factory=dict)  # parents read so far
+    sealed: Sealed | None = None  # once every path is seen
 
     @property
     def kind(self) -> incremental.Kind:
         return self.decided.kind
 
-    def unchanged(self, arcname: str, path: str) -> bool:
-        """Record `path`'s stat; True when the previous backup has it as it is now."""
-        try:
-            now = incremental.stat_of(os.lstat(path))
-        except OSError:
-            return False  # the archive reports it
+    def unchanged(self, arcname: str, st: os.stat_result | None) -> bool:
+        """Record a path's lstat; True when the previous backup has it as it is now.
+        None (the lstat failed) is archived: the archive reports it."""
+        if st is None:
+            return False
+        now = incremental.stat_of(st)
         self.current[arcname] = now
         if self.decided.kind == "incremental" and self.previous.get(arcname) == now:
             return True
         self.archived.add(arcname)
         return False
 
-    def uploaded_index(self) -> bytes:
-        """What goes to the server: the whole index after a full; after an incremental
-        only its own entries (the chain's entries and deletions rebuild the whole),
-        so a night's upload stays near what changed."""
-        if self.decided.kind == "full":
-            return incremental.encode(self.current)
-        return incremental.encode({p: self.current[p] for p in self.archived})
+    def seal(self) -> Sealed:
+        """Once every path has been seen (the archive is written; its last volume may
+        still be uploading, which this overlaps): the indexes and the deletions.
 
-    def deleted(self) -> list[str]:
-        if self.decided.kind != "incremental":
-            return []
-        return list(incremental.changes(self.previous, self.current).deleted)
+        The server gets the whole index after a full; after an incremental only its
+        own entries (the chain's entries and deletions rebuild the whole), so a
+        night's upload stays near what changed. This host keeps the whole index."""
+        if self.sealed is None:
+            whole = incremental.encode(self.current)
+            if self.decided.kind == "full":
+                self.sealed = Sealed(whole, whole, [])
+            else:
+                own = incremental.encode({p: self.current[p] for p in self.archived})
+                gone = incremental.deleted(self.previous, self.current)
+                self.sealed = Sealed(whole, own, gone)
+        return self.sealed
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What an incremental job's run leaves: the index kept here, the one uploaded, and
+    the paths recorded as deleted."""
+
+    index: bytes
+    uploaded: bytes
+    deleted: list[str]
+
+
+@dataclass(frozen=True)
+class Local:
+    """The index this host kept after its last backup: its bytes, the backup it belongs
+    to, and the index decoded (None, with the reason, when it cannot be)."""
+
+    data: bytes = b""
+    backup_id: str = ""
+    index: dict[str, Stat] | None = None
+    problem: str = "no local index"
+
+
+def read_local(config: Config, job: str) -> Local:
+    """Read and decode the local index (run on a thread while the destination logs in:
+    for a large site the decoding is a good part of an incremental night)."""
+    index_file, id_file = _state(config, job)
+    try:
+        data = index_file.read_bytes()
+        backup_id = id_file.read_text().strip()
+    except OSError:
+        return Local()
+    try:
+        return Local(data, backup_id, incremental.decode(data), "")
+    except incremental.BadIndex as exc:
+        return Local(data, backup_id, None, str(exc))
 
 
 def _state(config: Config, job: str) -> tuple[Path, Path]:
@@ -74,18 +115,17 @@ def _state(config: Config, job: str) -> tuple[Path, Path]:
     return directory / f"{job}.index.zst", directory / f"{job}.backup"
 
 
-def plan(config: Config, job: str, fanout: Fanout, now: dt.datetime) -> Increment:
-    """Decide full or incremental against every live destination's newest chain."""
+def plan(
+    config: Config, job: str, fanout: Fanout, now: dt.datetime, local: Local | None = None
+) -> Increment:
+    """Decide full or incremental against every live destination's newest chain and
+    the `local` index (read here when not given)."""
     log = structlog.get_logger("backupagent.run")
     spec = config.jobs[job]
     every = incremental.parse_full_every(spec.full_every)
-    index_file, id_file = _state(config, job)
+    if local is None:
+        local = read_local(config, job)
     known = known_parents(config, job)
-    try:
-        local = index_file.read_bytes()
-        local_id = id_file.read_text().strip()
-    except OSError:
-        local, local_id = b"", ""
     chains: list[list[Link]] = []
     heads: list[BackupInfo | None] = []  # each destination's newest backup, read
     broken = ""
@@ -110,16 +150,16 @@ def plan(config: Config, job: str, fanout: Fanout, now: dt.datetime) -> Incremen
     matches = bool(
         newest is not None
         and newest.index_sha256 is not None
-        and local_id == newest.backup_id
-        and hashlib.sha256(local).hexdigest() == newest.index_sha256
+        and local.backup_id == newest.backup_id
+        and hashlib.sha256(local.data).hexdigest() == newest.index_sha256
     )
     decided = incremental.next_kind(links, every, now, matches)
     previous: Index = {}
     if decided.kind == "incremental":
-        try:
-            previous = incremental.decode(local)
-        except incremental.BadIndex as exc:
-            decided = Next("full", None, f"the local index cannot be read: {exc}")
+        if local.index is None:
+            decided = Next("full", None, f"the local index cannot be read: {local.problem}")
+        else:
+            previous = local.index
     if decided.kind == "full" and (broken or not same or (links and not matches)):
         why = broken or ("the destinations hold different chains" if not same else decided.reason)
         log.warning("this run is a full, not an incremental", reason=why)

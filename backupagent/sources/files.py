@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -78,3 +81,73 @@ def identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+
+
+BATCH = 1024  # entries handed over at a time: one queue operation per batch
+AHEAD = 64  # batches: the walk runs at most 65,536 entries ahead of the archive
+
+Scanned = tuple[Entry, os.stat_result | None]
+
+
+class Scan:
+    """The walk of every root, on a thread and ahead of its reader, so that it runs
+    while the destination logs in. With `with_stat`, each entry comes with its lstat
+    (None when that failed: the archive reports it), which an incremental compares.
+
+    Bounded: at most AHEAD batches wait. `close` stops the walk (a failed run)."""
+
+    def __init__(
+        self,
+        roots: dict[Path, list[str]],
+        warn: Warn,
+        skip: frozenset[tuple[int, int]],
+        with_stat: bool,
+    ) -> None:
+        from backupagent.workers import Worker
+
+        self.roots = roots
+        self.warn = warn
+        self.skip = skip
+        self.with_stat = with_stat
+        self._queue: queue.Queue[list[Scanned] | None] = queue.Queue(AHEAD)
+        self._closed = threading.Event()
+        self._worker = Worker("scan", self._produce)
+
+    def start(self) -> Scan:
+        self._worker.start()
+        return self
+
+    def _produce(self) -> None:
+        batch: list[Scanned] = []
+        try:
+            for root, patterns in self.roots.items():
+                for entry in walk(root, patterns, self.warn, self.skip):
+                    st = None
+                    if self.with_stat:
+                        with contextlib.suppress(OSError):
+                            st = os.lstat(entry.path)
+                    batch.append((entry, st))
+                    if len(batch) == BATCH:
+                        if not self._put(batch):
+                            return
+                        batch = []
+            self._put(batch)
+        finally:
+            self._put(None)
+
+    def _put(self, item: list[Scanned] | None) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Scanned]:
+        while (batch := self._queue.get()) is not None:
+            yield from batch
+        self._worker.join()  # the walk's own error, if any
+
+    def close(self) -> None:
+        self._closed.set()
