@@ -117,20 +117,23 @@ class Scan:
         self._worker.start()
         return self
 
+    def _produce_entries(self) -> Iterator[Entry]:
+        for root, patterns in self.roots.items():
+            yield from walk(root, patterns, self.warn, self.skip)
+
     def _produce(self) -> None:
         batch: list[Scanned] = []
         try:
-            for root, patterns in self.roots.items():
-                for entry in walk(root, patterns, self.warn, self.skip):
-                    st = None
-                    if self.with_stat:
-                        with contextlib.suppress(OSError):
-                            st = os.lstat(entry.path)
-                    batch.append((entry, st))
-                    if len(batch) == BATCH:
-                        if not self._put(batch):
-                            return
-                        batch = []
+            for entry in self._produce_entries():
+                st = None
+                if self.with_stat:
+                    with contextlib.suppress(OSError):
+                        st = os.lstat(entry.path)
+                batch.append((entry, st))
+                if len(batch) == BATCH:
+                    if not self._put(batch):
+                        return
+                    batch = []
             self._put(batch)
         finally:
             self._put(None)
