@@ -41,7 +41,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bench.site import make_synthetic_site as make_site
+from bench.site import POSTS, make_site, wordpress_sql
 from tests.databases import MariaDB, start_mariadb
 
 ROWS = 200_000  # per unit of --scale
@@ -135,17 +135,23 @@ def _wait_for_port(port: int, server: subprocess.Popen) -> None:
     raise SystemExit("the FTP server did not start listening")
 
 
-def fill_database(db: MariaDB, rows: int) -> None:
+def fill_database(db: MariaDB, scale: int, kind: str) -> str:
+    """The database `wp`: WordPress's schema and POSTS posts per unit (the WordPress
+    site), or one table of ROWS rows per unit (synthetic); what it holds, in words."""
+    db.sql("CREATE DATABASE wp CHARACTER SET utf8mb4")
+    if kind == "wordpress":
+        db.load("wp", wordpress_sql(scale).read_bytes())
+        return f"WordPress's tables with {POSTS * scale} posts"
     db.sql(f"""
-        CREATE DATABASE wp CHARACTER SET utf8mb4;
         USE wp;
         CREATE TABLE wp_posts (ID BIGINT PRIMARY KEY AUTO_INCREMENT, post_content LONGTEXT,
                                post_title TEXT, guid VARCHAR(255));
         INSERT INTO wp_posts (post_content, post_title, guid)
         SELECT CONCAT('<p>Lorem ipsum ', seq, ' ', SHA2(seq, 512), ' dolor sit amet</p>'),
                CONCAT('Post ', seq), CONCAT('https://example.org/?p=', seq)
-        FROM seq_1_to_{rows};
+        FROM seq_1_to_{ROWS * scale};
     """)
+    return f"{ROWS * scale} rows"
 
 
 class Sampler:
@@ -218,7 +224,7 @@ class Figures:
         self.spool.append(run[2])
 
 
-def compare(scale: int, pairs: int) -> tuple[Figures, Figures]:
+def compare(scale: int, pairs: int, kind: str = "wordpress") -> tuple[Figures, Figures]:
     base = Path(tempfile.mkdtemp(prefix="ba-compare-"))
     os.chmod(base, 0o755)
     servers = start_mariadb(base / "db")
@@ -228,18 +234,25 @@ def compare(scale: int, pairs: int) -> tuple[Figures, Figures]:
     port = free_port()
     try:
         with ftp_server(ftp_root, port) as server_name:
-            return _compare(base, db, ftp_root, port, server_name, scale, pairs)
+            return _compare(base, db, ftp_root, port, server_name, scale, pairs, kind)
     finally:
         servers.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
 def _compare(
-    base: Path, db: MariaDB, ftp_root: Path, port: int, server: str, scale: int, pairs: int
+    base: Path,
+    db: MariaDB,
+    ftp_root: Path,
+    port: int,
+    server: str,
+    scale: int,
+    pairs: int,
+    kind: str,
 ) -> tuple[Figures, Figures]:
     site = base / "site"
-    make_site(site, scale)
-    fill_database(db, ROWS * scale)
+    make_site(site, scale, kind)
+    held = fill_database(db, scale, kind)
     (base / "ftp.pass").write_text(BENCH_PASSWORD)
     (base / "db.pass").write_text(db.root_password)
     spool = base / "spool"
@@ -277,11 +290,11 @@ databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", user = "roo
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
     agent = [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "bench"]
-    size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    files = [p for p in site.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
     print(
-        f"scale {scale}: site {size / 2**20:.0f} MiB in "
-        f"{sum(1 for _ in site.rglob('*.php'))} small files + uploads; "
-        f"database {ROWS * scale} rows; FTP server {server}; {os.cpu_count()} cores"
+        f"{kind} site at scale {scale}: {size / 2**20:.0f} MiB in {len(files)} files; "
+        f"database: {held}; FTP server {server}; {os.cpu_count()} cores"
     )
     ours, theirs = Figures(), Figures()
     for pair in range(1, pairs + 1):
@@ -379,6 +392,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up servers and user
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--site", choices=("wordpress", "synthetic"), default="wordpress")
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--also-4x", action="store_true", help="repeat at 4x the data")
     parser.add_argument("--small-files", type=int, default=0, metavar="N")
@@ -390,9 +404,9 @@ def main() -> None:
         print(f"{args.small_files} small files:")
         small_files(args.small_files)
         return
-    ours, _ = compare(args.scale, args.pairs)
+    ours, _ = compare(args.scale, args.pairs, args.site)
     if args.also_4x:
-        bigger, _ = compare(args.scale * 4, args.pairs)
+        bigger, _ = compare(args.scale * 4, args.pairs, args.site)
         print(
             f"peak RSS from {args.scale}x to {args.scale * 4}x: {max(ours.rss) / 2**20:.0f} -> "
             f"{max(bigger.rss) / 2**20:.0f} MiB ({max(bigger.rss) / max(ours.rss) - 1:+.0%}); "

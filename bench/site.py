@@ -15,9 +15,12 @@ bytes per unit of scale, what the benches used first.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import itertools
 import os
 import random
+import re
 import shutil
 import subprocess
 import zipfile
@@ -179,3 +182,218 @@ def _zip(path: Path, core: Path, texts: list[Path], rng: random.Random) -> None:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for text in rng.sample(texts, 150):
             archive.write(text, f"package/{text.relative_to(core)}")
+
+
+# --- the database: WordPress's own schema, filled as a busy blog fills it -------------
+
+POSTS = 20_000  # per unit of scale
+CHARSET = "DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_520_ci"
+SCHEMA_STRINGS = ("blog_tables", "users_single_table", "usermeta_table")
+
+
+def wordpress_schema() -> str:
+    """The CREATE TABLE statements of the packaged WordPress's wp-admin/includes/schema.php
+    (its single-site tables), with the table prefix `wp_` as its installer sets them."""
+    source = (debian_wordpress() / "usr/share/wordpress/wp-admin/includes/schema.php").read_text()
+    statements = []
+    for name in SCHEMA_STRINGS:
+        start = source.index(f'${name} = "') + len(name) + 5
+        statements.append(source[start : source.index('";', start)])
+    sql = "".join(statements).replace("\\n", "\n")
+    sql = re.sub(r"\$wpdb->(\w+)", r"wp_\1", sql)
+    return sql.replace("$charset_collate", CHARSET).replace("$max_index_length", "191")
+
+
+def wordpress_sql(scale: int) -> Path:
+    """An SQL file that creates WordPress's tables and fills them (built once, cached):
+    POSTS posts per unit of scale with revisions, post meta, comments, terms, options
+    and users. Text is words drawn with a Zipf-like law, so it compresses as prose does."""
+    path = CACHE / f"wordpress-v{VERSION}-x{scale}.sql"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1818)
+    vocabulary = [
+        "".join(rng.choices("etaoinshrdlucmfwypvbgkjqxz", k=rng.randint(2, 11)))
+        for _ in range(6000)
+    ]
+    weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(vocabulary))))
+
+    def words(count: int) -> str:
+        return " ".join(rng.choices(vocabulary, cum_weights=weights, k=count))
+
+    def post_content() -> str:
+        blocks = []
+        for _ in range(rng.randint(3, 12)):
+            blocks.append(
+                f"<!-- wp:paragraph -->\n<p>{words(rng.randint(20, 90))}</p>\n"
+                "<!-- /wp:paragraph -->"
+            )
+        return "\n\n".join(blocks)
+
+    building = path.with_suffix(".building")
+    with building.open("w") as out:
+        out.write(wordpress_schema())
+        out.write("\n")
+        rows = _Rows(out)
+        rows.table("wp_users", "user_login,user_pass,user_nicename,user_email,display_name")
+        for user in range(1, 21):
+            rows.add(
+                (
+                    f"author{user}",
+                    "$P$B" + "x" * 30,
+                    f"author{user}",
+                    f"author{user}@example.org",
+                    f"Author {user}",
+                )
+            )
+        rows.table("wp_options", "option_name,option_value,autoload")
+        for option in range(400):
+            value = "a:3:{" + words(rng.randint(5, 200)) + "}"
+            rows.add((f"option_{option}", value, "yes" if option % 3 else "no"))
+        rows.table("wp_terms", "name,slug")
+        for term in range(1, 201):
+            rows.add((f"Topic {term}", f"topic-{term}"))
+        rows.table("wp_term_taxonomy", "term_id,taxonomy,description,count")
+        for term in range(1, 201):
+            rows.add((term, "category" if term <= 40 else "post_tag", words(10), 0))
+        posts = POSTS * scale
+        post_id = 0
+        stamp = dt.datetime(2019, 1, 1)
+        for number in range(posts):
+            when = (stamp + dt.timedelta(minutes=137 * number)).strftime("%Y-%m-%d %H:%M:%S")
+            title = words(rng.randint(3, 9)).title()
+            content = post_content()
+            post_id += 1
+            rows.table(
+                "wp_posts",
+                "ID,post_author,post_date,post_date_gmt,post_content,post_title,post_excerpt,"
+                "post_status,post_name,to_ping,pinged,post_modified,post_modified_gmt,"
+                "post_content_filtered,post_parent,guid,post_type,comment_count",
+            )
+            rows.add(
+                (
+                    post_id,
+                    rng.randint(1, 20),
+                    when,
+                    when,
+                    content,
+                    title,
+                    "",
+                    "publish",
+                    f"post-{number}",
+                    "",
+                    "",
+                    when,
+                    when,
+                    "",
+                    0,
+                    f"https://example.org/?p={post_id}",
+                    "post",
+                    2,
+                )
+            )
+            parent = post_id
+            if number % 2 == 0:  # a revision: the content before the last edit
+                post_id += 1
+                rows.add(
+                    (
+                        post_id,
+                        rng.randint(1, 20),
+                        when,
+                        when,
+                        content[: len(content) // 2],
+                        title,
+                        "",
+                        "inherit",
+                        f"{parent}-revision-v1",
+                        "",
+                        "",
+                        when,
+                        when,
+                        "",
+                        parent,
+                        f"https://example.org/?p={post_id}",
+                        "revision",
+                        0,
+                    )
+                )
+            rows.table("wp_postmeta", "post_id,meta_key,meta_value")
+            for key in (
+                "_edit_lock",
+                "_edit_last",
+                "_thumbnail_id",
+                "_wp_page_template",
+                "_yoast_wpseo_metadesc",
+                "_yoast_wpseo_focuskw",
+                "views",
+                "_wp_old_slug",
+            ):
+                rows.add((parent, key, words(rng.randint(1, 25))))
+            rows.table("wp_term_relationships", "object_id,term_taxonomy_id")
+            for term in rng.sample(range(1, 201), 3):
+                rows.add((parent, term))
+            rows.table(
+                "wp_comments",
+                "comment_post_ID,comment_author,comment_author_email,comment_date,"
+                "comment_date_gmt,comment_content,comment_agent",
+            )
+            for _ in range(2):
+                rows.add(
+                    (
+                        parent,
+                        f"Reader {rng.randint(1, 5000)}",
+                        "reader@example.net",
+                        when,
+                        when,
+                        words(rng.randint(8, 60)),
+                        "Mozilla/5.0 (X11; Linux x86_64)",
+                    )
+                )
+        rows.close()
+    building.rename(path)
+    return path
+
+
+class _Rows:
+    """Multi-row INSERTs of about 1 MiB per table, as mariadb-dump writes them."""
+
+    LIMIT = 1 << 20
+
+    def __init__(self, out: io.TextIOBase) -> None:
+        self.out = out
+        self.name = ""
+        self.columns: dict[str, str] = {}
+        self.pending: dict[str, list[str]] = {}
+        self.size: dict[str, int] = {}
+
+    def table(self, name: str, columns: str) -> None:
+        """Rows added next go to `name`."""
+        self.name = name
+        self.columns.setdefault(name, columns)
+        self.pending.setdefault(name, [])
+        self.size.setdefault(name, 0)
+
+    def add(self, values: tuple[object, ...]) -> None:
+        row = "(" + ",".join(_literal(v) for v in values) + ")"
+        self.pending[self.name].append(row)
+        self.size[self.name] += len(row)
+        if self.size[self.name] >= self.LIMIT:
+            self._flush(self.name)
+
+    def _flush(self, name: str) -> None:
+        if self.pending[name]:
+            rows = ",".join(self.pending[name])
+            self.out.write(f"INSERT INTO {name} ({self.columns[name]}) VALUES {rows};\n")
+        self.pending[name], self.size[name] = [], 0
+
+    def close(self) -> None:
+        for name in self.pending:
+            self._flush(name)
+
+
+def _literal(value: object) -> str:
+    if isinstance(value, int):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
