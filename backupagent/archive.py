@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import structlog
 import zstandard
 
-from backupagent import crypto
+from backupagent import crypto, stored
 from backupagent.hashing import HashingWriter, Sink
 from backupagent.sources.files import Entry
 
@@ -168,12 +168,14 @@ class _TarStream:
     Headers come from `fast_header`, else `tarfile.TarInfo.tobuf`; small members are
     batched into one write, large files go through in 1 MiB pieces. (tarfile's own
     stream mode copies everything through 10 KiB buffers, which made archiving
-    CPU-bound.)
+    CPU-bound.) Files over SMALL in a compressed format are stored, not compressed
+    again (stored.py).
     """
 
-    def __init__(self, out: Any, below: Any) -> None:
+    def __init__(self, out: Any, below: Any, store_compressed: bool = True) -> None:
         self.out = out  # the compressor
         self.below = below  # what the compressor writes to
+        self.store_compressed = store_compressed  # JPEG, ZIP, ...: raw zstd blocks
         self.buffer = bytearray()
         self.chunk = bytearray(CHUNK)
         self.offset = 0
@@ -220,12 +222,20 @@ class _TarStream:
         else:
             self._flush()
             view = memoryview(self.chunk)
+            store: bool | None = None  # decided by the first piece's leading bytes
             while left:
                 piece = view[: min(left, CHUNK)]
                 n = os.readv(fd, [piece])
                 if not n:
                     break
-                self.out.write(piece[:n])
+                if store is None:
+                    store = self.store_compressed and stored.compressed_already(piece[:n])
+                    if store:  # the compressor's frame ends; raw frames go below it
+                        self.out.flush(zstandard.FLUSH_FRAME)
+                if store:
+                    self.below.write(stored.frame(piece[:n]))
+                else:
+                    self.out.write(piece[:n])
                 self.offset += n
                 left -= n
                 if on_bytes:
