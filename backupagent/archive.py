@@ -116,8 +116,23 @@ def fast_header(
     Equal to `tar_info(arcname, st, linkname, kind).tobuf(PAX_FORMAT)`, which a test
     checks; tarfile spent most of the per-file time making it.
     """
-    owner = _owner(st.st_mode, st.st_uid, st.st_gid)
+    owner = _OWNERS.get((st.st_mode, st.st_uid, st.st_gid), _UNKNOWN)
+    if owner is _UNKNOWN:
+        owner = _owner(st.st_mode, st.st_uid, st.st_gid)
     name = arcname.encode("utf-8", "surrogateescape")
+    if kind == tarfile.REGTYPE and not linkname:  # most members: spelled out, it is faster
+        size, mtime = st.st_size, int(st.st_mtime)
+        if (
+            owner is None
+            or len(name) > 100
+            or not name.isascii()
+            or not (size < _SIZE_LIMIT and 0 <= mtime < _SIZE_LIMIT)
+        ):
+            return None
+        head, tail, fixed = owner
+        numbers = b"%011o\0%011o\0" % (size, mtime)
+        checksum = b"%06o\0 " % (fixed + sum(name) + sum(numbers) + _REG)
+        return b"".join((name.ljust(100, b"\0"), head, numbers, checksum, _FILE_AND_NO_LINK, tail))
     if kind == tarfile.DIRTYPE and not name.endswith(b"/"):
         name += b"/"
     link = linkname.encode("utf-8", "surrogateescape")
@@ -138,6 +153,11 @@ def fast_header(
     return b"".join(
         (name.ljust(100, b"\0"), head, numbers, checksum, kind, link.ljust(100, b"\0"), tail)
     )
+
+
+_UNKNOWN = (b"", b"", 0)  # not looked up yet (None: looked up, needs tarfile)
+_REG = tarfile.REGTYPE[0]
+_FILE_AND_NO_LINK = tarfile.REGTYPE + bytes(100)
 
 
 _PADDING = [bytes(-n % BLOCK) for n in range(BLOCK)]  # zeros after n bytes of the last block
@@ -308,6 +328,8 @@ def write_archive(
     """
     log = structlog.get_logger("backupagent.archive")
     stats = ArchiveStats()
+    counted = _Batched(on_bytes) if on_bytes else None
+    on_bytes = counted.add if counted else None
 
     def warn(path: str, reason: str) -> None:
         stats.warnings.append(f"{path}: {reason}")
@@ -329,9 +351,30 @@ def write_archive(
             if on_entry:
                 on_entry()
         tar.close()
+    if counted:
+        counted.flush()
     stats.archive_bytes = sink.size
     stats.sha256 = sink.hash.hexdigest() if hashed else ""
     return stats
+
+
+class _Batched:
+    """Byte counts passed on once they reach a MiB: a progress callback per small file
+    would cost more than the file."""
+
+    def __init__(self, forward: Callable[[int], None]) -> None:
+        self.forward = forward
+        self.pending = 0
+
+    def add(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.forward(self.pending)
+            self.pending = 0
 
 
 def _add_dump(tar: _TarStream, dump: Dump, on_bytes: Callable[[int], None] | None) -> None:
@@ -388,12 +431,25 @@ def _add(
         return
     try:
         before = os.fstat(fd)
-        read = _read_member(tar, entry, fd, before, warn, on_bytes)
+        size = before.st_size
+        header = None
+        # most files: small, one link, a plain name: read in one call, header made here
+        if size <= SMALL and before.st_nlink == 1 and stat.S_ISREG(before.st_mode):
+            header = fast_header(entry.arcname, before)
+        if header is not None:
+            data = os.read(fd, size + 1)
+            after = os.fstat(fd)
+            tar.small_file(header, data, size)
+            if on_bytes:
+                on_bytes(size)
+            missing, grew = max(size - len(data), 0), len(data) > size
+        else:
+            read = _read_member(tar, entry, fd, before, warn, on_bytes)
+            if read is None:
+                return
+            missing, grew, after = read
     finally:
         os.close(fd)
-    if read is None:
-        return
-    missing, grew, after = read
     stats.files += 1
     stats.bytes_read += before.st_size
     if missing:
@@ -410,19 +466,9 @@ def _read_member(
     warn: Callable[[str, str], None],
     on_bytes: Callable[[int], None] | None,
 ) -> tuple[int, bool, os.stat_result] | None:
-    """Header and data of an open regular file: (bytes missing, grew, stat after), or
-    None if it was skipped."""
+    """Header and data of an open regular file that is not small and plain (those `_add`
+    takes itself): (bytes missing, grew, stat after), or None if it was skipped."""
     size = before.st_size
-    # most files: small, one link, a plain name: read in one call, header made here
-    if size <= SMALL and before.st_nlink == 1 and stat.S_ISREG(before.st_mode):
-        header = fast_header(entry.arcname, before)
-        if header is not None:
-            data = os.read(fd, size + 1)
-            after = os.fstat(fd)
-            tar.small_file(header, data, size)
-            if on_bytes:
-                on_bytes(size)
-            return max(size - len(data), 0), len(data) > size, after
     if not stat.S_ISREG(before.st_mode):
         warn(entry.path, "changed type while being archived, skipped")
         return None

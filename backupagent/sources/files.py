@@ -48,6 +48,7 @@ def walk(
     stack = [(str(root), "")]
     while stack:
         directory, rel = stack.pop()
+        prefix = archive_name(directory).rstrip("/") + "/"  # once per directory
         try:
             with os.scandir(directory) as it:
                 children = sorted(it, key=lambda e: e.name)
@@ -68,7 +69,7 @@ def walk(
                 continue
             if match is not None and match(child_rel + "/" if is_dir else child_rel):
                 continue
-            yield Entry(child.path, archive_name(child.path), child.is_file(follow_symlinks=False))
+            yield Entry(child.path, prefix + child.name, child.is_file(follow_symlinks=False))
             if is_dir:
                 subdirs.append((child.path, child_rel + "/"))
         stack.extend(reversed(subdirs))
