@@ -85,7 +85,7 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 
 BATCH = 1024  # entries handed over at a time: one queue operation per batch
-AHEAD = 64  # batches: the walk runs at most 65,536 entries ahead of the archive
+AHEAD = 8  # batches: the walk runs at most 8,192 entries (a few MB) ahead of the archive
 
 Scanned = tuple[Entry, os.stat_result | None]
 
