@@ -44,12 +44,11 @@ class Increment:
     def kind(self) -> incremental.Kind:
         return self.decided.kind
 
-    def unchanged(self, arcname: str, st: os.stat_result | None) -> bool:
-        """Record a path's lstat; True when the previous backup has it as it is now.
+    def unchanged(self, arcname: str, now: Stat | None) -> bool:
+        """Record a path's Stat; True when the previous backup has it as it is now.
         None (the lstat failed) is archived: the archive reports it."""
-        if st is None:
+        if now is None:
             return False
-        now = incremental.stat_of(st)
         self.current[arcname] = now
         if self.decided.kind == "incremental" and self.previous.get(arcname) == now:
             return True

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from backupagent.incremental import Stat, stat_of
+
 Warn = Callable[[str, str], None]
 
 
@@ -85,14 +87,15 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 
 BATCH = 1024  # entries handed over at a time: one queue operation per batch
-AHEAD = 8  # batches: the walk runs at most 8,192 entries (a few MB) ahead of the archive
+AHEAD = 16  # batches: the walk runs at most 16,384 entries (about 5 MB) ahead
 
-Scanned = tuple[Entry, os.stat_result | None]
+Scanned = tuple[Entry, Stat | None]
 
 
 class Scan:
     """The walk of every root, on a thread and ahead of its reader, so that it runs
-    while the destination logs in. With `with_stat`, each entry comes with its lstat
+    while the destination logs in. With `with_stat`, each entry comes with its lstat as
+    a Stat
     (None when that failed: the archive reports it), which an incremental compares.
 
     Bounded: at most AHEAD batches wait. `close` stops the walk (a failed run)."""
@@ -129,7 +132,7 @@ class Scan:
                 st = None
                 if self.with_stat:
                     with contextlib.suppress(OSError):
-                        st = os.lstat(entry.path)
+                        st = stat_of(os.lstat(entry.path))
                 batch.append((entry, st))
                 if len(batch) == BATCH:
                     if not self._put(batch):

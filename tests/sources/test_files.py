@@ -68,7 +68,7 @@ def test_the_scan_gives_the_walk_in_order_with_each_lstat(tmp_path: Path) -> Non
     scanned = list(Scan(roots, _no_warning, frozenset(), with_stat=True).start())
     walked = [e for root, ex in roots.items() for e in walk(root, ex, _no_warning)]
     assert [e for e, _ in scanned] == walked
-    assert all(st is not None and st.st_ino == os.lstat(e.path).st_ino for e, st in scanned)
+    assert all(st is not None and st.ino == os.lstat(e.path).st_ino for e, st in scanned)
     plain = list(Scan(roots, _no_warning, frozenset(), with_stat=False).start())
     assert [e for e, _ in plain] == walked and all(st is None for _, st in plain)
 
