@@ -155,8 +155,9 @@ def plan(
     decided = incremental.next_kind(links, every, now, matches)
     previous: Index = {}
     if decided.kind == "incremental":
-        if local.index is None:
+        if local.index is None:  # e.g. kept by an older agent, in an older format
             decided = Next("full", None, f"the local index cannot be read: {local.problem}")
+            broken = broken or decided.reason
         else:
             previous = local.index
     if decided.kind == "full" and (broken or not same or (links and not matches)):

@@ -133,6 +133,27 @@ def test_a_lost_state_dir_makes_the_next_run_a_full(
     assert kinds[0]["kind"] == "full"
 
 
+def test_an_index_in_an_older_format_makes_a_full_with_a_warning(
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    site: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After an upgrade that changes the index format, the index this host kept is
+    unreadable though it is the newest backup's: a full, and the log says why."""
+    from backupagent import incremental
+
+    config = write_config(job=INCREMENTAL)
+    run_job(config, "www")
+    monkeypatch.setattr(incremental, "FORMAT", incremental.FORMAT + 1)
+    again = run_job(config, "www")
+    assert again.outcome == "success", again.error
+    events = read_events(again.log_path)
+    assert [e["kind"] for e in events if e["event"] == "backup kind"] == ["full"]
+    warned = [e for e in events if e["event"] == "this run is a full, not an incremental"]
+    assert warned and "not an index of format" in warned[0]["reason"]
+
+
 def test_a_failed_incremental_leaves_the_chain_usable(
     write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
 ) -> None:
