@@ -325,10 +325,9 @@ class _Run:
         increment = self.increment
 
         def entries() -> Iterator[Entry | Dump | Flush]:
-            for number, (entry, st) in enumerate(scan):
-                if not number % 256:  # a stop request or a failed dump ends the archive
-                    self._check_cancel()
-                    dumping.check()
+            for entry, st in scan:
+                self._check_cancel()  # per entry: the one before may have been 10 GB
+                dumping.check()
                 if increment is not None and increment.unchanged(entry.arcname, st):
                     continue  # the backups it builds on hold it as it is
                 yield entry
