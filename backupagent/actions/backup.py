@@ -325,12 +325,12 @@ class _Run:
         increment = self.increment
 
         def entries() -> Iterator[Entry | Dump | Flush]:
-            for entry, st in scan:
-                self._check_cancel()  # per entry: the one before may have been 10 GB
-                dumping.check()
-                if increment is not None and increment.unchanged(entry.arcname, st):
-                    continue  # the backups it builds on hold it as it is
-                yield entry
+            for batch in scan.batches():
+                kept = [e for e, _ in batch] if increment is None else increment.changed(batch)
+                for entry in kept:
+                    self._check_cancel()  # per entry: the one before may have been 10 GB
+                    dumping.check()
+                    yield entry
             if dumping.running:  # send what is written while the dumps finish
                 yield FLUSH
                 pipeline.writer.cut()

@@ -27,6 +27,7 @@ from backupagent.destinations.base import Destination, DestinationError
 from backupagent.incremental import Index, Link, Next, Stat
 from backupagent.retention import complete_backups
 from backupagent.retrieve import BackupInfo, info
+from backupagent.sources.files import Entry
 
 
 @dataclass
@@ -44,16 +45,20 @@ class Increment:
     def kind(self) -> incremental.Kind:
         return self.decided.kind
 
-    def unchanged(self, arcname: str, now: Stat | None) -> bool:
-        """Record a path's Stat; True when the previous backup has it as it is now.
-        None (the lstat failed) is archived: the archive reports it."""
-        if now is None:
-            return False
-        self.current[arcname] = now
-        if self.decided.kind == "incremental" and self.previous.get(arcname) == now:
-            return True
-        self.archived.add(arcname)
-        return False
+    def changed(self, batch: list[tuple[Entry, Stat | None]]) -> list[Entry]:
+        """Record each path's Stat; the entries to archive: all of them in a full, in an
+        incremental those the previous backup does not have as they are now. An entry
+        without a Stat (its lstat failed) is archived: the archive reports it."""
+        current, archived, out = self.current, self.archived, []
+        previous = self.previous.get if self.decided.kind == "incremental" else None
+        for entry, now in batch:
+            if now is not None:
+                current[entry.arcname] = now
+                if previous is not None and previous(entry.arcname) == now:
+                    continue  # the backups it builds on hold it as it is
+                archived.add(entry.arcname)
+            out.append(entry)
+        return out
 
     def seal(self) -> Sealed:
         """Once every path has been seen (the archive is written; its last volume may

@@ -152,8 +152,13 @@ class Scan:
         return False
 
     def __iter__(self) -> Iterator[Scanned]:
-        while (batch := self._queue.get()) is not None:
+        for batch in self.batches():
             yield from batch
+
+    def batches(self) -> Iterator[list[Scanned]]:
+        """The walk a batch at a time (an incremental skips most entries in one loop)."""
+        while (batch := self._queue.get()) is not None:
+            yield batch
         self._worker.join()  # the walk's own error, if any
 
     def close(self) -> None:
