@@ -81,3 +81,31 @@ def test_media_in_an_archive_are_stored_and_restored_byte_for_byte(tmp_path: Pat
 
 def _no_warning(path: str, reason: str) -> None:
     raise AssertionError(f"{path}: {reason}")
+
+
+def test_stored_media_in_an_encrypted_archive_decrypt_with_the_age_tool(tmp_path: Path) -> None:
+    """Raw frames go below the compressor, into the age stream like everything else."""
+    from backupagent.crypto import generate
+
+    from .conftest import require_system
+
+    require_system(shutil.which("age") is not None, "the age tool is missing (apt-get install age)")
+    identity, recipient = generate()
+    (tmp_path / "identity.txt").write_text(identity + "\n")
+    site = tmp_path / "site"
+    site.mkdir()
+    photo = JPEG + os.urandom(2 << 20)
+    (site / "photo.jpg").write_bytes(photo)
+    (site / "page.php").write_text("<?php echo 'x';\n" * 5_000)
+    out = io.BytesIO()
+    write_archive(walk(site, [], _no_warning), out, recipients=[recipient])
+    assert photo[4096:8192] not in out.getvalue()  # stored, but encrypted all the same
+    clear = subprocess.run(
+        ["age", "-d", "-i", str(tmp_path / "identity.txt")],
+        input=out.getvalue(),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    unpack(clear, tmp_path / "out")
+    assert tree(tmp_path / "out" / "files" / str(site).lstrip("/")) == tree(site)
