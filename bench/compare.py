@@ -1,12 +1,13 @@
 """backupagent against the hand-written pipeline an expert would use, on loopback.
 
-    python bench/compare.py [--scale 1] [--pairs 7] [--also-4x] [--small-files N]
+    python bench/compare.py [--site wordpress|synthetic] [--scale 1] [--pairs 7]
+                            [--also-4x] [--small-files N]
 
-Builds a WordPress-like site (5,000 small PHP files and 300 MiB of incompressible
-uploads per unit of --scale) and a MariaDB database (200,000 rows of posts, about
-45 MiB of SQL, per unit), starts vsftpd on 127.0.0.1 (when installed and run as
-root; else pyftpdlib in its own process), then alternates `backupagent run-job`
-with the reference
+Builds bench/site.py's site (by default the real-looking WordPress tree, 555 MiB in
+11,952 files per unit of --scale) and a MariaDB database (WordPress's own tables with
+20,000 posts per unit; `--site synthetic`: one table of 200,000 rows), starts vsftpd on
+127.0.0.1 (when installed and run as root; else pyftpdlib in its own process), then
+alternates `backupagent run-job` with the reference
 
     tar -cf - SITE | zstd -3 -T0 | curl -T - ftp://...   and
     mariadb-dump ... | zstd -3 -T0 | curl -T - ftp://...
@@ -253,36 +254,18 @@ def _compare(
     site = base / "site"
     make_site(site, scale, kind)
     held = fill_database(db, scale, kind)
-    (base / "ftp.pass").write_text(BENCH_PASSWORD)
     (base / "db.pass").write_text(db.root_password)
     spool = base / "spool"
-    config = base / "jobs.toml"
-    config.write_text(f"""
-[agent]
-state_dir = "{base}/state"
-log_dir = "{base}/log"
-spool_dir = "{spool}"
-[destinations.ftp]
-type = "ftp"
-host = "127.0.0.1"
-port = {port}
-user = "{BENCH_USER}"
-password_file = "{base}/ftp.pass"
-directory = "/agent"
-keep = 1
-[jobs.bench]
-destination = "ftp"
-sources = ["{site}"]
-databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", user = "root", password_file = "{base}/db.pass" }}]
-""")
-    url = f"ftp://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port}/ref"
+    database = (
+        f'databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", '
+        f'user = "root", password_file = "{base}/db.pass" }}]'
+    )
+    config = write_jobs(base, port, site, keep=1, job=database)
     reference = (
-        "set -eo pipefail; "
-        f"tar -C {site.parent} -cf - {site.name} | zstd -3 -T0 -q | "
-        f"curl -sS --ftp-create-dirs -T - {url}/site.tar.zst; "
+        f"{site_pipeline(site, port)}; "
         f"mariadb-dump --no-defaults --socket={db.socket} --user=root --single-transaction "
         f"--quick --routines --triggers --events --hex-blob wp | zstd -3 -T0 -q | "
-        f"curl -sS --ftp-create-dirs -T - {url}/db.sql.zst"
+        f"curl -sS --ftp-create-dirs -T - {reference_url(port)}/db.sql.zst"
     )
     env = {
         **os.environ,
@@ -379,6 +362,46 @@ def small_files(count: int) -> None:
         )
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def write_jobs(base: Path, port: int, site: Path, keep: int, job: str = "") -> Path:
+    """`base/jobs.toml`: one job `bench` backing up `site` to the bench FTP server on
+    `port` (its password in `base/ftp.pass`), `job` added to the job's table."""
+    (base / "ftp.pass").write_text(BENCH_PASSWORD)
+    config = base / "jobs.toml"
+    config.write_text(f"""
+[agent]
+state_dir = "{base}/state"
+log_dir = "{base}/log"
+spool_dir = "{base}/spool"
+[destinations.ftp]
+type = "ftp"
+host = "127.0.0.1"
+port = {port}
+user = "{BENCH_USER}"
+password_file = "{base}/ftp.pass"
+directory = "/agent"
+keep = {keep}
+[jobs.bench]
+destination = "ftp"
+sources = ["{site}"]
+{job}
+""")
+    return config
+
+
+def reference_url(port: int) -> str:
+    """Where the reference pipeline uploads: `ref/` on the bench FTP server."""
+    return f"ftp://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port}/ref"
+
+
+def site_pipeline(site: Path, port: int) -> str:
+    """The reference for the files, as a bash command: tar | zstd -3 -T0 | curl."""
+    return (
+        "set -eo pipefail; "
+        f"tar -C {site.parent} -cf - {site.name} | zstd -3 -T0 -q | "
+        f"curl -sS --ftp-create-dirs -T - {reference_url(port)}/site.tar.zst"
+    )
 
 
 def compile_agent() -> None:

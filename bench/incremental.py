@@ -35,12 +35,12 @@ import zstandard
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.compare import (
-    BENCH_PASSWORD,
-    BENCH_USER,
     compile_agent,
     free_port,
     ftp_server,
+    site_pipeline,
     timed,
+    write_jobs,
 )
 from bench.site import PHP, make_site
 
@@ -109,33 +109,8 @@ def nights(
 ) -> None:
     site = base / "site"
     make_site(site, scale, kind)
-    (base / "ftp.pass").write_text(BENCH_PASSWORD)
-    config = base / "jobs.toml"
-    config.write_text(f"""
-[agent]
-state_dir = "{base}/state"
-log_dir = "{base}/log"
-spool_dir = "{base}/spool"
-[destinations.ftp]
-type = "ftp"
-host = "127.0.0.1"
-port = {port}
-user = "{BENCH_USER}"
-password_file = "{base}/ftp.pass"
-directory = "/agent"
-keep = 30
-[jobs.bench]
-destination = "ftp"
-sources = ["{site}"]
-incremental = true
-full_every = 1000
-""")
-    url = f"ftp://{BENCH_USER}:{BENCH_PASSWORD}@127.0.0.1:{port}/ref"
-    reference = (
-        "set -eo pipefail; "
-        f"tar -C {site.parent} -cf - {site.name} | zstd -3 -T0 -q | "
-        f"curl -sS --ftp-create-dirs -T - {url}/site.tar.zst"
-    )
+    config = write_jobs(base, port, site, keep=30, job="incremental = true\nfull_every = 1000")
+    reference = site_pipeline(site, port)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     agent = [sys.executable, "-m", "backupagent", "--config", str(config), "run-job", "bench"]
     files = sorted(p for p in site.rglob("*") if p.is_file())
