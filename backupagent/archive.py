@@ -192,10 +192,9 @@ class _TarStream:
     again (stored.py).
     """
 
-    def __init__(self, out: Any, below: Any, store_compressed: bool = True) -> None:
+    def __init__(self, out: Any, below: Any) -> None:
         self.out = out  # the compressor
         self.below = below  # what the compressor writes to
-        self.store_compressed = store_compressed  # JPEG, ZIP, ...: raw zstd blocks
         self.buffer = bytearray()
         self.chunk = bytearray(CHUNK)
         self.offset = 0
@@ -249,9 +248,9 @@ class _TarStream:
                 if not n:
                     break
                 if store is None:
-                    store = self.store_compressed and stored.compressed_already(piece[:n])
+                    store = stored.compressed_already(piece[:n])
                     if store:  # the compressor's frame ends; raw frames go below it
-                        self.out.flush(zstandard.FLUSH_FRAME)
+                        self.end_frame()
                 if store:
                     self.below.write(stored.frame(piece[:n]))
                 else:

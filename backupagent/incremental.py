@@ -51,11 +51,11 @@ _KINDS = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l"}
 
 def stat_of(st: os.stat_result) -> Stat:
     kind = _KINDS.get(stat.S_IFMT(st.st_mode), "o")
-    # tuple.__new__ directly: NamedTuple's own __new__ is a Python call per path
-    return _new(Stat, (kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return _stat_row((kind, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
 
 
-_new = tuple.__new__
+# a Stat from a tuple by tuple.__new__: NamedTuple's own __new__ is a Python call per path
+_stat_row = functools.partial(tuple.__new__, Stat)
 
 
 Index = Mapping[str, Stat]
@@ -149,7 +149,6 @@ def decode(data: bytes) -> dict[str, Stat]:
 
 
 _KIND_LETTERS = frozenset("fdlo")
-_stat_row = functools.partial(tuple.__new__, Stat)
 
 
 _EVERY = re.compile(r"^\s*(\d+)\s*([dh])\s*$")

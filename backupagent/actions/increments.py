@@ -119,16 +119,12 @@ def _state(config: Config, job: str) -> tuple[Path, Path]:
     return directory / f"{job}.index.zst", directory / f"{job}.backup"
 
 
-def plan(
-    config: Config, job: str, fanout: Fanout, now: dt.datetime, local: Local | None = None
-) -> Increment:
+def plan(config: Config, job: str, fanout: Fanout, now: dt.datetime, local: Local) -> Increment:
     """Decide full or incremental against every live destination's newest chain and
-    the `local` index (read here when not given)."""
+    the `local` index (read_local)."""
     log = structlog.get_logger("backupagent.run")
     spec = config.jobs[job]
     every = incremental.parse_full_every(spec.full_every)
-    if local is None:
-        local = read_local(config, job)
     known = known_parents(config, job)
     chains: list[list[Link]] = []
     heads: list[BackupInfo | None] = []  # each destination's newest backup, read
