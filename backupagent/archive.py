@@ -14,6 +14,7 @@ import os
 import pwd
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -130,9 +131,20 @@ def fast_header(
         ):
             return None
         head, tail, fixed = owner
-        numbers = b"%011o\0%011o\0" % (size, mtime)
-        checksum = b"%06o\0 " % (fixed + sum(name) + sum(numbers) + _REG)
-        return b"".join((name.ljust(100, b"\0"), head, numbers, checksum, _FILE_AND_NO_LINK, tail))
+        size_field, size_sum = _OCTAL.get(size) or _octal(size)
+        mtime_field, mtime_sum = _OCTAL.get(mtime) or _octal(mtime)
+        checksum = b"%06o\0 " % (fixed + byte_sum(name) + size_sum + mtime_sum + _REG)
+        return b"".join(
+            (
+                name.ljust(100, b"\0"),
+                head,
+                size_field,
+                mtime_field,
+                checksum,
+                _FILE_AND_NO_LINK,
+                tail,
+            )
+        )
     if kind == tarfile.DIRTYPE and not name.endswith(b"/"):
         name += b"/"
     link = linkname.encode("utf-8", "surrogateescape")
@@ -149,10 +161,30 @@ def fast_header(
         return None
     head, tail, fixed = owner
     numbers = b"%011o\0%011o\0" % (size, mtime)
-    checksum = b"%06o\0 " % (fixed + sum(name) + sum(numbers) + kind[0] + sum(link))
+    checksum = b"%06o\0 " % (fixed + byte_sum(name) + sum(numbers) + kind[0] + byte_sum(link))
     return b"".join(
         (name.ljust(100, b"\0"), head, numbers, checksum, kind, link.ljust(100, b"\0"), tail)
     )
+
+
+# 12-byte size and mtime fields with the sum of their bytes, by value: sizes and
+# mtimes repeat (files unpacked together share an mtime), and formatting cost more
+_OCTAL: dict[int, tuple[bytes, int]] = {}
+_OCTAL_LIMIT = 1 << 16
+
+
+def _octal(value: int) -> tuple[bytes, int]:
+    if len(_OCTAL) >= _OCTAL_LIMIT:
+        _OCTAL.clear()
+    field = b"%011o\0" % value
+    _OCTAL[value] = (field, sum(field))
+    return _OCTAL[value]
+
+
+def byte_sum(data: bytes) -> int:
+    """The sum of up to 256 bytes, as `sum(data)` but four times faster on a path:
+    Adler-32's low half is 1 + that sum while that stays below 65,521 (255 * 256 does)."""
+    return (zlib.adler32(data) & 0xFFFF) - 1
 
 
 _UNKNOWN = (b"", b"", 0)  # not looked up yet (None: looked up, needs tarfile)
@@ -431,17 +463,20 @@ def _add(
     try:
         before = os.fstat(fd)
         size = before.st_size
-        header = None
         # most files: small, one link, a plain name: read in one call, header made here
-        if size <= SMALL and before.st_nlink == 1 and stat.S_ISREG(before.st_mode):
-            header = fast_header(entry.arcname, before)
-        if header is not None:
+        if (
+            size <= SMALL
+            and before.st_nlink == 1
+            and before.st_mode & _S_IFMT == stat.S_IFREG
+            and (header := fast_header(entry.arcname, before)) is not None
+        ):
+            # one read, so a change while it is read shows in its length: a second
+            # fstat would cost more than the rest of the file's work
             data = os.read(fd, size + 1)
-            after = os.fstat(fd)
             tar.small_file(header, data, size)
             if on_bytes:
                 on_bytes(size)
-            missing, grew = max(size - len(data), 0), len(data) > size
+            missing, grew, after = size - len(data), len(data) > size, None
         else:
             read = _read_member(tar, entry, fd, before, warn, on_bytes)
             if read is None:
@@ -450,11 +485,17 @@ def _add(
     finally:
         os.close(fd)
     stats.files += 1
-    stats.bytes_read += before.st_size
-    if missing:
+    stats.bytes_read += size
+    if missing > 0:
         warn(entry.path, f"shrank by {missing} bytes while read; stored padded with zeros")
-    elif grew or after.st_mtime_ns != before.st_mtime_ns or after.st_size != before.st_size:
+    elif grew or (
+        after is not None
+        and (after.st_mtime_ns != before.st_mtime_ns or after.st_size != before.st_size)
+    ):
         warn(entry.path, "changed while being read; stored as read, may be inconsistent")
+
+
+_S_IFMT = 0o170000  # stat.S_IFMT as a mask: one operation instead of a call per file
 
 
 def _read_member(

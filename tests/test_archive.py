@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.archive import fast_header, tar_info, write_archive
+from backupagent import archive
+from backupagent.archive import byte_sum, fast_header, tar_info, write_archive
 from backupagent.sources.files import walk
 
 from .helpers import decompress, tree, unpack
@@ -143,6 +144,25 @@ def test_fast_headers_equal_tarfiles(
     expected = _pax(tar_info(arcname, st))
     if header is not None:
         assert header == expected
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\xff" * 100, b"\xff" * 256, bytes(range(256))])
+def test_byte_sum_is_the_sum_up_to_256_bytes(data: bytes) -> None:
+    assert byte_sum(data) == sum(data)
+
+
+def test_fast_headers_stay_right_when_the_field_cache_is_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive, "_OCTAL", {})
+    monkeypatch.setattr(archive, "_OCTAL_LIMIT", 3)
+    for size in (0, 1, 2, 3, 1, 4, 0, 5):  # the cache fills, empties, fills again
+        path = tmp_path / f"f{size}"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (1_700_000_000 + size, 1_700_000_000 + size))
+        st = os.lstat(path)
+        assert fast_header("files/f", st) == _pax(tar_info("files/f", st))
+    assert len(archive._OCTAL) <= 3
 
 
 @pytest.mark.parametrize(
