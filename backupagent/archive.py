@@ -439,10 +439,11 @@ def _add(
     warn: Callable[[str, str], None],
     on_bytes: Callable[[int], None] | None,
 ) -> None:
-    """Add one entry: regular files through an open descriptor, everything else by lstat."""
+    """Add one entry: regular files through an open descriptor, everything else by
+    lstat; both relative to the directory the walk opened."""
     if not entry.is_file:
         try:
-            st = os.lstat(entry.path)
+            st = entry.lstat()
         except OSError as exc:
             warn(entry.path, f"vanished before it was read, skipped: {exc.strerror or exc}")
             return
@@ -450,13 +451,17 @@ def _add(
             _add_other(tar, entry, st, stats, warn)
             return
     try:
-        fd = os.open(entry.path, _OPEN_FLAGS)
+        parent = entry.parent
+        if parent is None:
+            fd = os.open(entry.path, _OPEN_FLAGS)
+        else:
+            fd = os.open(entry.name, _OPEN_FLAGS, dir_fd=parent.fd)
     except FileNotFoundError as exc:
         warn(entry.path, f"vanished before it was read, skipped: {exc.strerror or exc}")
         return
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # it became a symbolic link since the walk
-            _add(tar, Entry(entry.path, entry.arcname), stats, warn, on_bytes)
+            _add(tar, entry._replace(is_file=False), stats, warn, on_bytes)
             return
         warn(entry.path, f"not readable, skipped: {exc.strerror or exc}")
         return
@@ -542,7 +547,7 @@ def _add_other(
         warn(entry.path, "socket, skipped")
         return
     try:
-        target = os.readlink(entry.path) if kind == stat.S_IFLNK else ""
+        target = entry.readlink() if kind == stat.S_IFLNK else ""
     except OSError as exc:
         warn(entry.path, f"vanished before it was read, skipped: {exc.strerror or exc}")
         return

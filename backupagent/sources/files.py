@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import operator
 import os
 import queue
@@ -17,17 +18,50 @@ from backupagent.incremental import Stat, stat_of
 Warn = Callable[[str, str], None]
 
 
+class Directory:
+    """A directory the walk opened. What it lists is opened relative to it, never by
+    its path again: a site's user who swaps a directory for a symbolic link to /root
+    after it was walked does not get /root into the backup. Closed when the last
+    entry and walk step holding it are gone (CPython drops it at once)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
 class Entry(NamedTuple):
-    """One thing to archive: its path on disk and its name inside the archive."""
+    """One thing to archive: its path on disk and its name inside the archive, and
+    for what the walk found inside a directory, that open directory and its own name."""
 
     path: str
     arcname: str
     is_file: bool = False  # a regular file when walked: opened without an lstat first
+    name: str = ""
+    parent: Directory | None = None  # None: the path is opened as it is (a root)
+
+    def lstat(self) -> os.stat_result:
+        if self.parent is None:
+            return os.lstat(self.path)
+        return os.lstat(self.name, dir_fd=self.parent.fd)
+
+    def readlink(self) -> str:
+        if self.parent is None:
+            return os.readlink(self.path)
+        return os.readlink(self.name, dir_fd=self.parent.fd)
 
 
 def archive_name(path: Path | str) -> str:
     """Where an absolute path lands in the archive: `files/<path without leading />`."""
     return "files/" + str(path).lstrip("/")
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NOT_DIRECTORY = frozenset((errno.ELOOP, errno.ENOTDIR))  # O_NOFOLLOW met a link, or a file
+_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE))  # not the directory's fault: fail
 
 
 def walk(
@@ -40,7 +74,9 @@ def walk(
 
     Patterns are matched against the path relative to `root`, as in a .gitignore
     placed there. Directories whose (device, inode) is in `skip` are left out;
-    unreadable directories are reported through `warn` and skipped.
+    unreadable directories are reported through `warn` and skipped. Each directory
+    is opened relative to its parent, without following a link, and each entry holds
+    its directory open: take entries as they come rather than keeping them all.
     """
     match = None
     if exclude:
@@ -48,15 +84,26 @@ def walk(
 
         match = pathspec.GitIgnoreSpec.from_lines(exclude).match_file
     yield Entry(str(root), archive_name(root))
-    stack = [(str(root), "")]
+    # (the open parent or None for the root, name to open, path, path relative to root)
+    stack: list[tuple[Directory | None, str, str, str]] = [(None, str(root), str(root), "")]
     while stack:
-        directory, rel = stack.pop()
+        parent, name, directory, rel = stack.pop()
         prefix = archive_name(directory).rstrip("/") + "/"  # once per directory
+        base = directory if directory.endswith("/") else directory + "/"
         try:
-            with os.scandir(directory) as it:
+            if parent is None:  # the root as configured, a link to it included
+                here = Directory(os.open(name, _DIRECTORY))
+            else:
+                here = Directory(os.open(name, _DIRECTORY | os.O_NOFOLLOW, dir_fd=parent.fd))
+            with os.scandir(here.fd) as it:
                 children = sorted(it, key=_NAME)
         except OSError as exc:
-            warn(directory, f"directory not readable, skipped: {exc.strerror or exc}")
+            if exc.errno in _EXHAUSTED:
+                raise
+            if parent is not None and exc.errno in _NOT_DIRECTORY:
+                warn(directory, "no longer a directory (a link or a file now), skipped")
+            else:
+                warn(directory, f"directory not readable, skipped: {exc.strerror or exc}")
             continue
         subdirs = []
         for child in children:
@@ -64,7 +111,7 @@ def walk(
             # most entries: a regular file, known from the directory without a stat
             is_file = child.is_file(follow_symlinks=False)
             if is_file and match is None:
-                yield _entry(Entry, (child.path, prefix + name, True))
+                yield _entry(Entry, (base + name, prefix + name, True, name, here))
                 continue
             try:
                 is_dir = not is_file and child.is_dir(follow_symlinks=False)
@@ -73,13 +120,13 @@ def walk(
                     if (st.st_dev, st.st_ino) in skip:
                         continue
             except OSError as exc:
-                warn(child.path, f"cannot stat, skipped: {exc.strerror or exc}")
+                warn(base + name, f"cannot stat, skipped: {exc.strerror or exc}")
                 continue
             if match is not None and match(f"{rel}{name}/" if is_dir else f"{rel}{name}"):
                 continue
-            yield _entry(Entry, (child.path, prefix + name, is_file))
+            yield _entry(Entry, (base + name, prefix + name, is_file, name, here))
             if is_dir:
-                subdirs.append((child.path, f"{rel}{name}/"))
+                subdirs.append((here, name, base + name, f"{rel}{name}/"))
         stack.extend(reversed(subdirs))
 
 
@@ -98,6 +145,7 @@ def identity(path: Path) -> tuple[int, int] | None:
 
 BATCH = 1024  # entries handed over at a time: one queue operation per batch
 AHEAD = 16  # batches: the walk runs at most 16,384 entries (about 5 MB) ahead
+OPEN_PER_BATCH = 8  # directories a batch holds open: the scan holds at most about 150
 
 Scanned = tuple[Entry, Stat | None]
 
@@ -105,10 +153,12 @@ Scanned = tuple[Entry, Stat | None]
 class Scan:
     """The walk of every root, on a thread and ahead of its reader, so that it runs
     while the destination logs in. With `with_stat`, each entry comes with its lstat as
-    a Stat
-    (None when that failed: the archive reports it), which an incremental compares.
+    a Stat (None when that failed: the archive reports it), which an incremental
+    compares.
 
-    Bounded: at most AHEAD batches wait. `close` stops the walk (a failed run)."""
+    Bounded: at most AHEAD batches wait, each holding at most OPEN_PER_BATCH
+    directories open (so a tree of tiny directories does not run out of descriptors).
+    `close` stops the walk (a failed run)."""
 
     def __init__(
         self,
@@ -137,17 +187,20 @@ class Scan:
 
     def _produce(self) -> None:
         batch: list[Scanned] = []
+        holding, last = 0, None  # directories the batch holds open; the newest
         try:
             for entry in self._produce_entries():
                 st = None
                 if self.with_stat:
                     with contextlib.suppress(OSError):
-                        st = stat_of(os.lstat(entry.path))
+                        st = stat_of(entry.lstat())
                 batch.append((entry, st))
-                if len(batch) == BATCH:
+                if entry.parent is not last:
+                    holding, last = holding + 1, entry.parent
+                if len(batch) == BATCH or holding == OPEN_PER_BATCH:
                     if not self._put(batch):
                         return
-                    batch = []
+                    batch, holding, last = [], 0, None
             self._put(batch)
         finally:
             self._put(None)
