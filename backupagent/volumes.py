@@ -11,7 +11,6 @@ stream: `cat NAME.0001 NAME.0002 ... | zstd -d | tar -x` restores without us.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import queue
 import threading
@@ -40,7 +39,7 @@ class Volume:
     name: str  # the name it is published under
     path: Path
     size: int
-    sha256: str = ""  # filled in by the sending thread, off the archiver's path
+    sha256: str  # of the bytes as written: the volume is never read back to hash it
 
 
 def volume_name(archive: str, index: int) -> str:
@@ -66,6 +65,7 @@ class VolumeWriter:
         self._file: BinaryIO | None = None
         self._path = spool
         self._written = 0
+        self._hash = hashlib.sha256()
         self._lock = threading.Lock()
 
     def write(self, data: bytes | memoryview) -> int:
@@ -81,6 +81,7 @@ class VolumeWriter:
                 file.write(chunk)
             except OSError as exc:  # the spool, not a source: say so (and keep errno)
                 raise SpoolError(exc.errno, f"writing {self._path}: {exc.strerror}") from exc
+            self._hash.update(chunk)  # here, so the upload starts when the volume ends
             self._written += len(chunk)
             view = view[len(chunk) :]
             if self._written == self.size:
@@ -127,14 +128,18 @@ class VolumeWriter:
         self._file.close()
         self._file = None
         volume = Volume(
-            self.count, volume_name(self.archive, self.count), self._path, self._written
+            self.count,
+            volume_name(self.archive, self.count),
+            self._path,
+            self._written,
+            self._hash.hexdigest(),
         )
-        self._written = 0
+        self._written, self._hash = 0, hashlib.sha256()
         self.hand_over(volume)
 
 
 class Pipeline:
-    """A `VolumeWriter` whose volumes a thread hashes and passes to `send`, in order.
+    """A `VolumeWriter` whose volumes a thread passes to `send`, in order.
 
     `send` raising stops the pipeline: the writer raises `Cancelled` at its next
     volume, and `finish` re-raises what `send` raised.
@@ -156,9 +161,6 @@ class Pipeline:
         while (volume := self._queue.get()) is not None:
             if self.error is None and not self._stop.is_set():
                 try:
-                    with volume.path.open("rb") as handle:
-                        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                    volume = dataclasses.replace(volume, sha256=digest)
                     self.send(volume)
                     self.sent.append(volume)
                 except BaseException as exc:  # re-raised by finish() in the archiving thread

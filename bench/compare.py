@@ -12,8 +12,9 @@ alternates `backupagent run-job` with the reference
     tar -cf - SITE | zstd -3 -T0 | curl -T - ftp://...   and
     mariadb-dump ... | zstd -3 -T0 | curl -T - ftp://...
 
-For each it prints the wall time, the ratio agent/reference per pair and the median,
-the peak RSS of the whole process tree, the peak spool disk and the compressed size.
+After a `sync` and one unmeasured run of each, it prints for each pair the wall
+times and their ratio (agent/reference), then the median, the peak RSS of the whole
+process tree, the peak spool disk and the compressed size.
 `--small-files N` instead archives N tiny files and compares files per second with
 GNU tar, alternating runs. Needs root (or a user allowed to run mariadbd), tar,
 zstd and curl.
@@ -279,6 +280,11 @@ def _compare(
         f"{kind} site at scale {scale}: {size / 2**20:.0f} MiB in {len(files)} files; "
         f"database: {held}; FTP server {server}; {os.cpu_count()} cores"
     )
+    # the site and the database were just written: let writeback finish, and run each
+    # side once unmeasured (MariaDB's buffer pool, the page cache, vsftpd's first login)
+    subprocess.run(["sync"], check=True)
+    timed(agent, env, spool)
+    timed(["bash", "-c", reference], env, None)
     ours, theirs = Figures(), Figures()
     for pair in range(1, pairs + 1):
         ours.add(timed(agent, env, spool))
