@@ -260,11 +260,8 @@ def _diagnose_ftp(config: Config, job: str, name: str, out: Any) -> bool:
 @click.pass_obj
 def daemon(obj: _Context) -> None:
     """Run every job on its schedule until SIGTERM (what systemd starts)."""
-    import logging
+    from backupagent.scheduler import Daemon  # APScheduler logs through logging.configure
 
-    from backupagent.scheduler import Daemon
-
-    logging.basicConfig(level=logging.WARNING)  # APScheduler's own warnings, to stderr
     try:
         runner = Daemon(obj.config_path)
     except ConfigError as exc:

@@ -7,7 +7,10 @@ anywhere during that run, in that thread, lands in the run's file with those fie
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
+import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator, MutableMapping
@@ -24,16 +27,47 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _run_file: ContextVar[TextIO | None] = ContextVar("backupagent_run_file", default=None)
 _console_lock = threading.Lock()
 # stream None means "whatever sys.stderr is now", so rich's progress display can redirect it
-_console: dict[str, Any] = {"stream": None, "level": LEVELS["info"], "renderer": None}
+_console: dict[str, Any] = {
+    "stream": None,
+    "level": LEVELS["info"],
+    "renderer": None,
+    "journal": False,
+}
+
+
+# syslog priorities that journald reads from a `<N>` at the start of each line
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
+def to_journal(stream: TextIO) -> bool:
+    """Whether `stream` is the journal: systemd sets JOURNAL_STREAM to the device and
+    inode of the stream it connected (a redirected stderr no longer matches)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # a StringIO, a closed stream
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
 
 
 def configure(verbose: bool = False, stream: TextIO | None = None) -> None:
-    """Route events to the current run's file (everything) and to stderr (info and up)."""
+    """Route events to the current run's file (everything) and to stderr (info and up).
+
+    Under systemd, each stderr line starts with its priority (`<3>` an error) and has
+    no timestamp of its own (the journal has one), so `journalctl -p err` finds failures.
+    The standard library's logging (APScheduler's) goes to the same lines.
+    """
+    console = stream or sys.stderr
     _console["stream"] = stream
     _console["level"] = LEVELS["debug" if verbose else "info"]
+    _console["journal"] = to_journal(console)
     _console["renderer"] = structlog.dev.ConsoleRenderer(
-        colors=(stream or sys.stderr).isatty(), pad_event_to=0
+        colors=console.isatty() and not _console["journal"], pad_event_to=0
     )
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _Stdlib)]
+    root.addHandler(_Stdlib())
+    root.setLevel(logging.WARNING)  # libraries' warnings and errors, not their chatter
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -52,17 +86,48 @@ def _emit(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
     if run_file is not None:
         run_file.write(json.dumps(event, default=str, ensure_ascii=False) + "\n")
         run_file.flush()
-    if LEVELS.get(event.get("level", "info"), 20) >= _console["level"]:
+    level = event.get("level", "info")
+    if LEVELS.get(level, 20) >= _console["level"]:
         # the suggestion's text is printed whole at the end of run-job; keep this line short
+        hidden = ("run_id", "text", "evidence", "timestamp" if _console["journal"] else "")
         shown = {
             k: printable(v) if isinstance(v, str) else v
             for k, v in event.items()
-            if k not in ("run_id", "text", "evidence")
+            if k not in hidden
         }
         renderer = _console["renderer"] or structlog.dev.ConsoleRenderer(colors=False)
-        with _console_lock:
-            print(renderer(None, "", shown), file=_console["stream"] or sys.stderr, flush=True)
+        _console_line(level, renderer(None, "", shown))
     raise structlog.DropEvent
+
+
+def _console_line(level: str, text: str) -> None:
+    """One event on stderr; in the journal, every line of it with the priority."""
+    if _console.get("journal"):
+        prefix = f"<{PRIORITIES.get(level, 6)}>"
+        text = "\n".join(prefix + line for line in text.splitlines() or [""])
+    with _console_lock:
+        print(text, file=_console["stream"] or sys.stderr, flush=True)
+
+
+class _Stdlib(logging.Handler):
+    """A library's log record (APScheduler's, mostly) as one of our stderr lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = record.levelname.lower()
+        if level not in LEVELS:
+            level = "warning" if record.levelno >= logging.WARNING else "info"
+        try:
+            text = printable(f"{record.name}: {record.getMessage()}")
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            stamp = "" if _console.get("journal") else f"{_utc_now()} "
+            _console_line(level, f"{stamp}[{level:<9}] {text}")
+        except Exception:  # as logging's own handlers: never raise from here
+            self.handleError(record)
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 @contextlib.contextmanager
