@@ -6,6 +6,7 @@ logged warning and never changes a run's result. Timeouts bound every attempt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -185,7 +186,10 @@ def after_run(config: Config, job: str, result: RunResult) -> None:
 def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
     """The Prometheus exposition text for every job's latest runs (pure)."""
     families = [
-        ("backupagent_last_success_timestamp_seconds", "Start of the last successful backup run."),
+        (
+            "backupagent_last_success_timestamp_seconds",
+            "Start of the last successful backup run; 0 for a job that never had one.",
+        ),
         ("backupagent_last_run_timestamp_seconds", "Start of the last backup run."),
         ("backupagent_last_run_result", "1 for the last run's result, 0 for the others."),
         ("backupagent_last_run_duration_seconds", "Duration of the last backup run."),
@@ -196,13 +200,20 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
             "backupagent_last_run_destination_result",
             "1 for each destination's last result, 0 for the others (jobs with several).",
         ),
+        (
+            "backupagent_last_verify_success_timestamp_seconds",
+            "Start of the last verify that found the newest backup whole.",
+        ),
     ]
     samples: dict[str, list[str]] = {name: [] for name, _ in families}
     for job in sorted(latest):
         label = f'job="{_escape(job)}"'
-        last, success = latest[job]["last"], latest[job]["success"]
-        if success is not None:
-            samples[families[0][0]].append(f"{{{label}}} {success.started.timestamp():.3f}")
+        last, success, verified = (latest[job][k] for k in ("last", "success", "verified"))
+        # never succeeded: 0, so that "time() - this > a day" alerts on it too
+        when = 0.0 if success is None else success.started.timestamp()
+        samples[families[0][0]].append(f"{{{label}}} {when:.3f}")
+        if verified is not None:
+            samples[families[8][0]].append(f"{{{label}}} {verified.started.timestamp():.3f}")
         if last is None:
             continue
         samples[families[1][0]].append(f"{{{label}}} {last.started.timestamp():.3f}")
@@ -239,16 +250,22 @@ def write_metrics(config: Config) -> None:
     target = config.agent.metrics_file
     if target is None:
         return
+    temp = None
     try:
         with History(config.agent.state_dir) as history:
-            text = metrics_text(history.latest_per_job())
+            text = metrics_text(history.latest_per_job(also=config.jobs))
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".backupagent-", suffix=".prom")
+        # not *.prom: node_exporter reads every *.prom in the directory, dotfiles too
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
         os.chmod(temp, 0o644)
         os.replace(temp, target)
+        temp = None
     except OSError as exc:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
         structlog.get_logger("backupagent.notify").warning(
             "metrics file not written", path=str(target), reason=str(exc)
         )

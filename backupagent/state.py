@@ -13,11 +13,11 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from backupagent.outcome import BACKUP_TRIGGERS, OK
+from backupagent.outcome import BACKUP_TRIGGERS, OK, Trigger
 
 DB_NAME = "history.sqlite3"
 SCHEMA = """
@@ -156,15 +156,17 @@ class History:
         names = [d[0] for d in cursor.description]
         return [_from_row(dict(zip(names, row, strict=True))) for row in cursor]
 
-    def latest_per_job(self) -> dict[str, dict[str, Run | None]]:
-        """For each job in the history: its last run and its last successful backup run."""
-        jobs = [row[0] for row in self.conn.execute("SELECT DISTINCT job FROM runs")]
+    def latest_per_job(self, also: Iterable[str] = ()) -> dict[str, dict[str, Run | None]]:
+        """For each job in the history and in `also` (the configured ones): its last
+        backup run, its last successful one and its last successful verify."""
+        jobs = {row[0] for row in self.conn.execute("SELECT DISTINCT job FROM runs")}
         return {
             job: {
                 "last": self.last(job, triggers=BACKUP_TRIGGERS),
                 "success": self.last(job, tuple(OK), BACKUP_TRIGGERS),
+                "verified": self.last(job, tuple(OK), (Trigger.VERIFY,)),
             }
-            for job in jobs
+            for job in sorted(jobs.union(also))
         }
 
     def first_started(self, job: str) -> dt.datetime | None:

@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 
 from backupagent.actions.backup import run_job
+from backupagent.actions.verify import verify
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
@@ -168,12 +169,16 @@ def test_metrics_file_parses(
     parser = pytest.importorskip("prometheus_client.parser")
     metrics = tmp_path / "textfile" / "backupagent.prom"
     config = write_config()
+    never = '\n[jobs.never]\ndestination = "test"\nsources = ["/srv"]\n'  # never ran
     config.path.write_text(
         config.path.read_text().replace("[agent]\n", f'[agent]\nmetrics_file = "{metrics}"\n')
+        + never
     )
     config = load_config(config.path)
     before = time.time()
     assert run_job(config, "www").outcome == "success"
+    assert verify(config, "www")[0]
+    verified = time.time()
     ftp_server.block_passive()
     failed = run_job(config, "www")
     families = {f.name: f for f in parser.text_string_to_metric_families(metrics.read_text())}
@@ -182,6 +187,9 @@ def test_metrics_file_parses(
         for name, f in families.items()
     }
     job = (("job", "www"),)
+    assert value["backupagent_last_success_timestamp_seconds"][(("job", "never"),)] == 0
+    assert before < value["backupagent_last_verify_success_timestamp_seconds"][job] < verified
+    assert (("job", "never"),) not in value["backupagent_last_verify_success_timestamp_seconds"]
     assert value["backupagent_last_run_result"][(("job", "www"), ("result", "failed"))] == 1
     assert value["backupagent_last_run_result"][(("job", "www"), ("result", "success"))] == 0
     assert before - 1 < value["backupagent_last_success_timestamp_seconds"][job] < time.time()
@@ -191,7 +199,40 @@ def test_metrics_file_parses(
     )
     assert value["backupagent_last_run_warnings"][job] == len(failed.warnings)
     assert "backupagent_last_run_uploaded_bytes" in value
-    assert not list(metrics.parent.glob(".backupagent-*"))  # no temporary file left
+    assert [p.name for p in metrics.parent.iterdir()] == ["backupagent.prom"]  # no temp left
+
+
+def test_metrics_temporary_file_is_not_read_as_metrics_and_goes_on_failure(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node_exporter reads every *.prom in its directory: the half-written file must not
+    be one; and when the rename fails, the temporary file does not stay behind."""
+    from backupagent import notify
+
+    textfiles = tmp_path / "textfile"
+    metrics = textfiles / "backupagent.prom"
+    config = write_config()
+    config.path.write_text(
+        config.path.read_text().replace("[agent]\n", f'[agent]\nmetrics_file = "{metrics}"\n')
+    )
+    config = load_config(config.path)
+    renamed: list[str] = []
+    real_replace = notify.os.replace
+
+    def replace(source: str, target: Path) -> None:
+        renamed.append(Path(source).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(notify.os, "replace", replace)
+    notify.write_metrics(config)
+    assert metrics.is_file() and not renamed[0].endswith(".prom")
+    metrics.unlink()
+    metrics.mkdir()  # the rename now fails: a directory is in the way
+    (metrics / "keep").write_text("x")
+    notify.write_metrics(config)
+    assert len(renamed) == 2
+    assert sorted(p.name for p in textfiles.iterdir()) == ["backupagent.prom"]
+    assert [p.name for p in metrics.iterdir()] == ["keep"]
 
 
 def test_progress_events_without_a_terminal(write_config: WriteConfig, tmp_path: Path) -> None:

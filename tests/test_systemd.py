@@ -70,3 +70,16 @@ def test_unit_settings(name: str, section: str, key: str, value: str) -> None:
 def test_daemon_unit_runs_the_daemon() -> None:
     assert _unit("backupagent.service")["Service"]["ExecStart"].endswith(" daemon")
     assert "run-job %i" in _unit("backupagent-run@.service")["Service"]["ExecStart"]
+
+
+@pytest.mark.parametrize("name", ["backupagent.service", "backupagent-run@.service"])
+def test_the_example_metrics_file_is_writable_under_the_units(name: str) -> None:
+    """ProtectSystem=strict makes / read-only: the example's metrics_file directory must
+    be one the unit may write (else the run warns and the file never appears)."""
+    import tomllib
+
+    example = tomllib.loads((UNITS.parent / "jobs.example.toml").read_text())
+    directory = str(Path(example["agent"]["metrics_file"]).parent)
+    writable = _unit(name)["Service"]["ReadWritePaths"].split()
+    assert directory in [path.lstrip("-") for path in writable]
+    assert directory == "/var/lib/prometheus/node-exporter"  # Debian's textfile directory
