@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from backupagent import __version__
 from backupagent.config import Config, ConfigError, default_config_path, load_config
 from backupagent.logging import configure, read_events, run_logs
-from backupagent.outcome import EXIT_FAILED, EXIT_LOCKED, EXIT_USAGE
+from backupagent.outcome import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
 from backupagent.recording import SetupError
 from backupagent.state import JobLocked
 from backupagent.summary import print_summary
@@ -48,12 +49,75 @@ class _Context:
         return config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_CONFIG_HELP = "jobs.toml to use [default: $BACKUPAGENT_CONFIG, else /etc/backupagent/jobs.toml]"
+
+EXIT_CODES = f"""\b
+Exit codes:
+  {EXIT_OK}   the backup was published (warnings, such as a skipped file, still 0)
+  {EXIT_FAILED}   the job failed: nothing new was published
+  {EXIT_USAGE}   bad command line or invalid jobs.toml
+  {EXIT_LOCKED}  skipped: the same job is already running
+"""
+
+
+def _complete_jobs(
+    ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Job names for shell completion, read from jobs.toml without validating it."""
+    import tomllib
+
+    path = next(
+        (c.params["config_path"] for c in (ctx, ctx.parent) if c and c.params.get("config_path")),
+        None,
+    )
+    try:
+        jobs = tomllib.loads(Path(path or default_config_path()).read_text()).get("jobs", {})
+    except (OSError, ValueError):
+        return []
+    return [CompletionItem(name) for name in sorted(jobs) if name.startswith(incomplete)]
+
+
+job_argument = click.argument("job", shell_complete=_complete_jobs)
+
+
+class _Commands(click.Group):
+    """Every command also takes -c/--config after its name (`backupagent check -c F`)."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params.append(
+                click.Option(
+                    ["-c", "--config", "config_path"],
+                    type=click.Path(path_type=Path, dir_okay=False),
+                    help=_CONFIG_HELP,
+                )
+            )
+            cmd.callback = _taking_config(cmd.callback)
+        super().add_command(cmd, name)
+
+
+def _taking_config(callback: Callable[..., Any] | None) -> Callable[..., Any]:
+    def run(*args: Any, config_path: Path | None = None, **kwargs: Any) -> Any:
+        if config_path is not None:  # given after the command: it wins
+            context = click.get_current_context().find_object(_Context)
+            assert context is not None  # made by the group, which runs first
+            context.config_path = config_path
+        return callback(*args, **kwargs) if callback else None
+
+    return run
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES,
+)
 @click.option(
+    "-c",
     "--config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="jobs.toml to use [default: $BACKUPAGENT_CONFIG, else /etc/backupagent/jobs.toml]",
+    help=_CONFIG_HELP,
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show the FTP dialogue on stderr too.")
 @click.version_option(__version__, prog_name="backupagent")
@@ -74,12 +138,17 @@ def check(obj: _Context) -> None:
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
     click.echo(
-        f"{obj.config_path}: OK ({len(config.jobs)} jobs, {len(config.destinations)} destinations)"
+        f"{obj.config_path}: OK ({_count(len(config.jobs), 'job')}, "
+        f"{_count(len(config.destinations), 'destination')})"
     )
 
 
-@cli.command("run-job")
-@click.argument("job")
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+@cli.command("run-job", epilog=EXIT_CODES)
+@job_argument
 @click.pass_obj
 def run_job_command(obj: _Context, job: str) -> None:
     """Run one job now, in the foreground."""
@@ -108,7 +177,7 @@ def run_job_command(obj: _Context, job: str) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option("--run", "run_id", help="Run id (the log file's name); default: the last run.")
 @click.pass_obj
 def logs(obj: _Context, job: str, run_id: str | None) -> None:
@@ -127,7 +196,7 @@ def logs(obj: _Context, job: str, run_id: str | None) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option("--destination", "only", metavar="NAME", help="Only this one of the job's.")
 @click.pass_obj
 def diagnose(obj: _Context, job: str, only: str | None) -> None:
@@ -303,7 +372,7 @@ def list_jobs(obj: _Context) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
 @click.pass_obj
 def history(obj: _Context, job: str, limit: int) -> None:
@@ -361,7 +430,7 @@ _RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option(
     "--destination",
     "only",
@@ -401,7 +470,7 @@ def backups(obj: _Context, job: str, only: str | None) -> None:
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
 @click.option(
     "--to",
@@ -499,7 +568,7 @@ def restore(
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
 @click.option(
     "--identity",
@@ -537,7 +606,7 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None, only: st
 
 
 @cli.command()
-@click.argument("job")
+@job_argument
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted and why.")
 @click.option(
     "--destination",
@@ -644,6 +713,19 @@ def demo(clean: bool) -> None:
     from backupagent.demo import run_demo
 
     sys.exit(run_demo(keep=not clean))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """jobs.toml itself."""
+
+
+@config_group.command("generate")
+def config_generate() -> None:
+    """Print the example jobs.toml, every key with its default or an example value."""
+    from importlib.resources import files
+
+    click.echo(files("backupagent").joinpath("share/jobs.example.toml").read_text(), nl=False)
 
 
 def main() -> None:

@@ -35,7 +35,54 @@ def test_check_ok(write_config: WriteConfig) -> None:
     config = write_config()
     result = cli(config.path, "check")
     assert result.returncode == 0, result.stderr
-    assert "OK (1 jobs, 1 destinations)" in result.stdout
+    assert "OK (1 job, 1 destination)" in result.stdout
+
+
+def test_config_after_the_command_is_taken_and_wins(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    config = write_config()
+    result = cli(None, "check", "-c", str(config.path))
+    assert result.returncode == 0, result.stderr
+    assert f"{config.path}: OK" in result.stdout
+    after = cli(tmp_path / "nope.toml", "check", "--config", str(config.path))
+    assert after.returncode == 0 and f"{config.path}: OK" in after.stdout
+
+
+def test_help_lists_the_exit_codes() -> None:
+    for args in ([], ["run-job"]):
+        shown = cli(None, *args, "--help").stdout
+        assert "Exit codes:" in shown
+        for line in ("0   the backup was published", "75  skipped: the same job"):
+            assert line in shown
+
+
+def test_shell_completion_offers_the_job_names(write_config: WriteConfig) -> None:
+    config = write_config()
+    text = config.path.read_text().replace(
+        "[jobs.www]", '[jobs.shop]\ndestination = "test"\nsources = ["/srv"]\n\n[jobs.www]'
+    )
+    config.path.write_text(text)
+    words = f"backupagent --config {config.path} logs "
+    result = subprocess.run(
+        [sys.executable, "-m", "backupagent"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "_BACKUPAGENT_COMPLETE": "bash_complete",
+            "COMP_WORDS": words + "s",
+            "COMP_CWORD": "4",
+        },
+        timeout=60,
+    )
+    assert result.stdout.split() == ["plain,shop"]
+
+
+def test_config_generate_prints_the_example() -> None:
+    example = Path(__file__).parent.parent / "backupagent" / "share" / "jobs.example.toml"
+    result = cli(None, "config", "generate")
+    assert result.returncode == 0 and result.stdout == example.read_text()
 
 
 def test_missing_config_file_exits_2(tmp_path: Path) -> None:
