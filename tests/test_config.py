@@ -227,7 +227,7 @@ def test_defaults_and_implicit_tls_port(tmp_path: Path) -> None:
 
 def test_example_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """jobs.example.toml documents every key; it must load once its password file exists."""
-    example = Path(__file__).parent.parent / "jobs.example.toml"
+    example = Path(__file__).parent.parent / "backupagent" / "share" / "jobs.example.toml"
     text = example.read_text()
     secret = tmp_path / "offsite.pass"
     secret.write_text("x\n")

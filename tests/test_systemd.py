@@ -12,7 +12,7 @@ import pytest
 
 from .conftest import require_system
 
-UNITS = Path(__file__).parent.parent / "systemd"
+UNITS = Path(__file__).parent.parent / "backupagent" / "share" / "systemd"
 
 
 def _installed_binary() -> str:

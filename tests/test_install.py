@@ -1,0 +1,101 @@
+"""scripts/install: a virtualenv, the command where the units run it, the units, the
+config from the example (0600, kept on upgrade), the agent's directories. Below
+`--root`, so the machine running the tests is not changed."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parent.parent
+SHARE = REPO / "backupagent" / "share"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("root")
+    _install(root)
+    return root
+
+
+def _install(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "install"), "--root", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_command_is_linked_where_the_units_run_it(installed: Path) -> None:
+    command = installed / "usr/local/bin/backupagent"
+    assert command.is_symlink()
+    assert os.readlink(command) == str(installed / "opt/backupagent/bin/backupagent")
+    version = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and "backupagent, version" in version.stdout
+    for name in ("backupagent.service", "backupagent-run@.service"):
+        unit = configparser.ConfigParser(strict=False, interpolation=None)
+        unit.read(installed / "etc/systemd/system" / name)
+        assert unit["Service"]["ExecStart"].startswith("/usr/local/bin/backupagent ")
+
+
+def test_units_and_example_come_from_the_installed_package(installed: Path) -> None:
+    """The wheel carries them: the installed copy, not the checkout, is what was used."""
+    for unit in (SHARE / "systemd").iterdir():
+        assert (installed / "etc/systemd/system" / unit.name).read_text() == unit.read_text()
+    generated = subprocess.run(
+        [installed / "usr/local/bin/backupagent", "config", "generate"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert generated.stdout == (SHARE / "jobs.example.toml").read_text()
+
+
+def test_config_and_directories(installed: Path) -> None:
+    config = installed / "etc/backupagent/jobs.toml"
+    assert config.read_text() == (SHARE / "jobs.example.toml").read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    for directory in ("var/lib/backupagent", "var/log/backupagent"):
+        assert stat.S_IMODE((installed / directory).stat().st_mode) == 0o700
+
+
+def test_a_second_install_upgrades_and_keeps_the_config(installed: Path) -> None:
+    config = installed / "etc/backupagent/jobs.toml"
+    config.write_text("# the admin's own\n")
+    result = _install(installed)
+    assert config.read_text() == "# the admin's own\n"
+    assert "kept as it was" in result.stdout
+    assert (installed / "usr/local/bin/backupagent").resolve().exists()
+
+
+def test_without_root_and_without_root_dir_it_refuses() -> None:
+    if os.geteuid() == 0:
+        result = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                str(REPO / "scripts" / "install"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    else:
+        result = subprocess.run(
+            [str(REPO / "scripts" / "install")], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 2
+    assert "run it as root" in result.stderr
