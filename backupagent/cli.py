@@ -133,10 +133,16 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 def check(obj: _Context) -> None:
     """Validate jobs.toml; print every problem with its table and key."""
     from backupagent.config import config_warnings
+    from backupagent.preflight import host_problems
 
     config = obj.config()
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
+    problems = host_problems(config)  # valid, but a run would fail on this host
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(EXIT_USAGE)
     click.echo(
         f"{obj.config_path}: OK ({_count(len(config.jobs), 'job')}, "
         f"{_count(len(config.destinations), 'destination')})"

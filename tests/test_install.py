@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import configparser
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,22 +82,23 @@ def test_a_second_install_upgrades_and_keeps_the_config(installed: Path) -> None
 
 
 def test_without_root_and_without_root_dir_it_refuses() -> None:
-    if os.geteuid() == 0:
-        result = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                str(REPO / "scripts" / "install"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    else:
-        result = subprocess.run(
-            [str(REPO / "scripts" / "install")], capture_output=True, text=True, timeout=60
-        )
-    assert result.returncode == 2
+    if os.geteuid() != 0:
+        argv = [str(REPO / "scripts" / "install")]
+    else:  # as nobody, from a copy nobody may read (the checkout may sit in a 0700 dir)
+        base = Path(tempfile.mkdtemp(prefix="ba-install-"))
+        os.chmod(base, 0o755)
+        shutil.copy(REPO / "scripts" / "install", base / "install")
+        argv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            str(base / "install"),
+        ]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    finally:
+        if os.geteuid() == 0:
+            shutil.rmtree(base)
+    assert result.returncode == 2, result.stderr
     assert "run it as root" in result.stderr

@@ -247,9 +247,12 @@ def read_site(root: Path, job: Job) -> Site:
     """Parse wp-config.php (and the version file) into a MySQL dump target."""
     config_file = find_config(root)
     try:
-        parsed = parse_php(config_file.read_text(encoding="utf-8", errors="replace"))
+        text = config_file.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise WordPressError(config_file, [f"cannot read: {exc.strerror or exc}"]) from None
+    parsed = parse_php(text)
+    if DEBIAN_INCLUDE in text and SETTINGS[0] not in parsed.constants:
+        raise WordPressError(config_file, [debian_packaged(Path(DEBIAN_INCLUDE).parent)])
     problems = []
     values: dict[str, str] = {}
     for name in SETTINGS:
@@ -290,6 +293,22 @@ def read_site(root: Path, job: Job) -> Site:
     only_prefix = prefix if job.wordpress_tables == "prefix" else None
     target = Target(db, values["DB_PASSWORD"], keys, "", config_file, only_prefix)
     return Site(root, config_file, values["DB_NAME"], prefix, read_version(root), target)
+
+
+DEBIAN_INCLUDE = "/etc/wordpress/config-"  # Debian's and Ubuntu's packaged wp-config.php
+
+
+def debian_packaged(etc: Path) -> str:
+    """Why the packaged WordPress's settings cannot be read, and what to write instead."""
+    found = sorted(str(p) for p in etc.glob("config-*.php"))
+    where = f" (here: {', '.join(found)})" if found else ""
+    return (
+        "Debian's packaged WordPress: wp-config.php includes /etc/wordpress/config-HOST.php, "
+        f"chosen by the host name of each web request, which a backup cannot know{where}; "
+        "replace `wordpress = ...` with the site's files in `sources` and its database in "
+        '`databases = [{ type = "mysql", name = ..., user = ..., password_file = ... }]`, '
+        "copied from that file"
+    )
 
 
 def read_version(root: Path) -> str | None:

@@ -97,6 +97,15 @@ def test_missing_defines_are_reported(tmp_path: Path) -> None:
     assert info.value.problems == ["DB_USER is not defined", "DB_PASSWORD is not defined"]
 
 
+def test_debians_packaged_wordpress_says_what_to_write_instead(tmp_path: Path) -> None:
+    """Its wp-config.php includes /etc/wordpress/config-HOST.php by the request's host."""
+    with pytest.raises(WordPressError) as info:
+        _site(tmp_path, "debian.php")
+    (problem,) = info.value.problems
+    assert problem.startswith("Debian's packaged WordPress: wp-config.php includes")
+    assert "`sources`" in problem and "`databases = [" in problem
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     (tmp_path / "empty-site").mkdir()
     with pytest.raises(WordPressError, match="cannot read"):

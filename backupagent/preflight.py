@@ -1,0 +1,69 @@
+"""What `check` can know before a run by looking at this host: sources that are missing
+or unreadable, WordPress sites whose settings cannot be read, the agent's own
+directories that cannot be made or written. Each problem names its table and key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from backupagent.config import Config, Job
+
+
+def host_problems(config: Config) -> list[str]:
+    """Every problem found; an empty list when a run would get past its set-up."""
+    label = config.path.name
+    problems = []
+    for key in ("state_dir", "log_dir", "spool_dir"):
+        path = getattr(config.agent, key)
+        if (reason := _unwritable(path)) is not None:
+            problems.append(f"{label}: [agent] {key}: {path} {reason}")
+    for name, job in sorted(config.jobs.items()):
+        for source in job.sources:
+            if (reason := _unreadable(source)) is not None:
+                problems.append(f"{label}: [jobs.{name}] sources: {source} {reason}")
+        if job.wordpress is not None:
+            found = _wordpress(job.wordpress, job)
+            problems += [f"{label}: [jobs.{name}] wordpress: {p}" for p in found]
+    return problems
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a source could not be walked, or None."""
+    try:
+        if not path.is_dir():
+            return "is not a directory" if path.exists() else "does not exist"
+    except OSError as exc:  # a parent this user may not search
+        return f"cannot be reached by this user (uid {os.geteuid()}): {exc.strerror or exc}"
+    try:
+        with os.scandir(path) as listing:
+            next(listing, None)
+    except OSError as exc:
+        return f"cannot be read by this user (uid {os.geteuid()}): {exc.strerror or exc}"
+    return None
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the agent could not make or write one of its directories, or None."""
+    existing = path
+    while not os.path.exists(existing) and existing != existing.parent:  # False if unsearchable
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot be made: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            return f"cannot be written by this user (uid {os.geteuid()})"
+        return f"cannot be made by this user (uid {os.geteuid()}): {existing} is not writable"
+    return None
+
+
+def _wordpress(root: Path, job: Job) -> list[str]:
+    from backupagent.sources.wordpress import WordPressError, read_site
+
+    if (reason := _unreadable(root)) is not None:
+        return [f"{root} {reason}"]
+    try:
+        read_site(root, job)
+    except WordPressError as exc:
+        return [f"{exc.config_file}: {p}" for p in exc.problems]
+    return []
