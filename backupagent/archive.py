@@ -160,10 +160,20 @@ def fast_header(
     ):
         return None
     head, tail, fixed = owner
-    numbers = b"%011o\0%011o\0" % (size, mtime)
-    checksum = b"%06o\0 " % (fixed + byte_sum(name) + sum(numbers) + kind[0] + byte_sum(link))
+    size_field, size_sum = _OCTAL.get(size) or _octal(size)
+    mtime_field, mtime_sum = _OCTAL.get(mtime) or _octal(mtime)
+    sums = fixed + byte_sum(name) + size_sum + mtime_sum + kind[0] + byte_sum(link)
     return b"".join(
-        (name.ljust(100, b"\0"), head, numbers, checksum, kind, link.ljust(100, b"\0"), tail)
+        (
+            name.ljust(100, b"\0"),
+            head,
+            size_field,
+            mtime_field,
+            b"%06o\0 " % sums,
+            kind,
+            link.ljust(100, b"\0"),
+            tail,
+        )
     )
 
 

@@ -102,7 +102,7 @@ def _emit(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
 
 def _console_line(level: str, text: str) -> None:
     """One event on stderr; in the journal, every line of it with the priority."""
-    if _console.get("journal"):
+    if _console["journal"]:
         prefix = f"<{PRIORITIES.get(level, 6)}>"
         text = "\n".join(prefix + line for line in text.splitlines() or [""])
     with _console_lock:
@@ -120,7 +120,7 @@ class _Stdlib(logging.Handler):
             text = printable(f"{record.name}: {record.getMessage()}")
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
-            stamp = "" if _console.get("journal") else f"{_utc_now()} "
+            stamp = "" if _console["journal"] else f"{_utc_now()} "
             _console_line(level, f"{stamp}[{level:<9}] {text}")
         except Exception:  # as logging's own handlers: never raise from here
             self.handleError(record)

@@ -255,13 +255,8 @@ def _compare(
     site = base / "site"
     make_site(site, scale, kind)
     held = fill_database(db, scale, kind)
-    (base / "db.pass").write_text(db.root_password)
     spool = base / "spool"
-    database = (
-        f'databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", '
-        f'user = "root", password_file = "{base}/db.pass" }}]'
-    )
-    config = write_jobs(base, port, site, keep=1, job=database)
+    config = write_jobs(base, port, site, keep=1, job=database_key(base, db))
     reference = (
         f"{site_pipeline(site, port)}; "
         f"mariadb-dump --no-defaults --socket={db.socket} --user=root --single-transaction "
@@ -370,10 +365,19 @@ def small_files(count: int) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def write_jobs(base: Path, port: int, site: Path, keep: int, job: str = "") -> Path:
-    """`base/jobs.toml`: one job `bench` backing up `site` to the bench FTP server on
-    `port` (its password in `base/ftp.pass`), `job` added to the job's table."""
-    (base / "ftp.pass").write_text(BENCH_PASSWORD)
+def write_jobs(
+    base: Path,
+    port: int,
+    site: Path,
+    keep: int,
+    job: str = "",
+    user: str = BENCH_USER,
+    password: str = BENCH_PASSWORD,
+) -> Path:
+    """`base/jobs.toml`: one job `bench` backing up `site` to the FTP server on `port`
+    (the bench's user unless told; the password in `base/ftp.pass`), `job` added to the
+    job's table."""
+    (base / "ftp.pass").write_text(password)
     config = base / "jobs.toml"
     config.write_text(f"""
 [agent]
@@ -384,7 +388,7 @@ spool_dir = "{base}/spool"
 type = "ftp"
 host = "127.0.0.1"
 port = {port}
-user = "{BENCH_USER}"
+user = "{user}"
 password_file = "{base}/ftp.pass"
 directory = "/agent"
 keep = {keep}
@@ -394,6 +398,16 @@ sources = ["{site}"]
 {job}
 """)
     return config
+
+
+def database_key(base: Path, db: MariaDB) -> str:
+    """The job's `databases` line for the bench database `wp` (its root password
+    written to `base/db.pass`)."""
+    (base / "db.pass").write_text(db.root_password)
+    return (
+        f'databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", '
+        f'user = "root", password_file = "{base}/db.pass" }}]'
+    )
 
 
 def reference_url(port: int) -> str:

@@ -19,6 +19,7 @@ from backupagent.actions.backup import run_job
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import configure, read_events
+from bench.compare import database_key, write_jobs
 from tests.databases import start_mariadb
 
 
@@ -53,25 +54,9 @@ def main(rows: int) -> None:
         )
         (base / "ftp").mkdir()
         with LocalFtpServer(base / "ftp") as ftp:
-            (base / "ftp.pass").write_text(ftp.password)
-            (base / "db.pass").write_text(db.root_password)
             (base / "www").mkdir()
-            (base / "jobs.toml").write_text(f"""
-[agent]
-state_dir = "{base}/state"
-log_dir = "{base}/log"
-spool_dir = "{base}/spool"
-[destinations.ftp]
-type = "ftp"
-host = "127.0.0.1"
-port = {ftp.port}
-user = "{ftp.user}"
-password_file = "{base}/ftp.pass"
-[jobs.bench]
-destination = "ftp"
-sources = ["{base}/www"]
-databases = [{{ type = "mysql", name = "wp", socket = "{db.socket}", user = "root", password_file = "{base}/db.pass" }}]
-""")
+            database = database_key(base, db)
+            write_jobs(base, ftp.port, base / "www", 1, database, ftp.user, ftp.password)
             result = run_job(load_config(base / "jobs.toml"), "bench")
         events = read_events(result.log_path)
         dumped = next(e for e in events if e["event"] == "database dumped")

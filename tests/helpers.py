@@ -25,6 +25,20 @@ def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300)
 
 
+def python_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`script` run by this interpreter with the checkout on its path, from `/` (a
+    script that drops to another user imports first: the interpreter may be under /root)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        check=True,
+        cwd="/",
+        timeout=120,
+    )
+
+
 def tree(root: Path) -> dict[str, tuple[str, str]]:
     """Every path below root: ('file', sha256) | ('link', target) | ('dir', '')."""
     out: dict[str, tuple[str, str]] = {}

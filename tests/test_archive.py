@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -17,7 +15,7 @@ from backupagent import archive
 from backupagent.archive import byte_sum, fast_header, tar_info, write_archive
 from backupagent.sources.files import walk
 
-from .helpers import decompress, tree, unpack
+from .helpers import decompress, python_script, tree, unpack
 
 
 def _archive(root: Path, exclude: list[str] | None = None) -> tuple[bytes, object]:
@@ -91,15 +89,7 @@ def test_unreadable_file_is_skipped_with_a_warning() -> None:
         secret = base / "secret.txt"
         secret.write_text("no")
         os.chmod(secret, 0o000)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-        result = subprocess.run(
-            [sys.executable, "-c", UNREADABLE_SCRIPT, str(base)],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-            cwd="/",
-        )
+        result = python_script(UNREADABLE_SCRIPT, str(base))
         assert f"WARN {secret}: not readable, skipped: Permission denied" in result.stdout
         assert "FILES 1" in result.stdout
     finally:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from .conftest import WriteConfig
-from .helpers import cli
+from .helpers import cli, python_script
 
 CORPUS = Path(__file__).parent / "sources" / "wp-configs"
 
@@ -62,15 +60,7 @@ def test_an_unreadable_source_and_directories_that_cannot_be_made() -> None:
         locked.mkdir(mode=0o700)
         (base / "open").mkdir()
         os.chmod(base / "open", 0o777)  # mkdir's mode passes through the umask
-        result = subprocess.run(
-            [sys.executable, "-c", AS_NOBODY, str(locked), str(base / "open" / "spool")],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-            check=True,
-            cwd="/",
-            timeout=60,
-        )
+        result = python_script(AS_NOBODY, str(locked), str(base / "open" / "spool"))
     finally:
         shutil.rmtree(base)
     assert result.stdout.splitlines() == [

@@ -252,7 +252,7 @@ def read_site(root: Path, job: Job) -> Site:
         raise WordPressError(config_file, [f"cannot read: {exc.strerror or exc}"]) from None
     parsed = parse_php(text)
     if DEBIAN_INCLUDE in text and SETTINGS[0] not in parsed.constants:
-        raise WordPressError(config_file, [debian_packaged(Path(DEBIAN_INCLUDE).parent)])
+        raise WordPressError(config_file, [debian_packaged(DEBIAN_ETC)])
     problems = []
     values: dict[str, str] = {}
     for name in SETTINGS:
@@ -295,7 +295,8 @@ def read_site(root: Path, job: Job) -> Site:
     return Site(root, config_file, values["DB_NAME"], prefix, read_version(root), target)
 
 
-DEBIAN_INCLUDE = "/etc/wordpress/config-"  # Debian's and Ubuntu's packaged wp-config.php
+DEBIAN_ETC = Path("/etc/wordpress")  # where Debian's and Ubuntu's packaged WordPress
+DEBIAN_INCLUDE = f"{DEBIAN_ETC}/config-"  # keeps the settings its wp-config.php includes
 
 
 def debian_packaged(etc: Path) -> str:

@@ -1,0 +1,13 @@
+# Sourced by scripts/venv and scripts/install: Python 3.11 or newer, with its venv
+# module (on a fresh Debian a separate package, installed here: via sudo unless root).
+need_python() {
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "backupagent needs Python 3.11 or newer" >&2; exit 1; }
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -q && apt-get install -y -q python3-venv
+    else
+      sudo apt-get install -y python3-venv
+    fi
+  fi
+}
