@@ -22,7 +22,11 @@ class DumpFailure:
     keys: tuple[tuple[str, str], ...] = ()  # role ("user", "password", "name", "host") -> key
     table: str | None = None
     file: Path | None = None
+    path: Path | None = None  # SQLite: the database file
 
+
+# in a failed SQLite copy's words: SQLite could not make its -shm file (diagnose_dump)
+SQLITE_READ_ONLY = "read-only to this process"
 
 DUMP_TOOL_PACKAGES = {"mysql": "mariadb-client", "postgresql": "postgresql-client"}
 
@@ -132,6 +136,20 @@ def diagnose_dump(failure: DumpFailure) -> Diagnosis:
             f"{label} could not start: {failure.tool} is not installed",
             (f"not found on PATH: {failure.tool}",),
             f"Install it: apt-get install {package}" if package else "Install the dump tool.",
+        )
+    if failure.engine == "sqlite" and SQLITE_READ_ONLY in failure.stderr:
+        where = failure.path.parent if failure.path else "the database's directory"
+        return Diagnosis(
+            Category.DB_FAILED,
+            f"{label} failed: SQLite cannot read it without writing in its directory",
+            tail,
+            f"Let the agent write {where}: under systemd run `systemctl edit backupagent` "
+            f"(and backupagent-run@ if you use the timers) and add `ReadWritePaths={where}` "
+            "under [Service]. Or have the application checkpoint its database "
+            "(PRAGMA wal_checkpoint(TRUNCATE)), or take it out of WAL mode.",
+            keys=keys("name"),
+            table=failure.table,
+            file=failure.file,
         )
     lowered = failure.stderr.lower()
     for engine, pattern, category, what, wanted in DUMP_ERRORS:

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import zstandard
 from backupagent import process
 from backupagent.config import Job, MysqlDatabase, PostgresDatabase, SqliteDatabase
 from backupagent.diagnosis import Diagnosis, DumpFailure, diagnose_dump
+from backupagent.diagnosis.dumps import SQLITE_READ_ONLY
 from backupagent.hashing import HashingWriter
 
 AnyDatabase = MysqlDatabase | PostgresDatabase | SqliteDatabase
@@ -161,6 +163,7 @@ def _fail(
         target.keys,
         target.table,
         target.file,
+        target.db.path if isinstance(target.db, SqliteDatabase) else None,
     )
     return DumpFailed(diagnose_dump(failure))
 
@@ -496,10 +499,9 @@ def dump_sqlite(target: Target, spool_dir: Path, cancel: threading.Event) -> lis
         try:
             if not db.path.is_file():
                 raise sqlite3.OperationalError(f"error: no database file at {db.path}")
-            source = sqlite3.connect(f"file:{db.path}?mode=ro", uri=True, timeout=30)
             copy = sqlite3.connect(item.spool)
             try:
-                source.backup(copy)  # one step: a snapshot no writer can tear
+                _copy_sqlite(db.path, copy)
                 item.tables = [
                     row[0]
                     for row in copy.execute(
@@ -510,7 +512,6 @@ def dump_sqlite(target: Target, spool_dir: Path, cancel: threading.Event) -> lis
                 if check != "ok":
                     raise sqlite3.DatabaseError(f"error: the copy failed its check: {check}")
             finally:
-                source.close()
                 copy.close()
         except sqlite3.Error as exc:
             raise _fail(target, name, "sqlite3 backup API", 1, f"error: {exc}") from None
@@ -518,6 +519,81 @@ def dump_sqlite(target: Target, spool_dir: Path, cancel: threading.Event) -> lis
             digest = hashlib.file_digest(handle, "sha256")
         item.size, item.sha256 = item.spool.stat().st_size, digest.hexdigest()
     return dumps
+
+
+SQLITE_TRIES = 3  # reads as immutable spoiled by a writer before the copy is given up
+
+
+def _copy_sqlite(path: Path, copy: sqlite3.Connection) -> None:
+    """Copy `path` into `copy` in one step of the online backup API: a snapshot no
+    writer can tear.
+
+    A WAL database that no process has open cannot be opened, even read-only, where its
+    directory is read-only to the agent (the unit's ProtectSystem=strict): SQLite must
+    create the -shm file. Then, while no write-ahead log holds changes, the file alone
+    is the database: it is read as immutable, and the copy kept only if the file did not
+    change meanwhile (a writer that starts appends to a new log; only its checkpoint
+    writes the file)."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    wal = path.with_name(f"{path.name}-wal")
+    for _ in range(SQLITE_TRIES):
+        try:
+            _backup(uri, copy)
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_CANTOPEN or not _wal_unshared(path):
+                raise
+        if _size(wal):
+            raise sqlite3.OperationalError(
+                f"{path} is a WAL database no process has open, its directory "
+                f"{path.parent} is {SQLITE_READ_ONLY}, and its write-ahead log {wal.name} "
+                f"holds changes not yet in the file ({_size(wal)} bytes)"
+            )
+        before = _identity(path)
+        _backup(f"{uri}&immutable=1", copy)
+        if _identity(path) == before and not _size(wal):
+            structlog.get_logger("backupagent.dump").info(
+                "read a WAL database whose directory is read-only as immutable; "
+                "it did not change while read",
+                path=str(path),
+            )
+            return
+    raise sqlite3.OperationalError(
+        f"{path} is a WAL database whose directory {path.parent} is {SQLITE_READ_ONLY}, "
+        f"and it was written to during each of {SQLITE_TRIES} copies"
+    )
+
+
+def _backup(uri: str, copy: sqlite3.Connection) -> None:
+    source = sqlite3.connect(uri, uri=True, timeout=30)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+
+
+def _wal_unshared(path: Path) -> bool:
+    """A WAL database (header bytes 18 and 19 are 2) in a directory this process may
+    not write: SQLite cannot make its -shm file."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return False
+    return header[18:20] == b"\x02\x02" and not os.access(path.parent, os.W_OK)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when anything writes the file."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 DUMPERS: dict[str, Callable[[Target, Path, threading.Event], list[Dump]]] = {
