@@ -15,7 +15,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from backupagent import __version__
-from backupagent.config import Config, ConfigError, default_config_path, load_config
+from backupagent.config import Config, ConfigError, Problem, default_config_path, load_config
 from backupagent.logging import configure, read_events, run_logs
 from backupagent.outcome import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
 from backupagent.recording import SetupError
@@ -31,11 +31,14 @@ class _Context:
     def __init__(self, config_path: Path | None) -> None:
         self.config_path = config_path or default_config_path()
 
-    def config(self) -> Config:
-        """The validated config; on any problem print them all and exit 2."""
+    def config(self, as_json: bool = False) -> Config:
+        """The validated config; on any problem print them all (as `check --json` does,
+        when asked) and exit 2."""
         try:
             return load_config(self.config_path)
         except ConfigError as exc:
+            if as_json:
+                _check_report(self.config_path, None, exc.problems, [])
             for problem in exc.problems:
                 click.echo(problem, err=True)
             sys.exit(EXIT_USAGE)
@@ -78,6 +81,9 @@ def _complete_jobs(
 
 
 job_argument = click.argument("job", shell_complete=_complete_jobs)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON (schema: README, JSON output)."
+)
 
 
 class _Commands(click.Group):
@@ -129,16 +135,20 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
 
 
 @cli.command()
+@json_option
 @click.pass_obj
-def check(obj: _Context) -> None:
+def check(obj: _Context, as_json: bool) -> None:
     """Validate jobs.toml; print every problem with its table and key."""
     from backupagent.config import config_warnings
     from backupagent.preflight import host_problems
 
-    config = obj.config()
-    for warning in config_warnings(config):
-        click.echo(f"warning: {warning}", err=True)
+    config = obj.config(as_json)
+    warnings = config_warnings(config)
     problems = host_problems(config)  # valid, but a run would fail on this host
+    if as_json:
+        _check_report(obj.config_path, config, problems, warnings)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     for problem in problems:
         click.echo(problem, err=True)
     if problems:
@@ -149,17 +159,38 @@ def check(obj: _Context) -> None:
     )
 
 
+def _check_report(
+    path: Path, config: Config | None, problems: list[Problem], warnings: list[Problem]
+) -> NoReturn:
+    """`check --json`: the whole verdict on stdout; exit 0 or 2."""
+    from backupagent.views import document, problem_view
+
+    click.echo(
+        document(
+            config=str(path),
+            ok=not problems,
+            jobs=sorted(config.jobs) if config else None,
+            destinations=sorted(config.destinations) if config else None,
+            problems=[problem_view(p) for p in problems],
+            warnings=[problem_view(w) for w in warnings],
+        )
+    )
+    sys.exit(EXIT_USAGE if problems else EXIT_OK)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @cli.command("run-job", epilog=EXIT_CODES)
 @job_argument
+@json_option
 @click.pass_obj
-def run_job_command(obj: _Context, job: str) -> None:
+def run_job_command(obj: _Context, job: str, as_json: bool) -> None:
     """Run one job now, in the foreground."""
     from backupagent.actions.backup import run_job
     from backupagent.progress import terminal_progress
+    from backupagent.views import document, summary
 
     config = obj.job(job)
     cancel = threading.Event()  # SIGTERM/SIGINT: abort cleanly, remove what was uploaded
@@ -168,13 +199,16 @@ def run_job_command(obj: _Context, job: str) -> None:
     try:
         with terminal_progress(sys.stderr) as progress:
             result = run_job(config, job, progress, cancel=cancel)
-    except JobLocked as exc:
-        click.echo(f"skipped: {exc}", err=True)
-        sys.exit(EXIT_LOCKED)
-    except SetupError as exc:
-        click.echo(f"{job}: FAILED — {exc}", err=True)
-        sys.exit(EXIT_FAILED)
-    print_summary(result)
+    except (JobLocked, SetupError) as exc:
+        skipped = isinstance(exc, JobLocked)
+        if as_json:  # the run never started: no summary, only what stopped it
+            click.echo(document(job=job, result="skipped" if skipped else "failed", error=str(exc)))
+        click.echo(f"skipped: {exc}" if skipped else f"{job}: FAILED — {exc}", err=True)
+        sys.exit(EXIT_LOCKED if skipped else EXIT_FAILED)
+    if as_json:
+        click.echo(document(**summary(result)))
+    else:
+        print_summary(result)
     # the run is over, logged and recorded: only the standard streams are left to flush,
     # and skipping the interpreter's teardown of every module saves a tenth of a second
     sys.stdout.flush()
@@ -347,47 +381,57 @@ def daemon(obj: _Context) -> None:
 
 
 @cli.command("list")
+@json_option
 @click.pass_obj
-def list_jobs(obj: _Context) -> None:
+def list_jobs(obj: _Context, as_json: bool) -> None:
     """Jobs, their schedule, next run time and last result."""
     from backupagent.config import cron_trigger
     from backupagent.outcome import BACKUP_TRIGGERS
     from backupagent.state import History
+    from backupagent.views import document, job_view
 
     config = obj.config()
     now = dt.datetime.now(dt.UTC)
-    rows = []
+    views = []
     with History(config.agent.state_dir) as history:
         for name, job in sorted(config.jobs.items()):
-            next_run = "manual only"
+            fire = None
             if job.schedule:
-                fire = cron_trigger(job.schedule, config.agent.timezone).get_next_fire_time(
-                    None, now
-                )
-                next_run = _when(fire) if fire else "never"
+                trigger = cron_trigger(job.schedule, config.agent.timezone)
+                fire = trigger.get_next_fire_time(None, now)
             last = history.last(name, triggers=BACKUP_TRIGGERS)  # a verify is not a backup
-            rows.append(
-                [
-                    name,
-                    job.schedule or "-",
-                    next_run,
-                    f"{last.result} ({_when(last.started)})" if last else "never run",
-                ]
-            )
+            views.append((job_view(config, name, fire, last), last))
+    if as_json:
+        click.echo(document(jobs=[view for view, _ in views]))
+        return
+    rows = [
+        [
+            view["job"],
+            view["schedule"] or "-",
+            _when(view["next_run"]) if view["schedule"] else "manual only",
+            f"{last.result} ({_when(last.started)})" if last else "never run",
+        ]
+        for view, last in views
+    ]
     _table(["job", "schedule", "next run", "last result"], rows, result_column=3)
 
 
 @cli.command()
 @job_argument
 @click.option("-n", "--limit", default=20, show_default=True, help="How many runs.")
+@json_option
 @click.pass_obj
-def history(obj: _Context, job: str, limit: int) -> None:
+def history(obj: _Context, job: str, limit: int, as_json: bool) -> None:
     """Past runs of a job: start, duration, size, result, suggestion."""
     from backupagent.state import History
+    from backupagent.views import document, run_view
 
     config = obj.job(job)
     with History(config.agent.state_dir) as db:
         runs = db.runs(job, limit=limit)
+    if as_json:
+        click.echo(document(job=job, runs=[run_view(run) for run in runs]))
+        return
     rows = [
         [
             run.run_id,
@@ -409,8 +453,13 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _when(moment: dt.datetime) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+def _when(moment: dt.datetime | str | None) -> str:
+    """The one format of a time people read (views.when); "never" for none."""
+    from backupagent.views import parse_time, when
+
+    if isinstance(moment, str):
+        moment = parse_time(moment)
+    return when(moment) if moment else "never"
 
 
 def _table(headers: list[str], rows: list[list[str]], result_column: int) -> None:
@@ -443,18 +492,30 @@ _RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails
     metavar="NAME",
     help="Which of the job's destinations (when it has several).",
 )
+@json_option
 @click.pass_obj
-def backups(obj: _Context, job: str, only: str | None) -> None:
+def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
     """Complete backups on the destination (and incomplete leftovers)."""
     from backupagent.retrieve import list_backups
+    from backupagent.views import backup_view, document
 
     config = obj.job(job)
     name = _destination(config, job, only)
     found, leftovers = _or_exit(lambda: list_backups(config, job, name))
+    if as_json:
+        click.echo(
+            document(
+                job=job,
+                destination=name,
+                backups=[backup_view(b) for b in found],
+                incomplete=leftovers,
+            )
+        )
+        return
     rows = [
         [
             b.backup_id,
-            b.created,
+            _when(b.created),
             _size(b.size),
             str(len(b.volumes)),
             str(b.files),

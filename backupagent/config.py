@@ -10,6 +10,7 @@ import difflib
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,11 +38,31 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _M = TypeVar("_M", bound="BaseModel")
 
 
-class ConfigError(Exception):
-    """jobs.toml is unreadable or invalid; `problems` holds one line per problem."""
+@dataclass(frozen=True)
+class Problem:
+    """One problem with jobs.toml, or with what it names on this host: in which file,
+    table (`jobs.nightly`; None for the file as a whole) and key, and what is wrong."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
+    file: str
+    message: str
+    table: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        """`jobs.toml: [jobs.nightly] sources: /srv/www does not exist`."""
+        parts = [f"{self.file}:"]
+        if self.table:
+            parts.append(f"[{self.table}]" if self.key else f"[{self.table}]:")
+        if self.key:
+            parts.append(f"{self.key}:")
+        return " ".join([*parts, self.message])
+
+
+class ConfigError(Exception):
+    """jobs.toml is unreadable or invalid; `problems` holds every problem found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
         self.problems = problems
 
 
@@ -618,21 +639,20 @@ def load_config(path: Path) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        raise ConfigError([Problem(str(path), f"cannot read: {exc.strerror or exc}")]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{label}: not valid TOML: {exc}"]) from None
+        raise ConfigError([Problem(label, f"not valid TOML: {exc}")]) from None
     return parse_config(raw, path)
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document; see load_config."""
     label = path.name
-    problems: list[str] = []
+    problems: list[Problem] = []
     for key in raw:
         if key not in ("agent", "destinations", "jobs"):
-            problems.append(
-                f"{label}: {key}: {_unknown_key(key, ['agent', 'destinations', 'jobs'])}"
-            )
+            allowed = ["agent", "destinations", "jobs"]
+            problems.append(Problem(label, _unknown_key(key, allowed), key=key))
 
     agent = _validate(AgentConfig, raw.get("agent", {}), "agent", label, problems)
     destinations: dict[str, Destination] = {}
@@ -640,7 +660,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         model = DESTINATION_MODELS.get(table.get("type"))  # type: ignore[arg-type]
         if model is None:
             kinds = ", ".join(f'"{k}"' for k in DESTINATION_MODELS)
-            problems.append(f"{label}: [destinations.{name}] type: must be one of {kinds}")
+            problems.append(
+                Problem(label, f"must be one of {kinds}", f"destinations.{name}", "type")
+            )
         elif dest := _validate(model, table, f"destinations.{name}", label, problems):
             destinations[name] = dest  # type: ignore[assignment]
     jobs: dict[str, Job] = {}
@@ -654,16 +676,25 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             if wanted not in destinations and wanted not in raw.get("destinations", {}):
                 known = ", ".join(sorted(raw.get("destinations", {}))) or "none defined"
                 problems.append(
-                    f"{label}: [jobs.{name}] {key}: no [destinations.{wanted}] "
-                    f"table (destinations: {known})"
+                    Problem(
+                        label,
+                        f"no [destinations.{wanted}] table (destinations: {known})",
+                        f"jobs.{name}",
+                        key,
+                    )
                 )
         recipients = {
             tuple(destinations[d].encrypt_to) for d in job.destination_names if d in destinations
         }
         if job.encrypt_to is None and len(recipients) > 1:
             problems.append(
-                f"{label}: [jobs.{name}] encrypt_to: its destinations name different "
-                "recipients; the archive is made once, so set encrypt_to for the job"
+                Problem(
+                    label,
+                    "its destinations name different recipients; the archive is made once, "
+                    "so set encrypt_to for the job",
+                    f"jobs.{name}",
+                    "encrypt_to",
+                )
             )
     if problems:
         raise ConfigError(problems)
@@ -671,44 +702,49 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
 
 
 def _tables(
-    raw: dict[str, Any], section: str, label: str, problems: list[str]
+    raw: dict[str, Any], section: str, label: str, problems: list[Problem]
 ) -> dict[str, dict[str, Any]]:
     """The sub-tables of `[section]`, reporting non-tables and unusable names."""
     value = raw.get(section, {})
     if not isinstance(value, dict):
-        problems.append(f"{label}: {section}: must be a table of [{section}.NAME] tables")
+        problems.append(Problem(label, f"must be a table of [{section}.NAME] tables", key=section))
         return {}
     tables = {}
     for name, table in value.items():
         if not re.fullmatch(NAME_PATTERN, name):  # fullmatch: "$" would let "x\n" pass
             problems.append(
-                f"{label}: [{section}.{name}]: the name may use only letters, digits, '.', '_' "
-                "and '-', and must start with a letter or digit"
+                Problem(
+                    label,
+                    "the name may use only letters, digits, '.', '_' and '-', and must start "
+                    "with a letter or digit",
+                    f"{section}.{name}",
+                )
             )
         elif not isinstance(table, dict):
-            problems.append(f"{label}: {section}.{name}: must be a table")
+            problems.append(Problem(label, "must be a table", f"{section}.{name}"))
         else:
             tables[name] = table
     return tables
 
 
 def _validate(
-    model: type[_M], table: Any, where: str, label: str, problems: list[str]
+    model: type[_M], table: Any, where: str, label: str, problems: list[Problem]
 ) -> _M | None:
-    """Validate one table, appending `jobs.toml: [where] key: message` lines on failure."""
+    """Validate one table, appending a Problem for each error."""
     if not isinstance(table, dict):
-        problems.append(f"{label}: {where}: must be a table")
+        problems.append(Problem(label, "must be a table", where))
         return None
     try:
         return model.model_validate(table)
     except ValidationError as exc:
         for err in exc.errors():
-            problems.append(f"{label}: [{where}] {_describe(model, err)}")
+            key, message = _describe(model, err)
+            problems.append(Problem(label, message, where, key or None))
         return None
 
 
-def _describe(model: type[BaseModel], err: Any) -> str:
-    """One pydantic error as `key: message`, worded for someone editing TOML."""
+def _describe(model: type[BaseModel], err: Any) -> tuple[str, str]:
+    """One pydantic error as (key, message), worded for someone editing TOML."""
     raw_loc = err["loc"]
     # drop the discriminator tag pydantic inserts after a list index: databases[0].mysql.port
     tags = [p for i, p in enumerate(raw_loc) if i and isinstance(raw_loc[i - 1], int)]
@@ -733,28 +769,29 @@ def _describe(model: type[BaseModel], err: Any) -> str:
         and not any(str(part) in SECRET_KEYS for part in loc)  # never echo a secret
     ):
         msg = f"{msg} (got {err['input']!r})"
-    return f"{key}: {msg}" if key else msg
+    return key, msg
 
 
 SECRET_KEYS = {"password"}
 
 
-def config_warnings(config: Config, only_job: str | None = None) -> list[str]:
+def config_warnings(config: Config, only_job: str | None = None) -> list[Problem]:
     """What is valid but unsafe: password files that others may read (of every table,
     or of those `only_job` uses)."""
     label = config.path.name
     jobs = {only_job: config.jobs[only_job]} if only_job else config.jobs
     used = {name for job in jobs.values() for name in job.destination_names}
-    tables: list[tuple[str, Any]] = [
-        *((f"destinations.{n}", d) for n, d in config.destinations.items() if n in used),
-        *(("agent.email", config.agent.email),) * (config.agent.email is not None),
+    # (table, key before password_file, settings)
+    tables: list[tuple[str, str, Any]] = [
+        *((f"destinations.{n}", "", d) for n, d in config.destinations.items() if n in used),
+        *(("agent.email", "", config.agent.email),) * (config.agent.email is not None),
     ]
     for name, job in jobs.items():
-        tables += [(f"jobs.{name}.databases[{i}]", d) for i, d in enumerate(job.databases)]
+        tables += [(f"jobs.{name}", f"databases[{i}].", d) for i, d in enumerate(job.databases)]
         if job.email is not None:
-            tables.append((f"jobs.{name}.email", job.email))
+            tables.append((f"jobs.{name}.email", "", job.email))
     warnings = []
-    for where, table in tables:
+    for where, prefix, table in tables:
         path = getattr(table, "password_file", None)
         if path is None:
             continue
@@ -763,10 +800,8 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[str]:
         except OSError:
             continue
         if mode & 0o077:
-            warnings.append(
-                f"{label}: [{where}] password_file: {path} may be read by others "
-                f"(mode {mode & 0o777:o}): chmod 600 {path}"
-            )
+            message = f"{path} may be read by others (mode {mode & 0o777:o}): chmod 600 {path}"
+            warnings.append(Problem(label, message, where, f"{prefix}password_file"))
     return warnings
 
 

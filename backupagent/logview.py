@@ -9,6 +9,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from backupagent.text import printable
+from backupagent.views import parse_time, when
 
 HIDDEN = {"event", "level", "timestamp", "job", "run_id", "logger", "direction", "text"}
 STYLES = {"debug": "dim", "info": "", "warning": "yellow", "error": "bold red"}
@@ -18,7 +19,9 @@ def render_log(events: list[dict[str, Any]], out: Console) -> None:
     """One line per event; the suggestion as a highlighted block at the end."""
     if events:
         first = events[0]
-        out.print(f"job {first.get('job')}  run {first.get('run_id')}", style="bold", markup=False)
+        started = when(parse_time(str(first.get("timestamp", ""))))
+        head = f"job {first.get('job')}  run {first.get('run_id')}  started {started}"
+        out.print(printable(head), style="bold", markup=False)
     for event in events:
         if event.get("event") == "suggestion":
             body = Text(printable(str(event.get("text", ""))))
@@ -35,7 +38,8 @@ def render_log(events: list[dict[str, Any]], out: Console) -> None:
 
 
 def _line(event: dict[str, Any]) -> str:
-    time = str(event.get("timestamp", ""))[11:19]
+    moment = parse_time(str(event.get("timestamp", "")))
+    time = moment.astimezone().strftime("%H:%M:%S") if moment else "--:--:--"
     level = str(event.get("level", "")).upper()
     extras = " ".join(
         f"{k}={v}" for k, v in event.items() if k not in HIDDEN and v is not None and k != "mode"

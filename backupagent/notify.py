@@ -26,33 +26,11 @@ from backupagent.logging import read_events
 from backupagent.outcome import BACKUP_TRIGGERS, OK, Outcome, RunResult, Trigger
 from backupagent.state import History, Run
 from backupagent.text import printable
+from backupagent.views import FORMAT, summary
 
 Event = Literal["start", "success", "failure"]
 RESULTS = tuple(o for o in Outcome if o is not Outcome.RUNNING)
 LOG_TAIL = 40  # events of the debug log quoted in a mail
-
-
-def summary(job: str, result: RunResult) -> dict[str, Any]:
-    """The run summary sent as JSON and used in mails (a RunResult)."""
-    stats = result.stats
-    return {
-        "job": job,
-        "host": socket.gethostname(),
-        "run_id": result.run_id,
-        "trigger": result.trigger,
-        "result": result.outcome,
-        "backup_id": result.backup_id,
-        "seconds": round(result.seconds, 3),
-        "bytes_archived": stats.bytes_read if stats else None,
-        "bytes_uploaded": stats.archive_bytes if stats and result.backup_id else None,
-        "warnings": result.warnings,
-        "error": result.error,
-        "suggestion": result.suggestion,
-        "log": str(result.log_path),
-        "destinations": [
-            {"name": d.name, "result": d.outcome, "error": d.error} for d in result.destinations
-        ],
-    }
 
 
 def ping(settings: PingSettings | None, event: Event, body: dict[str, Any] | None = None) -> None:
@@ -101,7 +79,7 @@ def compose(settings: EmailSettings, job: str, result: RunResult) -> EmailMessag
     word = {"success": "OK", "warning": "WARNING", "aborted": "ABORTED"}.get(
         result.outcome, "FAILED"
     )
-    facts = summary(job, result)
+    facts = summary(result)
     lines: list[str] = []
     if result.suggestion:
         lines += ["What to do:", result.suggestion, ""]
@@ -173,7 +151,7 @@ def send_mail(settings: EmailSettings, message: EmailMessage) -> None:
 
 def after_run(config: Config, job: str, result: RunResult) -> None:
     """Pings, mail and metrics once a run has ended."""
-    body = summary(job, result)
+    body = {"format": FORMAT, **summary(result)}  # as `run-job --json` prints it
     ok = result.outcome in OK
     if result.trigger in BACKUP_TRIGGERS:  # a verify says nothing about tonight's backup
         ping(config.jobs[job].ping, "success" if ok else "failure", body)

@@ -3,6 +3,7 @@ the metrics share. A leaf module: it imports nothing of the agent at run time.""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -68,6 +69,8 @@ class RunResult:
     error: str | None = None
     suggestion: str | None = None
     seconds: float = 0.0
+    started: dt.datetime | None = None
+    finished: dt.datetime | None = None
     destinations: list[DestinationResult] = field(default_factory=list)
 
     @property

@@ -7,24 +7,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from backupagent.config import Config, Job
+from backupagent.config import Config, Job, Problem
 
 
-def host_problems(config: Config) -> list[str]:
+def host_problems(config: Config) -> list[Problem]:
     """Every problem found; an empty list when a run would get past its set-up."""
     label = config.path.name
     problems = []
     for key in ("state_dir", "log_dir", "spool_dir"):
         path = getattr(config.agent, key)
         if (reason := _unwritable(path)) is not None:
-            problems.append(f"{label}: [agent] {key}: {path} {reason}")
+            problems.append(Problem(label, f"{path} {reason}", "agent", key))
     for name, job in sorted(config.jobs.items()):
         for source in job.sources:
             if (reason := _unreadable(source)) is not None:
-                problems.append(f"{label}: [jobs.{name}] sources: {source} {reason}")
+                problems.append(Problem(label, f"{source} {reason}", f"jobs.{name}", "sources"))
         if job.wordpress is not None:
             found = _wordpress(job.wordpress, job)
-            problems += [f"{label}: [jobs.{name}] wordpress: {p}" for p in found]
+            problems += [Problem(label, p, f"jobs.{name}", "wordpress") for p in found]
     return problems
 
 

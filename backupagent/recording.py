@@ -44,7 +44,7 @@ def recorded_run(
         with run_log(config.agent.log_dir, job, run_id) as log_path:
             if trigger in BACKUP_TRIGGERS:
                 notify.ping(config.jobs[job].ping, "start")
-            result = RunResult(job, run_id, log_path, trigger)
+            result = RunResult(job, run_id, log_path, trigger, started=started)
             record = Run(run_id, job, trigger, started, str(log_path))
             _record(config, record, interrupted=True)
             clock = time.monotonic()
@@ -65,7 +65,7 @@ def recorded_run(
 def _finished(record: Run, result: RunResult) -> Run:
     stats = result.stats
     record.result = result.outcome
-    record.finished = dt.datetime.now(dt.UTC)
+    record.finished = result.finished = dt.datetime.now(dt.UTC)
     record.bytes_archived = stats.bytes_read if stats else None
     record.bytes_uploaded = stats.archive_bytes if stats and result.backup_id else None
     record.archive = result.archive

@@ -234,7 +234,7 @@ class Daemon:
             config = load_config(self.config_path)
         except ConfigError as exc:
             for problem in exc.problems:
-                self.log.error("reload refused: invalid jobs.toml", problem=problem)
+                self.log.error("reload refused: invalid jobs.toml", problem=str(problem))
             self.log.warning("keeping the jobs as they were")
             return
         self.plan(config)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +251,86 @@ def test_old_run_logs_are_pruned(write_config: WriteConfig, tmp_path: Path) -> N
     history = cli(config.path, "history", "www").stdout.splitlines()[1:]
     assert len(logs) == 2 and len(history) == 4
     assert [p.stem for p in logs] == sorted(line.split("\t")[0] for line in history)[-2:]
+
+
+# --- --json: what scripts read --------------------------------------------------------
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+
+def _json(config: Path | None, *args: str, code: int = 0) -> dict:
+    done = cli(config, *args, "--json")
+    assert done.returncode == code, done.stdout + done.stderr
+    document = json.loads(done.stdout)  # stdout is the document alone
+    assert document["format"] == 1
+    return document
+
+
+def test_run_job_list_history_backups_as_json(write_config: WriteConfig) -> None:
+    config = write_config(job='schedule = "30 2 * * *"')
+    run = _json(config.path, "run-job", "www")
+    assert run["result"] == "success" and run["backup_id"].startswith("www-")
+    assert ISO_UTC.match(run["started"]) and ISO_UTC.match(run["finished"])
+    assert run["files"] == 4 and run["bytes_uploaded"] > 0  # the site less its excludes and links
+    assert run["bytes_archived"] > 300_000
+
+    (job,) = _json(config.path, "list")["jobs"]
+    assert (job["job"], job["schedule"], job["destinations"]) == ("www", "30 2 * * *", ["test"])
+    assert ISO_UTC.match(job["next_run"])
+    assert dt.datetime.fromisoformat(job["next_run"]) > dt.datetime.now(dt.UTC)
+    assert job["last_run"]["run_id"] == run["run_id"]
+
+    runs = _json(config.path, "history", "www")["runs"]
+    assert [r["run_id"] for r in runs] == [run["run_id"]]
+    assert runs[0]["bytes_uploaded"] == run["bytes_uploaded"]
+    assert runs[0]["started"] == run["started"]
+
+    listed = _json(config.path, "backups", "www")
+    assert listed["destination"] == "test" and listed["incomplete"] == []
+    (backup,) = listed["backups"]
+    assert backup["backup_id"] == run["backup_id"] and backup["readable"]
+    assert backup["bytes"] == run["bytes_uploaded"] and backup["files"] == 4
+    assert ISO_UTC.match(backup["created"])
+
+
+def test_a_failed_run_as_json_carries_the_suggestion(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    ftp_server.block_passive()
+    run = _json(write_config().path, "run-job", "www", code=1)
+    assert run["result"] == "failed" and run["backup_id"] is None
+    assert "passive = false" in run["suggestion"]
+
+
+def test_a_run_that_cannot_start_is_still_json(write_config: WriteConfig) -> None:
+    config = write_config()
+    lock = config.agent.state_dir / "locks" / "www.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        skipped = _json(config.path, "run-job", "www", code=75)
+    assert skipped["result"] == "skipped" and "already running" in skipped["error"]
+
+
+def test_check_as_json_names_file_table_and_key(tmp_path: Path, write_config: WriteConfig) -> None:
+    config = write_config()
+    ok = _json(config.path, "check")
+    assert ok["ok"] is True and ok["jobs"] == ["www"] and ok["problems"] == []
+
+    config.path.write_text(config.path.read_text().replace("sources = [", "sourcs = ["))
+    invalid = _json(config.path, "check", code=2)
+    assert invalid["ok"] is False and invalid["jobs"] is None
+    (problem,) = invalid["problems"]
+    assert (problem["file"], problem["table"], problem["key"]) == (
+        "jobs.toml",
+        "jobs.www",
+        "sourcs",
+    )
+    assert problem["message"].startswith("unknown key")
+
+    gone = tmp_path / "gone"
+    config.path.write_text(config.path.read_text().replace("sourcs = [", f'sources = ["{gone}", '))
+    on_host = _json(config.path, "check", code=2)
+    (problem,) = on_host["problems"]
+    assert (problem["table"], problem["key"]) == ("jobs.www", "sources")
+    assert problem["message"] == f"{gone} does not exist"

@@ -34,7 +34,7 @@ def _load(tmp_path: Path, dest: str = "", job: str = "", extra: str = ""):
 def _problems(tmp_path: Path, **parts: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, **parts)
-    return info.value.problems
+    return [str(p) for p in info.value.problems]
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_invalid_toml_is_one_clear_line(tmp_path: Path) -> None:
     path.write_text("[jobs.nightly\n")
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert info.value.problems[0].startswith("jobs.toml: not valid TOML:")
+    assert str(info.value.problems[0]).startswith("jobs.toml: not valid TOML:")
 
 
 @pytest.mark.parametrize(
@@ -354,7 +354,7 @@ def test_a_password_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
     config = _load(tmp_path, dest=f'password_file = "{secret}"')
-    assert config_warnings(config) == [
+    assert [str(w) for w in config_warnings(config)] == [
         f"jobs.toml: [destinations.offsite] password_file: {secret} may be read by others "
         f"(mode 644): chmod 600 {secret}"
     ]

@@ -116,5 +116,5 @@ def test_bad_recipient_is_a_config_error(write_config: WriteConfig) -> None:
         config = write_config(job='encrypt_to = ["age1notakey"]')
         load_config(config.path)
     assert any(
-        p.startswith("jobs.toml: [jobs.www] encrypt_to: entry 1") for p in info.value.problems
+        str(p).startswith("jobs.toml: [jobs.www] encrypt_to: entry 1") for p in info.value.problems
     )

@@ -151,6 +151,7 @@ def test_ping_posts_the_summary(write_config: WriteConfig, web) -> None:
     assert (method, path) == ("POST", "/ok")
     summary = json.loads(body)
     assert summary["result"] == "success" and summary["backup_id"] == result.backup_id
+    assert summary["format"] == 1 and summary["started"].endswith("Z")
 
 
 def test_hanging_ping_endpoint_is_bounded(write_config: WriteConfig, web) -> None:
@@ -357,8 +358,9 @@ def test_a_failed_verify_is_mailed_as_a_verify(
 
 def test_a_mail_lists_each_destination_of_a_job_with_several(tmp_path: Path) -> None:
     from backupagent.config import EmailSettings
-    from backupagent.notify import compose, summary
+    from backupagent.notify import compose
     from backupagent.outcome import DestinationResult, RunResult
+    from backupagent.views import summary
 
     log = tmp_path / "run.jsonl"
     log.write_text("")
@@ -369,4 +371,4 @@ def test_a_mail_lists_each_destination_of_a_job_with_several(tmp_path: Path) -> 
     ]
     body = compose(EmailSettings(to=["admin@example.com"]), "www", result).get_content()
     assert "Destinations:\n  offsite: failed — 553 Could not create file.\n  nas: success" in body
-    assert [d["name"] for d in summary("www", result)["destinations"]] == ["offsite", "nas"]
+    assert [d["name"] for d in summary(result)["destinations"]] == ["offsite", "nas"]

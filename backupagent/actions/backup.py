@@ -138,7 +138,7 @@ class _Run:
     def execute(self, destination: Fanout, dump_databases: Dumper) -> None:
         """The steps in order; each way of failing ends the run with its explanation."""
         for warning in config_warnings(self.config, self.job_name):
-            self.log.warning("unsafe setting", detail=warning)
+            self.log.warning("unsafe setting", detail=str(warning))
         self.log.info(
             "run started",
             **destination.describe(),
