@@ -184,15 +184,23 @@ def _count(n: int, noun: str) -> str:
 
 @cli.command("run-job", epilog=EXIT_CODES)
 @job_argument
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only show what would be archived and dumped, and check the destinations' "
+    "login and directory; write nothing. Exit 0, or 1 if the run would fail.",
+)
 @json_option
 @click.pass_obj
-def run_job_command(obj: _Context, job: str, as_json: bool) -> None:
+def run_job_command(obj: _Context, job: str, dry_run: bool, as_json: bool) -> None:
     """Run one job now, in the foreground."""
     from backupagent.actions.backup import run_job
     from backupagent.progress import terminal_progress
     from backupagent.views import document, summary
 
     config = obj.job(job)
+    if dry_run:
+        _dry_run(config, job, as_json)
     cancel = threading.Event()  # SIGTERM/SIGINT: abort cleanly, remove what was uploaded
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: cancel.set())
@@ -214,6 +222,19 @@ def run_job_command(obj: _Context, job: str, as_json: bool) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(result.exit_code)
+
+
+def _dry_run(config: Config, job: str, as_json: bool) -> NoReturn:
+    from backupagent.actions.dry_run import dry_run
+    from backupagent.summary import print_dry_run
+    from backupagent.views import document, dry_run_view
+
+    plan = dry_run(config, job)
+    if as_json:
+        click.echo(document(**dry_run_view(plan)))
+    else:
+        print_dry_run(plan)
+    sys.exit(EXIT_OK if plan.ok else EXIT_FAILED)
 
 
 @cli.command()

@@ -4,10 +4,14 @@ suggestion, where the log is. Styled on a terminal, plain text (no rich) otherwi
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from backupagent.outcome import Outcome, RunResult
+
+if TYPE_CHECKING:
+    from backupagent.actions.dry_run import DryRun
 from backupagent.text import printable
 
 
@@ -55,6 +59,70 @@ def print_summary(result: RunResult) -> None:
         lines.append([(body, "")])
     lines.append([(f"Log: {result.log_path}", "")])
     _print_lines(lines)
+
+
+def print_dry_run(plan: DryRun) -> None:
+    """What `run-job --dry-run` found, and whether anything would stop the run."""
+    lines: list[list[tuple[str, str]]] = [
+        [(f"{plan.job}: dry run", "bold"), (" — nothing was written anywhere.", "")]
+    ]
+    files = sum(s.files for s in plan.sources)
+    total = sum(s.bytes for s in plan.sources)
+    lines.append([(f"Would archive {_count(files, 'file')}, {size(total)}:", "")])
+    for source in plan.sources:
+        counts = ", ".join(
+            _count(n, noun)
+            for n, noun in (
+                (source.files, "file"),
+                (source.directories, "directory"),
+                (source.symlinks, "link"),
+                (source.other, "special file"),
+            )
+            if n or noun == "file"
+        )
+        lines.append([(f"  {source.path}: {counts}, {size(source.bytes)}", "")])
+        for gone in source.excluded:
+            what = _count(gone.files, "file")
+            if gone.directories:
+                what += f" in {_count(gone.directories, 'directory')}"
+            lines.append([(f"    excluded by {gone.pattern}: {what}, {size(gone.bytes)}", "")])
+        for warning in source.warnings[:20]:
+            lines.append([(f"    warning: {warning}", "yellow")])
+        if len(source.warnings) > 20:
+            lines.append([(f"    … and {len(source.warnings) - 20} more warnings", "yellow")])
+    if plan.incremental:
+        lines.append([("  (counted as a full: an incremental run archives only what changed)", "")])
+    for dump in plan.dumps:
+        head = f"Database: {dump.engine} {dump.name} on {dump.server}"
+        if dump.problem:
+            lines.append([(f"{head}: ", ""), (f"cannot be dumped: {dump.problem}", "red")])
+        else:
+            lines.append([(f"{head}, by {dump.tool}", "")])
+    for dest in plan.destinations:
+        head = f"Destination {dest.name} ({dest.type} {dest.where}): "
+        if dest.error is not None:
+            lines.append([(head, ""), (f"FAILED: {dest.error}", "red")])
+            lines.extend([(f"  {line}", "")] for line in (dest.suggestion or "").splitlines())
+            continue
+        if not dest.directory_exists:
+            state = "reached; the directory does not exist yet (a run creates it)"
+        else:
+            newest = f", newest {dest.newest}" if dest.newest else ""
+            state = f"reached; {_count(dest.backups, 'backup')} of this job there{newest}"
+        lines.append([(head, ""), (state, "green")])
+    lines.append([(f"Encrypted: {'yes' if plan.encrypted else 'no'}", "")])
+    for problem in plan.problems:
+        lines.append([(problem, "red")])
+    if plan.ok:
+        lines.append([("OK: nothing found that would stop the run.", "bold green")])
+    else:
+        lines.append([("The run would FAIL: see above.", "bold red")])
+    _print_lines(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
+    return f"{n:,} {noun if n == 1 else plural}"
 
 
 def _print_lines(lines: list[list[tuple[str, str]]]) -> None:

@@ -9,6 +9,7 @@ keys may be added, none renamed or removed, without raising it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import socket
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from backupagent.outcome import RunResult
 
 if TYPE_CHECKING:
+    from backupagent.actions.dry_run import DryRun
     from backupagent.config import Config, Problem
     from backupagent.retrieve import BackupInfo
     from backupagent.state import Run
@@ -149,3 +151,8 @@ def summary(result: RunResult) -> dict[str, Any]:
             {"name": d.name, "result": d.outcome, "error": d.error} for d in result.destinations
         ],
     }
+
+
+def dry_run_view(plan: DryRun) -> dict[str, Any]:
+    """`run-job --dry-run --json`: what a run would archive, dump and reach."""
+    return {"ok": plan.ok, **dataclasses.asdict(plan)}

@@ -40,7 +40,7 @@ from backupagent.progress import Progress, logged_progress
 from backupagent.recording import recorded_run
 from backupagent.retention import RUN_ID_PATTERN, archive_name, index_name, manifest_name
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
-from backupagent.sources.files import Entry, Scan, identity
+from backupagent.sources.files import Entry, Scan, job_roots, own_directories
 from backupagent.sources.wordpress import Site, WordPressError, read_site
 from backupagent.volumes import Pipeline, Volume
 from backupagent.workers import Cancelled, Worker, raise_if_cancelled
@@ -307,13 +307,8 @@ class _Run:
     def _scan(self) -> Scan:
         """The walk of the sources, started ahead of the archive (it runs while the
         destinations log in)."""
-        agent = self.config.agent
-        # the agent's own files change while it runs: never archive them
-        own = (agent.spool_dir, agent.log_dir, agent.state_dir)
-        skip = frozenset(i for i in map(identity, own) if i is not None)
-        roots = {source: list(self.job.exclude) for source in self.job.sources}
-        if self.job.wordpress:
-            roots[self.job.wordpress] = [*self.job.exclude, *self.job.wordpress_exclude]
+        skip = own_directories(self.config.agent)
+        roots = job_roots(self.job)
         return Scan(roots, self.warn, skip, with_stat=self.job.incremental).start()
 
     def _archive_and_upload(

@@ -120,6 +120,11 @@ class Destination(Protocol):
         """The plain file names in the directory."""
         ...
 
+    def survey(self) -> list[str] | None:
+        """Log in and list the directory, writing nothing (`run-job --dry-run`): its
+        plain file names, or None when it does not exist yet (a run would create it)."""
+        ...
+
     def publish_file(
         self, path: Path, name: str, sha256: str, progress: Callable[[int], None] | None = None
     ) -> None:

@@ -83,6 +83,24 @@ class LocalDirectory:
 
     def check(self) -> None:
         """The mount first (before a missing directory is created on the root disk)."""
+        self._check_mount()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._problem(f"cannot create {self.path}", exc) from None
+
+    def survey(self) -> list[str] | None:
+        self._check_mount()
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not os.access(existing, os.W_OK | os.X_OK):
+            verb = "write to" if existing == self.path else "create"
+            error = PermissionError(errno.EACCES, f"this user may not {verb} {existing}")
+            raise self._problem(f"cannot {verb} {self.path}", error)
+        return self.names() if existing == self.path else None
+
+    def _check_mount(self) -> None:
         if self.require_mount and mount_point(self.path) == Path("/"):
             what = f"{self.path} is not on a mounted filesystem (require_mount = true)"
             raise LocalProblem(
@@ -95,10 +113,6 @@ class LocalDirectory:
                     keys=("path", "require_mount"),
                 ),
             )
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise self._problem(f"cannot create {self.path}", exc) from None
 
     def _problem(self, what: str, exc: OSError) -> DestinationError:
         """An OSError in plain words; a full disk and a refused write are diagnosed."""

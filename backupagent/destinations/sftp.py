@@ -245,6 +245,7 @@ class Sftp:
         self._conn: Any = None
         self._sftp: Any = None
         self._client: _Client | None = None
+        self._create_directory = True  # survey: look, make nothing
         self.moved = False  # data moved in this action: the server works
         self.written: list[str] = []
 
@@ -262,24 +263,38 @@ class Sftp:
         self._call("login", self._connected)
 
     def names(self) -> list[str]:
-        async def listing() -> list[str]:
-            """Read a READDIR reply at a time, refused past MAX_NAMES or
-            MAX_LISTING_BYTES: a server cannot make this side hold more."""
-            sftp = await self._connected()
-            names: list[str] = []
-            held = 0
-            async for entry in sftp.scandir(self._path("")):
-                name = entry.filename.decode("utf-8", "surrogateescape")
-                held += len(name)
-                if len(names) >= MAX_NAMES or held > MAX_LISTING_BYTES:
-                    raise DestinationError(
-                        f"a listing of over {MAX_NAMES} names or {MAX_LISTING_BYTES} bytes, refused"
-                    )
-                if name not in (".", ".."):
-                    names.append(name)
-            return names
+        return self._call("listing", self._listing)
 
-        return self._call("listing", listing)
+    def survey(self) -> list[str] | None:
+        async def look() -> list[str] | None:
+            sftp = await self._connected()
+            if not await sftp.isdir(self._path("")):
+                return None
+            return await self._listing()
+
+        self._create_directory = False
+        try:
+            return self._call("listing", look)
+        finally:
+            self._drop()  # a run's connection makes the directory
+            self._create_directory = True
+
+    async def _listing(self) -> list[str]:
+        """Read a READDIR reply at a time, refused past MAX_NAMES or MAX_LISTING_BYTES:
+        a server cannot make this side hold more."""
+        sftp = await self._connected()
+        names: list[str] = []
+        held = 0
+        async for entry in sftp.scandir(self._path("")):
+            name = entry.filename.decode("utf-8", "surrogateescape")
+            held += len(name)
+            if len(names) >= MAX_NAMES or held > MAX_LISTING_BYTES:
+                raise DestinationError(
+                    f"a listing of over {MAX_NAMES} names or {MAX_LISTING_BYTES} bytes, refused"
+                )
+            if name not in (".", ".."):
+                names.append(name)
+        return names
 
     def publish_file(
         self, path: Path, name: str, sha256: str, progress: Callable[[int], None] | None = None
@@ -417,7 +432,8 @@ class Sftp:
         client = self._client
         self._conn, _ = await asyncssh.create_connection(lambda: client, s.host, s.port, **options)
         self._sftp = await asyncio.wait_for(self._conn.start_sftp_client(), s.timeout)
-        await self._make_directory()
+        if self._create_directory:
+            await self._make_directory()
         return self._sftp
 
     async def _make_directory(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from backupagent.config import AgentConfig, Job
 from backupagent.incremental import Stat, stat_of
 
 Warn = Callable[[str, str], None]
@@ -69,11 +70,14 @@ def walk(
     exclude: Sequence[str],
     warn: Warn,
     skip: frozenset[tuple[int, int]] = frozenset(),
+    excluded: Callable[[str, str, bool], None] | None = None,
 ) -> Iterator[Entry]:
     """Yield `root` and everything below it that `exclude` does not match.
 
     Patterns are matched against the path relative to `root`, as in a .gitignore
-    placed there. Directories whose (device, inode) is in `skip` are left out;
+    placed there; `excluded` hears each path a pattern left out (its path, the path
+    relative to root, and whether it is a directory, which is not walked). Directories
+    whose (device, inode) is in `skip` are left out;
     unreadable directories are reported through `warn` and skipped. Each directory
     is opened relative to its parent, without following a link, and each entry holds
     its directory open: take entries as they come rather than keeping them all.
@@ -122,7 +126,11 @@ def walk(
             except OSError as exc:
                 warn(base + name, f"cannot stat, skipped: {exc.strerror or exc}")
                 continue
-            if match is not None and match(f"{rel}{name}/" if is_dir else f"{rel}{name}"):
+            if match is not None and match(
+                relative := f"{rel}{name}/" if is_dir else f"{rel}{name}"
+            ):
+                if excluded is not None:
+                    excluded(base + name, relative, is_dir)
                 continue
             yield _entry(Entry, (base + name, prefix + name, is_file, name, here))
             if is_dir:
@@ -132,6 +140,20 @@ def walk(
 
 _NAME = operator.attrgetter("name")
 _entry = tuple.__new__  # an Entry without its generated __new__: half the cost per file
+
+
+def job_roots(job: Job) -> dict[Path, list[str]]:
+    """Each root a run of `job` walks, with the exclude patterns that apply below it."""
+    roots = {source: list(job.exclude) for source in job.sources}
+    if job.wordpress:
+        roots[job.wordpress] = [*job.exclude, *job.wordpress_exclude]
+    return roots
+
+
+def own_directories(agent: AgentConfig) -> frozenset[tuple[int, int]]:
+    """The agent's own directories, never archived: they change while it runs."""
+    own = (agent.spool_dir, agent.log_dir, agent.state_dir)
+    return frozenset(i for i in map(identity, own) if i is not None)
 
 
 def identity(path: Path) -> tuple[int, int] | None:

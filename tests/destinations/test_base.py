@@ -36,7 +36,8 @@ from ..conftest import WriteConfig, require_system
 from ..helpers import Watched, snapshot
 from ..sshd import missing, running_sshd
 
-Opened = tuple[Destination, Callable[[], set[str]]]  # the destination, what the directory holds
+# the destination, and what its directory holds (None: there is no directory)
+Opened = tuple[Destination, Callable[[], set[str] | None]]
 
 
 @pytest.fixture(params=["local", "ftp", "sftp"])
@@ -77,8 +78,8 @@ def opened(
         destination.close()
 
 
-def _held(directory: Path) -> set[str]:
-    return {p.name for p in directory.iterdir()} if directory.exists() else set()
+def _held(directory: Path) -> set[str] | None:
+    return {p.name for p in directory.iterdir()} if directory.exists() else None
 
 
 def _file(tmp_path: Path, size: int = 300_000) -> tuple[Path, str]:
@@ -119,6 +120,19 @@ def test_rollback_removes_what_was_written_since_the_last_commit(
     assert held() == {"old.tar.zst.0001", "old.manifest.json"}
     destination.rollback()  # nothing more to remove; never raises
     assert held() == {"old.tar.zst.0001", "old.manifest.json"}
+
+
+def test_survey_makes_nothing_and_lists_what_is_there(opened: Opened, tmp_path: Path) -> None:
+    destination, held = opened
+    assert destination.survey() is None  # a run would create the directory
+    assert held() is None
+    destination.check()
+    assert destination.survey() == [] and held() == set()
+    destination.publish_bytes(b"x", "one")
+    destination.commit()
+    assert destination.survey() == ["one"]
+    destination.publish_bytes(b"y", "two")  # the destination still works after a survey
+    assert held() == {"one", "two"}
 
 
 def test_reads_and_downloads_are_bounded(opened: Opened, tmp_path: Path) -> None:
@@ -204,9 +218,9 @@ def test_a_job_runs_into_a_local_directory_and_restores_from_it(
     second = run_job(config, "www", destination=local)
     assert first.outcome == second.outcome == "success", (first.error, second.error)
     assert len(published) >= 4  # volumes of both runs, each told after it was published
-    backups = complete_backups("www", sorted(_held(nas)))
+    backups = complete_backups("www", sorted(_held(nas) or ()))
     assert [b.backup_id for b in backups] == [second.backup_id]  # keep = 1
-    assert not any(name.endswith(temp_name("")) for name in _held(nas))
+    assert not any(name.endswith(temp_name("")) for name in _held(nas) or ())
     found, leftovers = listed(LocalDirectory(nas), "www")
     assert [b.backup_id for b in found] == [second.backup_id] and leftovers == []
     archive = fetched(LocalDirectory(nas), found[0], tmp_path / "work", tmp_path / "spool")
@@ -214,6 +228,6 @@ def test_a_job_runs_into_a_local_directory_and_restores_from_it(
     assert found[0].manifest is not None
     assert scan(archive).bytes == found[0].manifest.contents.bytes
     now = dt.datetime.now(dt.UTC)
-    assert [d.keep for d in prune.plan("www", sorted(_held(nas)), Retention(), now).decisions] == [
+    assert [d.keep for d in prune.plan("www", sorted(_held(nas) or ()), Retention(), now).decisions] == [
         True
     ]

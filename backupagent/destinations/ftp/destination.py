@@ -127,6 +127,18 @@ class Ftp:
     def names(self) -> list[str]:
         return self._on(self.remote, lambda remote: remote.call("listing", _names))
 
+    def survey(self) -> list[str] | None:
+        """Log in, then CWD without MKD. Where that fails (the directory is to be made),
+        the login directory is listed instead: the data connection is tried either way."""
+        self.remote.create_directory = False
+        self.remote.directory_missing = False
+        try:
+            names = self.names()
+            return None if self.remote.directory_missing else names
+        finally:
+            self.remote.close()  # a run's session makes the directory
+            self.remote.create_directory = True
+
     def delete(self, names: list[str]) -> None:
         self._on(self.remote, lambda remote: remote.delete(names))
 

@@ -54,6 +54,8 @@ class FtpRemote:
         self.touched: set[str] = set()  # names the server may hold because of this remote
         self.transfers = 0  # transfers begun on closed sessions
         self.idle_since = 0.0  # monotonic time the session's last operation ended
+        self.create_directory = True  # False: stay where the login put us...
+        self.directory_missing = False  # ...and say so here
         self.log = structlog.get_logger("backupagent.ftp").bind(mode=mode_name(passive))
 
     @property
@@ -68,7 +70,12 @@ class FtpRemote:
             # created before open, so that failure() can describe a failed open
             self.session = FtpSession(self.dest, self.passive, self.touched)
             self.session.open()
-            self.session.change_directory(self.dest.directory)
+            try:
+                self.session.change_directory(self.dest.directory, self.create_directory)
+            except ftplib.error_perm as exc:
+                if self.create_directory or replies.is_oops(str(exc)):
+                    raise
+                self.directory_missing = True
         return self.session
 
     def close(self) -> None:
