@@ -218,6 +218,9 @@ class AgentConfig(_Table):
     metrics_file: Path | None = None  # Prometheus textfile, rewritten after every run
     progress_interval: float = Field(default=30.0, gt=0)  # seconds between progress events
     email: EmailSettings | None = None  # for every job that has no email table of its own
+    # more files of [destinations.*] and [jobs.*] tables: glob patterns, relative to
+    # jobs.toml's directory ("jobs.d/*.toml")
+    include: list[str] = []
 
     @field_validator("timezone")
     @classmethod
@@ -524,9 +527,20 @@ class Config(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     path: Path
+    # "jobs.NAME" / "destinations.NAME" -> the included file that defines it (not jobs.toml)
+    files: dict[str, Path] = {}
     agent: AgentConfig = AgentConfig()
     destinations: dict[str, Destination] = {}
     jobs: dict[str, Job] = {}
+
+    def file_of(self, table: str) -> Path:
+        """The file that holds `[table]`: what advice tells the user to edit."""
+        return self.files.get(table, self.path)
+
+    def label_of(self, table: str) -> str:
+        """How problems name that file: jobs.toml's name, an included file's path
+        relative to jobs.toml's directory."""
+        return file_label(self.file_of(table), self.path)
 
     def passive_for(self, job_name: str, destination: str | None = None) -> bool:
         """The job's passive setting, else its (FTP) destination's (passive by default)."""
@@ -634,50 +648,81 @@ def default_config_path() -> Path:
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate jobs.toml, reporting every problem at once as ConfigError."""
-    label = path.name
+    """Read and validate jobs.toml and the files it includes, reporting every problem
+    at once as ConfigError."""
+    return parse_config(_read_toml(path, path.name), path)
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([Problem(str(path), f"cannot read: {exc.strerror or exc}")]) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem(label, f"not valid TOML: {exc}")]) from None
-    return parse_config(raw, path)
+
+
+TOP_TABLES = ["agent", "defaults", "destinations", "jobs"]
+INCLUDED_TABLES = ["destinations", "jobs"]  # what an included file may hold
+
+
+@dataclass(frozen=True)
+class _Document:
+    """One TOML file of the configuration: jobs.toml or a file it includes."""
+
+    path: Path
+    label: str  # how problems name it
+    raw: dict[str, Any]
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
-    """Validate an already-parsed TOML document; see load_config."""
+    """Validate an already-parsed jobs.toml (reading the files its `[agent] include`
+    names); see load_config."""
     label = path.name
     problems: list[Problem] = []
-    for key in raw:
-        if key not in ("agent", "destinations", "jobs"):
-            allowed = ["agent", "destinations", "jobs"]
-            problems.append(Problem(label, _unknown_key(key, allowed), key=key))
-
+    _known_tables(raw, TOP_TABLES, label, problems)
     agent = _validate(AgentConfig, raw.get("agent", {}), "agent", label, problems)
+    documents = [_Document(path, label, raw)]
+    if agent is not None:
+        documents += _included(agent.include, path, problems)
+    defaults = _defaults(raw, label, problems)
+
+    # [section.NAME] -> the document that defines it; a name is defined once
+    found: dict[str, dict[str, tuple[_Document, dict[str, Any]]]] = {}
+    for document in documents:
+        for section in INCLUDED_TABLES:
+            for name, table in _tables(document.raw, section, document.label, problems).items():
+                first = found.setdefault(section, {}).setdefault(name, (document, table))
+                if first[0] is not document:
+                    where = f"{section}.{name}"
+                    problems.append(
+                        Problem(document.label, f"already defined in {first[0].label}", where)
+                    )
+    destination_tables = found.get("destinations", {})
+    job_tables = found.get("jobs", {})
+
     destinations: dict[str, Destination] = {}
-    for name, table in _tables(raw, "destinations", label, problems).items():
+    for name, (document, table) in destination_tables.items():
         model = DESTINATION_MODELS.get(table.get("type"))  # type: ignore[arg-type]
+        where = f"destinations.{name}"
         if model is None:
             kinds = ", ".join(f'"{k}"' for k in DESTINATION_MODELS)
-            problems.append(
-                Problem(label, f"must be one of {kinds}", f"destinations.{name}", "type")
-            )
-        elif dest := _validate(model, table, f"destinations.{name}", label, problems):
+            problems.append(Problem(document.label, f"must be one of {kinds}", where, "type"))
+        elif dest := _validate(model, table, where, document.label, problems):
             destinations[name] = dest  # type: ignore[assignment]
     jobs: dict[str, Job] = {}
-    for name, table in _tables(raw, "jobs", label, problems).items():
-        job = _validate(Job, table, f"jobs.{name}", label, problems)
+    for name, (document, table) in job_tables.items():
+        job = _validate_job(name, table, defaults, document.label, label, problems)
         if job is None:
             continue
         jobs[name] = job
         key = "destination" if job.destination else "destinations"
         for wanted in job.destination_names:
-            if wanted not in destinations and wanted not in raw.get("destinations", {}):
-                known = ", ".join(sorted(raw.get("destinations", {}))) or "none defined"
+            if wanted not in destination_tables:
+                known = ", ".join(sorted(destination_tables)) or "none defined"
                 problems.append(
                     Problem(
-                        label,
+                        document.label,
                         f"no [destinations.{wanted}] table (destinations: {known})",
                         f"jobs.{name}",
                         key,
@@ -689,7 +734,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         if job.encrypt_to is None and len(recipients) > 1:
             problems.append(
                 Problem(
-                    label,
+                    document.label,
                     "its destinations name different recipients; the archive is made once, "
                     "so set encrypt_to for the job",
                     f"jobs.{name}",
@@ -698,7 +743,96 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             )
     if problems:
         raise ConfigError(problems)
-    return Config(path=path, agent=agent or AgentConfig(), destinations=destinations, jobs=jobs)
+    files = {
+        f"{section}.{name}": document.path
+        for section, tables in found.items()
+        for name, (document, _) in tables.items()
+        if document.path != path
+    }
+    return Config(
+        path=path,
+        files=files,
+        agent=agent or AgentConfig(),
+        destinations=destinations,
+        jobs=jobs,
+    )
+
+
+def file_label(file: Path, main: Path) -> str:
+    """jobs.toml's name, or an included file's path relative to jobs.toml's directory."""
+    if file == main:
+        return main.name
+    return str(file.relative_to(main.parent)) if file.is_relative_to(main.parent) else str(file)
+
+
+def _known_tables(
+    raw: dict[str, Any], allowed: list[str], label: str, problems: list[Problem]
+) -> None:
+    for key in raw:
+        if key not in allowed:
+            problems.append(Problem(label, _unknown_key(key, allowed), key=key))
+
+
+def _included(patterns: list[str], main: Path, problems: list[Problem]) -> list[_Document]:
+    """The files `[agent] include` names (glob patterns, relative to jobs.toml's
+    directory), in sorted order; each may hold only destinations and jobs."""
+    import glob
+
+    documents = []
+    for pattern in patterns:
+        full = pattern if os.path.isabs(pattern) else str(main.parent / pattern)
+        for name in sorted(glob.glob(full)):
+            path = Path(name)
+            if path.resolve() == main.resolve() or not path.is_file():
+                continue
+            label = file_label(path, main)
+            try:
+                raw = _read_toml(path, label)
+            except ConfigError as exc:
+                problems += exc.problems
+                continue
+            _known_tables(raw, INCLUDED_TABLES, label, problems)
+            documents.append(_Document(path, label, raw))
+    return documents
+
+
+def _defaults(raw: dict[str, Any], label: str, problems: list[Problem]) -> dict[str, Any]:
+    """`[defaults]`: job keys merged under every job (a job's own keys win, whole)."""
+    defaults = raw.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.append(Problem(label, "must be a table of job keys", key="defaults"))
+        return {}
+    for key in defaults:
+        if key not in Job.model_fields:
+            problems.append(
+                Problem(label, _unknown_key(key, list(Job.model_fields)), "defaults", key)
+            )
+    return {k: v for k, v in defaults.items() if k in Job.model_fields}
+
+
+def _validate_job(
+    name: str,
+    table: dict[str, Any],
+    defaults: dict[str, Any],
+    label: str,
+    main_label: str,
+    problems: list[Problem],
+) -> Job | None:
+    """A job with the defaults under it. A problem with a key the job took from
+    `[defaults]` is reported once, against `[defaults]`."""
+    try:
+        return Job.model_validate({**defaults, **table})
+    except ValidationError as exc:
+        for err in exc.errors():
+            key, message = _describe(Job, err)
+            top = re.split(r"[.\[]", key, maxsplit=1)[0]
+            if top and top not in table and top in defaults:
+                problem = Problem(main_label, message, "defaults", key)
+                if problem not in problems:
+                    problems.append(problem)
+            else:
+                problems.append(Problem(label, message, f"jobs.{name}", key or None))
+        return None
 
 
 def _tables(
@@ -778,10 +912,9 @@ SECRET_KEYS = {"password"}
 def config_warnings(config: Config, only_job: str | None = None) -> list[Problem]:
     """What is valid but unsafe: password files that others may read (of every table,
     or of those `only_job` uses)."""
-    label = config.path.name
     jobs = {only_job: config.jobs[only_job]} if only_job else config.jobs
     used = {name for job in jobs.values() for name in job.destination_names}
-    # (table, key before password_file, settings)
+    # (the [table] holding it, the key before password_file, the settings)
     tables: list[tuple[str, str, Any]] = [
         *((f"destinations.{n}", "", d) for n, d in config.destinations.items() if n in used),
         *(("agent.email", "", config.agent.email),) * (config.agent.email is not None),
@@ -801,6 +934,8 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[Problem
             continue
         if mode & 0o077:
             message = f"{path} may be read by others (mode {mode & 0o777:o}): chmod 600 {path}"
+            owner = ".".join(where.split(".")[:2])  # jobs.NAME.email is in jobs.NAME's file
+            label = config.label_of(owner)
             warnings.append(Problem(label, message, where, f"{prefix}password_file"))
     return warnings
 

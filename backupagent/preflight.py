@@ -19,12 +19,13 @@ def host_problems(config: Config) -> list[Problem]:
         if (reason := _unwritable(path)) is not None:
             problems.append(Problem(label, f"{path} {reason}", "agent", key))
     for name, job in sorted(config.jobs.items()):
+        here = config.label_of(f"jobs.{name}")
         for source in job.sources:
             if (reason := _unreadable(source)) is not None:
-                problems.append(Problem(label, f"{source} {reason}", f"jobs.{name}", "sources"))
+                problems.append(Problem(here, f"{source} {reason}", f"jobs.{name}", "sources"))
         if job.wordpress is not None:
             found = _wordpress(job.wordpress, job)
-            problems += [Problem(label, p, f"jobs.{name}", "wordpress") for p in found]
+            problems += [Problem(here, p, f"jobs.{name}", "wordpress") for p in found]
     return problems
 
 

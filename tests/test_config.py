@@ -360,3 +360,86 @@ def test_a_password_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
     ]
     secret.chmod(0o600)
     assert config_warnings(config) == []
+
+
+# --- [agent] include and [defaults] ----------------------------------------------------
+
+MAIN = """
+[agent]
+include = ["jobs.d/*.toml"]
+
+[defaults]
+destination = "offsite"
+schedule = "0 3 * * *"
+exclude = ["*.log"]
+passive = false
+
+[destinations.offsite]
+type = "ftp"
+host = "ftp.example.com"
+"""
+
+
+def _site(directory: Path, name: str, extra: str = "") -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.toml").write_text(f'[jobs.{name}]\nsources = ["/srv/{name}"]\n{extra}')
+
+
+def test_included_jobs_take_the_defaults_and_keep_their_own_keys(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(MAIN + '[jobs.main]\nsources = ["/srv/main"]\npassive = true\n')
+    _site(tmp_path / "jobs.d", "blog")
+    _site(tmp_path / "jobs.d", "shop", 'schedule = "30 4 * * *"\nexclude = []\n')
+    (tmp_path / "jobs.d" / "notes.txt").write_text("not toml")  # not matched
+    config = load_config(path)
+    assert sorted(config.jobs) == ["blog", "main", "shop"]
+    blog, shop, main = config.jobs["blog"], config.jobs["shop"], config.jobs["main"]
+    assert (blog.destination, blog.schedule, blog.exclude, blog.passive) == (
+        "offsite",
+        "0 3 * * *",
+        ["*.log"],
+        False,
+    )
+    assert (shop.schedule, shop.exclude) == ("30 4 * * *", [])  # a job's own key wins whole
+    assert main.passive is True
+    assert config.file_of("jobs.blog") == tmp_path / "jobs.d" / "blog.toml"
+    assert config.file_of("jobs.main") == path
+    assert config.label_of("jobs.shop") == "jobs.d/shop.toml"
+
+
+def test_problems_name_the_file_the_table_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text(MAIN.replace("passive = false", 'passive = "no"\ncompress = 3'))
+    _site(tmp_path / "jobs.d", "blog", "exclud = []\n")
+    _site(tmp_path / "jobs.d", "shop", '[destinations.offsite]\ntype = "local"\npath = "/x"\n')
+    (tmp_path / "jobs.d" / "bad.toml").write_text('[agent]\nstate_dir = "/tmp"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    lines = [str(p) for p in info.value.problems]
+    assert "jobs.d/blog.toml: [jobs.blog] exclud: unknown key; did you mean 'exclude'?" in lines
+    assert any(line.startswith("jobs.toml: [defaults] compress: unknown key") for line in lines)
+    # a default's error is reported once, against [defaults], not once per job
+    passive = [line for line in lines if "passive" in line]
+    assert passive == ["jobs.toml: [defaults] passive: Input should be a valid boolean (got 'no')"]
+    assert "jobs.d/shop.toml: [destinations.offsite]: already defined in jobs.toml" in lines
+    assert any(line.startswith("jobs.d/bad.toml: agent: unknown key") for line in lines)
+
+
+def test_advice_names_the_included_file(tmp_path: Path) -> None:
+    from backupagent.diagnosis import Category, Diagnosis, suggestion_text
+
+    path = tmp_path / "jobs.toml"
+    path.write_text(MAIN)
+    _site(tmp_path / "jobs.d", "blog")
+    config = load_config(path)
+    flip = Diagnosis(Category.PASSIVE_DATA, "the data connection failed", ("x",), "", True)
+    text = suggestion_text(
+        flip,
+        "blog",
+        "offsite",
+        config.path,
+        None,
+        config.mode_table("blog", "offsite"),
+        config.files,
+    )
+    assert f"Change: in {tmp_path}/jobs.d/blog.toml, under [jobs.blog], set passive = true" in text

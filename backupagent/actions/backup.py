@@ -487,6 +487,7 @@ class _Run:
             self.config.path,
             probe,
             self.config.mode_table(self.job_name, name),
+            self.config.files,
         )
         several = len(self.job.destination_names) > 1
         self.log.warning(

@@ -272,7 +272,13 @@ def _survey_destination(
         if explained is not None:
             diagnosis, probe = explained
             plan.suggestion = suggestion_text(
-                diagnosis, job, name, config.path, probe, config.mode_table(job, name)
+                diagnosis,
+                job,
+                name,
+                config.path,
+                probe,
+                config.mode_table(job, name),
+                config.files,
             )
     finally:
         destination.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from backupagent.diagnosis.common import Diagnosis, ProbeResult, mode_name, passive_setting
@@ -14,9 +15,15 @@ def suggestion_text(
     config_path: Path,
     probe: ProbeResult | None,
     mode_table: str | None = None,
+    files: Mapping[str, Path] | None = None,
 ) -> str:
     """The plain-words suggestion: what failed, the evidence, and the exact change to make.
-    `mode_table` is where `passive` goes (default: the job's table)."""
+    `mode_table` is where `passive` goes (default: the job's table); `files` names the
+    tables that live in an included file rather than `config_path`."""
+
+    def file_of(table: str) -> Path:
+        return (files or {}).get(table, config_path)
+
     lines = [f"Job '{job}': {diagnosis.what}."]
     lines += ["Evidence:"] + [f"  {fact}" for fact in diagnosis.evidence if fact]
     if diagnosis.flips_mode:
@@ -40,9 +47,9 @@ def suggestion_text(
             return "\n".join(lines)
         if probe is not None:
             lines.append(f"Verified: a directory listing in {other} mode worked from this host.")
+        table = mode_table or f"jobs.{job}"
         lines.append(
-            f"Change: in {config_path}, under [{mode_table or f'jobs.{job}'}], "
-            f"set {passive_setting(bool(target))}"
+            f"Change: in {file_of(table)}, under [{table}], set {passive_setting(bool(target))}"
         )
     else:
         lines.append(f"Advice: {diagnosis.advice}")
@@ -50,5 +57,5 @@ def suggestion_text(
             keys = ", ".join(diagnosis.keys)
             table = f"destinations.{destination}" if diagnosis.table is None else diagnosis.table
             under = f", under [{table}]" if table else ""
-            lines.append(f"Where: in {diagnosis.file or config_path}{under}: {keys}")
+            lines.append(f"Where: in {diagnosis.file or file_of(table)}{under}: {keys}")
     return "\n".join(lines)

@@ -378,7 +378,7 @@ def open_for_job(
         settings,
         config.passive_for(job, name),
         job=job,
-        config_path=config.path,
+        config_path=config.file_of(config.mode_table(job, name)),
         fallback=config.jobs[job].fallback,
         mode_table=config.mode_table(job, name),
         hooks=hooks,
