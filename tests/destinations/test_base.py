@@ -228,6 +228,6 @@ def test_a_job_runs_into_a_local_directory_and_restores_from_it(
     assert found[0].manifest is not None
     assert scan(archive).bytes == found[0].manifest.contents.bytes
     now = dt.datetime.now(dt.UTC)
-    assert [d.keep for d in prune.plan("www", sorted(_held(nas) or ()), Retention(), now).decisions] == [
-        True
-    ]
+    assert [
+        d.keep for d in prune.plan("www", sorted(_held(nas) or ()), Retention(), now).decisions
+    ] == [True]
