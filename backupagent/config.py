@@ -433,6 +433,24 @@ WORDPRESS_EXCLUDES = [
 ]
 
 
+class Hook(_Table):
+    """A command run around a backup (`before`, `after`, `on_failure`), by /bin/sh as the
+    agent's user. A plain string is the command with the default timeout."""
+
+    run: str = Field(min_length=1)
+    timeout: float = Field(default=300.0, gt=0, le=86400)  # then its process group is killed
+    # variables of the agent's environment passed on; by default none (they may hold
+    # password_env secrets): the hook sees PATH, HOME, LANG, TZ and BACKUPAGENT_*
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+
+
+def _command_or_table(value: object) -> object:
+    return {"run": value} if isinstance(value, str) else value
+
+
+HookSetting = Annotated[Hook | None, BeforeValidator(_command_or_table)]
+
+
 class Job(_Table):
     """A `[jobs.NAME]` table."""
 
@@ -455,6 +473,9 @@ class Job(_Table):
     email: EmailSettings | None = None  # overrides [agent.email] for this job
     ping: PingSettings | None = None
     encrypt_to: list[str] | None = None  # age recipients (age1... or ssh-...); [] = clear
+    before: HookSetting = None  # runs first; failing, it fails the run
+    after: HookSetting = None  # runs last whenever `before` succeeded (or there is none)
+    on_failure: HookSetting = None  # runs after a failed or aborted run
 
     @field_validator("encrypt_to")
     @classmethod
@@ -887,6 +908,8 @@ def _describe(model: type[BaseModel], err: Any) -> tuple[str, str]:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         table = next((DATABASE_MODELS[t] for t in tags if t in DATABASE_MODELS), model)
+        if table is model and len(loc) == 2:  # a key of a table inside: [jobs.x.email] ...
+            table = _nested_model(model, str(loc[0])) or model
         msg = _unknown_key(str(loc[-1]), list(table.model_fields))
     elif err["type"] == "missing":
         msg = "required key is missing"
@@ -904,6 +927,19 @@ def _describe(model: type[BaseModel], err: Any) -> tuple[str, str]:
     ):
         msg = f"{msg} (got {err['input']!r})"
     return key, msg
+
+
+def _nested_model(model: type[BaseModel], field: str) -> type[BaseModel] | None:
+    """The model of a table-valued field (`before`, `email`, ...), if it is one."""
+    import typing
+
+    info = model.model_fields.get(field)
+    if info is None:
+        return None
+    for kind in (info.annotation, *typing.get_args(info.annotation)):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
 
 
 SECRET_KEYS = {"password"}

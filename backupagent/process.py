@@ -6,8 +6,10 @@ inherited pipe, which the child reads as a file (`/dev/fd/N`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ class Finished:
     argv: tuple[str, ...]
     returncode: int
     stderr: str
+    timed_out: bool = False  # killed (with its process group) at the timeout
 
 
 def find_tool(*names: str) -> str:
@@ -69,12 +72,16 @@ def stream(
     chunk: int = 1 << 20,
     cancel: threading.Event | None = None,
     stdin: BinaryIO | None = None,
+    timeout: float | None = None,
+    merge_stderr: bool = False,
 ) -> Finished:
     """Run `argv`, handing its stdout to `sink` chunk by chunk; keep the tail of stderr.
 
     The command line is logged (it never holds a secret); stderr is read on a thread
-    so a chatty tool cannot block on a full pipe. Setting `cancel` kills the child and
-    raises Cancelled.
+    so a chatty tool cannot block on a full pipe (with `merge_stderr` it goes to `sink`
+    too). Setting `cancel` kills the child and raises Cancelled. With `timeout` the
+    child runs in a process group of its own, all of it killed when the time is up
+    (`timed_out`): a shell's children do not outlive it.
     """
     log = structlog.get_logger("backupagent.process")
     log.debug("running", argv=list(argv))
@@ -82,11 +89,12 @@ def stream(
         list(argv),
         stdin=stdin if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         env=env,
         pass_fds=tuple(pass_fds),
+        start_new_session=timeout is not None,
     )
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
     errors = bytearray()
 
     def drain() -> None:
@@ -95,24 +103,37 @@ def stream(
             errors.extend(data)
             del errors[:-STDERR_KEEP]
 
-    reader = Worker("stderr", drain).start()
+    reader = Worker("stderr", drain).start() if proc.stderr is not None else None
+    expired = threading.Event()
+
+    def kill_group() -> None:
+        expired.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout, kill_group) if timeout is not None else None
+    if timer is not None:
+        timer.start()
     try:
-        with on_cancel(cancel, proc.kill):
+        with on_cancel(cancel, kill_group if timer is not None else proc.kill):
             while data := proc.stdout.read(chunk):
                 sink(data)
     except BaseException:
         proc.kill()
         raise
     finally:
+        if timer is not None:
+            timer.cancel()
         proc.stdout.close()
         proc.wait()
-        reader.wait()
-        proc.stderr.close()
+        if reader is not None and proc.stderr is not None:
+            reader.wait()
+            proc.stderr.close()
     if cancel is not None and cancel.is_set():
         raise Cancelled(f"{argv[0]} was stopped")
     text = errors.decode("utf-8", "replace")
     log.debug("finished", argv=list(argv)[:1], returncode=proc.returncode, stderr=text[-2000:])
-    return Finished(tuple(argv), proc.returncode, text)
+    return Finished(tuple(argv), proc.returncode, text, expired.is_set())
 
 
 def capture(

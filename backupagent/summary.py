@@ -111,6 +111,8 @@ def print_dry_run(plan: DryRun) -> None:
             state = f"reached; {_count(dest.backups, 'backup')} of this job there{newest}"
         lines.append([(head, ""), (state, "green")])
     lines.append([(f"Encrypted: {'yes' if plan.encrypted else 'no'}", "")])
+    for name, command in plan.hooks.items():
+        lines.append([(f"Hook {name} (not run by a dry run): {command}", "")])
     for problem in plan.problems:
         lines.append([(problem, "red")])
     if plan.ok:

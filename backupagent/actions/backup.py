@@ -31,7 +31,14 @@ from backupagent.config import Config, config_warnings
 from backupagent.crypto import AGE_SUFFIX, fingerprint
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import Destination, DestinationError, Hooks
-from backupagent.diagnosis import Diagnosis, ProbeResult, suggestion_text, wordpress_diagnosis
+from backupagent.diagnosis import (
+    Diagnosis,
+    ProbeResult,
+    hook_diagnosis,
+    suggestion_text,
+    wordpress_diagnosis,
+)
+from backupagent.hooks import run_hook
 from backupagent.manifest import Archive as ManifestArchive
 from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
 from backupagent.manifest import Volume as ManifestVolume
@@ -136,7 +143,9 @@ class _Run:
         )
 
     def execute(self, destination: Fanout, dump_databases: Dumper) -> None:
-        """The steps in order; each way of failing ends the run with its explanation."""
+        """The job's hooks around the steps: `before` first (when it fails, nothing else
+        runs), `after` whenever the run got past it, `on_failure` after a failed or
+        aborted run."""
         for warning in config_warnings(self.config, self.job_name):
             self.log.warning("unsafe setting", detail=str(warning))
         self.log.info(
@@ -145,6 +154,60 @@ class _Run:
             sources=[str(s) for s in self.job.sources],
             agent_version=__version__,
         )
+        try:
+            if self._before(destination):
+                try:
+                    self._steps(destination, dump_databases)
+                finally:
+                    self._after("after")
+            else:
+                destination.close()
+        finally:
+            if self.result.outcome in (Outcome.FAILED, Outcome.ABORTED):
+                self._after("on_failure")
+
+    def _before(self, destination: Fanout) -> bool:
+        """The `before` hook; False (the run failed, with its verdict) when it failed."""
+        hook = self.job.before
+        if hook is None:
+            return True
+        try:
+            ran = run_hook("before", hook, self._hook_variables("before"), self.cancel)
+        except Cancelled as exc:
+            self._end_with(exc, destination)
+            return False
+        if not ran.ok:
+            self._suggest(hook_diagnosis(self.job_name, ran.verdict, ran.command, ran.tail))
+        return ran.ok
+
+    def _after(self, name: str) -> None:
+        """`after` or `on_failure`: not stopped by a signal (it may have to undo what
+        `before` did, such as a maintenance mode); when it fails, a warning."""
+        hook = self.job.after if name == "after" else self.job.on_failure
+        if hook is None:
+            return
+        ran = run_hook(name, hook, self._hook_variables(name))
+        if not ran.ok:
+            self.result.warnings.append(f"{name} hook: {ran.verdict}")
+            if self.result.outcome == Outcome.SUCCESS:
+                self.result.outcome = Outcome.WARNING
+
+    def _hook_variables(self, name: str) -> dict[str, str]:
+        """What a hook is told about the run (README: Hooks)."""
+        published = self.result.ok and name != "before"
+        return {
+            "BACKUPAGENT_HOOK": name,
+            "BACKUPAGENT_JOB": self.job_name,
+            "BACKUPAGENT_RUN_ID": self.result.run_id,
+            "BACKUPAGENT_CONFIG": str(self.config.file_of(f"jobs.{self.job_name}")),
+            "BACKUPAGENT_RESULT": "running" if name == "before" else str(self.result.outcome),
+            "BACKUPAGENT_BACKUP_ID": self.backup_id if published else "",
+            "BACKUPAGENT_ARCHIVE": self.archive if published else "",
+            "BACKUPAGENT_ERROR": self.result.error or "",
+        }
+
+    def _steps(self, destination: Fanout, dump_databases: Dumper) -> None:
+        """The steps in order; each way of failing ends the run with its explanation."""
         work = self.config.agent.spool_dir / self.job_name / self.backup_id
         scan: Scan | None = None
         try:

@@ -90,6 +90,7 @@ class DryRun:
     require: str  # "all" | "any": how many destinations must work
     encrypted: bool
     incremental: bool
+    hooks: dict[str, str]  # before/after/on_failure -> its command (a dry run runs none)
 
     @property
     def ok(self) -> bool:
@@ -122,7 +123,11 @@ def dry_run(config: Config, job_name: str, cancel: threading.Event | None = None
         job.require,
         bool(config.recipients_for(job_name)),
         job.incremental,
+        {name: hook.run for name in HOOKS if (hook := getattr(job, name)) is not None},
     )
+
+
+HOOKS = ("before", "after", "on_failure")
 
 
 def survey_source(root: Path, patterns: list[str], skip: frozenset[tuple[int, int]]) -> SourcePlan:

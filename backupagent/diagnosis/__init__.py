@@ -21,6 +21,7 @@ from backupagent.diagnosis.dumps import (
     DUMP_TOOL_PACKAGES,
     DumpFailure,
     diagnose_dump,
+    hook_diagnosis,
     wordpress_diagnosis,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "DumpFailure",
     "ProbeResult",
     "diagnose_dump",
+    "hook_diagnosis",
     "mode_name",
     "passive_setting",
     "suggestion_text",

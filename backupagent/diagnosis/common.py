@@ -32,6 +32,7 @@ class Category(StrEnum):
     DB_INCOMPLETE = "dump_incomplete"
     DB_FAILED = "dump_failed"
     WORDPRESS_CONFIG = "wordpress_config"
+    HOOK = "hook_failed"
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,20 @@ def diagnose_dump(failure: DumpFailure) -> Diagnosis:
     )
 
 
+def hook_diagnosis(job: str, verdict: str, command: str, tail: tuple[str, ...]) -> Diagnosis:
+    """The job's `before` command failed: the backup did not start."""
+    return Diagnosis(
+        Category.HOOK,
+        f"{verdict}; the backup did not start",
+        (f"command: {command}", *tail),
+        "Run the command by hand as the agent's user to see why (the hook's output is in "
+        "the run log); the hook sees only PATH, HOME, LANG, LC_ALL, TZ, the BACKUPAGENT_* "
+        "variables and those its `env` names. Fix it, raise its `timeout`, or remove it.",
+        keys=("before",),
+        table=f"jobs.{job}",
+    )
+
+
 def wordpress_diagnosis(problems: list[str], config_file: Path | None) -> Diagnosis:
     """wp-config.php gave no usable database settings."""
     return Diagnosis(

@@ -384,3 +384,94 @@ def test_a_full_spool_names_the_place_and_the_key(
     assert "the spool is full" in result.error and "[agent] spool_dir" in result.error
     assert str(config.path) in result.error
     assert remote_files(ftp_server) == []
+
+
+# --- hooks -----------------------------------------------------------------------------
+
+
+def _hooks(tmp_path: Path, before: str = "", after: str = "", on_failure: str = "") -> str:
+    """Each hook appends `NAME RESULT BACKUP_ID ERROR` to hooks.log, then runs its extra."""
+    record = 'echo "$BACKUPAGENT_HOOK|$BACKUPAGENT_RESULT|$BACKUPAGENT_BACKUP_ID|$BACKUPAGENT_ERROR" >> {log}'
+    log = tmp_path / "hooks.log"
+    lines = []
+    for name, extra in (("before", before), ("after", after), ("on_failure", on_failure)):
+        command = record.format(log=log) + (f"; {extra}" if extra else "")
+        lines.append(f"{name} = {json.dumps(command)}")
+    return "\n".join(lines)
+
+
+def _hook_log(tmp_path: Path) -> list[list[str]]:
+    return [line.split("|") for line in (tmp_path / "hooks.log").read_text().splitlines()]
+
+
+def test_before_runs_first_and_after_sees_the_backup(
+    write_config: WriteConfig, tmp_path: Path, site: Path
+) -> None:
+    marker = site / "maintenance.flag"
+    config = write_config(job=_hooks(tmp_path, before=f"touch {marker}", after=f"rm {marker}"))
+    result = run_job(config, "www")
+    assert result.outcome == "success", result.error
+    assert _hook_log(tmp_path) == [
+        ["before", "running", "", ""],
+        ["after", "success", str(result.backup_id), ""],
+    ]
+    archived = unpack(download_archive(config, str(result.backup_id)), tmp_path / "out")
+    assert any(name.endswith("/maintenance.flag") for name in archived)  # before the walk
+    assert not marker.exists()
+    events = read_events(result.log_path)
+    assert [e["event"] for e in events if e.get("hook")].count("the after hook ended") == 1
+
+
+def test_a_failing_before_fails_the_run_with_its_own_verdict(
+    write_config: WriteConfig, tmp_path: Path, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config(job=_hooks(tmp_path, before="echo 'wp: command not found' >&2; exit 127"))
+    result = run_job(config, "www")
+    assert result.outcome == "failed"
+    assert result.error == "the before hook failed (exit code 127); the backup did not start"
+    assert result.suggestion is not None and "wp: command not found" in result.suggestion
+    assert "passive" not in result.suggestion.split("Advice:")[0]
+    # after is for undoing what before did: it did nothing; on_failure hears of it
+    assert [row[:2] for row in _hook_log(tmp_path)] == [
+        ["before", "running"],
+        ["on_failure", "failed"],
+    ]
+    assert not (ftp_server.root / "backups").exists()  # no login, no upload
+    (suggestion,) = [e for e in read_events(result.log_path) if e["event"] == "suggestion"]
+    assert suggestion["category"] == "hook_failed"
+
+
+def test_a_failed_run_still_runs_after_then_on_failure(
+    write_config: WriteConfig, tmp_path: Path, ftp_server: LocalFtpServer
+) -> None:
+    ftp_server.block_passive()
+    config = write_config(job=_hooks(tmp_path))
+    result = run_job(config, "www")
+    assert result.outcome == "failed"
+    rows = _hook_log(tmp_path)
+    assert [row[:3] for row in rows] == [
+        ["before", "running", ""],
+        ["after", "failed", ""],
+        ["on_failure", "failed", ""],
+    ]
+    assert rows[2][3] == result.error
+
+
+def test_a_failing_after_hook_is_a_warning(write_config: WriteConfig, tmp_path: Path) -> None:
+    config = write_config(job=_hooks(tmp_path, after="exit 1"))
+    result = run_job(config, "www")
+    assert result.outcome == "warning" and result.exit_code == 0
+    assert "after hook: the after hook failed (exit code 1)" in result.warnings
+    assert [row[0] for row in _hook_log(tmp_path)] == ["before", "after"]
+
+
+def test_hooks_in_defaults_apply_to_every_job(tmp_path: Path, write_config: WriteConfig) -> None:
+    config = write_config()
+    text = config.path.read_text()
+    defaults = "[defaults]\n" + _hooks(tmp_path) + "\n"
+    config.path.write_text(text.replace("[destinations.test]", defaults + "[destinations.test]"))
+    from backupagent.config import load_config
+
+    result = run_job(load_config(config.path), "www")
+    assert result.outcome == "success", result.error
+    assert [row[0] for row in _hook_log(tmp_path)] == ["before", "after"]
