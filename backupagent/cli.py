@@ -407,6 +407,7 @@ def daemon(obj: _Context) -> None:
 def list_jobs(obj: _Context, as_json: bool) -> None:
     """Jobs, their schedule, next run time and last result."""
     from backupagent.config import cron_trigger
+    from backupagent.limits import read_status
     from backupagent.outcome import BACKUP_TRIGGERS
     from backupagent.state import History
     from backupagent.views import document, job_view
@@ -414,6 +415,8 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
     config = obj.config()
     now = dt.datetime.now(dt.UTC)
     views = []
+    daemon = read_status(config.agent.state_dir)
+    queued = {name.removesuffix(" (verify)") for name in daemon.queued} if daemon else set()
     with History(config.agent.state_dir) as history:
         for name, job in sorted(config.jobs.items()):
             fire = None
@@ -421,20 +424,23 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
                 trigger = cron_trigger(job.schedule, config.agent.timezone)
                 fire = trigger.get_next_fire_time(None, now)
             last = history.last(name, triggers=BACKUP_TRIGGERS)  # a verify is not a backup
-            views.append((job_view(config, name, fire, last), last))
+            now_running = history.last(name, results=("running",)) is not None
+            state = "running" if now_running else "queued" if name in queued else "idle"
+            views.append((job_view(config, name, fire, last, state), last))
     if as_json:
         click.echo(document(jobs=[view for view, _ in views]))
         return
     rows = [
         [
             view["job"],
+            view["state"],
             view["schedule"] or "-",
             _when(view["next_run"]) if view["schedule"] else "manual only",
             f"{last.result} ({_when(last.started)})" if last else "never run",
         ]
         for view, last in views
     ]
-    _table(["job", "schedule", "next run", "last result"], rows, result_column=3)
+    _table(["job", "now", "schedule", "next run", "last result"], rows, result_column=4)
 
 
 @cli.command()

@@ -221,6 +221,8 @@ class AgentConfig(_Table):
     # more files of [destinations.*] and [jobs.*] tables: glob patterns, relative to
     # jobs.toml's directory ("jobs.d/*.toml")
     include: list[str] = []
+    # the daemon runs at most this many jobs (and verifies) at once; the others queue
+    max_parallel: StrictInt = Field(default=2, ge=1, le=64)
 
     @field_validator("timezone")
     @classmethod
@@ -250,6 +252,8 @@ class _DestinationTable(Retention):
     """What every `[destinations.NAME]` table has: retention and default recipients."""
 
     encrypt_to: list[str] = []  # age recipients for jobs that set none themselves
+    # at most this many runs (of any job, in any process) use it at once; none: no limit
+    max_connections: StrictInt | None = Field(default=None, ge=1, le=64)
 
     @field_validator("encrypt_to")
     @classmethod
@@ -585,6 +589,10 @@ class Config(BaseModel):
         if job.encrypt_to is not None:
             return job.encrypt_to
         return self.destination_of(job_name, job.destination_names[0]).encrypt_to
+
+    def connection_limits(self, names: list[str]) -> dict[str, int | None]:
+        """Each destination's max_connections (None: no limit)."""
+        return {name: self.destinations[name].max_connections for name in names}
 
     def destination_of(self, job_name: str, name: str | None = None) -> Destination:
         """The settings of the job's destination `name` (by default its first)."""

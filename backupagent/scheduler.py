@@ -28,6 +28,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from backupagent.actions.backup import run_job
 from backupagent.config import Config, ConfigError, cron_trigger, load_config
+from backupagent.limits import Gate, clear_status, write_status
 from backupagent.outcome import BACKUP_TRIGGERS, OK, Trigger
 from backupagent.state import History, JobLocked
 
@@ -127,6 +128,7 @@ class Daemon:
         self.wakeup = Wakeup()
         self.running: set[str] = set()
         self.running_changed = threading.Condition()
+        self.gate = Gate(self.config.agent.max_parallel, self._publish_status)
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(MAX_WORKERS)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
@@ -155,6 +157,8 @@ class Daemon:
                     name=f"{name} (verify)",
                 )
         self.config = config
+        self.gate.limit = config.agent.max_parallel
+        self.gate.wake()  # a higher limit lets waiting runs start
         self.log.info("jobs planned", jobs=self._next_runs())
 
     def catch_up(self) -> None:
@@ -184,17 +188,22 @@ class Daemon:
         """One scheduled run, in a worker thread."""
         if self.cancel.is_set():
             return
-        config = self.config  # a reload during the run does not change it
         with self.running_changed:
             self.running.add(name)
         self.wakeup.nudge()  # refresh STATUS
         try:
-            result = run_job(config, name, trigger=trigger, cancel=self.cancel)
-            self.log.info("run ended", job=name, result=result.outcome, run_id=result.run_id)
-        except JobLocked as exc:
-            self.log.warning("run skipped", job=name, reason=str(exc))
-        except Exception:  # never let one job's bug stop the daemon
-            self.log.exception("run crashed", job=name)
+            if not self.gate.enter(name, self.cancel):
+                return
+            try:
+                config = self.config  # as it is when the run starts; a reload leaves it
+                result = run_job(config, name, trigger=trigger, cancel=self.cancel)
+                self.log.info("run ended", job=name, result=result.outcome, run_id=result.run_id)
+            except JobLocked as exc:
+                self.log.warning("run skipped", job=name, reason=str(exc))
+            except Exception:  # never let one job's bug stop the daemon
+                self.log.exception("run crashed", job=name)
+            finally:
+                self.gate.leave(name)
         finally:
             with self.running_changed:
                 self.running.discard(name)
@@ -205,7 +214,7 @@ class Daemon:
         """A scheduled check of the newest backup, in a worker thread."""
         from backupagent.actions.verify import verify
 
-        if self.cancel.is_set():
+        if self.cancel.is_set() or not self.gate.enter(f"{name} (verify)", self.cancel):
             return
         try:
             for destination in self.config.jobs[name].destination_names:
@@ -219,6 +228,15 @@ class Daemon:
             self.log.warning("verify skipped", job=name, reason=str(exc))
         except Exception:
             self.log.exception("verify crashed", job=name)
+        finally:
+            self.gate.leave(f"{name} (verify)")
+
+    def _publish_status(self) -> None:
+        """daemon.json: who runs and who waits, for `backupagent list`."""
+        try:
+            write_status(self.config.agent.state_dir, self.gate.running, self.gate.queued)
+        except OSError as exc:
+            self.log.warning("could not write the daemon's status", error=str(exc))
 
     # --- the main loop ----------------------------------------------------------------
 
@@ -245,8 +263,9 @@ class Daemon:
             (j.next_run_time, j.name) for j in self.scheduler.get_jobs() if j.next_run_time
         )
         nxt = f"next: {upcoming[0][1]} at {upcoming[0][0]:%Y-%m-%d %H:%M:%S %Z}" if upcoming else ""
-        busy = ", ".join(sorted(self.running)) or "none"
-        return f"{nxt}; running: {busy}".lstrip("; ")
+        busy = ", ".join(self.gate.running) or "none"
+        waiting = f"; queued: {', '.join(self.gate.queued)}" if self.gate.queued else ""
+        return f"{nxt}; running: {busy}{waiting}".lstrip("; ")
 
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; returns the exit code."""
@@ -254,6 +273,7 @@ class Daemon:
             signal.signal(signum, _reported_by_wakeup_fd)
         signal.set_wakeup_fd(self.wakeup.write_fd, warn_on_full_buffer=False)
         self.scheduler.start()
+        self._publish_status()  # `list` knows a daemon runs, and that nothing waits yet
         self.plan(self.config)
         self.catch_up()
         self.notifier.send("READY=1", f"STATUS={self.status()}")
@@ -282,11 +302,13 @@ class Daemon:
         self.log.info("stopping", running=sorted(self.running))
         self.scheduler.pause()
         self.cancel.set()
+        self.gate.wake()  # queued runs give up
         with self.running_changed:
             done = self.running_changed.wait_for(
                 lambda: not self.running, timeout=self.config.agent.stop_timeout
             )
         self.scheduler.shutdown(wait=False)
+        clear_status(self.config.agent.state_dir)
         if not done:
             self.log.error("jobs still running at exit", jobs=sorted(self.running))
             return 1

@@ -59,12 +59,13 @@ def parse_time(text: str | None) -> dt.datetime | None:
 
 
 def job_view(
-    config: Config, name: str, next_run: dt.datetime | None, last: Run | None
+    config: Config, name: str, next_run: dt.datetime | None, last: Run | None, state: str
 ) -> dict[str, Any]:
-    """A row of `list`."""
+    """A row of `list`; `state` is "running", "queued" (in the daemon) or "idle"."""
     job = config.jobs[name]
     return {
         "job": name,
+        "state": state,
         "schedule": job.schedule,
         "next_run": utc(next_run),
         "destinations": job.destination_names,

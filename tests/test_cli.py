@@ -217,9 +217,9 @@ def test_list_and_history_are_plain_text_when_piped(write_config: WriteConfig) -
     config = write_config(job='schedule = "30 2 * * *"')
     assert cli(config.path, "run-job", "www").returncode == 0
     listing = cli(config.path, "list").stdout.splitlines()
-    assert listing[0] == "job\tschedule\tnext run\tlast result"
-    name, schedule, next_run, last = listing[1].split("\t")
-    assert (name, schedule) == ("www", "30 2 * * *")
+    assert listing[0] == "job\tnow\tschedule\tnext run\tlast result"
+    name, now, schedule, next_run, last = listing[1].split("\t")
+    assert (name, now, schedule) == ("www", "idle", "30 2 * * *")
     assert ":30:00" in next_run and last.startswith("success (")
     # a verify that failed later is not the job's result
     from backupagent.state import History, Run
@@ -227,7 +227,7 @@ def test_list_and_history_are_plain_text_when_piped(write_config: WriteConfig) -
     with History(config.agent.state_dir) as db:
         started = dt.datetime.now(dt.UTC)
         db.save(Run("v", "www", "verify", started, "", result="failed", finished=started))
-    assert cli(config.path, "list").stdout.splitlines()[1].split("\t")[3].startswith("success (")
+    assert cli(config.path, "list").stdout.splitlines()[1].split("\t")[4].startswith("success (")
     history = cli(config.path, "history", "www").stdout.splitlines()
     assert history[0].split("\t") == [
         "run",

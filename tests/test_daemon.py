@@ -8,6 +8,7 @@ rows in the run history, files on the FTP server), each wait bounded.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History, Run
 
 from .conftest import WriteConfig
+from .helpers import cli
 
 EVERY_2S = 'schedule = "*/2 * * * * *"'
 
@@ -329,3 +331,41 @@ def test_verify_schedule(write_config: WriteConfig, start: Callable[..., DaemonP
     )
     assert verified[0].result == "success"
     assert daemon.stop() == 0
+
+
+def test_six_jobs_at_once_run_at_most_max_parallel_at_a_time(
+    write_config: WriteConfig, tmp_path: Path, start: Callable[..., DaemonProcess]
+) -> None:
+    """Six jobs due at the same second, each kept busy a second by its `before` hook:
+    never more than two run at once (from the history), and two do."""
+    config = write_config()
+    text = config.path.read_text().replace("[agent]\n", "[agent]\nmax_parallel = 2\n")
+    job = text.split("[jobs.www]")[1]
+    text = text.split("[jobs.www]")[0]
+    names = [f"site{i}" for i in range(6)]
+    for name in names:
+        text += f'[jobs.{name}]{job}\nschedule = "*/10 * * * * *"\nbefore = "sleep 1"\n'
+    config.path.write_text(text)
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    state = config.agent.state_dir
+
+    def all_done() -> bool:
+        return all(any(r.result == "success" for r in runs(state, n)) for n in names)
+
+    def states() -> set[str]:
+        listing = json.loads(cli(config.path, "list", "--json").stdout)
+        return {j["state"] for j in listing["jobs"]}
+
+    wait_for(lambda: {"running", "queued"} <= states(), "list to show running and queued jobs")
+    wait_for(all_done, "every job to run once", timeout=60)
+    assert daemon.stop() == 0
+    spans = [(r.started, r.finished) for n in names for r in runs(state, n) if r.finished]
+    edges = sorted([(s, 1) for s, _ in spans] + [(f, -1) for _, f in spans])
+    at_once = peak = 0
+    for _, step in edges:
+        at_once += step
+        peak = max(peak, at_once)
+    assert peak == 2, spans
+    assert "run queued: max_parallel runs are running" in daemon.output
+    assert not (state / "daemon.json").exists()  # removed when the daemon stopped

@@ -39,6 +39,7 @@ from backupagent.diagnosis import (
     wordpress_diagnosis,
 )
 from backupagent.hooks import run_hook
+from backupagent.limits import connection_slots
 from backupagent.manifest import Archive as ManifestArchive
 from backupagent.manifest import Contents, DatabaseDump, Encryption, Manifest
 from backupagent.manifest import Volume as ManifestVolume
@@ -210,6 +211,7 @@ class _Run:
         """The steps in order; each way of failing ends the run with its explanation."""
         work = self.config.agent.spool_dir / self.job_name / self.backup_id
         scan: Scan | None = None
+        held = contextlib.ExitStack()  # the destinations' connection slots
         try:
             self._check_sources()
             site = read_site(self.job.wordpress, self.job) if self.job.wordpress else None
@@ -218,6 +220,8 @@ class _Run:
             if self.job.incremental:  # decoded while the destinations log in
                 reading = Worker("index", increments.read_local, self.config, self.job_name)
                 reading.start()
+            limits = self.config.connection_limits(self.job.destination_names)
+            held.enter_context(connection_slots(self.config.agent.state_dir, limits, self.cancel))
             destination.check()  # a wrong password shows before any dump or archive
             if reading is not None:
                 self.increment = increments.plan(
@@ -264,6 +268,7 @@ class _Run:
             if scan is not None:
                 scan.close()
             destination.close()
+            held.close()
             shutil.rmtree(work, ignore_errors=True)
         self.result.backup_id = self.backup_id
         self.result.archive = self.archive

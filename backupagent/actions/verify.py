@@ -4,6 +4,7 @@ run (the job's lock, log, history row and notifications: recording.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 from pathlib import Path
@@ -15,6 +16,7 @@ from backupagent.archive import ArchiveStats
 from backupagent.config import Config
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import DestinationError
+from backupagent.limits import connection_slots
 from backupagent.outcome import Outcome, Trigger
 from backupagent.recording import recorded_run
 from backupagent.retrieve import RestoreError, chain, check, choose, fetched, listed, scan
@@ -35,7 +37,10 @@ def verify(
     with recorded_run(config, job, Trigger.VERIFY) as (result, _started):
         workdir = config.agent.spool_dir / job / f"verify-{result.run_id}"
         opened = open_destination(config, job, cancel=cancel, name=destination)
+        held = contextlib.ExitStack()  # its connection slot
         try:
+            limits = config.connection_limits([opened.name])
+            held.enter_context(connection_slots(config.agent.state_dir, limits, cancel))
             backups, _ = listed(opened, job)
             backup = choose(backups, wanted)
             result.archive = backup.archive
@@ -75,6 +80,7 @@ def verify(
             result.error = message
         finally:
             opened.close()
+            held.close()
             shutil.rmtree(workdir, ignore_errors=True)
         ok = result.outcome == Outcome.SUCCESS
         (log.info if ok else log.error)(
