@@ -406,7 +406,7 @@ def daemon(obj: _Context) -> None:
 @click.pass_obj
 def list_jobs(obj: _Context, as_json: bool) -> None:
     """Jobs, their schedule, next run time and last result."""
-    from backupagent.config import cron_trigger
+    from backupagent.config import job_trigger
     from backupagent.limits import read_status
     from backupagent.outcome import BACKUP_TRIGGERS
     from backupagent.state import History
@@ -421,7 +421,7 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
         for name, job in sorted(config.jobs.items()):
             fire = None
             if job.schedule:
-                trigger = cron_trigger(job.schedule, config.agent.timezone)
+                trigger = job_trigger(name, job.schedule, job.jitter, config.agent.timezone)
                 fire = trigger.get_next_fire_time(None, now)
             last = history.last(name, triggers=BACKUP_TRIGGERS)  # a verify is not a backup
             now_running = history.last(name, results=("running",)) is not None

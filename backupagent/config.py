@@ -6,7 +6,9 @@ models and never looks up a key with a fallback of its own.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import hashlib
 import os
 import re
 import tomllib
@@ -30,6 +32,7 @@ from pydantic import (
 )
 
 if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
     from apscheduler.triggers.cron import CronTrigger
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupagent/jobs.toml")
@@ -477,6 +480,9 @@ class Job(_Table):
     email: EmailSettings | None = None  # overrides [agent.email] for this job
     ping: PingSettings | None = None
     encrypt_to: list[str] | None = None  # age recipients (age1... or ssh-...); [] = clear
+    # spread scheduled starts: each job starts a fixed time after its schedule, between 0
+    # and this ("30m", "90s", "2h", or seconds), chosen from its name (start_delay)
+    jitter: StrictInt | str = 0
     before: HookSetting = None  # runs first; failing, it fails the run
     after: HookSetting = None  # runs last whenever `before` succeeded (or there is none)
     on_failure: HookSetting = None  # runs after a failed or aborted run
@@ -499,6 +505,12 @@ class Job(_Table):
         from backupagent.incremental import parse_full_every
 
         parse_full_every(value)
+        return value
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter(cls, value: int | str) -> int | str:
+        parse_duration(value)
         return value
 
     @field_validator("schedule", "verify_schedule")
@@ -597,6 +609,41 @@ class Config(BaseModel):
     def destination_of(self, job_name: str, name: str | None = None) -> Destination:
         """The settings of the job's destination `name` (by default its first)."""
         return self.destinations[name or self.jobs[job_name].destination_names[0]]
+
+
+def parse_duration(value: int | str) -> int:
+    """Seconds, from `90`, `"90s"`, `"30m"`, `"2h"` or `"1d"`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(value))
+        if not match:
+            raise ValueError(f'{value!r} is not a duration (write e.g. "30m", "90s" or "2h")')
+        seconds = int(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    if not 0 <= seconds <= 86400:
+        raise ValueError("must be between 0 and one day")
+    return seconds
+
+
+def start_delay(job_name: str, jitter: int | str) -> dt.timedelta:
+    """The job's fixed delay after each scheduled time: its name hashed into
+    [0, jitter], the same on every host and restart (so `list` tells the truth)."""
+    seconds = parse_duration(jitter)
+    if seconds == 0:
+        return dt.timedelta(0)
+    digest = int.from_bytes(hashlib.sha256(job_name.encode()).digest()[:8], "big")
+    return dt.timedelta(seconds=digest % (seconds + 1))
+
+
+def job_trigger(
+    job_name: str, schedule: str, jitter: int | str, timezone: str | None
+) -> BaseTrigger:
+    """The job's cron trigger, its start delayed by start_delay."""
+    from backupagent.triggers import Delayed
+
+    trigger = cron_trigger(schedule, timezone)
+    delay = start_delay(job_name, jitter)
+    return Delayed(trigger, delay) if delay else trigger
 
 
 def cron_trigger(schedule: str, timezone: str | None) -> CronTrigger:

@@ -27,7 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from backupagent.actions.backup import run_job
-from backupagent.config import Config, ConfigError, cron_trigger, load_config
+from backupagent.config import Config, ConfigError, cron_trigger, job_trigger, load_config
 from backupagent.limits import Gate, clear_status, write_status
 from backupagent.outcome import BACKUP_TRIGGERS, OK, Trigger
 from backupagent.state import History, JobLocked
@@ -143,7 +143,7 @@ class Daemon:
                 aps_job.remove()
         for name, job in config.jobs.items():
             if job.schedule is not None:
-                trigger = cron_trigger(job.schedule, config.agent.timezone)
+                trigger = job_trigger(name, job.schedule, job.jitter, config.agent.timezone)
                 self.scheduler.add_job(
                     self._run, trigger, args=(name, Trigger.SCHEDULE), id=f"cron:{name}", name=name
                 )
@@ -168,7 +168,8 @@ class Daemon:
             for name, job in self.config.jobs.items():
                 if job.schedule is None or not job.catch_up:
                     continue
-                trigger = cron_trigger(job.schedule, self.config.agent.timezone)
+                timezone = self.config.agent.timezone
+                trigger = job_trigger(name, job.schedule, job.jitter, timezone)
                 due = missed_run(trigger, catch_up_reference(history, name), now)
                 if due is not None:
                     self.log.info("catching up a missed run", job=name, was_due=due.isoformat())

@@ -41,6 +41,10 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
     ("parts", "expected"),
     [
         (
+            {"job": 'jitter = "soon"'},
+            "jobs.toml: [jobs.nightly] jitter: 'soon' is not a duration",
+        ),
+        (
             {"job": 'passive = "yes"'},
             "jobs.toml: [jobs.nightly] passive: Input should be a valid boolean",
         ),
