@@ -566,6 +566,7 @@ class Config(BaseModel):
     path: Path
     # "jobs.NAME" / "destinations.NAME" -> the included file that defines it (not jobs.toml)
     files: dict[str, Path] = {}
+    discovered: list[str] = []  # jobs made by [discover] (a [jobs.NAME] may add to one)
     agent: AgentConfig = AgentConfig()
     destinations: dict[str, Destination] = {}
     jobs: dict[str, Job] = {}
@@ -738,7 +739,7 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         raise ConfigError([Problem(label, f"not valid TOML: {exc}")]) from None
 
 
-TOP_TABLES = ["agent", "defaults", "destinations", "jobs"]
+TOP_TABLES = ["agent", "defaults", "destinations", "discover", "jobs"]
 INCLUDED_TABLES = ["destinations", "jobs"]  # what an included file may hold
 
 
@@ -775,7 +776,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                         Problem(document.label, f"already defined in {first[0].label}", where)
                     )
     destination_tables = found.get("destinations", {})
-    job_tables = found.get("jobs", {})
+    job_tables = found.setdefault("jobs", {})
+    sites = _discover(raw, path, label, problems)
+    for name, root in sites.items():  # a [jobs.NAME] of a found site adds to it
+        document, table = job_tables.get(name, (documents[0], {}))
+        job_tables[name] = (document, {"wordpress": str(root), **table})
 
     destinations: dict[str, Destination] = {}
     for name, (document, table) in destination_tables.items():
@@ -788,7 +793,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
             destinations[name] = dest  # type: ignore[assignment]
     jobs: dict[str, Job] = {}
     for name, (document, table) in job_tables.items():
-        job = _validate_job(name, table, defaults, document.label, label, problems)
+        found_only = name in sites and table.keys() == {"wordpress"}
+        mine: list[Problem] = []
+        job = _validate_job(name, table, defaults, document.label, label, mine)
+        problems += [_as_discovered(p, name, sites[name]) if found_only else p for p in mine]
         if job is None:
             continue
         jobs[name] = job
@@ -828,6 +836,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     return Config(
         path=path,
         files=files,
+        discovered=sorted(sites),
         agent=agent or AgentConfig(),
         destinations=destinations,
         jobs=jobs,
@@ -839,6 +848,46 @@ def file_label(file: Path, main: Path) -> str:
     if file == main:
         return main.name
     return str(file.relative_to(main.parent)) if file.is_relative_to(main.parent) else str(file)
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class Discover(_Table):
+    """`[discover]`: jobs made from what is found on this host."""
+
+    # glob patterns of WordPress site roots ("/var/www/*/"): a job for each one that
+    # holds wp-config.php, with the [defaults]
+    wordpress: Annotated[
+        list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
+    ] = []
+
+
+def _discover(
+    raw: dict[str, Any], path: Path, label: str, problems: list[Problem]
+) -> dict[str, Path]:
+    """The WordPress sites `[discover]` finds, by job name."""
+    from backupagent.discovery import wordpress_sites
+
+    settings = _validate(Discover, raw.get("discover", {}), "discover", label, problems)
+    if settings is None or not settings.wordpress:
+        return {}
+    found = wordpress_sites(settings.wordpress, path.parent)
+    for name, roots in found.clashes.items():
+        sites = ", ".join(map(str, roots))
+        message = f"the sites {sites} would all be job {name!r}: make the pattern tell them apart"
+        problems.append(Problem(label, message, "discover", "wordpress"))
+    return found.sites
+
+
+def _as_discovered(problem: Problem, name: str, root: Path) -> Problem:
+    """A problem of a job that has no table of its own: said of [discover]."""
+    if problem.table != f"jobs.{name}":
+        return problem  # a default's, already said of [defaults]
+    key = f"{problem.key}: " if problem.key else ""
+    message = f"the site {root} (job {name!r}): {key}{problem.message}; set it in [defaults]"
+    return Problem(problem.file, message, "discover", "wordpress")
 
 
 def _known_tables(

@@ -66,6 +66,7 @@ def job_view(
     return {
         "job": name,
         "state": state,
+        "discovered": name in config.discovered,
         "schedule": job.schedule,
         "next_run": utc(next_run),
         "destinations": job.destination_names,

@@ -369,3 +369,28 @@ def test_six_jobs_at_once_run_at_most_max_parallel_at_a_time(
     assert peak == 2, spans
     assert "run queued: max_parallel runs are running" in daemon.output
     assert not (state / "daemon.json").exists()  # removed when the daemon stopped
+
+
+def test_a_new_wordpress_site_is_picked_up_on_sighup(
+    write_config: WriteConfig, tmp_path: Path, start: Callable[..., DaemonProcess]
+) -> None:
+    """Found sites run on the defaults' schedule; one added later runs after a reload.
+    (Their databases do not exist here: the runs fail at the dump, which is enough to
+    show each was planned and run.)"""
+    from .test_discovery import site
+
+    www = tmp_path / "sites"
+    site(www / "alpha")
+    config = write_config()
+    text = config.path.read_text().split("[jobs.www]")[0]
+    text += f'[discover]\nwordpress = "{www}/*/"\n[defaults]\ndestination = "test"\n{EVERY_2S}\n'
+    config.path.write_text(text)
+    daemon = start(config.path)
+    daemon.wait_message("READY=1")
+    state = config.agent.state_dir
+    wait_for(lambda: runs(state, "alpha"), "the found site to run")
+    assert runs(state, "beta") == []
+    site(www / "beta")
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: runs(state, "beta"), "the site added later to run after SIGHUP")
+    assert daemon.stop() == 0
