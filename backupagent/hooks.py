@@ -115,6 +115,6 @@ class _Lines:
         self.tail = [*self.tail[-(TAIL_LINES - 1) :], text]
         if self.logged < LOGGED_LINES:
             self.logged += 1
-            self.log.info("hook output", text=text)
+            self.log.info("hook output", line=text)
         else:
             self.dropped += 1

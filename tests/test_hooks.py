@@ -42,7 +42,7 @@ def test_output_goes_to_the_run_log_bounded(tmp_path: Path) -> None:
     assert ran.verdict == "the after hook failed (exit code 3)"
     assert ran.tail[-1] == "oops"  # stderr too, in order
     events = read_events(path)
-    lines = [e["text"] for e in events if e["event"] == "hook output"]
+    lines = [e["line"] for e in events if e["event"] == "hook output"]
     assert len(lines) == LOGGED_LINES and lines[0] == "line 0"
     (ended,) = [e for e in events if e["event"] == "the after hook ended"]
     assert ended["returncode"] == 3 and ended["lines_not_logged"] == 501

@@ -475,3 +475,12 @@ def test_hooks_in_defaults_apply_to_every_job(tmp_path: Path, write_config: Writ
     result = run_job(load_config(config.path), "www")
     assert result.outcome == "success", result.error
     assert [row[0] for row in _hook_log(tmp_path)] == ["before", "after"]
+
+
+def test_logs_shows_what_a_hook_printed(write_config: WriteConfig, tmp_path: Path) -> None:
+    from ..helpers import cli
+
+    config = write_config(job='before = "echo flushing the cache of $BACKUPAGENT_JOB"')
+    assert run_job(config, "www").outcome == "success"
+    shown = cli(config.path, "logs", "www").stdout
+    assert "hook output  hook=before line=flushing the cache of www" in shown
