@@ -796,7 +796,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         found_only = name in sites and table.keys() == {"wordpress"}
         mine: list[Problem] = []
         job = _validate_job(name, table, defaults, document.label, label, mine)
-        problems += [_as_discovered(p, name, sites[name]) if found_only else p for p in mine]
+        for problem in mine:  # a default's problem comes once, not once per job
+            problem = _as_discovered(problem, name, sites[name]) if found_only else problem
+            if problem not in problems:
+                problems.append(problem)
         if job is None:
             continue
         jobs[name] = job
@@ -944,7 +947,7 @@ def _validate_job(
     problems: list[Problem],
 ) -> Job | None:
     """A job with the defaults under it. A problem with a key the job took from
-    `[defaults]` is reported once, against `[defaults]`."""
+    `[defaults]` is said of `[defaults]` (the caller reports it once)."""
     try:
         return Job.model_validate({**defaults, **table})
     except ValidationError as exc:
@@ -952,9 +955,7 @@ def _validate_job(
             key, message = _describe(Job, err)
             top = re.split(r"[.\[]", key, maxsplit=1)[0]
             if top and top not in table and top in defaults:
-                problem = Problem(main_label, message, "defaults", key)
-                if problem not in problems:
-                    problems.append(problem)
+                problems.append(Problem(main_label, message, "defaults", key))
             else:
                 problems.append(Problem(label, message, f"jobs.{name}", key or None))
         return None
