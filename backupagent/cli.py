@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -600,6 +600,14 @@ def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
     help="Also create symbolic links that point outside DIR (made last, never followed).",
 )
 @click.option(
+    "--include",
+    "include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Restore only what this glob matches (repeatable): /var/www/html/wp-content/uploads, "
+    "databases/wp.sql, or a path matched at any depth (uploads/2026/11).",
+)
+@click.option(
     "--destination",
     "only",
     metavar="NAME",
@@ -622,6 +630,7 @@ def restore(
     overwrite_live: bool,
     identity: Path | None,
     outside_links: bool,
+    include: tuple[str, ...],
 ) -> None:
     """Download a backup, verify it, extract it safely; load a database on request."""
     from backupagent.actions.restore import Load, UsageError, load_dump
@@ -643,7 +652,15 @@ def restore(
     try:
         done = _or_exit(
             lambda: restore_backup(
-                config, job, target, wanted, identities, outside_links, loading, name
+                config,
+                job,
+                target,
+                wanted,
+                identities,
+                outside_links,
+                loading,
+                name,
+                list(include) or None,
             )
         )
     except UsageError as exc:
@@ -731,6 +748,67 @@ def prune(obj: _Context, job: str, dry_run: bool, only: str | None) -> None:
     except JobLocked as exc:
         click.echo(f"skipped: {exc}", err=True)
         sys.exit(EXIT_LOCKED)
+
+
+@cli.command("files")
+@job_argument
+@click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
+@click.option(
+    "--identity",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity file, for an encrypted backup.",
+)
+@click.option(
+    "--destination",
+    "only",
+    metavar="NAME",
+    help="Which of the job's destinations (when it has several).",
+)
+@json_option
+@click.pass_obj
+def files_command(
+    obj: _Context, job: str, wanted: str, identity: Path | None, only: str | None, as_json: bool
+) -> None:
+    """What a backup holds: path, type, size, mtime (an incremental: the whole point)."""
+    from backupagent.actions.restore import downloaded
+    from backupagent.retrieve import listing
+    from backupagent.views import member_view
+
+    config = obj.job(job)
+    name = _destination(config, job, only)
+    identities = _identities(identity)
+
+    def show() -> None:
+        with downloaded(config, job, wanted, identities, name) as (backup, layers):
+            rows = (member_view(m) for m in listing(layers, identities))
+            if as_json:
+                _stream_json({"job": job, "backup_id": backup.backup_id}, "members", rows)
+                return
+            click.echo("type\tsize\tmodified\tpath")
+            for row in rows:
+                link = f" -> {row['link']}" if row["link"] else ""
+                fields = [row["type"], str(row["size"]), _when(row["mtime"]), row["path"] + link]
+                # names come from the archive: escaped one by one, tabs in them too
+                click.echo("\t".join(printable(f, keep="") for f in fields))
+
+    _or_exit(show)
+
+
+def _stream_json(head: dict[str, Any], key: str, rows: Iterator[dict[str, Any]]) -> None:
+    """`{"format": 1, ...head, key: [rows]}` written row by row (a backup may hold
+    millions of members), in the same form as views.document."""
+    import json
+
+    from backupagent.views import FORMAT
+
+    text = json.dumps({"format": FORMAT, **head, key: []}, indent=2, ensure_ascii=True)
+    opening = text[: text.rindex("[") + 1]
+    click.echo(opening)
+    first = True
+    for row in rows:
+        click.echo(("" if first else ",\n") + "    " + json.dumps(row, ensure_ascii=True), nl=False)
+        first = False
+    click.echo("\n  ]\n}" if not first else "]\n}")
 
 
 def _identities(path: Path | None) -> list[Any] | None:

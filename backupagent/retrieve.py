@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import hashlib
 import os
 import shutil
 import stat
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -318,66 +319,167 @@ def extract(
     return extract_chain([(archive, frozenset())], dest, identities, outside_links)
 
 
+def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
+    """`restore --include`: whether an archive member is wanted. A pattern is a glob
+    (`*` also crosses `/`) that must match the member's name or a directory above it:
+    `/var/www/html/wp-content/uploads/2026/11` means the archived
+    `files/var/www/...`; `files/...` and `databases/...` are archive names as they are;
+    any other pattern (`wp-content/uploads/2026/*`) matches at any depth."""
+    anchored = []
+    for pattern in patterns:
+        pattern = pattern.rstrip("/")
+        if pattern.startswith("/"):
+            pattern = "files" + pattern
+        elif not pattern.startswith(("files/", "databases/")):
+            pattern = "*/" + pattern
+        anchored.append(pattern)
+
+    def wanted(name: str) -> bool:
+        parts = name.rstrip("/").split("/")
+        paths = ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+        return any(fnmatch.fnmatchcase(p, pattern) for pattern in anchored for p in paths)
+
+    return wanted
+
+
 def extract_chain(
     chain: list[tuple[list[Path], frozenset[str]]],
     dest: Path,
     identities: list[Any] | None = None,
     outside_links: bool = False,
+    include: Callable[[str], bool] | None = None,
 ) -> unpack.Report:
     """Extract the point the last of `chain` was, into an empty `dest`: each backup of
     the chain is (its volumes, the paths it records as deleted), full first. Every
     archive is judged first (unpack.plan); then each path comes from the latest backup
-    that holds it (incremental.layers), databases from the last one only."""
+    that holds it (incremental.layers), databases from the last one only. With
+    `include` (wanted_by), only the members it wants, the directories above them and
+    the files their hard links point to are written; RestoreError when none is."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
         if any(dest.iterdir()):
             raise RestoreError(f"{dest} is not empty: restore into an empty directory")
     except OSError as exc:
         raise RestoreError(f"cannot use {dest}: {exc.strerror or exc}") from None
-    single = len(chain) == 1  # a full: every member, no names kept (memory stays bounded)
-    found: list[incremental.Layer] = []
-    noted = _Noted()
-    needed = 0
-    for number, (archive, deleted) in enumerate(chain):
-        names: set[str] = set()
-        try:  # also proves the identity fits
-            with _members(archive, identities) as tar:
-                members = unpack.members(tar)
-                if not single:
-                    members = noted.members(members, names, number)
-                needed = unpack.plan(members, outside_links).bytes
-        except unpack.UnsafeArchive as exc:
-            raise RestoreError(f"refusing the archive: {exc}; nothing was extracted") from None
-        except _UNREADABLE as exc:
-            raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
-        last = number == len(chain) - 1
-        kept = names if last else {n for n in names if n.startswith("files/")}
-        found.append(incremental.Layer(str(number), frozenset(kept), deleted))
-    source = incremental.layers(found)
-    if not single:
-        needed = sum(s for (n, name), s in noted.sizes.items() if source.get(name) == str(n))
+    chosen = _Chosen(chain, identities, outside_links, include)
     free = shutil.disk_usage(dest).free
-    if needed > free:
+    if chosen.needed > free:
         raise RestoreError(
-            f"{dest} has {free} bytes free, the backup needs {needed}: "
+            f"{dest} has {free} bytes free, the backup needs {chosen.needed}: "
             "restore somewhere with more room; nothing was extracted"
         )
     writer = unpack.Writer(dest, outside_links)
-    for number, (archive, _deleted) in enumerate(chain):
-        try:
-            with _members(archive, identities) as tar:
+    try:
+        for tar, member in chosen:
+            writer.add(member, tar.extractfile(member) if member.isreg() else None)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise RestoreError(f"{dest} is full (the backup needs {chosen.needed} bytes)") from None
+        raise RestoreError(f"writing into {dest} failed: {exc}") from None
+    return writer.finish()
+
+
+def listing(
+    chain: list[tuple[list[Path], frozenset[str]]], identities: list[Any] | None = None
+) -> Iterator[tarfile.TarInfo]:
+    """What extract_chain would write (and skip), member by member: `files JOB`."""
+    for _tar, member in _Chosen(chain, identities, outside_links=True, include=None):
+        yield member
+
+
+class _Chosen:
+    """The members of a chain that make its last point, in archive order. Made by the
+    first pass (every archive judged, sizes summed, names kept only for a chain or an
+    `include`); iterating is the second pass."""
+
+    def __init__(
+        self,
+        chain: list[tuple[list[Path], frozenset[str]]],
+        identities: list[Any] | None,
+        outside_links: bool,
+        include: Callable[[str], bool] | None,
+    ) -> None:
+        self.chain = chain
+        self.identities = identities
+        single = len(chain) == 1  # a full: every member, no names kept (memory bounded)
+        found: list[incremental.Layer] = []
+        noted = _Noted()
+        self.selected = _Selected(include) if include is not None else None
+        self.needed = 0
+        for number, (archive, deleted) in enumerate(chain):
+            names: set[str] = set()
+            with self._reading(archive) as tar:  # also proves the identity fits
+                members = unpack.members(tar)
+                if not single:
+                    members = noted.members(members, names, number)
+                if self.selected is not None:
+                    members = self.selected.members(members)
+                self.needed = unpack.plan(members, outside_links).bytes
+            last = number == len(chain) - 1
+            kept = names if last else {n for n in names if n.startswith("files/")}
+            found.append(incremental.Layer(str(number), frozenset(kept), deleted))
+        self.source = None if single else incremental.layers(found)
+        if self.source is not None:
+            self.needed = sum(
+                size for (n, name), size in noted.sizes.items() if self.source.get(name) == str(n)
+            )
+        if self.selected is not None:
+            if not self.selected.names:
+                raise RestoreError(
+                    "no member of the backup matches --include; nothing was extracted"
+                )
+            self.needed = self.selected.bytes
+
+    def __iter__(self) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+        for number, (archive, _deleted) in enumerate(self.chain):
+            with self._reading(archive, second_pass=True) as tar:
                 for member in unpack.members(tar):
-                    if single or source.get(member.name) == str(number):
-                        writer.add(member, tar.extractfile(member) if member.isreg() else None)
+                    if self.selected is not None and member.name not in self.selected.names:
+                        continue
+                    if self.source is None or self.source.get(member.name) == str(number):
+                        yield tar, member
+
+    @contextlib.contextmanager
+    def _reading(self, archive: list[Path], second_pass: bool = False) -> Iterator[tarfile.TarFile]:
+        """The archive's tar stream; its refusal or damage as RestoreError."""
+        try:
+            with _members(archive, self.identities) as tar:
+                yield tar
         except unpack.UnsafeArchive as exc:
-            raise RestoreError(f"refusing the archive: {exc}") from None
+            done = "" if second_pass else "; nothing was extracted"
+            raise RestoreError(f"refusing the archive: {exc}{done}") from None
         except _UNREADABLE as exc:
             raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise RestoreError(f"{dest} is full (the backup needs {needed} bytes)") from None
-            raise RestoreError(f"writing into {dest} failed: {exc}") from None
-    return writer.finish()
+
+
+class _Selected:
+    """The members `include` wants, the directories above them and the targets of
+    their hard links, found in the first pass; bounded like _Noted."""
+
+    def __init__(self, include: Callable[[str], bool]) -> None:
+        self.include = include
+        self.names: set[str] = set()
+        self.bytes = 0  # of the wanted regular files (an upper bound across a chain)
+        self.kept = 0
+
+    def members(self, members: Iterator[tarfile.TarInfo]) -> Iterator[tarfile.TarInfo]:
+        for member in members:
+            if self.include(member.name):
+                parts = member.name.rstrip("/").split("/")
+                more = {"/".join(parts[:n]) for n in range(1, len(parts) + 1)}
+                if member.islnk():
+                    more.add(member.linkname)
+                for name in more - self.names:
+                    self.kept += len(name) + unpack.KEPT_OVERHEAD
+                    self.names.add(name)
+                if self.kept > unpack.MAX_KEPT_BYTES:
+                    raise unpack.UnsafeArchive(
+                        f"the members wanted name more than {unpack.MAX_KEPT_BYTES} bytes: "
+                        "refused rather than exhaust memory"
+                    )
+                if member.isreg():
+                    self.bytes += member.size
+            yield member
 
 
 class _Noted:

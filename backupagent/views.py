@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import socket
+import tarfile
 from typing import TYPE_CHECKING, Any
 
 from backupagent.outcome import RunResult
@@ -158,3 +159,30 @@ def summary(result: RunResult) -> dict[str, Any]:
 def dry_run_view(plan: DryRun) -> dict[str, Any]:
     """`run-job --dry-run --json`: what a run would archive, dump and reach."""
     return {"ok": plan.ok, **dataclasses.asdict(plan)}
+
+
+MEMBER_TYPES = {
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.DIRTYPE: "directory",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+}
+
+
+def member_view(member: tarfile.TarInfo) -> dict[str, Any]:
+    """A row of `files`: a file as its original path, a dump as `databases/NAME`; the
+    archive is a server's bytes, so a time that is not one is null."""
+    name = member.name
+    try:
+        mtime = utc(dt.datetime.fromtimestamp(member.mtime, dt.UTC))
+    except (OverflowError, OSError, ValueError):
+        mtime = None
+    link = member.linkname if member.issym() or member.islnk() else None
+    return {
+        "path": "/" + name.removeprefix("files/") if name.startswith("files/") else name,
+        "type": MEMBER_TYPES.get(member.type, "other"),
+        "size": member.size if member.isreg() else 0,
+        "mtime": mtime,
+        "link": "/" + link.removeprefix("files/") if member.islnk() and link else link,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from backupagent.retrieve import (
     listed,
     load_database,
     private_directory,
+    wanted_by,
 )
 from backupagent.unpack import Report
 
@@ -60,15 +62,36 @@ def restore(
     outside_links: bool = False,
     load: Load | None = None,
     destination: str | None = None,
+    include: list[str] | None = None,
 ) -> Restored:
-    """Restore a backup of `job` into the empty directory `target`; `load` is only
-    checked here (a live database needs overwrite_live) and done by `load_dump`.
+    """Restore a backup of `job` into the empty directory `target` (with `include`,
+    only what those patterns want: retrieve.wanted_by); `load` is only checked here (a
+    live database needs overwrite_live) and done by `load_dump`.
     Raises UsageError, RestoreError, DestinationError."""
     if load and load.into.name in live_databases(config, job) and not load.overwrite_live:
         raise UsageError(
             f"--into {load.into.name} is the database job '{job}' backs up; loading a "
             "backup over it needs --overwrite-live"
         )
+    with downloaded(config, job, wanted, identities, destination) as (backup, layers):
+        selection = wanted_by(include) if include else None
+        report = extract_chain(layers, target, identities, outside_links, selection)
+    return Restored(backup, report)
+
+
+Layers = list[tuple[list[Path], frozenset[str]]]  # each archive of a chain, and its deletions
+
+
+@contextlib.contextmanager
+def downloaded(
+    config: Config,
+    job: str,
+    wanted: str,
+    identities: list[Any] | None,
+    destination: str | None,
+) -> Iterator[tuple[BackupInfo, Layers]]:
+    """The backup `wanted` and the ones it builds on, downloaded into a private
+    directory of the spool and checked against their manifests; removed afterwards."""
     opened = open_destination(config, job, name=destination)
     try:
         backups, _ = listed(opened, job)
@@ -92,16 +115,17 @@ def restore(
                 opened.close()
             for link, archive in zip(links, archives, strict=True):
                 check(archive, link)
-            layers = [
-                (archive, frozenset(link.manifest.deleted if link.manifest else ()))
-                for link, archive in zip(links, archives, strict=True)
-            ]
-            report = extract_chain(layers, target, identities, outside_links)
+            yield (
+                backup,
+                [
+                    (archive, frozenset(link.manifest.deleted if link.manifest else ()))
+                    for link, archive in zip(links, archives, strict=True)
+                ],
+            )
         finally:  # downloaded backups do not linger
             shutil.rmtree(workdir, ignore_errors=True)
     finally:
         opened.close()
-    return Restored(backup, report)
 
 
 def load_dump(target: Path, load: Load) -> Path:

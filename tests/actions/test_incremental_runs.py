@@ -5,6 +5,7 @@ parent gives a full; a failed incremental leaves the chain usable; chains pruned
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import stat
 from pathlib import Path
@@ -85,6 +86,22 @@ def test_a_chain_restores_every_point_exactly(
         if number >= 1:  # the hard link is restored as one, not as a copy
             back = tmp_path / f"point{number}" / "files" / str(site).lstrip("/")
             assert (back / "hard.txt").stat().st_ino == (back / "index.php").stat().st_ino
+
+    for backup_id, expected in points:  # `files` lists each point as restore makes it
+        shown = cli(config.path, "files", "www", "--backup", backup_id, "--json")
+        members = json.loads(shown.stdout)["members"]
+        paths = {m["path"] for m in members if m["path"].startswith(f"{site}/")}
+        assert paths == {f"{site}/{rel}" for rel in expected}, backup_id
+    partial = tmp_path / "partial"  # one directory of the point before last, from its chain
+    done = cli(
+        config.path, "restore", "www", "--backup", points[2][0], "--to", str(partial),
+        "--include", "wp-content/uploads",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    uploads = {k: v for k, v in points[2][1].items() if k.startswith("wp-content/uploads/")}
+    got = state(partial / "files" / str(site).lstrip("/"))
+    assert {k: v for k, v in got.items() if k.startswith("wp-content/uploads/")} == uploads
+    assert not [k for k in got if not k.startswith("wp-content")]
 
     listing = cli(config.path, "backups", "www").stdout.splitlines()
     assert listing[0].split("\t")[-2:] == ["kind", "parent"]

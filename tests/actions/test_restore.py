@@ -19,7 +19,7 @@ from backupagent.state import History
 
 from ..conftest import WriteConfig
 from ..destinations.test_ftp import point_at
-from ..helpers import archived_tree, cli, tree
+from ..helpers import archived_tree, cli, plant_backup, tree
 
 REMOTE = Path("backups/site")
 
@@ -281,3 +281,101 @@ def test_verify_takes_the_jobs_lock_and_is_recorded(
         ("verify", "success"),
         ("manual", "success"),
     ]
+
+
+# --- restore --include and files ------------------------------------------------------
+
+
+def test_restore_include_brings_back_one_directory(
+    write_config: WriteConfig, site: Path, tmp_path: Path
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    target = tmp_path / "partial"
+    done = cli(
+        config.path, "restore", "www", "--to", str(target), "--include", "wp-content/uploads"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    base = target / "files" / str(site).lstrip("/")
+    assert describe(base / "wp-content" / "uploads") == describe(site / "wp-content" / "uploads")
+    assert sorted(p.name for p in base.iterdir()) == ["wp-content"]  # nothing else
+    assert not (target / "databases").exists()
+    # the directories above keep their own modes and times
+    assert (base / "wp-content").stat().st_mtime == int((site / "wp-content").stat().st_mtime)
+
+
+def test_restore_include_by_absolute_path_and_glob(
+    write_config: WriteConfig, site: Path, tmp_path: Path
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    target = tmp_path / "two"
+    done = cli(
+        config.path, "restore", "www", "--to", str(target),
+        "--include", f"{site}/index.php", "--include", "*/uploads/*.txt",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    base = target / "files" / str(site).lstrip("/")
+    found = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    assert found == ["index.php", "wp-content/uploads/caf\u00e9 menu.txt"]
+
+
+def test_restore_include_that_matches_nothing_extracts_nothing(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    target = tmp_path / "none"
+    done = cli(config.path, "restore", "www", "--to", str(target), "--include", "no/such/dir")
+    assert done.returncode == 1
+    assert "no member of the backup matches --include" in done.stderr
+    assert not target.exists() or not any(target.iterdir())
+
+
+def test_files_lists_a_multi_volume_backup(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path
+) -> None:
+    config = write_config(job='volume_size = "64K"')
+    assert cli(config.path, "run-job", "www").returncode == 0
+    assert len(list((ftp_server.root / REMOTE).glob("*.tar.zst.0*"))) > 2
+    listed = cli(config.path, "files", "www", "--json")
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert document["format"] == 1 and document["backup_id"].startswith("www-")
+    rows = {row["path"]: row for row in document["members"]}
+    big = site / "wp-content" / "uploads" / "big.bin"
+    assert rows[str(big)]["type"] == "file" and rows[str(big)]["size"] == big.stat().st_size
+    assert rows[str(site / "wp-content/uploads/latest")] == {
+        "path": str(site / "wp-content/uploads/latest"),
+        "type": "symlink",
+        "size": 0,
+        "mtime": rows[str(site / "wp-content/uploads/latest")]["mtime"],
+        "link": "big.bin",
+    }
+    assert rows[str(site / "empty")]["type"] == "directory"
+    assert str(site / "logs/error.log") not in rows  # excluded, so not in the backup
+    files = {p for p, r in rows.items() if r["type"] == "file"}
+    assert files == {str(p) for p in site.rglob("*") if p.is_file() and not p.is_symlink()} - {
+        str(site / "wp-content/cache/page.html"),
+        str(site / "logs/error.log"),
+    }
+    plain = cli(config.path, "files", "www").stdout.splitlines()
+    assert plain[0] == "type\tsize\tmodified\tpath"
+    assert f"file\t{big.stat().st_size}\t" in "\n".join(plain)
+
+
+def test_files_escapes_what_a_hostile_archive_names(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config()
+    backup_id = "www-20261122T050000.000Z-abcdef"
+    info = tarfile.TarInfo("files/srv/\x1b]0;owned\x07\tname")
+    info.mtime = 10**15  # no such time
+    plant_backup(ftp_server.root / REMOTE, backup_id, [(info, b"x")])
+    shown = cli(config.path, "files", "www")
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    (row,) = shown.stdout.splitlines()[1:]
+    assert row.split("\t")[3] == "/srv/\\x1b]0;owned\\x07\\x09name"
+    member = json.loads(cli(config.path, "files", "www", "--json").stdout)["members"][0]
+    assert member["path"] == "/srv/\x1b]0;owned\x07\tname" and member["mtime"] is None
