@@ -84,6 +84,20 @@ job_argument = click.argument("job", shell_complete=_complete_jobs)
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON (schema: README, JSON output)."
 )
+backup_option = click.option(
+    "--backup", "wanted", default="latest", show_default=True, help="Backup id."
+)
+identity_option = click.option(
+    "--identity",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="age identity file, for an encrypted backup.",
+)
+destination_option = click.option(
+    "--destination",
+    "only",
+    metavar="NAME",
+    help="Which of the job's destinations (when it has several).",
+)
 
 
 class _Commands(click.Group):
@@ -513,12 +527,7 @@ _RESULT_STYLES = {"failed": "red", "aborted": "red", "warning": "yellow", "fails
 
 @cli.command()
 @job_argument
-@click.option(
-    "--destination",
-    "only",
-    metavar="NAME",
-    help="Which of the job's destinations (when it has several).",
-)
+@destination_option
 @json_option
 @click.pass_obj
 def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
@@ -565,7 +574,7 @@ def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
 
 @cli.command()
 @job_argument
-@click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
+@backup_option
 @click.option(
     "--to",
     "target",
@@ -589,11 +598,7 @@ def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
     is_flag=True,
     help="Allow --into to name the very database the job backs up.",
 )
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="age identity file, for an encrypted backup.",
-)
+@identity_option
 @click.option(
     "--outside-links",
     is_flag=True,
@@ -607,12 +612,7 @@ def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
     help="Restore only what this glob matches (repeatable): /var/www/html/wp-content/uploads, "
     "databases/wp.sql, or a path matched at any depth (uploads/2026/11).",
 )
-@click.option(
-    "--destination",
-    "only",
-    metavar="NAME",
-    help="Which of the job's destinations (when it has several).",
-)
+@destination_option
 @click.pass_obj
 def restore(
     obj: _Context,
@@ -680,18 +680,9 @@ def restore(
 
 @cli.command()
 @job_argument
-@click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="age identity file, for an encrypted backup.",
-)
-@click.option(
-    "--destination",
-    "only",
-    metavar="NAME",
-    help="Which of the job's destinations (when it has several).",
-)
+@backup_option
+@identity_option
+@destination_option
 @click.pass_obj
 def verify(obj: _Context, job: str, wanted: str, identity: Path | None, only: str | None) -> None:
     """Download a backup, check its hashes and read it to the end, without extracting."""
@@ -719,12 +710,7 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None, only: st
 @cli.command()
 @job_argument
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted and why.")
-@click.option(
-    "--destination",
-    "only",
-    metavar="NAME",
-    help="Which of the job's destinations (when it has several).",
-)
+@destination_option
 @click.pass_obj
 def prune(obj: _Context, job: str, dry_run: bool, only: str | None) -> None:
     """Apply retention now: print each backup kept or deleted, with the reason."""
@@ -752,18 +738,9 @@ def prune(obj: _Context, job: str, dry_run: bool, only: str | None) -> None:
 
 @cli.command("files")
 @job_argument
-@click.option("--backup", "wanted", default="latest", show_default=True, help="Backup id.")
-@click.option(
-    "--identity",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="age identity file, for an encrypted backup.",
-)
-@click.option(
-    "--destination",
-    "only",
-    metavar="NAME",
-    help="Which of the job's destinations (when it has several).",
-)
+@backup_option
+@identity_option
+@destination_option
 @json_option
 @click.pass_obj
 def files_command(
