@@ -582,12 +582,21 @@ def backups(obj: _Context, job: str, only: str | None, as_json: bool) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="An empty directory to restore into.",
 )
-@click.option("--load-database", "load", metavar="NAME", help="Load this MySQL dump into --into.")
+@click.option(
+    "--load-database",
+    "load",
+    metavar="NAME",
+    help="Load this dump (MySQL NAME.sql or PostgreSQL NAME.pgdump) into --into.",
+)
 @click.option("--into", metavar="DATABASE", help="The database to load it into.")
-@click.option("--db-socket", type=click.Path(path_type=Path), help="MySQL socket for --into.")
-@click.option("--db-host", help="MySQL host for --into.")
-@click.option("--db-port", type=int, help="MySQL port for --into.")
-@click.option("--db-user", help="MySQL user for --into.")
+@click.option(
+    "--db-socket",
+    type=click.Path(path_type=Path),
+    help="MySQL socket, or PostgreSQL socket directory, for --into.",
+)
+@click.option("--db-host", help="Database server host for --into.")
+@click.option("--db-port", type=int, help="Database server port for --into.")
+@click.option("--db-user", help="Database user for --into.")
 @click.option(
     "--db-password-file",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -635,7 +644,7 @@ def restore(
     """Download a backup, verify it, extract it safely; load a database on request."""
     from backupagent.actions.restore import Load, UsageError, load_dump
     from backupagent.actions.restore import restore as restore_backup
-    from backupagent.config import MysqlDatabase
+    from backupagent.retrieve import private_directory
 
     config = obj.job(job)
     if load and not into:
@@ -643,10 +652,7 @@ def restore(
     loading = None
     if load and into:
         password = db_password_file.read_text().splitlines()[0] if db_password_file else None
-        database = MysqlDatabase(
-            type="mysql", name=into, host=db_host, port=db_port, socket=db_socket, user=db_user
-        )
-        loading = Load(load, database, password, overwrite_live)
+        loading = Load(load, into, db_host, db_port, db_socket, db_user, password, overwrite_live)
     identities = _identities(identity)
     name = _destination(config, job, only)
     try:
@@ -674,7 +680,8 @@ def restore(
     for note in report.skipped:
         click.echo(f"  skipped {printable(note)}")  # member names come from the archive
     if loading is not None:
-        dump = _or_exit(lambda: load_dump(target, loading))
+        spool = _or_exit(lambda: private_directory(config.agent.spool_dir / job, "spool_dir"))
+        dump = _or_exit(lambda: load_dump(target, loading, spool))
         click.echo(f"loaded {dump.name} into database {into}")
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backupagent.config import Config, MysqlDatabase
+from backupagent.config import Config, MysqlDatabase, PostgresDatabase
 from backupagent.destinations import open_destination
 from backupagent.retrieve import (
     BackupInfo,
@@ -30,6 +30,7 @@ from backupagent.retrieve import (
     private_directory,
     wanted_by,
 )
+from backupagent.sources.databases import Target, load_postgres
 from backupagent.unpack import Report
 
 
@@ -39,10 +40,15 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Load:
-    """Load the backup's dump of `dump` into `into` (a MySQL database)."""
+    """Load the backup's dump `dump` (MySQL `.sql` or PostgreSQL `.pgdump`) into the
+    database `into` on the server these settings reach."""
 
     dump: str
-    into: MysqlDatabase
+    into: str
+    host: str | None = None
+    port: int | None = None
+    socket: Path | None = None  # PostgreSQL: its socket directory, as host
+    user: str | None = None
     password: str | None = None
     overwrite_live: bool = False
 
@@ -68,9 +74,9 @@ def restore(
     only what those patterns want: retrieve.wanted_by); `load` is only checked here (a
     live database needs overwrite_live) and done by `load_dump`.
     Raises UsageError, RestoreError, DestinationError."""
-    if load and load.into.name in live_databases(config, job) and not load.overwrite_live:
+    if load and load.into in live_databases(config, job) and not load.overwrite_live:
         raise UsageError(
-            f"--into {load.into.name} is the database job '{job}' backs up; loading a "
+            f"--into {load.into} is the database job '{job}' backs up; loading a "
             "backup over it needs --overwrite-live"
         )
     with downloaded(config, job, wanted, identities, destination) as (backup, layers):
@@ -128,21 +134,45 @@ def downloaded(
         opened.close()
 
 
-def load_dump(target: Path, load: Load) -> Path:
-    """After `restore` into `target`: load its dump into the database asked for."""
-    dump = target / "databases" / f"{load.dump}.sql"
-    if not dump.is_file():
-        raise RestoreError(f"the backup has no MySQL dump named {load.dump!r} ({dump} is missing)")
-    load_database(dump, load.into, load.password)
-    return dump
+def load_dump(target: Path, load: Load, spool: Path) -> Path:
+    """After `restore` into `target`: load its dump into the database asked for (a
+    PostgreSQL password goes through a passfile in a private directory of `spool`)."""
+    sql, custom = (target / "databases" / f"{load.dump}{ext}" for ext in (".sql", ".pgdump"))
+    if sql.is_file():
+        mysql = MysqlDatabase(
+            type="mysql",
+            name=load.into,
+            host=load.host,
+            port=load.port,
+            socket=load.socket,
+            user=load.user,
+        )
+        load_database(sql, mysql, load.password)
+        return sql
+    if custom.is_file():
+        host = str(load.socket) if load.socket else load.host
+        pg = PostgresDatabase(
+            type="postgresql", name=load.into, host=host, port=load.port, user=load.user
+        )
+        work = Path(tempfile.mkdtemp(prefix="load-", dir=spool))
+        try:  # a DumpFailed says what the server answered
+            load_postgres(Target(pg, load.password, (), None), custom, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return custom
+    raise RestoreError(
+        f"the backup has no dump named {load.dump!r} (databases/{load.dump}.sql or "
+        f"databases/{load.dump}.pgdump)"
+    )
 
 
 def live_databases(config: Config, job: str) -> set[str]:
-    """Names of the MySQL databases the job dumps (wp-config.php's too, if readable)."""
+    """Names of the MySQL and PostgreSQL databases the job dumps (wp-config.php's too,
+    if readable)."""
     from backupagent.sources.wordpress import WordPressError, read_site
 
     spec = config.jobs[job]
-    names = {d.name for d in spec.databases if d.type == "mysql"}
+    names = {d.name for d in spec.databases if d.type in ("mysql", "postgresql")}
     if spec.wordpress:
         with contextlib.suppress(WordPressError):
             names.add(read_site(spec.wordpress, spec).database)

@@ -433,6 +433,43 @@ def _pg_query(target: Target, env: dict[str, str], psql: str, database: str, sql
     return [line for line in out.splitlines() if line]
 
 
+def load_postgres(target: Target, dump: Path, spool_dir: Path, create: bool = True) -> None:
+    """pg_restore a custom-format dump into database `target.db.name` (created if
+    missing), without its owners and grants: the roles of the dumped server need not
+    exist here (restore, drill)."""
+    db = target.db
+    assert isinstance(db, PostgresDatabase)
+    try:
+        tool, psql = process.find_tool("pg_restore"), process.find_tool("psql")
+    except process.ToolMissing as exc:
+        raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
+    with _pg_env(target, spool_dir) as env:
+        if create:
+            literal = "'" + db.name.replace("'", "''") + "'"
+            found = _pg_query(
+                target,
+                env,
+                psql,
+                "postgres",
+                f"SELECT 1 FROM pg_database WHERE datname = {literal}",
+            )
+            if not found:
+                identifier = '"' + db.name.replace('"', '""') + '"'
+                _pg_query(target, env, psql, "postgres", f"CREATE DATABASE {identifier}")
+        argv = [
+            tool,
+            *_pg_args(db),
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            f"--dbname={db.name}",
+            str(dump),
+        ]
+        finished, _ = process.capture(argv, env=env)
+    if _looks_failed(finished):
+        raise _fail(target, db.name, tool, finished.returncode, finished.stderr)
+
+
 def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> list[Dump]:
     db = target.db
     assert isinstance(db, PostgresDatabase)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,32 @@ def test_failures(
     last = read_events(result.log_path)[-1]
     assert last["event"] == "suggestion" and last["category"] == category
     assert password not in result.log_path.read_text()
+
+
+def test_restore_loads_a_postgres_dump_into_a_named_database(
+    shop: Postgres, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    from ..helpers import cli
+
+    password_file = _password_file(tmp_path, PASSWORD)
+    config = write_config(job=_entry(shop, "shop", password_file))
+    assert run_job(config, "www").outcome == "success"
+    connection = ["--db-socket", str(shop.socket_dir), "--db-port", str(shop.port)]
+    connection += ["--db-user", "backup", "--db-password-file", str(password_file)]
+
+    def restore(into: str, n: int) -> subprocess.CompletedProcess[str]:
+        target = str(tmp_path / f"out{n}")
+        args = ["restore", "www", "--to", target, "--load-database", "shop", "--into", into]
+        return cli(config.path, *args, *connection)
+
+    live = restore("shop", 1)
+    assert live.returncode == 2
+    assert "is the database job 'www' backs up" in live.stderr
+    before = shop.sql(TABLE_DIGEST, database="shop")
+    shop.sql('DROP DATABASE IF EXISTS "shop loaded";')
+    loaded = restore("shop loaded", 2)  # created, its name quoted
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "loaded shop.pgdump into database shop loaded" in loaded.stdout
+    assert shop.sql(TABLE_DIGEST, database="shop loaded") == before
+    assert shop.sql(TABLE_DIGEST, database="shop") == before  # the live one untouched
+    assert not list((config.agent.spool_dir / "www").glob("load-*"))  # no passfile left
