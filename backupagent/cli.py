@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -20,7 +20,7 @@ from backupagent.logging import configure, read_events, run_logs
 from backupagent.outcome import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_USAGE
 from backupagent.recording import SetupError
 from backupagent.state import JobLocked
-from backupagent.summary import print_summary
+from backupagent.summary import count, print_summary
 from backupagent.summary import size as _size
 from backupagent.text import printable
 
@@ -168,8 +168,8 @@ def check(obj: _Context, as_json: bool) -> None:
     if problems:
         sys.exit(EXIT_USAGE)
     click.echo(
-        f"{obj.config_path}: OK ({_count(len(config.jobs), 'job')}, "
-        f"{_count(len(config.destinations), 'destination')})"
+        f"{obj.config_path}: OK ({count(len(config.jobs), 'job')}, "
+        f"{count(len(config.destinations), 'destination')})"
     )
 
 
@@ -190,10 +190,6 @@ def _check_report(
         )
     )
     sys.exit(EXIT_USAGE if problems else EXIT_OK)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @cli.command("run-job", epilog=EXIT_CODES)
@@ -756,7 +752,7 @@ def files_command(
     """What a backup holds: path, type, size, mtime (an incremental: the whole point)."""
     from backupagent.actions.restore import downloaded
     from backupagent.retrieve import listing
-    from backupagent.views import member_view
+    from backupagent.views import member_view, streamed
 
     config = obj.job(job)
     name = _destination(config, job, only)
@@ -766,7 +762,9 @@ def files_command(
         with downloaded(config, job, wanted, identities, name) as (backup, layers):
             rows = (member_view(m) for m in listing(layers, identities))
             if as_json:
-                _stream_json({"job": job, "backup_id": backup.backup_id}, "members", rows)
+                head = {"job": job, "backup_id": backup.backup_id}
+                for piece in streamed(head, "members", rows):
+                    click.echo(piece, nl=False)
                 return
             click.echo("type\tsize\tmodified\tpath")
             for row in rows:
@@ -776,23 +774,6 @@ def files_command(
                 click.echo("\t".join(printable(f, keep="") for f in fields))
 
     _or_exit(show)
-
-
-def _stream_json(head: dict[str, Any], key: str, rows: Iterator[dict[str, Any]]) -> None:
-    """`{"format": 1, ...head, key: [rows]}` written row by row (a backup may hold
-    millions of members), in the same form as views.document."""
-    import json
-
-    from backupagent.views import FORMAT
-
-    text = json.dumps({"format": FORMAT, **head, key: []}, indent=2, ensure_ascii=True)
-    opening = text[: text.rindex("[") + 1]
-    click.echo(opening)
-    first = True
-    for row in rows:
-        click.echo(("" if first else ",\n") + "    " + json.dumps(row, ensure_ascii=True), nl=False)
-        first = False
-    click.echo("\n  ]\n}" if not first else "]\n}")
 
 
 def _identities(path: Path | None) -> list[Any] | None:

@@ -862,9 +862,7 @@ class Discover(_Table):
 
     # glob patterns of WordPress site roots ("/var/www/*/"): a job for each one that
     # holds wp-config.php, with the [defaults]
-    wordpress: Annotated[
-        list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)
-    ] = []
+    wordpress: Annotated[list[str], BeforeValidator(_one_or_many)] = []
 
 
 def _discover(

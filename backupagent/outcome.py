@@ -52,6 +52,10 @@ class DestinationResult:
     error: str | None = None
     suggestion: str | None = None
 
+    def view(self) -> dict[str, str | None]:
+        """As the history, the JSON summary and the ping store it."""
+        return {"name": self.name, "result": self.outcome, "error": self.error}
+
 
 @dataclass
 class RunResult:

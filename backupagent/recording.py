@@ -73,9 +73,7 @@ def _finished(record: Run, result: RunResult) -> Run:
     record.suggestion = result.suggestion
     record.warnings = len(result.warnings)
     if len(result.destinations) > 1:
-        record.destinations = json.dumps(
-            [{"name": d.name, "result": d.outcome, "error": d.error} for d in result.destinations]
-        )
+        record.destinations = json.dumps([d.view() for d in result.destinations])
     return record
 
 

@@ -13,6 +13,7 @@ import errno
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -332,14 +333,11 @@ def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
             pattern = "files" + pattern
         elif not pattern.startswith(("files/", "databases/")):
             pattern = "*/" + pattern
-        anchored.append(pattern)
-
-    def wanted(name: str) -> bool:
-        parts = name.rstrip("/").split("/")
-        paths = ["/".join(parts[:n]) for n in range(len(parts), 0, -1)]
-        return any(fnmatch.fnmatchcase(p, pattern) for pattern in anchored for p in paths)
-
-    return wanted
+        # fnmatch's `*` crosses `/`, so "matches the name or a directory above it" is
+        # "matches the name, or it followed by /...": one match per member, however deep
+        anchored.append(fnmatch.translate(pattern).removesuffix(r"\Z") + r"(?:/.*)?\Z")
+    matcher = re.compile("|".join(f"(?:{a})" for a in anchored), re.DOTALL)
+    return lambda name: matcher.match(name.rstrip("/")) is not None
 
 
 def extract_chain(

@@ -68,10 +68,10 @@ def print_dry_run(plan: DryRun) -> None:
     ]
     files = sum(s.files for s in plan.sources)
     total = sum(s.bytes for s in plan.sources)
-    lines.append([(f"Would archive {_count(files, 'file')}, {size(total)}:", "")])
+    lines.append([(f"Would archive {count(files, 'file')}, {size(total)}:", "")])
     for source in plan.sources:
         counts = ", ".join(
-            _count(n, noun)
+            count(n, noun)
             for n, noun in (
                 (source.files, "file"),
                 (source.directories, "directory"),
@@ -82,9 +82,9 @@ def print_dry_run(plan: DryRun) -> None:
         )
         lines.append([(f"  {source.path}: {counts}, {size(source.bytes)}", "")])
         for gone in source.excluded:
-            what = _count(gone.files, "file")
+            what = count(gone.files, "file")
             if gone.directories:
-                what += f" in {_count(gone.directories, 'directory')}"
+                what += f" in {count(gone.directories, 'directory')}"
             lines.append([(f"    excluded by {gone.pattern}: {what}, {size(gone.bytes)}", "")])
         for warning in source.warnings[:20]:
             lines.append([(f"    warning: {warning}", "yellow")])
@@ -108,7 +108,7 @@ def print_dry_run(plan: DryRun) -> None:
             state = "reached; the directory does not exist yet (a run creates it)"
         else:
             newest = f", newest {dest.newest}" if dest.newest else ""
-            state = f"reached; {_count(dest.backups, 'backup')} of this job there{newest}"
+            state = f"reached; {count(dest.backups, 'backup')} of this job there{newest}"
         lines.append([(head, ""), (state, "green")])
     lines.append([(f"Encrypted: {'yes' if plan.encrypted else 'no'}", "")])
     for name, command in plan.hooks.items():
@@ -122,7 +122,8 @@ def print_dry_run(plan: DryRun) -> None:
     _print_lines(lines)
 
 
-def _count(n: int, noun: str) -> str:
+def count(n: int, noun: str) -> str:
+    """`1 job`, `2 destinations`, `1,204 directories`."""
     plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
     return f"{n:,} {noun if n == 1 else plural}"
 

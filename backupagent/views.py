@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import socket
 import tarfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from backupagent.outcome import RunResult
@@ -31,6 +32,18 @@ def document(**fields: Any) -> str:
     """A JSON document for stdout. Escaped to ASCII: text a server sent (an error, a
     backup's problem) reaches a terminal without a control character."""
     return json.dumps({"format": FORMAT, **fields}, indent=2, ensure_ascii=True)
+
+
+def streamed(head: dict[str, Any], key: str, rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """`document(**head, key=[rows])` in pieces, a row at a time: a backup may hold
+    millions of members, and they need not sit in memory."""
+    text = document(**head, **{key: []})
+    yield text[: text.rindex("[") + 1]
+    first = True
+    for row in rows:
+        yield ("\n" if first else ",\n") + "    " + json.dumps(row, ensure_ascii=True)
+        first = False
+    yield "\n  ]\n}\n" if not first else "]\n}\n"
 
 
 def utc(moment: dt.datetime | None) -> str | None:
@@ -150,9 +163,7 @@ def summary(result: RunResult) -> dict[str, Any]:
         "error": result.error,
         "suggestion": result.suggestion,
         "log": str(result.log_path),
-        "destinations": [
-            {"name": d.name, "result": d.outcome, "error": d.error} for d in result.destinations
-        ],
+        "destinations": [d.view() for d in result.destinations],
     }
 
 

@@ -23,10 +23,14 @@ from backupagent.destinations.base import DestinationError
 from backupagent.diagnosis import suggestion_text
 from backupagent.preflight import host_problems
 from backupagent.retention import complete_backups
-from backupagent.sources.databases import Target, targets_from_job
+from backupagent.sources.databases import (
+    MYSQL_DUMP_TOOLS,
+    PG_DUMP_TOOLS,
+    Target,
+    targets_from_job,
+)
 from backupagent.sources.files import job_roots, own_directories, walk
 from backupagent.sources.wordpress import WordPressError, read_site
-from backupagent.workers import Cancelled
 
 
 @dataclass
@@ -104,8 +108,9 @@ def dry_run(config: Config, job_name: str, cancel: threading.Event | None = None
     """Look at the job's sources, databases and destinations; change nothing."""
     job = config.jobs[job_name]
     problems = [str(p) for p in host_problems(config) if p.table in ("agent", f"jobs.{job_name}")]
+    skip = own_directories(config.agent)
     sources = [
-        survey_source(root, patterns, own_directories(config.agent))
+        survey_source(root, patterns, skip)
         for root, patterns in job_roots(job).items()
         if root.is_dir()
     ]
@@ -235,7 +240,7 @@ def _plan_dump(target: Target) -> DumpPlan:
             problem = f"{db.path} cannot be read by this user (uid {os.geteuid()})"
         return DumpPlan("sqlite", db.dump_name, str(db.path), "sqlite3 backup API", problem)
     server = _server(db)
-    tools = ("mariadb-dump", "mysqldump") if isinstance(db, MysqlDatabase) else ("pg_dump",)
+    tools = MYSQL_DUMP_TOOLS if isinstance(db, MysqlDatabase) else PG_DUMP_TOOLS
     try:
         return DumpPlan(db.type, db.name, server, process.find_tool(*tools))
     except process.ToolMissing as exc:
@@ -269,8 +274,6 @@ def _survey_destination(
         found = complete_backups(job, names or [])
         plan.backups = len(found)
         plan.newest = found[-1].backup_id if found else None
-    except Cancelled:
-        raise
     except DestinationError as exc:
         plan.error = str(exc) or type(exc).__name__
         explained = exc.explain()

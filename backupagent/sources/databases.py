@@ -42,6 +42,8 @@ MYSQL_DUMP_OPTIONS = (
     "--hex-blob",
     "--default-character-set=utf8mb4",
 )
+MYSQL_DUMP_TOOLS = ("mariadb-dump", "mysqldump")  # the first found on PATH
+PG_DUMP_TOOLS = ("pg_dump",)
 MYSQL_MARKER = b"-- Dump completed"
 PG_MAGIC = b"PGDMP"
 TAIL_BYTES = 256
@@ -302,7 +304,7 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
     db = target.db
     assert isinstance(db, MysqlDatabase)
     try:
-        tool = process.find_tool("mariadb-dump", "mysqldump")
+        tool = process.find_tool(*MYSQL_DUMP_TOOLS)
         client = process.find_tool("mariadb", "mysql")
     except process.ToolMissing as exc:
         raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
@@ -474,7 +476,7 @@ def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> l
     db = target.db
     assert isinstance(db, PostgresDatabase)
     try:
-        tool = process.find_tool("pg_dump")
+        tool = process.find_tool(*PG_DUMP_TOOLS)
         psql = process.find_tool("psql")
     except process.ToolMissing as exc:
         raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
