@@ -56,6 +56,10 @@ class DatabaseDump(_Part):
     size: Size | None = None
     sha256: Sha256 | None = None
     tables: list[str] | Size | None = None
+    # rows per table when dumped (the dump's own snapshot), for the restore drill
+    rows: dict[Annotated[str, Field(max_length=4096)], Size] | None = Field(
+        default=None, max_length=1_000_000
+    )
 
 
 class Encryption(_Part):

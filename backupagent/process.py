@@ -146,3 +146,76 @@ def capture(
     out = bytearray()
     finished = stream(argv, out.extend, env=env, pass_fds=pass_fds)
     return finished, out.decode("utf-8", "replace")
+
+
+ANSWER_LIMIT = 16 << 20  # bytes of one answer read from a Session; longer ones are cut
+
+
+class Session:
+    """A client kept open and asked one line at a time: psql holding the transaction
+    whose snapshot pg_dump reads, so that rows are counted in that same snapshot.
+    Use it as a context manager; leaving ends the client (and its transaction)."""
+
+    def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None) -> None:
+        structlog.get_logger("backupagent.process").debug("session", argv=list(argv))
+        self.argv = tuple(argv)
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.errors = bytearray()
+        self._reader = Worker("session stderr", self._drain).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        while data := self.proc.stderr.read(4096):
+            self.errors.extend(data)
+            del self.errors[:-STDERR_KEEP]
+
+    def ask(
+        self, text: str, timeout: float | None = None, cancel: threading.Event | None = None
+    ) -> str | None:
+        """Send `text`, return the line it answers (None if the client ended or did not
+        answer within `timeout`: then it is killed)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(text.encode())
+            self.proc.stdin.flush()
+        except OSError:
+            return None
+        timer = threading.Timer(timeout, self.proc.kill) if timeout is not None else None
+        if timer is not None:
+            timer.start()
+        try:
+            with on_cancel(cancel, self.proc.kill):
+                line = self.proc.stdout.readline(ANSWER_LIMIT)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"{self.argv[0]} was stopped")
+        return line.decode("utf-8", "replace").rstrip("\n") if line.endswith(b"\n") else None
+
+    @property
+    def stderr(self) -> str:
+        return self.errors.decode("utf-8", "replace")
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self._reader.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()

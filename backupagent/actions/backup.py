@@ -489,6 +489,7 @@ class _Run:
                     size=d.size,
                     sha256=d.sha256 or None,
                     tables=d.tables,
+                    rows=d.rows,
                 )
                 for d in dumps
             ],

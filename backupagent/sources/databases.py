@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -30,6 +32,7 @@ from backupagent.config import Job, MysqlDatabase, PostgresDatabase, SqliteDatab
 from backupagent.diagnosis import Diagnosis, DumpFailure, diagnose_dump
 from backupagent.diagnosis.dumps import SQLITE_READ_ONLY
 from backupagent.hashing import HashingWriter
+from backupagent.sources.rows import MysqlRows
 
 AnyDatabase = MysqlDatabase | PostgresDatabase | SqliteDatabase
 MYSQL_SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
@@ -61,6 +64,7 @@ class Dump:
     size: int = 0  # bytes of the dump itself
     sha256: str = ""
     tables: list[str] = field(default_factory=list)
+    rows: dict[str, int] | None = None  # per table, in the dump's own snapshot
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
 
@@ -209,12 +213,20 @@ def _spool_dump(
     dumps: list[Dump],
     run: Callable[[Callable[[bytes], None]], process.Finished],
     complete: Callable[[_SpoolWriter], bool],
+    rows: MysqlRows | None = None,
 ) -> None:
-    """Run a dump tool into the spool; accept it only if it ended well and looks whole."""
+    """Run a dump tool into the spool (and `rows`, to count them); accept it only if it
+    ended well and looks whole."""
     with _timed(dumps, item):
         spool = _SpoolWriter(item.spool, target.level)
+
+        def sink(data: bytes) -> None:
+            spool.write(data)
+            if rows is not None:
+                rows.write(data)
+
         try:
-            finished = run(spool.write)
+            finished = run(sink)
         finally:
             spool.close()
         whole = complete(spool)
@@ -222,6 +234,8 @@ def _spool_dump(
             raise _fail(target, item.name, tool, finished.returncode, finished.stderr, whole)
         item.size, item.sha256 = spool.raw.size, spool.raw.hash.hexdigest()
         item.warnings = _tool_warnings(finished)
+        if rows is not None:
+            item.rows = rows.counts
 
 
 def _require_some(target: Target, names: list[str], tool: str) -> None:
@@ -355,6 +369,7 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
             dumps,
             functools.partial(_mysql_run, target, tool, args, cancel=cancel),
             lambda spool: MYSQL_MARKER in spool.tail,
+            MysqlRows(),
         )
     return dumps
 
@@ -513,15 +528,53 @@ def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> l
                 tables=tables,
             )
             argv = [tool, *_pg_args(db), "--format=custom", f"--dbname={name}"]
-            _spool_dump(
-                target,
-                item,
-                tool,
-                dumps,
-                functools.partial(process.stream, argv, env=env, cancel=cancel),
-                lambda spool: spool.head.startswith(PG_MAGIC),
-            )
+            with process.Session(
+                [psql, *_pg_args(db), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", name],
+                env=env,
+            ) as held:
+                snapshot = held.ask(PG_SNAPSHOT, timeout=PG_ANSWER_SECONDS, cancel=cancel)
+                if snapshot is None or not re.fullmatch(r"[0-9A-Fa-f-]{1,64}", snapshot):
+                    raise _fail(target, name, psql, held.proc.poll(), held.stderr)
+                _spool_dump(
+                    target,
+                    item,
+                    tool,
+                    dumps,
+                    functools.partial(
+                        process.stream, [*argv, f"--snapshot={snapshot}"], env=env, cancel=cancel
+                    ),
+                    lambda spool: spool.head.startswith(PG_MAGIC),
+                )
+                item.rows = _pg_counts(held, cancel)
+                if item.rows is None:
+                    item.warnings.append(
+                        f"psql: the rows of {name} could not be counted; a drill will load "
+                        f"this dump without comparing them ({held.stderr.strip()[-300:]})"
+                    )
     return dumps
+
+
+# A transaction whose snapshot pg_dump --snapshot reads: rows counted in it are the
+# dump's. Every table's count(*) in one statement, as JSON (names may hold anything).
+PG_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSELECT pg_export_snapshot();\n"
+PG_COUNT_ROWS = (
+    "SELECT coalesce(json_object_agg(schemaname || '.' || tablename, (xpath('/row/n/text()', "
+    "query_to_xml(format('SELECT count(*) AS n FROM %I.%I', schemaname, tablename), "
+    "false, true, '')))[1]::text::bigint), '{}') FROM pg_tables "
+    "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+)
+PG_ANSWER_SECONDS = 60  # for the snapshot; counting takes as long as it takes
+
+
+def _pg_counts(held: process.Session, cancel: threading.Event) -> dict[str, int] | None:
+    answer = held.ask(PG_COUNT_ROWS + ";\n", cancel=cancel)
+    try:
+        counts = json.loads(answer or "")
+    except ValueError:
+        return None
+    if not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values()):
+        return None
+    return counts
 
 
 # --- SQLite ----------------------------------------------------------------------------
@@ -547,6 +600,12 @@ def dump_sqlite(target: Target, spool_dir: Path, cancel: threading.Event) -> lis
                         "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
                     )
                 ]
+                item.rows = {
+                    table: copy.execute(
+                        'SELECT count(*) FROM "' + table.replace('"', '""') + '"'
+                    ).fetchone()[0]
+                    for table in item.tables
+                }
                 check = copy.execute("PRAGMA quick_check").fetchone()[0]
                 if check != "ok":
                     raise sqlite3.DatabaseError(f"error: the copy failed its check: {check}")

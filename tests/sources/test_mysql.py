@@ -117,6 +117,7 @@ def test_dump_round_trip_checksums_match(
     assert entry["member"] == "databases/shop.sql" and entry["size"] == len(dump)
     assert entry["sha256"] == __import__("hashlib").sha256(dump).hexdigest()
     assert entry["tables"] == ["audit", "blobs", "notes"]
+    assert entry["rows"] == {"audit": 3, "blobs": 3, "notes": 3}  # counted in the SQL
 
     shop.sql(
         "DROP DATABASE IF EXISTS shop_restored; CREATE DATABASE shop_restored CHARACTER SET utf8mb4;"

@@ -13,6 +13,7 @@ import pytest
 from backupagent.actions.backup import run_job
 from backupagent.logging import read_events
 
+from ..actions.test_backup import download
 from ..conftest import WriteConfig
 from ..databases import Postgres
 from .test_mysql import _members
@@ -134,3 +135,36 @@ def test_restore_loads_a_postgres_dump_into_a_named_database(
     assert shop.sql(TABLE_DIGEST, database="shop loaded") == before
     assert shop.sql(TABLE_DIGEST, database="shop") == before  # the live one untouched
     assert not list((config.agent.spool_dir / "www").glob("load-*"))  # no passfile left
+
+
+def test_rows_are_counted_in_the_dumps_own_snapshot(
+    shop: Postgres, write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row committed after the snapshot was taken (here: by a pg_dump wrapper, before
+    the real one starts) is in neither the dump nor the manifest's count."""
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    script = wrappers / "pg_dump"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"PGPASSWORD='{shop.superuser_password}' {shutil.which('psql')} -X -q "
+        f"-h {shop.socket_dir} -p {shop.port} -U postgres -d shop "
+        "-c \"INSERT INTO items (name) VALUES ('late')\" || exit 9\n"
+        f'exec {shutil.which("pg_dump")} "$@"\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    before = int(shop.sql("SELECT count(*) FROM items", "shop"))
+
+    config = write_config(job=_entry(shop, "shop", _password_file(tmp_path, PASSWORD)))
+    result = run_job(config, "www")
+    assert result.outcome == "success", (result.error, result.suggestion)
+    assert int(shop.sql("SELECT count(*) FROM items", "shop")) == before + 1
+    manifest = json.loads(download(config, f"{result.backup_id}.manifest.json"))
+    assert manifest["databases"][0]["rows"] == {"public.items": before}
+    restored = tmp_path / "shop.pgdump"
+    restored.write_bytes(_members(config, result)["databases/shop.pgdump"])
+    shop.sql("DROP DATABASE IF EXISTS shop_snap; CREATE DATABASE shop_snap;")
+    shop.restore("shop_snap", restored)
+    assert int(shop.sql("SELECT count(*) FROM items", "shop_snap")) == before
+    shop.sql("DELETE FROM items WHERE name = 'late'", "shop")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -15,6 +16,7 @@ from backupagent.config import Config
 from backupagent.outcome import RunResult
 from backupagent.state import History
 
+from ..actions.test_backup import download
 from ..conftest import WriteConfig, require_system
 from ..helpers import snapshot
 from .test_mysql import _members
@@ -119,9 +121,12 @@ def _dumped_rows(config: Config, tmp_path: Path) -> int:
     conn = sqlite3.connect(copy)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+        count = int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
     finally:
         conn.close()
+    manifest = json.loads(download(config, f"www-{run.run_id}.manifest.json"))
+    assert manifest["databases"][0]["rows"] == {"t": count}  # counted in the copy
+    return count
 
 
 def test_wal_database_no_process_has_open_in_a_read_only_directory(
