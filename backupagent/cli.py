@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import sys
 import threading
@@ -426,7 +427,7 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
     now = dt.datetime.now(dt.UTC)
     views = []
     daemon = read_status(config.agent.state_dir)
-    queued = {name.removesuffix(" (verify)") for name in daemon.queued} if daemon else set()
+    queued = {re.sub(r" \((verify|drill)\)$", "", n) for n in daemon.queued} if daemon else set()
     with History(config.agent.state_dir) as history:
         for name, job in sorted(config.jobs.items()):
             fire = None
@@ -692,22 +693,45 @@ def verify(obj: _Context, job: str, wanted: str, identity: Path | None, only: st
     from backupagent.actions.verify import verify as verify_backup
 
     config = obj.job(job)
-    try:
-        ok, message, log_path = verify_backup(
-            config,
-            job,
-            wanted,
-            identities=_identities(identity),
-            destination=_destination(config, job, only),
-        )
-    except JobLocked as exc:
-        click.echo(f"skipped: {exc}", err=True)
-        sys.exit(EXIT_LOCKED)
-    except SetupError as exc:
-        _fail_exit(str(exc))
+    identities, name = _identities(identity), _destination(config, job, only)
+    ok, message, log_path = _recorded(
+        lambda: verify_backup(config, job, wanted, identities=identities, destination=name)
+    )
     click.echo(("OK: " if ok else "FAILED: ") + printable(message))
     click.echo(f"Log: {log_path}")
     sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@job_argument
+@identity_option
+@destination_option
+@json_option
+@click.pass_obj
+def drill(obj: _Context, job: str, identity: Path | None, only: str | None, as_json: bool) -> None:
+    """Restore drill: load the newest backup's dumps into scratch databases and compare
+    every table's rows with the counts taken at dump time; remove them afterwards."""
+    from backupagent.actions.drill import drill as drill_backup
+    from backupagent.views import document, drill_view
+
+    config = obj.job(job)
+    identities, name = _identities(identity), _destination(config, job, only)
+    drilled = _recorded(lambda: drill_backup(config, job, identities=identities, destination=name))
+    if as_json:
+        click.echo(document(**drill_view(job, drilled)))
+    else:
+        verdict = {"success": "OK", "warning": "OK, with a warning"}.get(drilled.outcome)
+        click.echo(f"{verdict or drilled.outcome.upper()}: {printable(drilled.message)}")
+        for dump in drilled.dumps:
+            where = f" into {dump.into}" if dump.into else ""
+            state = "; ".join(dump.problems) or (
+                f"{dump.tables} tables, {dump.rows} rows, as counted at dump time"
+                if dump.compared
+                else "loaded; no counts recorded to compare"
+            )
+            click.echo(f"  {printable(dump.member)}{where}: {printable(state)}")
+        click.echo(f"Log: {drilled.log_path}")
+    sys.exit(0 if drilled.ok else 1)
 
 
 @cli.command()
@@ -831,6 +855,18 @@ def _or_exit(action: Callable[[], T]) -> T:
         _fail_exit(str(exc) or type(exc).__name__)
     except DumpFailed as exc:
         _fail_exit(f"{exc.diagnosis.what}: {' / '.join(exc.diagnosis.evidence)}")
+
+
+def _recorded(action: Callable[[], T]) -> T:
+    """Run a recorded run that is not a backup (verify, drill): exit 75 while the job
+    runs, 1 when the agent's directories cannot be made."""
+    try:
+        return action()
+    except JobLocked as exc:
+        click.echo(f"skipped: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
+    except SetupError as exc:
+        _fail_exit(str(exc))
 
 
 def _fail_exit(message: str) -> NoReturn:

@@ -477,6 +477,11 @@ class Job(_Table):
     incremental: StrictBool = False  # after a full, only what changed (incremental.py)
     full_every: StrictInt | str = 7  # a full every N runs (7), or once it is that old ("7d")
     verify_schedule: str | None = None  # cron: download and check the newest backup
+    # cron: restore the newest backup into scratch space and load its dumps into scratch
+    # databases, on the job's own servers ("configured") or on throwaway local ones
+    drill_schedule: str | None = None
+    drill_server: Literal["configured", "local"] = "configured"
+    drill_identity: AbsolutePath | None = None  # age identity file, for encrypted backups
     email: EmailSettings | None = None  # overrides [agent.email] for this job
     ping: PingSettings | None = None
     encrypt_to: list[str] | None = None  # age recipients (age1... or ssh-...); [] = clear
@@ -513,7 +518,7 @@ class Job(_Table):
         parse_duration(value)
         return value
 
-    @field_validator("schedule", "verify_schedule")
+    @field_validator("schedule", "verify_schedule", "drill_schedule")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
         if value is not None:
@@ -818,6 +823,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         recipients = {
             tuple(destinations[d].encrypt_to) for d in job.destination_names if d in destinations
         }
+        if job.drill_schedule and not job.drill_identity and config_recipients(job, recipients):
+            problems.append(
+                Problem(
+                    document.label,
+                    "the job's backups are encrypted: a scheduled drill reads them with "
+                    "the private key in drill_identity (an age identity file)",
+                    f"jobs.{name}",
+                    "drill_identity",
+                )
+            )
         if job.encrypt_to is None and len(recipients) > 1:
             problems.append(
                 Problem(
@@ -844,6 +859,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         destinations=destinations,
         jobs=jobs,
     )
+
+
+def config_recipients(job: Job, recipients: set[tuple[str, ...]]) -> bool:
+    """Whether the job encrypts: its own encrypt_to, else its destinations'."""
+    return bool(job.encrypt_to) if job.encrypt_to is not None else any(recipients)
 
 
 def file_label(file: Path, main: Path) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
-from backupagent.outcome import BACKUP_TRIGGERS, OK, Outcome, RunResult, Trigger
+from backupagent.outcome import BACKUP_TRIGGERS, OK, Outcome, RunResult
 from backupagent.state import History, Run
 from backupagent.text import printable
 from backupagent.views import FORMAT, summary
@@ -99,7 +99,7 @@ def compose(settings: EmailSettings, job: str, result: RunResult) -> EmailMessag
     lines += ["", f"Last {LOG_TAIL} events of the debug log ({result.log_path}):"]
     lines += _log_tail(Path(result.log_path))
     message = EmailMessage()
-    what = f"verify of {job}" if result.trigger == Trigger.VERIFY else job
+    what = f"{result.trigger} of {job}" if result.trigger not in BACKUP_TRIGGERS else job
     message["Subject"] = f"[backupagent] {word} {what} on {host}"
     message["From"] = settings.sender or f"backupagent@{host}"
     message["To"] = ", ".join(settings.to)
@@ -182,6 +182,11 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
             "backupagent_last_verify_success_timestamp_seconds",
             "Start of the last verify that found the newest backup whole.",
         ),
+        (
+            "backupagent_last_drill_success_timestamp_seconds",
+            "Start of the last restore drill that loaded the newest backup's databases "
+            "with the rows counted at dump time.",
+        ),
     ]
     samples: dict[str, list[str]] = {name: [] for name, _ in families}
     for job in sorted(latest):
@@ -192,6 +197,8 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
         samples[families[0][0]].append(f"{{{label}}} {when:.3f}")
         if verified is not None:
             samples[families[8][0]].append(f"{{{label}}} {verified.started.timestamp():.3f}")
+        if (drilled := latest[job]["drilled"]) is not None:
+            samples[families[9][0]].append(f"{{{label}}} {drilled.started.timestamp():.3f}")
         if last is None:
             continue
         samples[families[1][0]].append(f"{{{label}}} {last.started.timestamp():.3f}")

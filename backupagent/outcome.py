@@ -38,6 +38,7 @@ class Trigger(StrEnum):
     SCHEDULE = "schedule"
     CATCH_UP = "catch-up"
     VERIFY = "verify"
+    DRILL = "drill"  # a restore drill: the newest backup loaded into scratch databases
 
 
 BACKUP_TRIGGERS = (Trigger.MANUAL, Trigger.SCHEDULE, Trigger.CATCH_UP)  # runs that back up
@@ -76,6 +77,7 @@ class RunResult:
     started: dt.datetime | None = None
     finished: dt.datetime | None = None
     destinations: list[DestinationResult] = field(default_factory=list)
+    manifest_sha256: str | None = None  # of the manifest this run published
 
     @property
     def ok(self) -> bool:

@@ -72,6 +72,7 @@ def _finished(record: Run, result: RunResult) -> Run:
     record.error = result.error
     record.suggestion = result.suggestion
     record.warnings = len(result.warnings)
+    record.manifest_sha256 = result.manifest_sha256
     if len(result.destinations) > 1:
         record.destinations = json.dumps([d.view() for d in result.destinations])
     return record

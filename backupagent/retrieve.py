@@ -53,6 +53,7 @@ class BackupInfo:
     backup_id: str
     manifest: Manifest | None
     problem: str = ""
+    sha256: str = ""  # of the manifest's bytes
 
     @property
     def readable(self) -> bool:
@@ -146,7 +147,8 @@ def chain(backups: list[BackupInfo], wanted: BackupInfo) -> list[BackupInfo]:
 def _info(destination: Destination, backup: RemoteBackup) -> BackupInfo:
     try:
         data = destination.read(manifest_name(backup.backup_id), manifest_model.MAX_BYTES)
-        return BackupInfo(backup.backup_id, manifest_model.parse(data, backup.backup_id))
+        manifest = manifest_model.parse(data, backup.backup_id)
+        return BackupInfo(backup.backup_id, manifest, sha256=hashlib.sha256(data).hexdigest())
     except (manifest_model.ManifestError, CutShort) as exc:
         return BackupInfo(backup.backup_id, None, f"unreadable manifest: {exc}")
     except Unreadable as exc:  # gone or unreadable on the server: this one only

@@ -147,15 +147,15 @@ class Daemon:
                 self.scheduler.add_job(
                     self._run, trigger, args=(name, Trigger.SCHEDULE), id=f"cron:{name}", name=name
                 )
-            if job.verify_schedule is not None:
-                trigger = cron_trigger(job.verify_schedule, config.agent.timezone)
-                self.scheduler.add_job(
-                    self._verify,
-                    trigger,
-                    args=(name,),
-                    id=f"cron:verify:{name}",
-                    name=f"{name} (verify)",
-                )
+            for kind, when in (("verify", job.verify_schedule), ("drill", job.drill_schedule)):
+                if when is not None:
+                    self.scheduler.add_job(
+                        self._check,
+                        cron_trigger(when, config.agent.timezone),
+                        args=(name, kind),
+                        id=f"cron:{kind}:{name}",
+                        name=f"{name} ({kind})",
+                    )
         self.config = config
         self.gate.limit = config.agent.max_parallel
         self.gate.wake()  # a higher limit lets waiting runs start
@@ -211,26 +211,34 @@ class Daemon:
                 self.running_changed.notify_all()
             self.wakeup.nudge()
 
-    def _verify(self, name: str) -> None:
-        """A scheduled check of the newest backup, in a worker thread."""
+    def _check(self, name: str, kind: str) -> None:
+        """A scheduled check of the newest backup, in a worker thread: a verify on each
+        destination, or a restore drill from the first."""
+        from backupagent.actions.drill import drill
         from backupagent.actions.verify import verify
 
-        if self.cancel.is_set() or not self.gate.enter(f"{name} (verify)", self.cancel):
+        label = f"{name} ({kind})"
+        if self.cancel.is_set() or not self.gate.enter(label, self.cancel):
             return
         try:
-            for destination in self.config.jobs[name].destination_names:
-                ok, message, _ = verify(
-                    self.config, name, cancel=self.cancel, destination=destination
-                )
+            destinations = self.config.jobs[name].destination_names
+            for destination in destinations if kind == "verify" else destinations[:1]:
+                if kind == "verify":
+                    ok, message, _ = verify(
+                        self.config, name, cancel=self.cancel, destination=destination
+                    )
+                else:
+                    drilled = drill(self.config, name, self.cancel, destination=destination)
+                    ok, message = drilled.ok, drilled.message
                 (self.log.info if ok else self.log.error)(
-                    "verify ended", job=name, destination=destination, detail=message
+                    f"{kind} ended", job=name, destination=destination, detail=message
                 )
-        except JobLocked as exc:  # the backup runs now: the next verify will check it
-            self.log.warning("verify skipped", job=name, reason=str(exc))
+        except JobLocked as exc:  # the backup runs now: the next check will see it
+            self.log.warning(f"{kind} skipped", job=name, reason=str(exc))
         except Exception:
-            self.log.exception("verify crashed", job=name)
+            self.log.exception(f"{kind} crashed", job=name)
         finally:
-            self.gate.leave(f"{name} (verify)")
+            self.gate.leave(label)
 
     def _publish_status(self) -> None:
         """daemon.json: who runs and who waits, for `backupagent list`."""

@@ -24,7 +24,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     job TEXT NOT NULL,
-    trigger TEXT NOT NULL,             -- manual | schedule | catch-up | verify
+    trigger TEXT NOT NULL,             -- manual | schedule | catch-up | verify | drill
     started TEXT NOT NULL,             -- ISO 8601, UTC
     finished TEXT,
     result TEXT NOT NULL,              -- running | success | warning | failed | aborted
@@ -84,6 +84,9 @@ class Run:
     warnings: int | None = None
     # JSON: [{"name", "result", "error"}] per destination, for jobs that have several
     destinations: str | None = None
+    # SHA-256 of the manifest a backup run published: a drill loads dumps into a
+    # configured server only from backups this host made (backup_manifest)
+    manifest_sha256: str | None = None
 
     @property
     def destination_results(self) -> list[dict[str, str | None]]:
@@ -107,7 +110,11 @@ class History:
         self.conn.execute("PRAGMA busy_timeout=30000")
         self.conn.executescript(SCHEMA)
         columns = {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
-        for column, kind in (("warnings", "INTEGER"), ("destinations", "TEXT")):
+        for column, kind in (
+            ("warnings", "INTEGER"),
+            ("destinations", "TEXT"),
+            ("manifest_sha256", "TEXT"),
+        ):
             if column not in columns:  # a history written by an older version
                 with contextlib.suppress(sqlite3.OperationalError):  # another process added it
                     self.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
@@ -158,23 +165,35 @@ class History:
 
     def latest_per_job(self, also: Iterable[str] = ()) -> dict[str, dict[str, Run | None]]:
         """For each job in the history and in `also` (the configured ones): its last
-        backup run, its last successful one and its last successful verify."""
+        backup run, its last successful one, its last successful verify and drill."""
         jobs = {row[0] for row in self.conn.execute("SELECT DISTINCT job FROM runs")}
         return {
             job: {
                 "last": self.last(job, triggers=BACKUP_TRIGGERS),
                 "success": self.last(job, tuple(OK), BACKUP_TRIGGERS),
                 "verified": self.last(job, tuple(OK), (Trigger.VERIFY,)),
+                "drilled": self.last(job, tuple(OK), (Trigger.DRILL,)),
             }
             for job in sorted(jobs.union(also))
         }
 
     def first_started(self, job: str) -> dt.datetime | None:
-        """When the job's oldest recorded backup run (not a verify) started."""
+        """When the job's oldest recorded backup run (not a verify or drill) started."""
+        marks = ", ".join("?" * len(BACKUP_TRIGGERS))
         row = self.conn.execute(
-            "SELECT MIN(started) FROM runs WHERE job = ? AND trigger != 'verify'", (job,)
+            f"SELECT MIN(started) FROM runs WHERE job = ? AND trigger IN ({marks})",
+            (job, *BACKUP_TRIGGERS),
         ).fetchone()
         return dt.datetime.fromisoformat(row[0]) if row and row[0] else None
+
+    def manifest_made(self, job: str, backup_id: str) -> str | None:
+        """The SHA-256 of the manifest this host published for `backup_id`, if it did."""
+        row = self.conn.execute(
+            "SELECT manifest_sha256 FROM runs WHERE job = ? AND run_id = ? AND result IN "
+            "('success', 'warning')",
+            (job, backup_id.removeprefix(f"{job}-")),
+        ).fetchone()
+        return row[0] if row else None
 
     def last(
         self, job: str, results: tuple[str, ...] = (), triggers: tuple[str, ...] = ()

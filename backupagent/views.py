@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from backupagent.outcome import RunResult
 
 if TYPE_CHECKING:
+    from backupagent.actions.drill import Drilled
     from backupagent.actions.dry_run import DryRun
     from backupagent.config import Config, Problem
     from backupagent.retrieve import BackupInfo
@@ -164,6 +165,30 @@ def summary(result: RunResult) -> dict[str, Any]:
         "suggestion": result.suggestion,
         "log": str(result.log_path),
         "destinations": [d.view() for d in result.destinations],
+    }
+
+
+def drill_view(job: str, drilled: Drilled) -> dict[str, Any]:
+    """`drill --json`: the backup drilled, the verdict, and each dump's comparison."""
+    return {
+        "job": job,
+        "backup_id": drilled.backup_id,
+        "result": drilled.outcome,
+        "message": drilled.message,
+        "files": drilled.files,
+        "databases": [
+            {
+                "member": d.member,
+                "engine": d.engine,
+                "scratch_database": d.into,
+                "tables": d.tables,
+                "rows": d.rows,
+                "compared": d.compared,
+                "problems": d.problems,
+            }
+            for d in drilled.dumps
+        ],
+        "log": str(drilled.log_path),
     }
 
 

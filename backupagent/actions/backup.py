@@ -244,6 +244,7 @@ class _Run:
             manifest = self._manifest(stats, volumes, dumps, site, sealed)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
+            self.result.manifest_sha256 = hashlib.sha256(manifest).hexdigest()
             if sealed is not None and self.increment is not None:
                 increments.save(self.config, self.job_name, self.backup_id, sealed.index)
                 self.increment.known[self.backup_id] = self.increment.decided.parent

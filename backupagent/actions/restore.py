@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +96,11 @@ def downloaded(
     wanted: str,
     identities: list[Any] | None,
     destination: str | None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple[BackupInfo, Layers]]:
     """The backup `wanted` and the ones it builds on, downloaded into a private
     directory of the spool and checked against their manifests; removed afterwards."""
-    opened = open_destination(config, job, name=destination)
+    opened = open_destination(config, job, cancel=cancel, name=destination)
     try:
         backups, _ = listed(opened, job)
         backup = choose(backups, wanted)

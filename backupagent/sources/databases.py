@@ -374,8 +374,13 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
     return dumps
 
 
-def load_mysql(target: Target, source: BinaryIO, create: bool = True) -> None:
-    """Feed a dump to the mysql client into database `target.db.name` (restore)."""
+def load_mysql(
+    target: Target,
+    source: BinaryIO,
+    create: bool = True,
+    cancel: threading.Event | None = None,
+) -> None:
+    """Feed a dump to the mysql client into database `target.db.name` (restore, drill)."""
     db = target.db
     assert isinstance(db, MysqlDatabase)
     try:
@@ -386,9 +391,64 @@ def load_mysql(target: Target, source: BinaryIO, create: bool = True) -> None:
         quoted = "`" + db.name.replace("`", "``") + "`"
         _mysql_query(target, client, db.name, f"CREATE DATABASE IF NOT EXISTS {quoted}")
     out = bytearray()
-    finished = _mysql_run(target, client, ["--", db.name], out.extend, stdin=source)
+    finished = _mysql_run(target, client, ["--", db.name], out.extend, cancel, source)
     if _looks_failed(finished):
         raise _fail(target, db.name, client, finished.returncode, finished.stderr)
+
+
+def _server_name(target: Target) -> str:
+    """The database a MySQL or PostgreSQL target names."""
+    assert isinstance(target.db, MysqlDatabase | PostgresDatabase)
+    return target.db.name
+
+
+def _mysql_identifier(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _mysql_client(target: Target) -> str:
+    try:
+        return process.find_tool("mariadb", "mysql")
+    except process.ToolMissing as exc:
+        raise _fail(target, _server_name(target), " or ".join(exc.names), None, str(exc)) from None
+
+
+def create_mysql(target: Target, spool_dir: Path) -> None:
+    """Create database `_server_name(target)`; fails if it exists (a drill's scratch database)."""
+    statement = f"CREATE DATABASE {_mysql_identifier(_server_name(target))}"
+    _mysql_query(target, _mysql_client(target), _server_name(target), statement)
+
+
+def drop_mysql(target: Target, spool_dir: Path) -> None:
+    statement = f"DROP DATABASE IF EXISTS {_mysql_identifier(_server_name(target))}"
+    _mysql_query(target, _mysql_client(target), _server_name(target), statement)
+
+
+COUNT_BATCH = 200  # tables counted per statement
+
+
+def count_mysql(target: Target, spool_dir: Path) -> dict[str, int]:
+    """count(*) of every base table of database `_server_name(target)` (names read as hex:
+    whatever they hold, they come back whole)."""
+    client, name = _mysql_client(target), _server_name(target)
+    hexed = _mysql_query(
+        target,
+        client,
+        name,
+        "SELECT HEX(table_name) FROM information_schema.tables WHERE table_schema = "
+        f"{_sql_string(name)} AND table_type = 'BASE TABLE' ORDER BY table_name",
+    )
+    tables = [bytes.fromhex(h).decode("utf-8", "replace") for h in hexed]
+    counts: dict[str, int] = {}
+    for at in range(0, len(tables), COUNT_BATCH):
+        batch = tables[at : at + COUNT_BATCH]
+        selects = ", ".join(
+            f"(SELECT COUNT(*) FROM {_mysql_identifier(name)}.{_mysql_identifier(t)})"
+            for t in batch
+        )
+        row = _mysql_query(target, client, name, f"SELECT {selects}")
+        counts.update(zip(batch, (int(n) for n in row[0].split("\t")), strict=True))
+    return counts
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -450,7 +510,13 @@ def _pg_query(target: Target, env: dict[str, str], psql: str, database: str, sql
     return [line for line in out.splitlines() if line]
 
 
-def load_postgres(target: Target, dump: Path, spool_dir: Path, create: bool = True) -> None:
+def load_postgres(
+    target: Target,
+    dump: Path,
+    spool_dir: Path,
+    create: bool = True,
+    cancel: threading.Event | None = None,
+) -> None:
     """pg_restore a custom-format dump into database `target.db.name` (created if
     missing), without its owners and grants: the roles of the dumped server need not
     exist here (restore, drill)."""
@@ -482,9 +548,41 @@ def load_postgres(target: Target, dump: Path, spool_dir: Path, create: bool = Tr
             f"--dbname={db.name}",
             str(dump),
         ]
-        finished, _ = process.capture(argv, env=env)
+        finished = process.stream(argv, lambda _: None, env=env, cancel=cancel)
     if _looks_failed(finished):
         raise _fail(target, db.name, tool, finished.returncode, finished.stderr)
+
+
+def _pg_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pg_admin(target: Target, spool_dir: Path, database: str, sql: str) -> list[str]:
+    try:
+        psql = process.find_tool("psql")
+    except process.ToolMissing as exc:
+        raise _fail(target, _server_name(target), " or ".join(exc.names), None, str(exc)) from None
+    with _pg_env(target, spool_dir) as env:
+        return _pg_query(target, env, psql, database, sql)
+
+
+def create_postgres(target: Target, spool_dir: Path) -> None:
+    """Create database `_server_name(target)`; fails if it exists (a drill's scratch database)."""
+    _pg_admin(
+        target, spool_dir, "postgres", f"CREATE DATABASE {_pg_identifier(_server_name(target))}"
+    )
+
+
+def drop_postgres(target: Target, spool_dir: Path) -> None:
+    statement = f"DROP DATABASE IF EXISTS {_pg_identifier(_server_name(target))}"
+    _pg_admin(target, spool_dir, "postgres", statement)
+
+
+def count_postgres(target: Target, spool_dir: Path) -> dict[str, int]:
+    """count(*) of every table of database `_server_name(target)`, keyed schema.table."""
+    answer = _pg_admin(target, spool_dir, _server_name(target), PG_COUNT_ROWS)
+    counts = json.loads(answer[0]) if answer else {}
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> list[Dump]:
