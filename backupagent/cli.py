@@ -725,7 +725,7 @@ def drill(obj: _Context, job: str, identity: Path | None, only: str | None, as_j
         for dump in drilled.dumps:
             where = f" into {dump.into}" if dump.into else ""
             state = "; ".join(dump.problems) or (
-                f"{dump.tables} tables, {dump.rows} rows, as counted at dump time"
+                f"{count(dump.tables, 'table')}, {count(dump.rows, 'row')}, as counted at dump time"
                 if dump.compared
                 else "loaded; no counts recorded to compare"
             )

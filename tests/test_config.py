@@ -57,6 +57,22 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
             "jobs.toml: [jobs.two] schedule: '61 3 * * *' is not a valid cron",
         ),
         (
+            {"job": 'drill_schedule = "61 3 * * *"'},
+            "jobs.toml: [jobs.nightly] drill_schedule: '61 3 * * *' is not a valid cron",
+        ),
+        (
+            {"job": 'drill_server = "remote"'},
+            "jobs.toml: [jobs.nightly] drill_server: Input should be 'configured' or 'local'",
+        ),
+        (
+            {
+                "job": 'drill_schedule = "0 5 * * 0"\n'
+                'encrypt_to = ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]'
+            },
+            "jobs.toml: [jobs.nightly] drill_identity: the job's backups are encrypted: a "
+            "scheduled drill reads them with the private key in drill_identity",
+        ),
+        (
             {"extra": TWO.format('schedule = "0 3 * *"\nsources = ["/srv"]')},
             "jobs.toml: [jobs.two] schedule: '0 3 * *' is not a cron expression of 5 fields",
         ),

@@ -311,8 +311,11 @@ def test_a_long_job_does_not_delay_another(
     assert daemon.stop() == 0
 
 
-def test_verify_schedule(write_config: WriteConfig, start: Callable[..., DaemonProcess]) -> None:
-    config = write_config(job='verify_schedule = "*/2 * * * * *"')
+@pytest.mark.parametrize("kind", ["verify", "drill"])
+def test_verify_and_drill_schedules(
+    kind: str, write_config: WriteConfig, start: Callable[..., DaemonProcess]
+) -> None:
+    config = write_config(job=f'{kind}_schedule = "*/2 * * * * *"')
     subprocess.run(
         [sys.executable, "-m", "backupagent", "--config", str(config.path), "run-job", "www"],
         check=True,
@@ -323,11 +326,9 @@ def test_verify_schedule(write_config: WriteConfig, start: Callable[..., DaemonP
     daemon.wait_message("READY=1")
     verified = wait_for(  # recorded like a backup run: `running` first, then its result
         lambda: [
-            r
-            for r in runs(config.agent.state_dir)
-            if r.trigger == "verify" and r.result != "running"
+            r for r in runs(config.agent.state_dir) if r.trigger == kind and r.result != "running"
         ],
-        "a finished verify run",
+        f"a finished {kind} run",
     )
     assert verified[0].result == "success"
     assert daemon.stop() == 0

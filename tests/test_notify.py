@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 
 from backupagent.actions.backup import run_job
+from backupagent.actions.drill import drill
 from backupagent.actions.verify import verify
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
@@ -180,6 +181,8 @@ def test_metrics_file_parses(
     assert run_job(config, "www").outcome == "success"
     assert verify(config, "www")[0]
     verified = time.time()
+    assert drill(config, "www").ok  # files only: nothing to load
+    drilled = time.time()
     ftp_server.block_passive()
     failed = run_job(config, "www")
     families = {f.name: f for f in parser.text_string_to_metric_families(metrics.read_text())}
@@ -191,6 +194,7 @@ def test_metrics_file_parses(
     assert value["backupagent_last_success_timestamp_seconds"][(("job", "never"),)] == 0
     assert before < value["backupagent_last_verify_success_timestamp_seconds"][job] < verified
     assert (("job", "never"),) not in value["backupagent_last_verify_success_timestamp_seconds"]
+    assert verified < value["backupagent_last_drill_success_timestamp_seconds"][job] < drilled
     assert value["backupagent_last_run_result"][(("job", "www"), ("result", "failed"))] == 1
     assert value["backupagent_last_run_result"][(("job", "www"), ("result", "success"))] == 0
     assert before - 1 < value["backupagent_last_success_timestamp_seconds"][job] < time.time()
@@ -338,21 +342,25 @@ def test_mail_shows_what_the_server_sent_escaped(tmp_path: Path) -> None:
     message.as_bytes()  # encodable: no surrogate left
 
 
-def test_a_failed_verify_is_mailed_as_a_verify(
-    write_config: WriteConfig, ftp_server: LocalFtpServer, smtp
+@pytest.mark.parametrize("kind", ["verify", "drill"])
+def test_a_failed_check_is_mailed_as_what_it_was(
+    kind: str, write_config: WriteConfig, ftp_server: LocalFtpServer, smtp
 ) -> None:
-    from backupagent.actions.verify import verify
-
     port, received = smtp
     config = write_config()
     assert run_job(config, "www").outcome == "success"
     archive = next((ftp_server.root / "backups/site").glob("*.tar.zst.0001"))
     archive.write_bytes(archive.read_bytes()[:-1] + b"!")  # the hash no longer matches
     _with_mail(config, port)
-    ok, message, _ = verify(load_config(config.path), "www")
+    config = load_config(config.path)
+    if kind == "verify":
+        ok, message, _ = verify(config, "www")
+    else:
+        drilled = drill(config, "www")
+        ok, message = drilled.ok, drilled.message
     assert not ok and "does not match its manifest" in message
     assert [m["Subject"] for m in received] == [
-        f"[backupagent] FAILED verify of www on {socket.gethostname()}"
+        f"[backupagent] FAILED {kind} of www on {socket.gethostname()}"
     ]
 
 

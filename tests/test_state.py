@@ -81,3 +81,34 @@ def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
     holder.wait()
     with job_lock(tmp_path, "www"):  # the kernel dropped the dead holder's lock
         pass
+
+
+def test_manifest_made_only_for_a_published_backup_of_that_job(tmp_path: Path) -> None:
+    started = dt.datetime(2026, 12, 6, 3, 0, tzinfo=dt.UTC)
+    with History(tmp_path) as history:
+        history.save(
+            Run(
+                "20261206T030000.000Z-aaaaaa",
+                "www",
+                "schedule",
+                started,
+                "log",
+                result="success",
+                manifest_sha256="ab" * 32,
+            )
+        )
+        history.save(
+            Run(
+                "20261206T040000.000Z-bbbbbb",
+                "www",
+                "manual",
+                started,
+                "log",
+                result="failed",
+                manifest_sha256="cd" * 32,
+            )
+        )
+        assert history.manifest_made("www", "www-20261206T030000.000Z-aaaaaa") == "ab" * 32
+        assert history.manifest_made("www", "www-20261206T040000.000Z-bbbbbb") is None
+        assert history.manifest_made("shop", "www-20261206T030000.000Z-aaaaaa") is None
+        assert history.manifest_made("www", "www-20261206T050000.000Z-cccccc") is None

@@ -46,6 +46,7 @@ from backupagent.sources import databases, servers
 from backupagent.sources.databases import DumpFailed, Target, targets_from_job
 from backupagent.sources.servers import ServerFailed
 from backupagent.state import History
+from backupagent.summary import count
 from backupagent.workers import Cancelled
 
 LOADED_ENGINES = ("mysql", "postgresql")  # dumps loaded into a scratch database
@@ -224,11 +225,12 @@ def _drill(
     problems = [f"{d.member}: {p}" for d in drilled.dumps for p in d.problems]
     compared = [d for d in drilled.dumps if d.compared and not d.problems]
     uncompared = [d.member for d in drilled.dumps if not d.compared]
-    summary = (
-        f"{drilled.backup_id}: {drilled.files} files restored; "
-        f"{len(drilled.dumps)} database dumps loaded, "
-        f"{sum(d.tables for d in compared)} tables with the rows counted at dump time "
-        f"({sum(d.rows for d in compared)} rows)"
+    summary = f"{drilled.backup_id}: {count(drilled.files, 'file')} restored; " + (
+        f"{count(len(drilled.dumps), 'database dump')} loaded, "
+        f"{count(sum(d.tables for d in compared), 'table')} with the rows counted at dump "
+        f"time ({count(sum(d.rows for d in compared), 'row')})"
+        if drilled.dumps
+        else "no database dumps"
     )
     if problems:
         drilled.outcome = Outcome.FAILED

@@ -141,6 +141,7 @@ def test_a_drill_loads_every_dump_into_scratch_databases_and_finds_the_counts(
     human = _drill(config)
     assert human.returncode == 0, human.stdout + human.stderr
     assert "OK: " in human.stdout and "3 tables, 7 rows, as counted at dump time" in human.stdout
+    assert "3 database dumps loaded, 6 tables with the rows counted at dump time" in human.stdout
 
 
 def test_a_tampered_dump_fails_the_drill_naming_the_table(
@@ -299,3 +300,31 @@ def test_scratch_names_are_plain_and_short(job: str) -> None:
     name = scratch_name(job)
     assert re.fullmatch(r"[0-9A-Za-z_]+_drill_[0-9a-f]{8}", name) and len(name) <= 63
     assert name != scratch_name(job)
+
+
+def test_an_encrypted_backup_is_drilled_with_the_jobs_identity(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    from backupagent.crypto import generate
+
+    identity, recipient = generate()
+    key = tmp_path / "drill.key"
+    key.write_text(identity + "\n")
+    key.chmod(0o600)
+    app = tmp_path / "app.db"
+    conn = sqlite3.connect(app)
+    conn.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1), (2);")
+    conn.close()
+    job = f'encrypt_to = ["{recipient}"]\ndatabases = [{{ type = "sqlite", path = "{app}" }}]'
+
+    config = write_config(job=job)
+    assert _drill(config).stdout.startswith("FAILED: ")  # no backup yet
+    assert run_job(config, "www").outcome == "success"
+    without = _drill(config)
+    assert without.returncode == 1 and "give --identity FILE" in without.stdout
+
+    config = write_config(job=f'{job}\ndrill_schedule = "0 5 * * 0"\ndrill_identity = "{key}"')
+    done = _drill(config, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (dump,) = json.loads(done.stdout)["databases"]
+    assert (dump["member"], dump["tables"], dump["rows"]) == ("databases/app.sqlite3", 1, 2)
