@@ -98,6 +98,13 @@ def differences(recorded: Mapping[str, int], loaded: Mapping[str, int]) -> list[
     return found
 
 
+def said(failed: DumpFailed) -> str:
+    """The database tool's last error line (bounded), else what failed."""
+    lines = [line.strip() for line in failed.diagnosis.evidence if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()] or lines
+    return errors[-1][:500] if errors else failed.diagnosis.what
+
+
 def scratch_name(job: str) -> str:
     """`JOB_drill_` and 8 random hex digits: a valid, unquoted-safe name in MySQL (64
     characters at most) and PostgreSQL (63)."""
@@ -107,7 +114,7 @@ def scratch_name(job: str) -> str:
 
 @dataclass(frozen=True)
 class _Engine:
-    create: Callable[[Target, Path], None]
+    create: Callable[[Target, Path, str | None], None]
     load: Callable[[Target, Path, Path, threading.Event | None], None]
     count: Callable[[Target, Path], dict[str, int]]
     drop: Callable[[Target, Path], None]
@@ -213,9 +220,7 @@ def _drill(
 
             def server(engine: str) -> servers.Server:
                 if engine not in started:
-                    base = scratch / "servers" / engine
-                    base.mkdir(parents=True)
-                    started[engine] = local.enter_context(servers.start(engine, base))
+                    started[engine] = local.enter_context(servers.start(engine))
                 return started[engine]
 
             for entry in dumps:
@@ -318,34 +323,39 @@ def _loaded_counts(
     """Load the dump into a new scratch database, count its rows, drop it."""
     engine = ENGINES[entry.engine]
     checked.into = scratch_name(job)
+    owner = None
     if config.jobs[job].drill_server == "local":
-        target = _local_target(server(entry.engine), checked.into)
+        local = server(entry.engine)
+        admin = _local_target(local, local.admin, checked.into)
+        target = _local_target(local, local.user, checked.into)
+        owner = local.user if entry.engine == "postgresql" else None
     else:
-        target = _configured_target(config, job, entry, checked.into)
+        admin = target = _configured_target(config, job, entry, checked.into)
     if checked.into in live_databases(config, job):  # cannot happen; never risk it
         raise DrillError(f"the scratch name {checked.into} is a live database")
     work = scratch / "passfiles"
     work.mkdir(exist_ok=True)
     try:  # fails if the name exists: never a database made by anyone else
-        engine.create(target, work)
+        engine.create(admin, work, owner)
     except DumpFailed as exc:
-        where = "the throwaway server" if target.password is None else "the job's server"
+        failed = f"{entry.member}: the scratch database {checked.into} could not be created"
+        if owner is not None or config.jobs[job].drill_server == "local":
+            raise DrillError(f"{failed} on the throwaway server ({said(exc)})") from None
         raise DrillError(
-            f"{entry.member}: the scratch database {checked.into} could not be created on "
-            f"{where} ({exc.diagnosis.what}); the drill needs a database user that may "
-            f"create and drop databases named {checked.into.rsplit('_', 1)[0]}_*, or "
-            'drill_server = "local"'
+            f"{failed} on the job's server ({said(exc)}); the drill needs a "
+            "database user that may create and drop databases named "
+            f'{checked.into.rsplit("_", 1)[0]}_*, or drill_server = "local"'
         ) from None
     try:
         with _timed(checked):
             engine.load(target, path, work, cancel)
         return engine.count(target, work)
     except DumpFailed as exc:
-        checked.problems.append(f"the load failed: {exc.diagnosis.what}")
+        checked.problems.append(f"the load failed: {said(exc)}")
         return None
     finally:
         with contextlib.suppress(DumpFailed):
-            engine.drop(target, work)
+            engine.drop(admin, work)
 
 
 @contextlib.contextmanager
@@ -356,18 +366,14 @@ def _timed(checked: DumpDrill) -> Iterator[None]:
     log.info("loaded", dump=checked.member, into=checked.into)
 
 
-def _local_target(server: servers.Server, name: str) -> Target:
+def _local_target(server: servers.Server, user: str, name: str) -> Target:
     if server.engine == "mysql":
         db: MysqlDatabase | PostgresDatabase = MysqlDatabase(
-            type="mysql", name=name, socket=server.socket, user=server.user
+            type="mysql", name=name, socket=server.socket, user=user
         )
     else:
         db = PostgresDatabase(
-            type="postgresql",
-            name=name,
-            host=str(server.socket),
-            port=server.port,
-            user=server.user,
+            type="postgresql", name=name, host=str(server.socket), port=server.port, user=user
         )
     return Target(db, None, (), None)
 

@@ -413,8 +413,9 @@ def _mysql_client(target: Target) -> str:
         raise _fail(target, _server_name(target), " or ".join(exc.names), None, str(exc)) from None
 
 
-def create_mysql(target: Target, spool_dir: Path) -> None:
-    """Create database `_server_name(target)`; fails if it exists (a drill's scratch database)."""
+def create_mysql(target: Target, spool_dir: Path, owner: str | None = None) -> None:
+    """Create database `target.db.name`; fails if it exists (a drill's scratch database).
+    `owner` is PostgreSQL's: MySQL databases have none."""
     statement = f"CREATE DATABASE {_mysql_identifier(_server_name(target))}"
     _mysql_query(target, _mysql_client(target), _server_name(target), statement)
 
@@ -428,7 +429,7 @@ COUNT_BATCH = 200  # tables counted per statement
 
 
 def count_mysql(target: Target, spool_dir: Path) -> dict[str, int]:
-    """count(*) of every base table of database `_server_name(target)` (names read as hex:
+    """count(*) of every base table of database `target.db.name` (names read as hex:
     whatever they hold, they come back whole)."""
     client, name = _mysql_client(target), _server_name(target)
     hexed = _mysql_query(
@@ -566,11 +567,13 @@ def _pg_admin(target: Target, spool_dir: Path, database: str, sql: str) -> list[
         return _pg_query(target, env, psql, database, sql)
 
 
-def create_postgres(target: Target, spool_dir: Path) -> None:
-    """Create database `_server_name(target)`; fails if it exists (a drill's scratch database)."""
-    _pg_admin(
-        target, spool_dir, "postgres", f"CREATE DATABASE {_pg_identifier(_server_name(target))}"
-    )
+def create_postgres(target: Target, spool_dir: Path, owner: str | None = None) -> None:
+    """Create database `target.db.name` (owned by `owner`, if given); fails if it exists
+    (a drill's scratch database)."""
+    statement = f"CREATE DATABASE {_pg_identifier(_server_name(target))}"
+    if owner is not None:
+        statement += f" OWNER {_pg_identifier(owner)}"
+    _pg_admin(target, spool_dir, "postgres", statement)
 
 
 def drop_postgres(target: Target, spool_dir: Path) -> None:
@@ -579,7 +582,7 @@ def drop_postgres(target: Target, spool_dir: Path) -> None:
 
 
 def count_postgres(target: Target, spool_dir: Path) -> dict[str, int]:
-    """count(*) of every table of database `_server_name(target)`, keyed schema.table."""
+    """count(*) of every table of database `target.db.name`, keyed schema.table."""
     answer = _pg_admin(target, spool_dir, _server_name(target), PG_COUNT_ROWS)
     counts = json.loads(answer[0]) if answer else {}
     return {str(k): int(v) for k, v in counts.items()}

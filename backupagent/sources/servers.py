@@ -1,6 +1,12 @@
 """Throwaway local MariaDB and PostgreSQL servers for the restore drill (`drill_server =
-"local"`): a fresh data directory, a socket only (no TCP), gone when the drill ends.
-Nothing of a live server is used or reachable: a drilled dump can harm nothing.
+"local"`): a fresh data directory in the temporary directory, a socket only (no TCP),
+gone when the drill ends. Nothing of a live server is used or reachable.
+
+A dump from the network may be hostile, and SQL can reach outside a database (MySQL's
+INTO OUTFILE and plugins, PostgreSQL's COPY TO PROGRAM). So a throwaway server runs as
+an unprivileged user (`nobody`, when the agent is root), MariaDB with file access and
+plugin loading confined to an empty directory, and PostgreSQL dumps load as a role that
+is not a superuser.
 """
 
 from __future__ import annotations
@@ -15,14 +21,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
 START_SECONDS = 120  # a server not answering by then has failed to start
 STOP_SECONDS = 60
-PG_USER = "postgres"  # who runs a throwaway PostgreSQL when the agent is root
+RUN_AS = "nobody"  # who runs a throwaway server when the agent is root
+PG_LOADER = "drill"  # the PostgreSQL role dumps load as: not a superuser
 
 
 class ServerFailed(Exception):
@@ -32,12 +39,74 @@ class ServerFailed(Exception):
 @dataclass(frozen=True)
 class Server:
     """How to reach a throwaway server: `socket` is MariaDB's socket file or
-    PostgreSQL's socket directory."""
+    PostgreSQL's socket directory; `admin` creates and drops databases, `user` loads
+    into them."""
 
     engine: str
     socket: Path
     user: str
+    admin: str
     port: int | None = None
+
+
+@dataclass(frozen=True)
+class _Account:
+    """Who the server's processes run as (None: this process's own user)."""
+
+    uid: int | None = None
+    gid: int | None = None
+    groups: list[int] | None = field(default=None)
+
+    def run(self, argv: list[str], what: str) -> subprocess.CompletedProcess[bytes]:
+        try:
+            done = subprocess.run(
+                argv,
+                capture_output=True,
+                timeout=START_SECONDS,
+                cwd="/",
+                user=self.uid,
+                group=self.gid,
+                extra_groups=self.groups,
+            )
+        except PermissionError:
+            raise _cannot_switch() from None
+        if done.returncode != 0:
+            stderr = done.stderr.decode(errors="replace")[-1500:].strip()
+            raise ServerFailed(f"{what} failed: {stderr}")
+        return done
+
+    def start(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("ab") as errors:
+            return subprocess.Popen(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+                cwd="/",
+                user=self.uid,
+                group=self.gid,
+                extra_groups=self.groups,
+            )
+
+
+def _account() -> _Account:
+    if os.geteuid() != 0:
+        return _Account()
+    try:
+        user = pwd.getpwnam(RUN_AS)
+    except KeyError:
+        raise ServerFailed(
+            f"a throwaway server runs as the user {RUN_AS!r}; there is none"
+        ) from None
+    return _Account(user.pw_uid, user.pw_gid, [])
+
+
+def _cannot_switch() -> ServerFailed:
+    return ServerFailed(
+        f"a throwaway server runs as the user {RUN_AS!r}, and this process may not switch "
+        "users (under systemd: the unit's CapabilityBoundingSet lacks CAP_SETUID and "
+        'CAP_SETGID; add them with a drop-in, README "Restore drills"), or set '
+        'drill_server = "configured"'
+    )
 
 
 def _tool(names: tuple[str, ...], package: str, extra: tuple[str, ...] = ()) -> str:
@@ -75,131 +144,103 @@ def _stop(proc: subprocess.Popen[bytes], signal_number: int) -> None:
 
 
 @contextlib.contextmanager
-def mariadb(base: Path) -> Iterator[Server]:
-    """mariadb-install-db and mariadbd with its data in `base` (a private directory of
-    the drill) and its socket in a private temporary directory (a socket's path is
-    limited to 107 bytes; the spool's may be longer)."""
+def _scratch_directory(engine: str) -> Iterator[Path]:
+    """A new path in the temporary directory, made by the server's first program (as
+    its user, mode 0700 under the agent's umask) and removed afterwards."""
+    base = Path(tempfile.gettempdir()) / f"backupagent-drill-{engine}-{secrets.token_hex(8)}"
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def mariadb() -> Iterator[Server]:
+    """mariadb-install-db and mariadbd, with INTO OUTFILE, LOAD DATA and plugins
+    confined to an empty directory."""
     install = _tool(("mariadb-install-db", "mysql_install_db"), "mariadb-server")
     daemon = _tool(("mariadbd", "mysqld"), "mariadb-server", ("/usr/sbin/",))
     admin = _tool(("mariadb-admin", "mysqladmin"), "mariadb-client")
-    sockets = Path(tempfile.mkdtemp(prefix="backupagent-drill-"))
-    try:
-        yield from _mariadb(install, daemon, admin, base, sockets / "mysqld.sock")
-    finally:
-        shutil.rmtree(sockets, ignore_errors=True)
-
-
-def _mariadb(install: str, daemon: str, admin: str, base: Path, sock: Path) -> Iterator[Server]:
-    data, log = base / "data", base / "error.log"
+    account = _account()
     user = pwd.getpwuid(os.geteuid()).pw_name  # socket authentication, as this user
-    as_user = [f"--user={user}"]
-    done = subprocess.run(
-        [install, "--no-defaults", f"--datadir={data}", "--skip-test-db", *as_user],
-        capture_output=True,
-        timeout=START_SECONDS,
-    )
-    if done.returncode != 0:
-        raise ServerFailed(
-            f"mariadb-install-db failed: {done.stderr.decode(errors='replace')[-1500:]}"
+    with _scratch_directory("mysql") as base:
+        data, sock, log, empty = base / "data", base / "sock", base / "error.log", base / "none"
+        account.run(
+            [install, "--no-defaults", f"--datadir={data}", "--skip-test-db"],
+            "mariadb-install-db",
         )
-    proc = subprocess.Popen(
-        [
-            daemon,
-            "--no-defaults",
-            f"--datadir={data}",
-            f"--socket={sock}",
-            "--skip-networking",
-            f"--pid-file={base / 'mariadbd.pid'}",
-            f"--log-error={log}",
-            "--innodb-buffer-pool-size=64M",
-            *as_user,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+        empty.mkdir()
+        proc = account.start(
+            [
+                daemon,
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={sock}",
+                "--skip-networking",
+                f"--pid-file={base / 'mariadbd.pid'}",
+                f"--secure-file-priv={empty}",
+                f"--plugin-dir={empty}",
+                "--local-infile=0",
+                "--innodb-buffer-pool-size=64M",
+            ],
+            log,
+        )
+        try:
 
-        def answers() -> bool:
-            argv = [admin, "--no-defaults", f"--socket={sock}", f"--user={user}", "ping"]
-            return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
+            def answers() -> bool:
+                argv = [admin, "--no-defaults", f"--socket={sock}", f"--user={user}", "ping"]
+                return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
-        _ready(answers, proc, "MariaDB server", log)
-        structlog.get_logger("backupagent.drill").info("throwaway server started", engine="mysql")
-        yield Server("mysql", sock, user)
-    finally:
-        _stop(proc, 15)
+            _ready(answers, proc, "MariaDB server", log)
+            structlog.get_logger("backupagent.drill").info(
+                "throwaway server started", engine="mysql"
+            )
+            yield Server("mysql", sock, user, user)
+        finally:
+            _stop(proc, 15)
 
 
 @contextlib.contextmanager
 def postgres() -> Iterator[Server]:
-    """initdb and postgres in a new directory of the temporary directory (which the
-    `postgres` user can reach: PostgreSQL refuses to run as root)."""
+    """initdb and postgres; dumps load as the role `drill`, which is no superuser."""
     pg_bin = ("/usr/lib/postgresql/*/bin/",)
     initdb = _tool(("initdb",), "postgresql", pg_bin)
     daemon = _tool(("postgres",), "postgresql", pg_bin)
     ready = _tool(("pg_isready",), "postgresql-client", pg_bin)
-    uid: int | None = None  # unchanged, unless root: then PG_USER's
-    gid: int | None = None
-    groups: list[int] | None = None
-    if os.geteuid() == 0:
+    psql = _tool(("psql",), "postgresql-client")
+    account = _account()
+    with _scratch_directory("pg") as data:
+        account.run(
+            [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], "initdb"
+        )
+        log = data / "server.log"
+        proc = account.start(
+            [daemon, "-D", str(data), "-k", str(data), "-c", "listen_addresses=", "-p", "5432"],
+            log,
+        )
         try:
-            owner = pwd.getpwnam(PG_USER)
-        except KeyError:
-            raise ServerFailed(
-                f"a throwaway PostgreSQL runs as the user {PG_USER!r}, and there is none "
-                "(apt-get install postgresql creates it)"
-            ) from None
-        uid, gid, groups = owner.pw_uid, owner.pw_gid, []
-    # initdb makes the directory itself, owned by whoever runs it, mode 0700
-    data = Path(tempfile.gettempdir()) / f"backupagent-drill-pg-{secrets.token_hex(8)}"
-    log = data / "server.log"
-    try:
-        try:
-            done = subprocess.run(
-                [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                capture_output=True,
-                timeout=START_SECONDS,
-                cwd="/",
-                user=uid,
-                group=gid,
-                extra_groups=groups,
-            )
-        except PermissionError:
-            raise ServerFailed(
-                f"a throwaway PostgreSQL cannot run as root, and this process may not "
-                f"switch to the user {PG_USER!r} (under systemd: the unit's "
-                "CapabilityBoundingSet lacks CAP_SETUID and CAP_SETGID; add them with a "
-                'drop-in, README "Restore drills"), or set drill_server = "configured"'
-            ) from None
-        if done.returncode != 0:
-            raise ServerFailed(f"initdb failed: {done.stderr.decode(errors='replace')[-1500:]}")
-        with log.open("ab") as errors:
-            proc = subprocess.Popen(
-                [daemon, "-D", str(data), "-k", str(data), "-c", "listen_addresses=", "-p", "5432"],
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-                cwd="/",
-                user=uid,
-                group=gid,
-                extra_groups=groups,
-            )
-        try:
+            where = ["-h", str(data), "-p", "5432"]
 
             def answers() -> bool:
-                argv = [ready, "-q", "-h", str(data), "-p", "5432"]
+                argv = [ready, "-q", *where]
                 return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
             _ready(answers, proc, "PostgreSQL server", log)
+            create = f"CREATE ROLE {PG_LOADER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE"
+            subprocess.run(
+                [psql, "-X", "-q", *where, "-U", "postgres", "-d", "postgres", "-c", create],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
             structlog.get_logger("backupagent.drill").info(
                 "throwaway server started", engine="postgresql"
             )
-            yield Server("postgresql", data, "postgres", 5432)
+            yield Server("postgresql", data, PG_LOADER, "postgres", 5432)
         finally:
             _stop(proc, 2)  # SIGINT: PostgreSQL's fast shutdown
-    finally:
-        shutil.rmtree(data, ignore_errors=True)
 
 
-def start(engine: str, base: Path) -> contextlib.AbstractContextManager[Server]:
+def start(engine: str) -> contextlib.AbstractContextManager[Server]:
     """A throwaway server of `engine` ("mysql" or "postgresql")."""
-    return mariadb(base) if engine == "mysql" else postgres()
+    return mariadb() if engine == "mysql" else postgres()

@@ -6,11 +6,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from backupagent.config import Config, load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History
 
+from ..conftest import require_system
 from ..databases import MariaDB, Postgres
 from ..helpers import decompress
 from .test_backup import REMOTE
@@ -328,3 +332,69 @@ def test_an_encrypted_backup_is_drilled_with_the_jobs_identity(
     assert done.returncode == 0, done.stdout + done.stderr
     (dump,) = json.loads(done.stdout)["databases"]
     assert (dump["member"], dump["tables"], dump["rows"]) == ("databases/app.sqlite3", 1, 2)
+
+
+def test_hostile_sql_in_a_local_drill_reaches_nothing_outside_its_server(
+    live: tuple[MariaDB, Postgres],
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    tmp_path: Path,
+) -> None:
+    """A server that lies adds SQL that writes a file (MariaDB: INTO OUTFILE), and a
+    PostgreSQL dump whose table check runs a program while rows load (COPY TO PROGRAM):
+    on the throwaway servers neither can, so both loads fail and nothing appears."""
+    pg = live[1]
+    markers = Path(tempfile.mkdtemp())  # where any user may write: only SQL rights stop it
+    markers.chmod(0o1777)
+    outfile, program = markers / "outfile", markers / "program"
+    pg.sql("CREATE DATABASE evilpg OWNER driller;")
+    pg.sql(
+        "SET ROLE driller;"
+        "CREATE FUNCTION touch() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
+        f"EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {program}'''; RETURN true; END $$;"
+        "CREATE TABLE t (x int CHECK (touch()));"
+        "RESET ROLE; INSERT INTO t VALUES (1);",  # the check runs as the superuser here
+        database="evilpg",
+    )
+    program.unlink()  # made by the insert above, run as the superuser
+    databases = _databases(tmp_path, live).replace('"drillpg"', '"evilpg"')
+    config = write_config(job=databases + '\ndrill_server = "local"')
+    backup = run_job(config, "www")
+    assert backup.outcome == "success", (backup.error, backup.warnings)
+    evil = f"SELECT 'pwned' INTO OUTFILE '{outfile}';\n".encode()
+    _rewrite(ftp_server, backup.backup_id, "databases/drillshop.sql", lambda d: evil + d)
+    before = _state(live)
+
+    done = _drill(config, "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    problems = {d["member"]: d["problems"] for d in json.loads(done.stdout)["databases"]}
+    assert problems["databases/drillshop.sql"][0].startswith("the load failed: ERROR 1290")
+    assert "--secure-file-priv" in problems["databases/drillshop.sql"][0]
+    assert problems["databases/evilpg.pgdump"][0].startswith("the load failed: ")
+    assert "must be superuser" in problems["databases/evilpg.pgdump"][0]
+    assert not outfile.exists() and not program.exists()
+    assert _state(live) == before
+    shutil.rmtree(markers)
+
+
+def test_a_local_drill_that_may_not_switch_users_says_what_to_allow(
+    live: tuple[MariaDB, Postgres], write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """As under the systemd unit, whose capability bounding set has no CAP_SETUID: a
+    throwaway server cannot run as `nobody`, and the advice says how to allow it."""
+    if os.geteuid() != 0:
+        pytest.skip("a process that is not root runs throwaway servers as itself")
+    setpriv = shutil.which("setpriv")
+    require_system(setpriv is not None, "setpriv missing (apt-get install util-linux)")
+    assert setpriv is not None
+    config = write_config(job=_databases(tmp_path, live) + '\ndrill_server = "local"')
+    assert run_job(config, "www").outcome == "success"
+    argv = [sys.executable, "-m", "backupagent", "--config", str(config.path), "drill", "www"]
+    done = subprocess.run(
+        [setpriv, "--bounding-set=-setuid,-setgid", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "may not switch users" in done.stdout and "CAP_SETUID and CAP_SETGID" in done.stdout
