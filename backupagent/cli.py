@@ -212,9 +212,7 @@ def run_job_command(obj: _Context, job: str, dry_run: bool, as_json: bool) -> No
     config = obj.job(job)
     if dry_run:
         _dry_run(config, job, as_json)
-    cancel = threading.Event()  # SIGTERM/SIGINT: abort cleanly, remove what was uploaded
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: cancel.set())
+    cancel = _cancelled_by_signals()  # abort cleanly, remove what was uploaded
     try:
         with terminal_progress(sys.stderr) as progress:
             result = run_job(config, job, progress, cancel=cancel)
@@ -716,7 +714,8 @@ def drill(obj: _Context, job: str, identity: Path | None, only: str | None, as_j
 
     config = obj.job(job)
     identities, name = _identities(identity), _destination(config, job, only)
-    drilled = _recorded(lambda: drill_backup(config, job, identities=identities, destination=name))
+    cancel = _cancelled_by_signals()  # scratch databases are dropped on the way out
+    drilled = _recorded(lambda: drill_backup(config, job, cancel, identities, name))
     if as_json:
         click.echo(document(**drill_view(job, drilled)))
     else:
@@ -855,6 +854,14 @@ def _or_exit(action: Callable[[], T]) -> T:
         _fail_exit(str(exc) or type(exc).__name__)
     except DumpFailed as exc:
         _fail_exit(f"{exc.diagnosis.what}: {' / '.join(exc.diagnosis.evidence)}")
+
+
+def _cancelled_by_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set: the run stops cleanly and is recorded."""
+    cancel = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: cancel.set())
+    return cancel
 
 
 def _recorded(action: Callable[[], T]) -> T:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from backupagent.state import History
 from ..conftest import require_system
 from ..databases import MariaDB, Postgres
 from ..helpers import decompress
+from ..sources.test_mysql import wrap_tool
+from ..test_daemon import wait_for
 from .test_backup import REMOTE
 
 MY_PASSWORD = "drill 'my\" pw"
@@ -398,3 +401,39 @@ def test_a_local_drill_that_may_not_switch_users_says_what_to_allow(
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "may not switch users" in done.stdout and "CAP_SETUID and CAP_SETGID" in done.stdout
+
+
+def test_a_drill_stopped_during_a_load_drops_its_scratch_database(
+    live: tuple[MariaDB, Postgres],
+    write_config: WriteConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM while the client loads (here a wrapper that says so, then hangs): the
+    drill ends `aborted`, its scratch database and directory are gone."""
+    config = write_config(job=_databases(tmp_path, live))
+    assert run_job(config, "www").outcome == "success"
+    loading = tmp_path / "loading"
+    wrap_tool(
+        "mariadb",
+        f'case "$*" in *" -e "*) ;; *" -- www_drill_"*) touch {loading}; exec sleep 600;; esac\n'
+        'exec {real} "$@"',
+        tmp_path,
+        monkeypatch,
+    )
+    before = _state(live)
+    argv = [sys.executable, "-m", "backupagent", "--config", str(config.path), "drill", "www"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(loading.exists, "the load to start")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert out.startswith("ABORTED: stopped before the drill ended")
+    with History(config.agent.state_dir) as history:
+        run = history.last("www")
+    assert run is not None and (run.trigger, run.result) == ("drill", "aborted")
+    assert _state(live) == before  # the scratch database was dropped
+    assert not [p for p in (tmp_path / "spool" / "www").iterdir()]
