@@ -5,6 +5,7 @@ config from the example (0600, kept on upgrade), the agent's directories. Below
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
 import shutil
 import stat
@@ -27,13 +28,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _install(root: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [str(REPO / "scripts" / "install"), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    # pip builds the wheel in the checkout's build/: xdist workers take turns (two at
+    # once failed with "File exists: build/bdist.linux-x86_64/wheel/...dist-info")
+    lock = Path(tempfile.gettempdir()) / f"backupagent-install-{os.stat(REPO).st_ino}.lock"
+    with lock.open("w") as turn:
+        fcntl.flock(turn, fcntl.LOCK_EX)
+        result = subprocess.run(
+            [str(REPO / "scripts" / "install"), "--root", str(root)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
     assert result.returncode == 0, result.stderr
     return result
 
