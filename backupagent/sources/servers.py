@@ -17,6 +17,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -87,6 +88,34 @@ class _Account:
                 extra_groups=self.groups,
             )
 
+    def stop(self, proc: subprocess.Popen[bytes], signal_number: int) -> None:
+        """Signal the server to stop, then kill it if it has not within STOP_SECONDS.
+        Signals go through `kill` run as the server's user: root without CAP_KILL (the
+        units' bounding set) may not signal another user's process."""
+        for number in (signal_number, signal.SIGKILL):
+            if proc.poll() is not None:
+                break
+            if self.uid is None:
+                proc.send_signal(number)
+            else:
+                with contextlib.suppress(PermissionError, subprocess.TimeoutExpired):
+                    subprocess.run(
+                        ["kill", f"-{int(number)}", str(proc.pid)],
+                        capture_output=True,
+                        timeout=30,
+                        user=self.uid,
+                        group=self.gid,
+                        extra_groups=self.groups,
+                    )
+            try:
+                proc.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                continue
+        if proc.poll() is None:
+            structlog.get_logger("backupagent.drill").warning(
+                "a throwaway server did not stop", pid=proc.pid
+            )
+
 
 def _account() -> _Account:
     if os.geteuid() != 0:
@@ -131,16 +160,6 @@ def _ready(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, 
             tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
             raise ServerFailed(f"the throwaway {what} did not start: {tail.strip()}")
         time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes], signal_number: int) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal_number)
-    try:
-        proc.wait(timeout=STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager
@@ -197,7 +216,7 @@ def mariadb() -> Iterator[Server]:
             )
             yield Server("mysql", sock, user, user)
         finally:
-            _stop(proc, 15)
+            account.stop(proc, signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -238,7 +257,7 @@ def postgres() -> Iterator[Server]:
             )
             yield Server("postgresql", data, PG_LOADER, "postgres", 5432)
         finally:
-            _stop(proc, 2)  # SIGINT: PostgreSQL's fast shutdown
+            account.stop(proc, signal.SIGINT)  # PostgreSQL's fast shutdown
 
 
 def start(engine: str) -> contextlib.AbstractContextManager[Server]:

@@ -402,6 +402,14 @@ def test_a_local_drill_that_may_not_switch_users_says_what_to_allow(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "may not switch users" in done.stdout and "CAP_SETUID and CAP_SETGID" in done.stdout
 
+    # the README's drop-in: the units' bounding set with those two added
+    allowed = "-all,+dac_read_search,+dac_override,+setuid,+setgid"
+    done = subprocess.run(
+        [setpriv, f"--bounding-set={allowed}", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not _leftover_servers()
+
 
 def test_a_drill_stopped_during_a_load_drops_its_scratch_database(
     live: tuple[MariaDB, Postgres],
@@ -437,3 +445,9 @@ def test_a_drill_stopped_during_a_load_drops_its_scratch_database(
     assert run is not None and (run.trigger, run.result) == ("drill", "aborted")
     assert _state(live) == before  # the scratch database was dropped
     assert not [p for p in (tmp_path / "spool" / "www").iterdir()]
+
+
+def _leftover_servers() -> list[str]:
+    """Throwaway servers still running (their data directory is on their command line)."""
+    found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "backupagent-drill-" in line]
