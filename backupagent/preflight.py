@@ -26,7 +26,26 @@ def host_problems(config: Config) -> list[Problem]:
         if job.wordpress is not None:
             found = _wordpress(job.wordpress, job)
             problems += [Problem(here, p, f"jobs.{name}", "wordpress") for p in found]
+        if job.drill_server == "local":
+            problems += [
+                Problem(here, reason, f"jobs.{name}", "drill_server")
+                for reason in _throwaway_servers(job)
+            ]
     return problems
+
+
+def _throwaway_servers(job: Job) -> list[str]:
+    """What a local drill of the job's dumps would lack."""
+    from backupagent.sources.servers import ServerFailed, installed
+
+    engines = {d.type for d in job.databases} | ({"mysql"} if job.wordpress else set())
+    missing = []
+    for engine in sorted(engines & {"mysql", "postgresql"}):
+        try:
+            installed(engine)
+        except ServerFailed as exc:
+            missing.append(str(exc))
+    return missing
 
 
 def _unreadable(path: Path) -> str | None:

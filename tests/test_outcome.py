@@ -11,8 +11,8 @@ from backupagent.outcome import BACKUP_TRIGGERS, OK, Outcome, RunResult, Trigger
 
 def test_stored_words_are_the_contracts() -> None:
     assert [o.value for o in Outcome] == ["running", "success", "warning", "failed", "aborted"]
-    assert [t.value for t in Trigger] == ["manual", "schedule", "catch-up", "verify"]
-    assert Trigger.VERIFY not in BACKUP_TRIGGERS
+    assert [t.value for t in Trigger] == ["manual", "schedule", "catch-up", "verify", "drill"]
+    assert Trigger.VERIFY not in BACKUP_TRIGGERS and Trigger.DRILL not in BACKUP_TRIGGERS
 
 
 @pytest.mark.parametrize(

@@ -93,3 +93,28 @@ def test_an_unreadable_wp_config_fails_check(write_config: WriteConfig, tmp_path
     result = cli(config.path, "check")
     assert result.returncode == 2
     assert f"[jobs.www] wordpress: {site / 'wp-config.php'}: cannot read" in result.stderr
+
+
+def test_a_local_drill_without_the_server_programs_fails_check(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    databases = (
+        'databases = [{ type = "mysql", name = "shop" }, { type = "postgresql", name = "shop2" }]'
+    )
+    config = write_config(job=f'{databases}\ndrill_server = "local"')
+    assert "drill_server" not in cli(config.path, "check").stderr  # this host has them
+    empty = tmp_path / "no-programs"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    result = cli(config.path, "check")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert (
+        "jobs.toml: [jobs.www] drill_server: mariadb-install-db or mysql_install_db not found: "
+        'a drill with drill_server = "local" needs the server programs '
+        "(apt-get install mariadb-server)"
+    ) in lines
+    assert any(
+        line.startswith("jobs.toml: [jobs.www] drill_server: ") and "postgresql" in line
+        for line in lines
+    )

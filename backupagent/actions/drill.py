@@ -256,7 +256,8 @@ def _made_here(config: Config, job: str, backup_id: str, sha256: str) -> None:
         made = history.manifest_made(job, backup_id)
     if made != sha256:
         why = (
-            "this host has no record of making it"
+            "this host has no record of making it (the history holds no SHA-256 of its "
+            "manifest: a backup from another host, or from before backupagent kept them)"
             if made is None
             else "its manifest differs from the one this host published"
         )

@@ -173,13 +173,37 @@ def _scratch_directory(engine: str) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+PG_BIN = ("/usr/lib/postgresql/*/bin/",)  # Debian keeps the server programs off PATH
+
+
+def _mariadb_programs() -> tuple[str, str, str]:
+    return (
+        _tool(("mariadb-install-db", "mysql_install_db"), "mariadb-server"),
+        _tool(("mariadbd", "mysqld"), "mariadb-server", ("/usr/sbin/",)),
+        _tool(("mariadb-admin", "mysqladmin"), "mariadb-client"),
+    )
+
+
+def _postgres_programs() -> tuple[str, str, str, str]:
+    return (
+        _tool(("initdb",), "postgresql", PG_BIN),
+        _tool(("postgres",), "postgresql", PG_BIN),
+        _tool(("pg_isready",), "postgresql-client", PG_BIN),
+        _tool(("psql",), "postgresql-client"),
+    )
+
+
+def installed(engine: str) -> None:
+    """Raise ServerFailed, saying what to install, unless a throwaway server of
+    `engine` could be started (for `check`)."""
+    (_mariadb_programs if engine == "mysql" else _postgres_programs)()
+
+
 @contextlib.contextmanager
 def mariadb() -> Iterator[Server]:
     """mariadb-install-db and mariadbd, with INTO OUTFILE, LOAD DATA and plugins
     confined to an empty directory."""
-    install = _tool(("mariadb-install-db", "mysql_install_db"), "mariadb-server")
-    daemon = _tool(("mariadbd", "mysqld"), "mariadb-server", ("/usr/sbin/",))
-    admin = _tool(("mariadb-admin", "mysqladmin"), "mariadb-client")
+    install, daemon, admin = _mariadb_programs()
     account = _account()
     user = pwd.getpwuid(os.geteuid()).pw_name  # socket authentication, as this user
     with _scratch_directory("mysql") as base:
@@ -222,11 +246,7 @@ def mariadb() -> Iterator[Server]:
 @contextlib.contextmanager
 def postgres() -> Iterator[Server]:
     """initdb and postgres; dumps load as the role `drill`, which is no superuser."""
-    pg_bin = ("/usr/lib/postgresql/*/bin/",)
-    initdb = _tool(("initdb",), "postgresql", pg_bin)
-    daemon = _tool(("postgres",), "postgresql", pg_bin)
-    ready = _tool(("pg_isready",), "postgresql-client", pg_bin)
-    psql = _tool(("psql",), "postgresql-client")
+    initdb, daemon, ready, psql = _postgres_programs()
     account = _account()
     with _scratch_directory("pg") as data:
         account.run(
