@@ -3,15 +3,19 @@
 Run from the repository root as root (or a user who may run mariadbd):
     python bench/dump_mysql.py [ROWS]
 It starts a throwaway MariaDB and FTP server, fills a wp_posts-like table with ROWS
-rows (default 100000), runs a job, and prints the figures. Nothing is timed in tests.
+rows (default 100000), runs the job ROUNDS times counting rows per table (as shipped)
+alternated with a reference run that does not count them, and prints the medians and
+their ratio. Nothing is timed in tests.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -19,8 +23,18 @@ from backupagent.actions.backup import run_job
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import configure, read_events
+from backupagent.sources import databases
 from bench.compare import database_key, write_jobs
 from tests.databases import start_mariadb
+
+ROUNDS = 5
+
+
+class _NoCount(databases.MysqlRows):
+    """The reference: the dump as it was before rows were counted."""
+
+    def write(self, data: bytes) -> None:
+        pass
 
 
 def main(rows: int) -> None:
@@ -57,17 +71,31 @@ def main(rows: int) -> None:
             (base / "www").mkdir()
             database = database_key(base, db)
             write_jobs(base, ftp.port, base / "www", 1, database, ftp.user, ftp.password)
-            result = run_job(load_config(base / "jobs.toml"), "bench")
-        events = read_events(result.log_path)
-        dumped = next(e for e in events if e["event"] == "database dumped")
-        assert result.stats is not None
-        print(f"result: {result.outcome}")
-        print(
-            f"dump: {dumped['bytes'] / 2**20:.1f} MiB of SQL in {dumped['seconds']:.2f}s "
-            f"({dumped['bytes'] / 2**20 / dumped['seconds']:.0f} MiB/s)"
-        )
-        print(f"archive: {result.stats.archive_bytes / 2**20:.1f} MiB (.tar.zst, level 3)")
-        print(f"whole run (dump + archive + upload + manifest): {result.seconds:.2f}s")
+            config = load_config(base / "jobs.toml")
+            # alternated in this process: counting rows (as shipped) and a reference run
+            # that does not count them (MysqlRows replaced by a no-op)
+            timings: dict[str, list[float]] = {"counting rows": [], "reference (no count)": []}
+            for _ in range(ROUNDS):
+                for label in timings:
+                    counter = databases.MysqlRows if label == "counting rows" else _NoCount
+                    with mock.patch.object(databases, "MysqlRows", counter):
+                        result = run_job(config, "bench")
+                    assert result.outcome == "success", result.error
+                    events = read_events(result.log_path)
+                    dumped = next(e for e in events if e["event"] == "database dumped")
+                    timings[label].append(dumped["seconds"])
+            mib = dumped["bytes"] / 2**20
+            for label, seconds in timings.items():
+                best = statistics.median(seconds)
+                print(
+                    f"{label}: {mib:.1f} MiB of SQL in {best:.2f}s median of {ROUNDS} "
+                    f"({mib / best:.0f} MiB/s)"
+                )
+            ratio = statistics.median(timings["counting rows"]) / statistics.median(
+                timings["reference (no count)"]
+            )
+            print(f"dump time, counting rows / reference: {ratio:.2f}")
+            print(f"archive: {result.stats.archive_bytes / 2**20:.1f} MiB (.tar.zst, level 3)")
     finally:
         servers.close()
 

@@ -3,10 +3,9 @@
 The counts are those of the dump's own snapshot (mariadb-dump --single-transaction
 cannot share it with another session), and the restore drill compares them with what
 a load of the dump produced. A table's rows are the tuples between its `LOCK TABLES
-`t` WRITE;` and `UNLOCK TABLES;` lines: every "(" outside a quoted string there, once
-the INSERT and ALTER TABLE lines' own names are taken out. Quoted strings never hold a
-raw newline (the tool writes \\n), so a newline is always outside one: the SQL is
-counted up to the last newline of each chunk, and the rest is held for the next.
+`t` WRITE;` and `UNLOCK TABLES;` lines (rows_in). Quoted strings never hold a raw
+newline (the tool writes \\n), so a newline is always outside one: the SQL is counted
+up to the last newline of each chunk, and the rest is held for the next.
 """
 
 from __future__ import annotations
@@ -20,12 +19,9 @@ _NAME = rb"`((?:[^`\n]|``)+)`"
 # it at memchr speed; ^ with re.M is tried at every byte and ran at 200 MiB/s).
 _LOCK = re.compile(rb"\nLOCK TABLES " + _NAME + rb" WRITE;(?=\n)")
 _UNLOCK = b"\nUNLOCK TABLES;\n"
-# what carries a "(" or a quote in a data section but is not a row: the statement's
-# head, with its column list when the tool writes one, and the key toggles
-_NOT_ROWS = (
-    re.compile(rb"\nINSERT INTO `(?:[^`\n]|``)+` (?:\((?:`(?:[^`\n]|``)*`(?:, )?)+\) )?VALUES"),
-    re.compile(rb"\n/\*!40000 ALTER TABLE `(?:[^`\n]|``)+` (?:DIS|EN)ABLE KEYS \*/;(?=\n)"),
-)
+# an INSERT statement's head, with its column list when the tool writes one
+_HEAD = re.compile(rb"INSERT INTO `(?:[^`\n]|``)+` (?:\((?:`(?:[^`\n]|``)*`(?:, )?)+\) )?VALUES")
+_INSERT = b"\nINSERT INTO "
 _ESCAPE = re.compile(rb"\\.", re.S)
 
 
@@ -36,6 +32,26 @@ def tuples(sql: bytes) -> int:
     if b"'" in sql:
         sql = b"".join(sql.split(b"'")[::2])
     return sql.count(b"(")
+
+
+def rows_in(sql: bytes, start: int, stop: int) -> int:
+    """The rows in sql[start:stop], whole lines of a table's data section, each line
+    after a newline (sql[start] is one).
+
+    mariadb-dump 10.11 writes a row per line: a line that starts with "(" starts a row
+    (a string cannot hold a raw newline), so those are counted at memchr speed. An
+    INSERT line that goes on after VALUES holds its rows itself (mysqldump, older
+    mariadb-dump): its tuples are counted one by one."""
+    rows = sql.count(b"\n(", start, stop)
+    at = sql.find(_INSERT, start, stop)
+    while at >= 0:
+        end = sql.find(b"\n", at + 1, stop)
+        line = sql[at + 1 : end if end >= 0 else stop]
+        head = _HEAD.match(line)
+        if head is not None:
+            rows += tuples(line[head.end() :])
+        at = sql.find(_INSERT, end, stop) if end >= 0 else -1
+    return rows
 
 
 def _name(quoted: bytes) -> str:
@@ -65,17 +81,15 @@ class MysqlRows:
             return
         first = data.find(b"\n")
         if self._skipping:
-            self._skipping, start = False, first + 1
-        elif self._held:
+            self._skipping = False
+        else:  # the line begun in earlier chunks: one small copy
             self._held.append(data[: first + 1])
-            self._block(b"".join(self._held))
-            start = first + 1
-        else:
-            start = 0
+            line = b"\n" + b"".join(self._held)
+            self._lines(line, 0, len(line))
         self._held.clear()
         self._held_bytes = 0
-        if start <= end:
-            self._block(data[start : end + 1])
+        if first < end:
+            self._lines(data, first, end + 1)  # in place: data[first] is a newline
         self._hold(data[end + 1 :])
 
     def _hold(self, piece: bytes) -> None:
@@ -91,24 +105,20 @@ class MysqlRows:
             return
         self._held.append(piece)
 
-    def _block(self, lines: bytes) -> None:
-        """Count whole lines (ending in a newline): sections open and close at line starts."""
-        block = b"\n" + lines  # so that every line, the first too, follows a newline
-        pos = 0
-        while pos < len(block) - 1:
+    def _lines(self, sql: bytes, pos: int, end: int) -> None:
+        """Count sql[pos:end]: whole lines, each after a newline (sql[pos] is one, and
+        sql[end - 1]); sections open and close at line starts."""
+        while pos < end - 1:
             if self._table is None:
-                lock = _LOCK.search(block, pos)
+                lock = _LOCK.search(sql, pos, end)
                 if lock is None:
                     return
                 self._table = _name(lock.group(1))
                 self._rows.setdefault(self._table, 0)
-                pos = lock.end()
+                pos = lock.end()  # at the newline ending the LOCK TABLES line
                 continue
-            stop = block.find(_UNLOCK, pos)
-            section = block[pos : len(block) if stop < 0 else stop + 1]
-            for pattern in _NOT_ROWS:
-                section = pattern.sub(b"\n", section)
-            self._rows[self._table] += tuples(section)
+            stop = sql.find(_UNLOCK, pos, end)
+            self._rows[self._table] += rows_in(sql, pos, end if stop < 0 else stop + 1)
             if stop < 0:
                 return
             self._table = None

@@ -33,6 +33,10 @@ CASES = {
         ),
         {"t": 3},
     ),
+    "the first row on the INSERT line, the others a line each": (
+        _section("t", "INSERT INTO `t` VALUES (1,'(a'),\n(2,'b\\n(c'),\n(3,'');\n"),
+        {"t": 3},
+    ),
     "parentheses and separators inside strings": (
         _section("t", "INSERT INTO `t` VALUES (1,'a),(b'),(2,'(('),(3,'x) (y');\n"),
         {"t": 3},
