@@ -324,3 +324,40 @@ def test_a_chain_naming_too_much_is_refused_before_anything_is_written(
     with pytest.raises(RestoreError, match="refused rather than exhaust memory"):
         restore(config, "www", tmp_path / "back")
     assert not (tmp_path / "back").exists() or not any((tmp_path / "back").iterdir())
+
+
+def test_a_drill_of_an_incremental_restores_its_whole_point(
+    write_config: WriteConfig, site: Path, tmp_path: Path
+) -> None:
+    """The drill extracts the chain (full, then the incremental) and checks the dump the
+    incremental carries: the files counted are the whole point's, not the increment's."""
+    import sqlite3
+
+    from backupagent.actions.drill import drill
+
+    app = tmp_path / "app.db"
+    conn = sqlite3.connect(app)
+    conn.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    conn.commit()
+    config = write_config(job=f'{INCREMENTAL}\ndatabases = [{{ type = "sqlite", path = "{app}" }}]')
+    assert run_job(config, "www").outcome == "success"
+    whole = drill(config, "www").files
+    (site / "added.txt").write_text("new")
+    conn.execute("INSERT INTO t VALUES (2)")
+    conn.commit()
+    conn.close()
+    second = run_job(config, "www")
+    assert second.outcome == "success"
+    assert (
+        json.loads(
+            (
+                tmp_path / "ftp-root" / "backups/site" / f"{second.backup_id}.manifest.json"
+            ).read_text()
+        )["kind"]
+        == "incremental"
+    )
+    drilled = drill(config, "www")
+    assert drilled.ok and drilled.backup_id == second.backup_id, drilled.message
+    assert drilled.files == whole + 1
+    (dump,) = drilled.dumps
+    assert (dump.member, dump.rows, dump.problems) == ("databases/app.sqlite3", 2, [])

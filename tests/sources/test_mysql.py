@@ -295,6 +295,16 @@ def test_wordpress_job(shop: MariaDB, write_config: WriteConfig, tmp_path: Path)
     assert meta["databases"][0]["tables"] == ["wp_options", "wp_posts"]
     assert PASSWORD not in result.log_path.read_text()
 
+    # a drill reaches the server through wp-config.php's settings, and leaves it as it was
+    from backupagent.actions.drill import drill
+
+    databases = shop.sql("SHOW DATABASES")
+    drilled = drill(config, "www")
+    assert drilled.ok, drilled.message
+    (checked,) = drilled.dumps
+    assert (checked.member, checked.tables, checked.rows) == ("databases/wpsite.sql", 2, 2)
+    assert shop.sql("SHOW DATABASES") == databases
+
 
 def test_wordpress_wrong_password_points_at_wp_config(
     shop: MariaDB, write_config: WriteConfig, tmp_path: Path
