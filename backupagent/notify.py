@@ -184,8 +184,8 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
         ),
         (
             "backupagent_last_drill_success_timestamp_seconds",
-            "Start of the last restore drill that loaded the newest backup's databases "
-            "with the rows counted at dump time.",
+            "Start of the last restore drill that restored the newest backup and loaded "
+            "its dumps (with the rows counted at dump time, where it recorded them).",
         ),
     ]
     samples: dict[str, list[str]] = {name: [] for name, _ in families}

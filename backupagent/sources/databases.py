@@ -634,23 +634,23 @@ def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> l
                 env=env,
             ) as held:
                 snapshot = held.ask(PG_SNAPSHOT, timeout=PG_ANSWER_SECONDS, cancel=cancel)
-                if snapshot is None or not re.fullmatch(r"[0-9A-Fa-f-]{1,64}", snapshot):
-                    raise _fail(target, name, psql, held.proc.poll(), held.stderr)
+                shared = snapshot is not None and re.fullmatch(r"[0-9A-Fa-f-]{1,64}", snapshot)
+                if shared:
+                    argv.append(f"--snapshot={snapshot}")
                 _spool_dump(
                     target,
                     item,
                     tool,
                     dumps,
-                    functools.partial(
-                        process.stream, [*argv, f"--snapshot={snapshot}"], env=env, cancel=cancel
-                    ),
+                    functools.partial(process.stream, argv, env=env, cancel=cancel),
                     lambda spool: spool.head.startswith(PG_MAGIC),
                 )
-                item.rows = _pg_counts(held, cancel)
-                if item.rows is None:
+                item.rows = _pg_counts(held, cancel) if shared else None
+                if item.rows is None:  # the dump is whole; only the drill will know less
                     item.warnings.append(
-                        f"psql: the rows of {name} could not be counted; a drill will load "
-                        f"this dump without comparing them ({held.stderr.strip()[-300:]})"
+                        f"psql: the rows of {name} could not be counted in the dump's "
+                        "snapshot; a drill will load this dump without comparing them "
+                        f"({held.stderr.strip()[-300:]})"
                     )
     return dumps
 

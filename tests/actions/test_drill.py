@@ -451,3 +451,26 @@ def _leftover_servers() -> list[str]:
     """Throwaway servers still running (their data directory is on their command line)."""
     found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in found.splitlines() if "backupagent-drill-" in line]
+
+
+def test_a_backup_without_row_counts_loads_with_a_warning(
+    live: tuple[MariaDB, Postgres],
+    write_config: WriteConfig,
+    ftp_server: LocalFtpServer,
+    tmp_path: Path,
+) -> None:
+    """As from an agent that did not count rows yet: loaded, nothing to compare."""
+    config = write_config(job=_databases(tmp_path, live) + '\ndrill_server = "local"')
+    backup = run_job(config, "www")
+    assert backup.outcome == "success", backup.error
+    path = ftp_server.root / REMOTE / f"{backup.backup_id}.manifest.json"
+    manifest = json.loads(path.read_text())
+    for dump in manifest["databases"]:
+        del dump["rows"]
+    path.write_text(json.dumps(manifest))
+    done = _drill(config, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["result"] == "warning"
+    assert "loaded but not compared: the backup recorded no row counts" in report["message"]
+    assert all(not d["compared"] and not d["problems"] for d in report["databases"])

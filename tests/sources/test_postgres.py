@@ -168,3 +168,26 @@ def test_rows_are_counted_in_the_dumps_own_snapshot(
     shop.restore("shop_snap", restored)
     assert int(shop.sql("SELECT count(*) FROM items", "shop_snap")) == before
     shop.sql("DELETE FROM items WHERE name = 'late'", "shop")
+
+
+def test_without_a_shared_snapshot_the_dump_is_kept_uncounted(
+    shop: Postgres, write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psql cannot hold the snapshot (here a wrapper refuses the session, the only call
+    with -q): the backup is published, with a warning, and no counts."""
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    script = wrappers / "psql"
+    script.write_text(
+        '#!/bin/sh\ncase " $* " in *" -q "*) echo "no snapshot here" >&2; exit 3;; esac\n'
+        f'exec {shutil.which("psql")} "$@"\n'
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrappers}:{os.environ['PATH']}")
+    config = write_config(job=_entry(shop, "shop", _password_file(tmp_path, PASSWORD)))
+    result = run_job(config, "www")
+    assert result.outcome == "warning", (result.error, result.warnings)
+    assert any("could not be counted" in w and "no snapshot here" in w for w in result.warnings)
+    manifest = json.loads(download(config, f"{result.backup_id}.manifest.json"))
+    assert manifest["databases"][0]["rows"] is None
+    assert _members(config, result)["databases/shop.pgdump"].startswith(b"PGDMP")
