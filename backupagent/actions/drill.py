@@ -122,7 +122,7 @@ class _Engine:
 
 def _load_mysql(target: Target, dump: Path, spool: Path, cancel: threading.Event | None) -> None:
     with dump.open("rb") as source:
-        databases.load_mysql(target, source, create=False, cancel=cancel)
+        databases.load_mysql(target, source, create=False, cancel=cancel, events=False)
 
 
 def _load_postgres(target: Target, dump: Path, spool: Path, cancel: threading.Event | None) -> None:

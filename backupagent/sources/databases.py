@@ -33,6 +33,7 @@ from backupagent.diagnosis import Diagnosis, DumpFailure, diagnose_dump
 from backupagent.diagnosis.dumps import SQLITE_READ_ONLY
 from backupagent.hashing import HashingWriter
 from backupagent.sources.rows import MysqlRows
+from backupagent.workers import Worker
 
 AnyDatabase = MysqlDatabase | PostgresDatabase | SqliteDatabase
 MYSQL_SYSTEM_DATABASES = {"information_schema", "performance_schema", "mysql", "sys"}
@@ -379,8 +380,11 @@ def load_mysql(
     source: BinaryIO,
     create: bool = True,
     cancel: threading.Event | None = None,
+    events: bool = True,
 ) -> None:
-    """Feed a dump to the mysql client into database `target.db.name` (restore, drill)."""
+    """Feed a dump to the mysql client into database `target.db.name` (restore, drill).
+    With `events` False the dump's scheduled events are created disabled: a drill's
+    copy of an event must never run (its body may name a live database)."""
     db = target.db
     assert isinstance(db, MysqlDatabase)
     try:
@@ -391,9 +395,51 @@ def load_mysql(
         quoted = "`" + db.name.replace("`", "``") + "`"
         _mysql_query(target, client, db.name, f"CREATE DATABASE IF NOT EXISTS {quoted}")
     out = bytearray()
-    finished = _mysql_run(target, client, ["--", db.name], out.extend, cancel, source)
+    with contextlib.ExitStack() as stack:
+        pump = None
+        if not events:
+            source, pump = stack.enter_context(_events_disabled(source))
+        finished = _mysql_run(target, client, ["--", db.name], out.extend, cancel, source)
+    if pump is not None and pump.error is not None and not isinstance(pump.error, BrokenPipeError):
+        raise _fail(target, db.name, "reading the dump", 1, f"error: {pump.error}")
     if _looks_failed(finished):
         raise _fail(target, db.name, client, finished.returncode, finished.stderr)
+
+
+# mariadb-dump's line that creates an enabled event: `/*!50106 CREATE*/ ... EVENT `e`
+# ON SCHEDULE ... ON COMPLETION [NOT] PRESERVE ENABLE DO ...` (the first such clause)
+_ENABLED_EVENT = re.compile(
+    rb"^(/\*!50106 CREATE\*/.*? EVENT .*? ON COMPLETION (?:NOT )?PRESERVE )ENABLE( DO )"
+)
+LINE_PIECE = 1 << 20  # a longer line passes through in pieces
+
+
+def disable_event(line: bytes) -> bytes:
+    """A dump line that creates an enabled event, made to create it disabled."""
+    if not line.startswith(b"/*!50106 CREATE*/"):
+        return line
+    return _ENABLED_EVENT.sub(rb"\1DISABLE\2", line, count=1)
+
+
+@contextlib.contextmanager
+def _events_disabled(source: BinaryIO) -> Iterator[tuple[BinaryIO, Worker[None]]]:
+    """`source` through a pipe, a line at a time, with every event created disabled."""
+    read_fd, write_fd = os.pipe()
+
+    def pump() -> None:
+        with os.fdopen(write_fd, "wb") as out:
+            at_line_start = True
+            while piece := source.readline(LINE_PIECE):
+                out.write(disable_event(piece) if at_line_start else piece)
+                at_line_start = piece.endswith(b"\n")
+
+    reader = os.fdopen(read_fd, "rb")
+    worker = Worker("dump filter", pump).start()
+    try:
+        yield reader, worker
+    finally:
+        reader.close()  # a pump blocked on a full pipe then ends with BrokenPipeError
+        worker.wait()
 
 
 def _server_name(target: Target) -> str:

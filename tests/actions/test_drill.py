@@ -51,6 +51,7 @@ def live(mariadb: MariaDB, postgres: Postgres) -> tuple[MariaDB, Postgres]:
         INSERT INTO `odd name(` VALUES (1), (2);
         CREATE TABLE empty_one (x INT);
         CREATE VIEW item_view AS SELECT id FROM items;
+        CREATE EVENT tidy ON SCHEDULE EVERY 1 HOUR DO DELETE FROM drillshop.items WHERE id > 9;
         CREATE USER 'driller'@'localhost' IDENTIFIED BY '{escaped}';
         GRANT ALL PRIVILEGES ON *.* TO 'driller'@'localhost';
     """)
@@ -474,3 +475,37 @@ def test_a_backup_without_row_counts_loads_with_a_warning(
     assert report["result"] == "warning"
     assert "loaded but not compared: the backup recorded no row counts" in report["message"]
     assert all(not d["compared"] and not d["problems"] for d in report["databases"])
+
+
+def test_a_drill_creates_the_dumps_events_disabled(
+    live: tuple[MariaDB, Postgres],
+    write_config: WriteConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live database's event names it (DELETE FROM drillshop.items): its copy in the
+    scratch database must never run. Seen as the drill counts rows, right after the load."""
+    my = live[0]
+    config = write_config(job=_databases(tmp_path, live))
+    assert run_job(config, "www").outcome == "success"
+    seen = tmp_path / "events"
+    query = (
+        "SELECT event_schema, event_name, status FROM information_schema.events "
+        "WHERE event_schema LIKE 'www_drill_%'"
+    )
+    wrap_tool(
+        "mariadb",
+        f'case "$*" in *"HEX(table_name)"*) {{real}} --no-defaults --socket={my.socket} '
+        f'-uroot -p{my.root_password} -N -B -e "{query}" >> {seen};; esac\n'
+        'exec {real} "$@"',
+        tmp_path,
+        monkeypatch,
+    )
+    done = _drill(config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (event,) = seen.read_text().splitlines()
+    schema, name, status = event.split("\t")
+    assert schema.startswith("www_drill_") and (name, status) == ("tidy", "DISABLED")
+    assert "ENABLED" in my.sql(
+        "SELECT status FROM information_schema.events WHERE event_schema = 'drillshop'"
+    )

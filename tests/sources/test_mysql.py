@@ -372,3 +372,34 @@ def test_restore_loads_the_dump_into_a_named_database(
     assert loaded.returncode == 0, loaded.stdout + loaded.stderr
     assert "loaded shop.sql into database shop_loaded" in loaded.stdout
     assert _checksums(shop, "shop_loaded") == _checksums(shop, "shop")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            b"/*!50106 CREATE*/ /*!50117 DEFINER=`root`@`localhost`*/ /*!50106 EVENT `ev` ON "
+            b"SCHEDULE EVERY 1 SECOND STARTS '2026-12-06 08:03:45' ON COMPLETION NOT PRESERVE "
+            b"ENABLE DO INSERT INTO d.t VALUES (1) \n",
+            b"/*!50106 CREATE*/ /*!50117 DEFINER=`root`@`localhost`*/ /*!50106 EVENT `ev` ON "
+            b"SCHEDULE EVERY 1 SECOND STARTS '2026-12-06 08:03:45' ON COMPLETION NOT PRESERVE "
+            b"DISABLE DO INSERT INTO d.t VALUES (1) \n",
+        ),
+        (
+            b"/*!50106 CREATE*/ /*!50106 EVENT `e` ON SCHEDULE AT '2030-01-01 00:00:00' ON "
+            b"COMPLETION PRESERVE ENABLE DO SELECT ' ON COMPLETION PRESERVE ENABLE DO '\n",
+            b"/*!50106 CREATE*/ /*!50106 EVENT `e` ON SCHEDULE AT '2030-01-01 00:00:00' ON "
+            b"COMPLETION PRESERVE DISABLE DO SELECT ' ON COMPLETION PRESERVE ENABLE DO '\n",
+        ),
+        (  # disabled already, and a row that only looks like it: unchanged
+            b"/*!50106 CREATE*/ /*!50106 EVENT `e` ON SCHEDULE EVERY 1 DAY ON COMPLETION "
+            b"PRESERVE DISABLE DO SELECT 1\n",
+            None,
+        ),
+        (b"(1,'/*!50106 CREATE*/ EVENT x ON COMPLETION PRESERVE ENABLE DO '),\n", None),
+    ],
+)
+def test_disable_event(line: bytes, expected: bytes | None) -> None:
+    from backupagent.sources.databases import disable_event
+
+    assert disable_event(line) == (line if expected is None else expected)
