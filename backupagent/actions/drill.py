@@ -26,7 +26,7 @@ import sqlite3
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,16 +215,10 @@ def _drill(
             drilled.files = report.files
             log.info("drill extracted", backup_id=backup.backup_id, files=report.files)
             dumps = backup.manifest.databases
-        with contextlib.ExitStack() as local:
-            started: dict[str, servers.Server] = {}
-
-            def server(engine: str) -> servers.Server:
-                if engine not in started:
-                    started[engine] = local.enter_context(servers.start(engine))
-                return started[engine]
-
+        with contextlib.ExitStack() as stack:
+            places = _Places(config, job, stack)
             for entry in dumps:
-                drilled.dumps.append(_dump(config, job, entry, files, scratch, server, cancel))
+                drilled.dumps.append(_dump(entry, files, scratch, places, cancel))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     problems = [f"{d.member}: {p}" for d in drilled.dumps for p in d.problems]
@@ -268,12 +262,10 @@ def _made_here(config: Config, job: str, backup_id: str, sha256: str) -> None:
 
 
 def _dump(
-    config: Config,
-    job: str,
     entry: DatabaseDump,
     files: Path,
     scratch: Path,
-    server: Callable[[str], servers.Server],
+    places: _Places,
     cancel: threading.Event | None,
 ) -> DumpDrill:
     checked = DumpDrill(entry.member, entry.engine, compared=entry.rows is not None)
@@ -283,9 +275,9 @@ def _dump(
         return checked
     loaded: dict[str, int] | None
     if entry.engine == "sqlite":
-        loaded = _sqlite_counts(path)
+        loaded = _sqlite_counts(path, checked)
     elif entry.engine in ENGINES:
-        loaded = _loaded_counts(config, job, entry, path, scratch, server, checked, cancel)
+        loaded = _loaded_counts(entry, path, scratch, places, checked, cancel)
     else:
         checked.problems.append(f"unknown engine {entry.engine!r}")
         return checked
@@ -298,41 +290,66 @@ def _dump(
     return checked
 
 
-def _sqlite_counts(path: Path) -> dict[str, int]:
+def _sqlite_counts(path: Path, checked: DumpDrill) -> dict[str, int] | None:
+    """Rows per table of a SQLite copy from the backup (a file from the network: read
+    only, its schema not trusted to call functions)."""
     uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True)
     try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {
-            t: conn.execute('SELECT count(*) FROM "' + t.replace('"', '""') + '"').fetchone()[0]
-            for t in tables
-        }
-    finally:
-        conn.close()
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            conn.execute("PRAGMA trusted_schema = OFF")
+            tables = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            return {
+                t: conn.execute('SELECT count(*) FROM "' + t.replace('"', '""') + '"').fetchone()[0]
+                for t in tables
+            }
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        checked.problems.append(f"the copy could not be read: {exc}")
+        return None
+
+
+class _Places:
+    """Where dumps load: the job's own servers (their settings read once per drill), or
+    throwaway servers, each started when a dump first needs it."""
+
+    def __init__(self, config: Config, job: str, stack: contextlib.ExitStack) -> None:
+        self.local = config.jobs[job].drill_server == "local"
+        self.live = live_databases(config, job)
+        self.job = job
+        self._stack = stack
+        self._started: dict[str, servers.Server] = {}
+        self._targets = [] if self.local else _job_targets(config, job)
+
+    def targets(self, entry: DatabaseDump, name: str) -> tuple[Target, Target, str | None]:
+        """(who creates and drops database `name`, who loads into it, its owner)."""
+        if not self.local:
+            target = _configured_target(self._targets, entry, name)
+            return target, target, None
+        if entry.engine not in self._started:
+            self._started[entry.engine] = self._stack.enter_context(servers.start(entry.engine))
+        server = self._started[entry.engine]
+        owner = server.user if entry.engine == "postgresql" else None
+        admin, loader = (_local_target(server, user, name) for user in (server.admin, server.user))
+        return admin, loader, owner
 
 
 def _loaded_counts(
-    config: Config,
-    job: str,
     entry: DatabaseDump,
     path: Path,
     scratch: Path,
-    server: Callable[[str], servers.Server],
+    places: _Places,
     checked: DumpDrill,
     cancel: threading.Event | None,
 ) -> dict[str, int] | None:
     """Load the dump into a new scratch database, count its rows, drop it."""
     engine = ENGINES[entry.engine]
-    checked.into = scratch_name(job)
-    owner = None
-    if config.jobs[job].drill_server == "local":
-        local = server(entry.engine)
-        admin = _local_target(local, local.admin, checked.into)
-        target = _local_target(local, local.user, checked.into)
-        owner = local.user if entry.engine == "postgresql" else None
-    else:
-        admin = target = _configured_target(config, job, entry, checked.into)
-    if checked.into in live_databases(config, job):  # cannot happen; never risk it
+    checked.into = scratch_name(places.job)
+    admin, target, owner = places.targets(entry, checked.into)
+    if checked.into in places.live:  # cannot happen; never risk it
         raise DrillError(f"the scratch name {checked.into} is a live database")
     work = scratch / "passfiles"
     work.mkdir(exist_ok=True)
@@ -340,16 +357,18 @@ def _loaded_counts(
         engine.create(admin, work, owner)
     except DumpFailed as exc:
         failed = f"{entry.member}: the scratch database {checked.into} could not be created"
-        if owner is not None or config.jobs[job].drill_server == "local":
+        if places.local:
             raise DrillError(f"{failed} on the throwaway server ({said(exc)})") from None
         raise DrillError(
             f"{failed} on the job's server ({said(exc)}); the drill needs a "
             "database user that may create and drop databases named "
             f'{checked.into.rsplit("_", 1)[0]}_*, or drill_server = "local"'
         ) from None
+    log = structlog.get_logger("backupagent.drill")
     try:
-        with _timed(checked):
-            engine.load(target, path, work, cancel)
+        log.info("loading into a scratch database", dump=checked.member, into=checked.into)
+        engine.load(target, path, work, cancel)
+        log.info("loaded", dump=checked.member, into=checked.into)
         return engine.count(target, work)
     except DumpFailed as exc:
         checked.problems.append(f"the load failed: {said(exc)}")
@@ -357,14 +376,6 @@ def _loaded_counts(
     finally:
         with contextlib.suppress(DumpFailed):
             engine.drop(admin, work)
-
-
-@contextlib.contextmanager
-def _timed(checked: DumpDrill) -> Iterator[None]:
-    log = structlog.get_logger("backupagent.drill")
-    log.info("loading into a scratch database", dump=checked.member, into=checked.into)
-    yield
-    log.info("loaded", dump=checked.member, into=checked.into)
 
 
 def _local_target(server: servers.Server, user: str, name: str) -> Target:
@@ -379,8 +390,8 @@ def _local_target(server: servers.Server, user: str, name: str) -> Target:
     return Target(db, None, (), None)
 
 
-def _configured_target(config: Config, job: str, entry: DatabaseDump, name: str) -> Target:
-    """The job's own settings for the server `entry` was dumped from, naming `name`."""
+def _job_targets(config: Config, job: str) -> list[Target]:
+    """The job's MySQL and PostgreSQL servers, as its dumps reach them (passwords read)."""
     from backupagent.sources.wordpress import WordPressError, read_site
 
     spec = config.jobs[job]
@@ -388,6 +399,11 @@ def _configured_target(config: Config, job: str, entry: DatabaseDump, name: str)
     if spec.wordpress:
         with contextlib.suppress(WordPressError):
             targets.append(read_site(spec.wordpress, spec).target)
+    return targets
+
+
+def _configured_target(targets: list[Target], entry: DatabaseDump, name: str) -> Target:
+    """The settings of the server `entry` was dumped from, naming database `name`."""
     for target in targets:
         db = target.db
         if (

@@ -387,10 +387,7 @@ def load_mysql(
     copy of an event must never run (its body may name a live database)."""
     db = target.db
     assert isinstance(db, MysqlDatabase)
-    try:
-        client = process.find_tool("mariadb", "mysql")
-    except process.ToolMissing as exc:
-        raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
+    client = _mysql_client(target)
     if create:
         quoted = "`" + db.name.replace("`", "``") + "`"
         _mysql_query(target, client, db.name, f"CREATE DATABASE IF NOT EXISTS {quoted}")

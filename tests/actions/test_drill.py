@@ -509,3 +509,22 @@ def test_a_drill_creates_the_dumps_events_disabled(
     assert "ENABLED" in my.sql(
         "SELECT status FROM information_schema.events WHERE event_schema = 'drillshop'"
     )
+
+
+def test_a_sqlite_copy_that_is_not_a_database_fails_the_drill_cleanly(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    """A server that lies replaces the SQLite copy (volumes and manifest to match)."""
+    app = tmp_path / "app.db"
+    conn = sqlite3.connect(app)
+    conn.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    conn.close()
+    config = write_config(job=f'databases = [{{ type = "sqlite", path = "{app}" }}]')
+    backup = run_job(config, "www")
+    assert backup.outcome == "success", backup.error
+    _rewrite(ftp_server, backup.backup_id, "databases/app.sqlite3", lambda _: b"\xff" * 4096)
+    done = _drill(config, "--json")
+    assert done.returncode == 1, done.stdout + done.stderr
+    (dump,) = json.loads(done.stdout)["databases"]
+    assert dump["problems"][0].startswith("the copy could not be read: ")
+    assert "internal error" not in done.stdout
