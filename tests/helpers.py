@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,17 @@ def python_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         cwd="/",
         timeout=120,
     )
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = 30) -> object:
+    """Poll an observable condition (history rows, server files, a process's state),
+    bounded: the answer is `check`'s, the timeout only says how long to look."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return value
 
 
 def tree(root: Path) -> dict[str, tuple[str, str]]:

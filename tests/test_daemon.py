@@ -24,7 +24,7 @@ from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History, Run
 
 from .conftest import WriteConfig
-from .helpers import cli
+from .helpers import cli, wait_for
 
 EVERY_2S = 'schedule = "*/2 * * * * *"'
 
@@ -112,16 +112,6 @@ def start(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield launch
     for daemon in started:
         daemon.close()
-
-
-def wait_for(check: Callable[[], object], what: str, timeout: float = 30) -> object:
-    """Poll an observable condition (history rows, server files), bounded."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def runs(state_dir: Path, job: str = "www") -> list[Run]:

@@ -12,6 +12,8 @@ from backupagent.config import Hook
 from backupagent.hooks import LOGGED_LINES, environment, run_hook
 from backupagent.logging import read_events, run_log
 
+from .helpers import wait_for
+
 
 def test_the_environment_is_built_not_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OFFSITE_FTP_PASSWORD", "s3cret")  # a password_env secret
@@ -55,7 +57,10 @@ def test_a_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     ran = run_hook("before", Hook(run=command, timeout=1), {})
     assert ran.returncode is None and not ran.ok
     assert "killed after its timeout" in ran.verdict
-    assert _state(int(pid_file.read_text())) in ("gone", "Z")  # killed with the group
+    # Killed with the group: its pipe closed (the hook's end) before the kernel marks it
+    # dead, so its state may still read R for a moment. Not killed, it would sleep (S).
+    child = int(pid_file.read_text())
+    wait_for(lambda: _state(child) in ("gone", "Z"), "the background child to die", 10)
 
 
 def _state(pid: int) -> str:

@@ -29,9 +29,8 @@ from backupagent.state import History
 
 from ..conftest import require_system
 from ..databases import MariaDB, Postgres
-from ..helpers import decompress
+from ..helpers import decompress, wait_for
 from ..sources.test_mysql import wrap_tool
-from ..test_daemon import wait_for
 from .test_backup import REMOTE
 
 MY_PASSWORD = "drill 'my\" pw"
