@@ -354,12 +354,14 @@ def test_hostile_sql_in_a_local_drill_reaches_nothing_outside_its_server(
     pg.sql(
         "SET ROLE driller;"
         "CREATE FUNCTION touch() RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
-        f"EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {program}'''; RETURN true; END $$;"
+        f"EXECUTE 'COPY (SELECT 1) TO PROGRAM ''cat > {program}'''; RETURN true; END $$;"
         "CREATE TABLE t (x int CHECK (touch()));"
         "RESET ROLE; INSERT INTO t VALUES (1);",  # the check runs as the superuser here
         database="evilpg",
     )
-    program.unlink()  # made by the insert above, run as the superuser
+    # made by the insert above, run as the superuser (cat reads what COPY writes: a program
+    # that ends without reading may break COPY's pipe)
+    program.unlink()
     databases = _databases(tmp_path, live).replace('"drillpg"', '"evilpg"')
     config = write_config(job=databases + '\ndrill_server = "local"')
     backup = run_job(config, "www")
