@@ -7,12 +7,12 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .conftest import require_system
+from .helpers import wait_for
 
 
 @dataclass
@@ -53,15 +53,6 @@ class MariaDB:
             env=env,
             timeout=300,
         )
-
-
-def _wait(check, what: str, seconds: float = 30) -> None:
-    """Poll `check` until it returns True, bounded; the server reports readiness no other way."""
-    end = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > end:
-            raise RuntimeError(f"{what} did not become ready in {seconds}s")
-        time.sleep(0.05)
 
 
 def start_mariadb(base: Path) -> Iterator[MariaDB]:
@@ -117,7 +108,7 @@ def start_mariadb(base: Path) -> Iterator[MariaDB]:
                 == 0
             )
 
-        _wait(ready, "mariadbd")
+        wait_for(ready, "mariadbd to be ready")
         subprocess.run(
             ["mariadb", "--no-defaults", f"--socket={sock}", "--user=root"],
             input=f"ALTER USER root@localhost IDENTIFIED BY '{db.root_password}';",
@@ -245,7 +236,7 @@ def start_postgres() -> Iterator[Postgres]:
                 == 0
             )
 
-        _wait(ready, "postgres")
+        wait_for(ready, "postgres to be ready")
         yield db
     finally:
         if server is not None:
