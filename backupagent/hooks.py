@@ -72,6 +72,11 @@ def run_hook(
         chunk=64 << 10,
     )
     lines.close()
+    if finished.output_left_open:
+        log.warning(
+            f"the {name} hook ended, but a process it started keeps its output open:"
+            " not read any further (close its stdout and stderr, e.g. >/dev/null 2>&1)",
+        )
     result = HookRun(
         name,
         hook.run,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -39,6 +41,13 @@ class Finished:
     returncode: int
     stderr: str
     timed_out: bool = False  # killed (with its process group) at the timeout
+    output_left_open: bool = False  # a process it started (outside its group) kept stdout
+
+
+# After a command with a timeout has ended, how long its output is still read: a
+# daemon it started with setsid (outside the group the timeout kills) may hold the
+# pipe open for ever.
+OUTPUT_GRACE = 2.0
 
 
 def find_tool(*names: str) -> str:
@@ -81,7 +90,8 @@ def stream(
     so a chatty tool cannot block on a full pipe (with `merge_stderr` it goes to `sink`
     too). Setting `cancel` kills the child and raises Cancelled. With `timeout` the
     child runs in a process group of its own, all of it killed when the time is up
-    (`timed_out`): a shell's children do not outlive it.
+    (`timed_out`): a shell's children do not outlive it, and its output is read for at
+    most OUTPUT_GRACE seconds after it ended (`output_left_open`).
     """
     log = structlog.get_logger("backupagent.process")
     log.debug("running", argv=list(argv))
@@ -104,6 +114,7 @@ def stream(
             del errors[:-STDERR_KEEP]
 
     reader = Worker("stderr", drain).start() if proc.stderr is not None else None
+    left_open = False
     expired = threading.Event()
 
     def kill_group() -> None:
@@ -116,8 +127,11 @@ def stream(
         timer.start()
     try:
         with on_cancel(cancel, kill_group if timer is not None else proc.kill):
-            while data := proc.stdout.read(chunk):
-                sink(data)
+            if timeout is None:
+                while data := proc.stdout.read(chunk):
+                    sink(data)
+            else:
+                left_open = not _read_until_ended(proc, sink, chunk)
     except BaseException:
         proc.kill()
         raise
@@ -133,7 +147,29 @@ def stream(
         raise Cancelled(f"{argv[0]} was stopped")
     text = errors.decode("utf-8", "replace")
     log.debug("finished", argv=list(argv)[:1], returncode=proc.returncode, stderr=text[-2000:])
-    return Finished(tuple(argv), proc.returncode, text, expired.is_set())
+    return Finished(tuple(argv), proc.returncode, text, expired.is_set(), left_open)
+
+
+def _read_until_ended(
+    proc: subprocess.Popen[bytes], sink: Callable[[bytes], None], chunk: int
+) -> bool:
+    """Hand `proc`'s stdout to `sink` until EOF (True) or until OUTPUT_GRACE seconds
+    after `proc` itself ended (False: something it started still holds the pipe)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    ended_at: float | None = None
+    while True:
+        if poller.poll(100):
+            data = os.read(fd, chunk)
+            if not data:
+                return True
+            sink(data)
+        if proc.poll() is not None:
+            ended_at = time.monotonic() if ended_at is None else ended_at
+            if time.monotonic() - ended_at > OUTPUT_GRACE:
+                return False
 
 
 def capture(

@@ -4,6 +4,8 @@ a timeout that kills the hook's whole process group."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,27 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return "gone"
+
+
+@pytest.mark.parametrize(("command", "timeout"), [("", 3600.0), ("; sleep 600", 1.0)])
+def test_a_daemon_the_hook_started_does_not_hold_the_run(
+    tmp_path: Path, command: str, timeout: float
+) -> None:
+    """A hook that starts a daemon in a session of its own (out of reach of the group
+    kill) which keeps stdout: the run goes on once the hook itself has ended, or been
+    killed at its timeout (1 s: the daemon sleeps far longer either way)."""
+    pid_file = tmp_path / "daemon.pid"
+    script = f"setsid sleep 600 & echo $! > {pid_file}; echo started{command}"
+    try:
+        with run_log(tmp_path, "www", "r1") as path:
+            ran = run_hook("before", Hook(run=script, timeout=timeout), {})
+        daemon = int(pid_file.read_text())
+        assert _state(daemon) == "S"  # still running, holding the pipe
+        assert ran.seconds < 60  # not reading past the hook's end, it would wait 600 s
+        assert ran.tail == ("started",)
+        assert ran.ok == (timeout > 1)
+        events = [e["event"] for e in read_events(path)]
+        assert any("keeps its output open" in e for e in events)
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
