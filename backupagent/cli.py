@@ -418,7 +418,7 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
     from backupagent.config import job_trigger
     from backupagent.limits import read_status
     from backupagent.outcome import BACKUP_TRIGGERS
-    from backupagent.state import History
+    from backupagent.state import History, lock_held, settled
     from backupagent.views import document, job_view
 
     config = obj.config()
@@ -432,8 +432,10 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
             if job.schedule:
                 trigger = job_trigger(name, job.schedule, job.jitter, config.agent.timezone)
                 fire = trigger.get_next_fire_time(None, now)
+            held = lock_held(config.agent.state_dir, name)
             last = history.last(name, triggers=BACKUP_TRIGGERS)  # a verify is not a backup
-            now_running = history.last(name, results=("running",)) is not None
+            last = settled(last, held) if last else None
+            now_running = held and history.last(name, results=("running",)) is not None
             state = "running" if now_running else "queued" if name in queued else "idle"
             views.append((job_view(config, name, fire, last, state), last))
     if as_json:
@@ -459,12 +461,13 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
 @click.pass_obj
 def history(obj: _Context, job: str, limit: int, as_json: bool) -> None:
     """Past runs of a job: start, duration, size, result, suggestion."""
-    from backupagent.state import History
+    from backupagent.state import History, lock_held, settled
     from backupagent.views import document, run_view
 
     config = obj.job(job)
+    held = lock_held(config.agent.state_dir, job)
     with History(config.agent.state_dir) as db:
-        runs = db.runs(job, limit=limit)
+        runs = [settled(run, held) for run in db.runs(job, limit=limit)]
     if as_json:
         click.echo(document(job=job, runs=[run_view(run) for run in runs]))
         return

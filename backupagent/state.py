@@ -14,12 +14,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from backupagent.outcome import BACKUP_TRIGGERS, OK, Trigger
 
 DB_NAME = "history.sqlite3"
+STOPPED_DURING_RUN = "the agent stopped during this run"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -97,6 +98,40 @@ class Run:
         return (self.finished - self.started).total_seconds() if self.finished else None
 
 
+def lock_held(state_dir: Path, job: str, locks: Path = Path("/proc/locks")) -> bool:
+    """Whether a live process holds the job's lock, as the kernel's lock table says.
+
+    Read, not probed with flock: a probe could make a run starting that instant find
+    its job locked. A holder is matched by the file's device and inode, or by the pid
+    the holder wrote into it (overlay filesystems show other numbers there)."""
+    path = state_dir / "locks" / f"{job}.lock"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    try:
+        table = locks.read_text()
+    except OSError:
+        return True  # cannot tell: trust the history
+    pid = ""
+    with contextlib.suppress(OSError):
+        pid = path.read_text().strip()
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        fields_ = line.split()
+        if "FLOCK" in fields_ and (key in fields_ or (pid and pid in fields_[4:6])):
+            return True
+    return False
+
+
+def settled(run: Run, held: bool) -> Run:
+    """`run` as it ended: one still recorded as running while nobody holds its job's
+    lock was stopped with the agent (its job's next run records that too)."""
+    if run.result != "running" or held:
+        return run
+    return replace(run, result="failed", error=STOPPED_DURING_RUN)
+
+
 class History:
     """The run history database; open one per thread or process (connections are cheap)."""
 
@@ -138,9 +173,9 @@ class History:
     def interrupted(self, job: str) -> int:
         """Mark runs still recorded as running as failed; call only while holding the job lock."""
         cursor = self.conn.execute(
-            "UPDATE runs SET result = 'failed', error = 'the agent stopped during this run', "
+            "UPDATE runs SET result = 'failed', error = ?, "
             "finished = COALESCE(finished, started) WHERE job = ? AND result = 'running'",
-            (job,),
+            (STOPPED_DURING_RUN, job),
         )
         return cursor.rowcount
 

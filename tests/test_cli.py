@@ -326,3 +326,23 @@ def test_check_as_json_names_file_table_and_key(tmp_path: Path, write_config: Wr
     (problem,) = on_host["problems"]
     assert (problem["table"], problem["key"]) == ("jobs.www", "sources")
     assert problem["message"] == f"{gone} does not exist"
+
+
+def test_a_run_the_agent_died_in_is_not_shown_running(write_config: WriteConfig) -> None:
+    """A row left "running" by a killed agent: nobody holds the job's lock, so list and
+    history show it failed; while a process holds the lock, it is running."""
+    from backupagent.state import STOPPED_DURING_RUN, History, Run, job_lock
+
+    config = write_config()
+    with History(config.agent.state_dir) as db:
+        db.save(Run("r1", "www", "schedule", dt.datetime.now(dt.UTC), "/log/r1"))
+    with job_lock(config.agent.state_dir, "www"):  # as the run's own process would
+        listed = cli(config.path, "list").stdout.splitlines()[1].split("\t")
+        assert listed[1] == "running" and listed[4].startswith("running (")
+        assert cli(config.path, "history", "www").stdout.splitlines()[1].split("\t")[4] == "running"
+    listed = cli(config.path, "list").stdout.splitlines()[1].split("\t")
+    assert listed[1] == "idle" and listed[4].startswith("failed (")
+    row = cli(config.path, "history", "www").stdout.splitlines()[1].split("\t")
+    assert row[4:] == ["failed", "schedule", STOPPED_DURING_RUN]
+    runs = json.loads(cli(config.path, "history", "www", "--json").stdout)["runs"]
+    assert runs[0]["result"] == "failed"

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.state import History, JobLocked, Run, job_lock
+from backupagent.state import (
+    STOPPED_DURING_RUN,
+    History,
+    JobLocked,
+    Run,
+    job_lock,
+    lock_held,
+    settled,
+)
 
 WRITER = """
 import datetime as dt, sys
@@ -62,19 +70,7 @@ def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
 
 
 def test_lock_of_a_killed_holder_is_free(tmp_path: Path) -> None:
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pathlib import Path; from backupagent.state import job_lock\n"
-            "with job_lock(Path(sys.argv[1]), 'www'):\n    print('held', flush=True); time.sleep(60)",
-            str(tmp_path),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder = _holder(tmp_path)
     with pytest.raises(JobLocked), job_lock(tmp_path, "www"):
         pass
     holder.kill()
@@ -112,3 +108,63 @@ def test_manifest_made_only_for_a_published_backup_of_that_job(tmp_path: Path) -
         assert history.manifest_made("www", "www-20261206T040000.000Z-bbbbbb") is None
         assert history.manifest_made("shop", "www-20261206T030000.000Z-aaaaaa") is None
         assert history.manifest_made("www", "www-20261206T050000.000Z-cccccc") is None
+
+
+def _holder(state_dir: Path) -> subprocess.Popen[str]:
+    """Another process holding the job's lock until killed."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from backupagent.state import job_lock\n"
+            "with job_lock(Path(sys.argv[1]), 'www'):\n    print('held', flush=True); time.sleep(60)",
+            str(state_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_lock_held_reads_the_kernel_table_without_taking_the_lock(tmp_path: Path) -> None:
+    assert not lock_held(tmp_path, "www")  # never locked: no file
+    holder = _holder(tmp_path)
+    try:
+        assert lock_held(tmp_path, "www") and not lock_held(tmp_path, "other")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not lock_held(tmp_path, "www")  # the file is left, its holder is gone
+    with job_lock(tmp_path, "www"):
+        assert lock_held(tmp_path, "www")
+
+
+def test_lock_held_matches_the_holder_pid_where_inodes_differ(tmp_path: Path) -> None:
+    """Overlay filesystems: the kernel's table names the real inode, not the one stat sees."""
+    with job_lock(tmp_path, "www"):
+        table = tmp_path / "locks.txt"
+        table.write_text(f"1: FLOCK  ADVISORY  WRITE {os.getpid()} 00:2a:99 0 EOF\n")
+        assert lock_held(tmp_path, "www", table)
+        table.write_text(f"1: FLOCK  ADVISORY  WRITE {os.getpid() + 1} 00:2a:99 0 EOF\n")
+        assert not lock_held(tmp_path, "www", table)
+        assert lock_held(tmp_path, "www", tmp_path / "missing")  # no table: trust the history
+
+
+START = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("result", "held", "shown"),
+    [
+        ("running", False, "failed"),  # crashed: nobody holds the lock
+        ("running", True, "running"),
+        ("success", False, "success"),
+        ("failed", True, "failed"),
+    ],
+)
+def test_settled(result: str, held: bool, shown: str) -> None:
+    run = settled(Run("r1", "www", "schedule", START, "/log/r1", result), held)
+    assert run.result == shown
+    assert (run.error == STOPPED_DURING_RUN) == (result != shown)
