@@ -418,7 +418,7 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
     from backupagent.config import job_trigger
     from backupagent.limits import read_status
     from backupagent.outcome import BACKUP_TRIGGERS
-    from backupagent.state import History, lock_held, settled
+    from backupagent.state import History, lock_held, lock_table, settled
     from backupagent.views import document, job_view
 
     config = obj.config()
@@ -426,13 +426,14 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
     views = []
     daemon = read_status(config.agent.state_dir)
     queued = {re.sub(r" \((verify|drill)\)$", "", n) for n in daemon.queued} if daemon else set()
+    locks = lock_table()  # once for every job
     with History(config.agent.state_dir) as history:
         for name, job in sorted(config.jobs.items()):
             fire = None
             if job.schedule:
                 trigger = job_trigger(name, job.schedule, job.jitter, config.agent.timezone)
                 fire = trigger.get_next_fire_time(None, now)
-            held = lock_held(config.agent.state_dir, name)
+            held = lock_held(config.agent.state_dir, name, locks)
             last = history.last(name, triggers=BACKUP_TRIGGERS)  # a verify is not a backup
             last = settled(last, held) if last else None
             now_running = held and history.last(name, results=("running",)) is not None
@@ -461,11 +462,11 @@ def list_jobs(obj: _Context, as_json: bool) -> None:
 @click.pass_obj
 def history(obj: _Context, job: str, limit: int, as_json: bool) -> None:
     """Past runs of a job: start, duration, size, result, suggestion."""
-    from backupagent.state import History, lock_held, settled
+    from backupagent.state import History, lock_held, lock_table, settled
     from backupagent.views import document, run_view
 
     config = obj.job(job)
-    held = lock_held(config.agent.state_dir, job)
+    held = lock_held(config.agent.state_dir, job, lock_table())
     with History(config.agent.state_dir) as db:
         runs = [settled(run, held) for run in db.runs(job, limit=limit)]
     if as_json:

@@ -98,20 +98,27 @@ class Run:
         return (self.finished - self.started).total_seconds() if self.finished else None
 
 
-def lock_held(state_dir: Path, job: str, locks: Path = Path("/proc/locks")) -> bool:
-    """Whether a live process holds the job's lock, as the kernel's lock table says.
+def lock_table(path: Path = Path("/proc/locks")) -> str | None:
+    """The kernel's table of file locks (None: unreadable, so nobody can tell).
 
     Read, not probed with flock: a probe could make a run starting that instant find
-    its job locked. A holder is matched by the file's device and inode, or by the pid
-    the holder wrote into it (overlay filesystems show other numbers there)."""
+    its job locked."""
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def lock_held(state_dir: Path, job: str, table: str | None) -> bool:
+    """Whether a live process holds the job's lock, as `table` (lock_table) says. A
+    holder is matched by the file's device and inode, or by the pid the holder wrote
+    into it (overlay filesystems show other numbers there)."""
     path = state_dir / "locks" / f"{job}.lock"
     try:
         st = path.stat()
     except FileNotFoundError:
         return False
-    try:
-        table = locks.read_text()
-    except OSError:
+    if table is None:
         return True  # cannot tell: trust the history
     pid = ""
     with contextlib.suppress(OSError):

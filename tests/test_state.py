@@ -17,6 +17,7 @@ from backupagent.state import (
     Run,
     job_lock,
     lock_held,
+    lock_table,
     settled,
 )
 
@@ -129,27 +130,28 @@ def _holder(state_dir: Path) -> subprocess.Popen[str]:
 
 
 def test_lock_held_reads_the_kernel_table_without_taking_the_lock(tmp_path: Path) -> None:
-    assert not lock_held(tmp_path, "www")  # never locked: no file
+    assert not lock_held(tmp_path, "www", lock_table())  # never locked: no file
     holder = _holder(tmp_path)
     try:
-        assert lock_held(tmp_path, "www") and not lock_held(tmp_path, "other")
+        table = lock_table()
+        assert lock_held(tmp_path, "www", table) and not lock_held(tmp_path, "other", table)
     finally:
         holder.kill()
         holder.wait()
-    assert not lock_held(tmp_path, "www")  # the file is left, its holder is gone
+    assert not lock_held(tmp_path, "www", lock_table())  # the file is left, its holder is gone
     with job_lock(tmp_path, "www"):
-        assert lock_held(tmp_path, "www")
+        assert lock_held(tmp_path, "www", lock_table())
 
 
 def test_lock_held_matches_the_holder_pid_where_inodes_differ(tmp_path: Path) -> None:
     """Overlay filesystems: the kernel's table names the real inode, not the one stat sees."""
     with job_lock(tmp_path, "www"):
-        table = tmp_path / "locks.txt"
-        table.write_text(f"1: FLOCK  ADVISORY  WRITE {os.getpid()} 00:2a:99 0 EOF\n")
+        table = f"1: FLOCK  ADVISORY  WRITE {os.getpid()} 00:2a:99 0 EOF\n"
         assert lock_held(tmp_path, "www", table)
-        table.write_text(f"1: FLOCK  ADVISORY  WRITE {os.getpid() + 1} 00:2a:99 0 EOF\n")
+        table = f"1: FLOCK  ADVISORY  WRITE {os.getpid() + 1} 00:2a:99 0 EOF\n"
         assert not lock_held(tmp_path, "www", table)
-        assert lock_held(tmp_path, "www", tmp_path / "missing")  # no table: trust the history
+        assert lock_table(tmp_path / "missing") is None
+        assert lock_held(tmp_path, "www", None)  # no table: trust the history
 
 
 START = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.UTC)
