@@ -44,6 +44,23 @@ class Finished:
     output_left_open: bool = False  # a process it started (outside its group) kept stdout
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who a child runs as when the agent (as root) hands it input a tenant wrote: the
+    user and group, with no supplementary groups."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def owner_of(cls, info: os.stat_result) -> Identity | None:
+        """The owner of a file or directory, when a root agent should become them to
+        read what they wrote (None: this process's own user will do)."""
+        if os.geteuid() != 0 or info.st_uid == 0:
+            return None
+        return cls(info.st_uid, info.st_gid)
+
+
 # After a command with a timeout has ended, how long its output is still read: a
 # daemon it started with setsid (outside the group the timeout kills) may hold the
 # pipe open for ever.
@@ -59,14 +76,20 @@ def find_tool(*names: str) -> str:
     raise ToolMissing(names)
 
 
-def secret_fd(content: str) -> int:
-    """A pipe's read end holding `content`; pass it in `pass_fds` and close it afterwards."""
+def secret_fd(content: str, reader: Identity | None = None) -> int:
+    """A pipe's read end holding `content`; pass it in `pass_fds` and close it afterwards.
+    A child started as `reader` may open it by name (`/dev/fd/N`): the pipe is theirs."""
     data = content.encode()
     if len(data) > 60_000:  # must fit the pipe buffer, or writing would block
         raise ValueError("secret too large for a pipe")
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, data)
+        if reader is not None:
+            os.fchown(read_end, reader.uid, reader.gid)
+    except BaseException:
+        os.close(read_end)
+        raise
     finally:
         os.close(write_end)
     return read_end
@@ -83,6 +106,7 @@ def stream(
     stdin: BinaryIO | None = None,
     timeout: float | None = None,
     merge_stderr: bool = False,
+    run_as: Identity | None = None,
 ) -> Finished:
     """Run `argv`, handing its stdout to `sink` chunk by chunk; keep the tail of stderr.
 
@@ -91,7 +115,8 @@ def stream(
     too). Setting `cancel` kills the child and raises Cancelled. With `timeout` the
     child runs in a process group of its own, all of it killed when the time is up
     (`timed_out`): a shell's children do not outlive it, and its output is read for at
-    most OUTPUT_GRACE seconds after it ended (`output_left_open`).
+    most OUTPUT_GRACE seconds after it ended (`output_left_open`). With `run_as` the
+    child runs as that user (root handing it what a tenant wrote).
     """
     log = structlog.get_logger("backupagent.process")
     log.debug("running", argv=list(argv))
@@ -103,6 +128,10 @@ def stream(
         env=env,
         pass_fds=tuple(pass_fds),
         start_new_session=timeout is not None,
+        user=run_as.uid if run_as else None,
+        group=run_as.gid if run_as else None,
+        extra_groups=[] if run_as else None,
+        cwd="/" if run_as else None,
     )
     assert proc.stdout is not None
     errors = bytearray()
@@ -177,10 +206,11 @@ def capture(
     *,
     env: dict[str, str] | None = None,
     pass_fds: Sequence[int] = (),
+    run_as: Identity | None = None,
 ) -> tuple[Finished, str]:
     """Run `argv` to completion; returns how it ended and its stdout as text."""
     out = bytearray()
-    finished = stream(argv, out.extend, env=env, pass_fds=pass_fds)
+    finished = stream(argv, out.extend, env=env, pass_fds=pass_fds, run_as=run_as)
     return finished, out.decode("utf-8", "replace")
 
 

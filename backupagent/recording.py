@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import structlog
 
-from backupagent import notify
+from backupagent import notify, trust
 from backupagent.config import Config
 from backupagent.logging import prune_run_logs, run_log
 from backupagent.outcome import BACKUP_TRIGGERS, Outcome, RunResult, Trigger
@@ -96,13 +96,18 @@ class SetupError(Exception):
 
 
 def _prepare_directories(config: Config, job_name: str) -> None:
+    """The job's directories, made private and checked to be (trust.private_directory):
+    a local user who made `/var/tmp/backupagent/JOB` first must not get the run's
+    dumps, nor plant links for root to write through."""
     for key, path in (
         ("state_dir", config.agent.state_dir / "locks"),
         ("log_dir", config.agent.log_dir / job_name),
         ("spool_dir", config.agent.spool_dir / job_name),
     ):
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            trust.private_directory(path)
+        except trust.Untrusted as exc:
+            raise SetupError(f"{exc} ([agent] {key} in {config.path})") from None
         except OSError as exc:
             raise SetupError(
                 f"cannot create {path}: {exc.strerror or exc} "

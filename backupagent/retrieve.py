@@ -12,10 +12,8 @@ import contextlib
 import errno
 import fnmatch
 import hashlib
-import os
 import re
 import shutil
-import stat
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from backupagent import crypto, incremental, unpack
+from backupagent import crypto, incremental, trust, unpack
 from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
 from backupagent.crypto import AGE_SUFFIX
@@ -178,20 +176,14 @@ def choose(backups: list[BackupInfo], wanted: str) -> BackupInfo:
 
 def private_directory(path: Path, key: str) -> Path:
     """`path` (created 0700), refused unless it is a real directory of this user that
-    nobody else may write: another user could plant links in it for root to follow."""
+    nobody else may write, below directories nobody else can change
+    (trust.private_directory): another user could plant links in it for root to follow."""
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = os.lstat(path)
+        return trust.private_directory(path)
+    except trust.Untrusted as exc:
+        raise RestoreError(f"{exc} ([agent] {key})") from None
     except OSError as exc:
         raise RestoreError(f"cannot use {path} ([agent] {key}): {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(info.st_mode):
-        raise RestoreError(f"{path} ([agent] {key}) is not a directory (a symbolic link?)")
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise RestoreError(
-            f"{path} ([agent] {key}) belongs to another user or others may write to it: "
-            f"remove it, or chown it to this user and chmod 700"
-        )
-    return path
 
 
 def download(

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import errno
 import hashlib
+import os
 import re
 import shutil
 import socket
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-from backupagent import __version__
+from backupagent import __version__, trust
 from backupagent.actions import increments, prune
 from backupagent.actions.fanout import Fanout, Member
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
@@ -339,6 +340,13 @@ class _Run:
         missing = [str(s) for s in roots if not s.exists()]
         if missing:
             raise RunError(f"source not found: {', '.join(missing)}")
+        for root in roots:
+            try:
+                os.close(trust.open_directory(root))
+            except trust.Untrusted as exc:
+                raise RunError(str(exc)) from None
+            except OSError:
+                pass  # the walk says what it cannot read
 
     def dump_databases(self, site: Site | None, work: Path, stop: threading.Event) -> list[Dump]:
         """Dump every database into the spool (while the files are archived)."""

@@ -139,6 +139,8 @@ def downloaded(
 def load_dump(target: Path, load: Load, spool: Path) -> Path:
     """After `restore` into `target`: load its dump into the database asked for (a
     PostgreSQL password goes through a passfile in a private directory of `spool`)."""
+    if "/" in load.dump or load.dump in (".", "..") or "\0" in load.dump:
+        raise RestoreError(f"{load.dump!r} is not a dump's name (as `files` lists it)")
     sql, custom = (target / "databases" / f"{load.dump}{ext}" for ext in (".sql", ".pgdump"))
     if sql.is_file():
         mysql = MysqlDatabase(

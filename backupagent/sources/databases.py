@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sqlite3
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -46,6 +47,10 @@ MYSQL_DUMP_OPTIONS = (
     "--hex-blob",
     "--default-character-set=utf8mb4",
 )
+# A dump comes back from a server that may have altered it: the client that loads it
+# runs no client command (`\\!`, `system`, `source`: --sandbox fails the load on the
+# first one) and sends no local file to the server (LOAD DATA LOCAL).
+MYSQL_LOAD_OPTIONS = ("--sandbox", "--local-infile=0")
 MYSQL_DUMP_TOOLS = ("mariadb-dump", "mysqldump")  # the first found on PATH
 PG_DUMP_TOOLS = ("pg_dump",)
 MYSQL_MARKER = b"-- Dump completed"
@@ -89,6 +94,8 @@ class Target:
     file: Path | None = None  # that other file (wp-config.php)
     table_prefix: str | None = None  # MySQL: dump only tables starting with this
     level: int = 3  # zstd level of the spooled dump: it goes into the archive as it is
+    # who the clients run as: a site's owner when the settings are theirs (wp-config.php)
+    run_as: process.Identity | None = None
 
 
 def targets_from_job(job_name: str, job: Job) -> list[Target]:
@@ -124,12 +131,34 @@ DUMP_THREADS = 2 if len(os.sched_getaffinity(0)) > 1 else 0
 DUMP_JOB = 2 << 20
 
 
+def member_label(name: str) -> str:
+    """A database's name as an archive member's (and a spool file's) name: the name
+    itself when it is plain, else with every other byte as %XX. A name comes from a
+    server or a tenant (`name = "all"`, wp-config.php): `../x` or `a/b` must never
+    become a path. One name gives one label, and no two names the same."""
+    if re.fullmatch(r"[A-Za-z0-9_$-][A-Za-z0-9_$.-]*", name):
+        return name
+    safe = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$-"
+    return "".join(
+        chr(b) if b in safe else f"%{b:02X}" for b in name.encode("utf-8", "surrogateescape")
+    )
+
+
+def spool_file(spool_dir: Path, name: str, suffix: str) -> Path:
+    """A new file of this process's alone in `spool_dir` (0600, created with O_EXCL and
+    without following links), named after the database for whoever looks."""
+    fd, path = tempfile.mkstemp(suffix=suffix, prefix=f"{member_label(name)[:40]}.", dir=spool_dir)
+    os.close(fd)
+    return Path(path)
+
+
 class _SpoolWriter:
     """Compresses a dump into the spool; counts and hashes the raw bytes, keeps both ends."""
 
     def __init__(self, path: Path, level: int) -> None:
-        self.handle = path.open("wb")
-        os.chmod(path, 0o600)
+        # the file spool_file made: opened again without following a link or creating
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self.handle = os.fdopen(fd, "wb")
         params = zstandard.ZstdCompressionParameters.from_level(
             level, threads=DUMP_THREADS, job_size=DUMP_JOB if DUMP_THREADS else 0
         )
@@ -256,29 +285,47 @@ def _require_some(target: Target, names: list[str], tool: str) -> None:
 
 
 def _option_value(value: str) -> str:
-    """A value for a MySQL option file, double-quoted with \\ and " escaped."""
+    """A value for a MySQL option file, double-quoted with \\ and " escaped. A line
+    break would start an option of its own (`plugin-dir=...`): no control character
+    gets this far (ValueError)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("a control character in an option file value")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _mysql_options(target: Target) -> str:
-    """The [client] option file handed to the tools through a pipe: it holds the password."""
-    db = target.db
-    assert isinstance(db, MysqlDatabase)
+    """The [client] option file handed to the tools through a pipe: the password alone
+    (everything else is an argument of its own, `_mysql_connection`)."""
     lines = ["[client]"]
-    if db.user:
-        lines.append(f"user={_option_value(db.user)}")
     if target.password is not None:
-        lines.append(f"password={_option_value(target.password)}")
+        try:
+            lines.append(f"password={_option_value(target.password)}")
+        except ValueError:
+            raise _fail(
+                target,
+                _server_name(target),
+                "the password",
+                1,
+                "error: the password holds a control character (a line break, a tab...), "
+                "which would change the options the client reads; refused",
+            ) from None
+    return "\n".join(lines) + "\n"
+
+
+def _mysql_connection(db: MysqlDatabase) -> list[str]:
+    """Who and where to connect, each an argument of its own: a value (from wp-config.php,
+    say) is never read as another option."""
+    args = [f"--user={db.user}"] if db.user else []
     host = db.host
     if db.port is not None:
         # a port means TCP; "localhost" would make the client use the socket instead
         host = "127.0.0.1" if host in (None, "localhost") else host
-        lines += [f"port={db.port}", "protocol=TCP"]
+        args += [f"--port={db.port}", "--protocol=TCP"]
     if host:
-        lines.append(f"host={_option_value(host)}")
+        args.append(f"--host={host}")
     if db.socket:
-        lines.append(f"socket={_option_value(str(db.socket))}")
-    return "\n".join(lines) + "\n"
+        args.append(f"--socket={db.socket}")
+    return args
 
 
 def _mysql_run(
@@ -289,15 +336,17 @@ def _mysql_run(
     cancel: threading.Event | None = None,
     stdin: BinaryIO | None = None,
 ) -> process.Finished:
-    fd = process.secret_fd(_mysql_options(target))
+    assert isinstance(target.db, MysqlDatabase)
+    fd = process.secret_fd(_mysql_options(target), target.run_as)
     try:
         # --defaults-extra-file must come first; /dev/fd/N is the inherited pipe
         return process.stream(
-            [tool, f"--defaults-extra-file=/dev/fd/{fd}", *args],
+            [tool, f"--defaults-extra-file=/dev/fd/{fd}", *_mysql_connection(target.db), *args],
             sink,
             pass_fds=(fd,),
             cancel=cancel,
             stdin=stdin,
+            run_as=target.run_as,
         )
     finally:
         os.close(fd)
@@ -309,6 +358,10 @@ def _mysql_query(target: Target, client: str, name: str, sql: str) -> list[str]:
     if _looks_failed(finished):
         raise _fail(target, name, client, finished.returncode, finished.stderr)
     return [line for line in out.decode("utf-8", "replace").splitlines() if line]
+
+
+def _unhex(text: str) -> str:
+    return bytes.fromhex(text.strip()).decode("utf-8", "surrogateescape")
 
 
 def _sql_string(value: str) -> str:
@@ -323,24 +376,25 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
         client = process.find_tool("mariadb", "mysql")
     except process.ToolMissing as exc:
         raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
-    if db.name == "all":
-        names = [
-            n
-            for n in _mysql_query(target, client, "all", "SHOW DATABASES")
-            if n not in MYSQL_SYSTEM_DATABASES
-        ]
+    if db.name == "all":  # read as hex: a name may hold a line break
+        hexed = _mysql_query(
+            target, client, "all", "SELECT HEX(schema_name) FROM information_schema.schemata"
+        )
+        names = [_unhex(h) for h in hexed]
+        names = sorted(n for n in names if n not in MYSQL_SYSTEM_DATABASES)
         _require_some(target, names, client)
     else:
         names = [db.name]
     dumps: list[Dump] = []
     for name in names:
-        tables = _mysql_query(
+        hexed = _mysql_query(
             target,
             client,
             name,
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "SELECT HEX(table_name) FROM information_schema.tables WHERE table_schema = "
             f"{_sql_string(name)} ORDER BY table_name",
         )
+        tables = [_unhex(h) for h in hexed]
         selected = tables  # empty for an unknown database too: the dump tool will say which
         if target.table_prefix is not None:
             selected = [t for t in tables if t.startswith(target.table_prefix)]
@@ -355,8 +409,8 @@ def dump_mysql(target: Target, spool_dir: Path, cancel: threading.Event) -> list
         item = Dump(
             name,
             "mysql",
-            f"databases/{name}.sql",
-            spool_dir / f"{name}.sql.zst",
+            f"databases/{member_label(name)}.sql",
+            spool_file(spool_dir, name, ".sql.zst"),
             True,
             tables=selected,
         )
@@ -396,7 +450,9 @@ def load_mysql(
         pump = None
         if not events:
             source, pump = stack.enter_context(_events_disabled(source))
-        finished = _mysql_run(target, client, ["--", db.name], out.extend, cancel, source)
+        finished = _mysql_run(
+            target, client, [*MYSQL_LOAD_OPTIONS, "--", db.name], out.extend, cancel, source
+        )
     if pump is not None and pump.error is not None and not isinstance(pump.error, BrokenPipeError):
         raise _fail(target, db.name, "reading the dump", 1, f"error: {pump.error}")
     if _looks_failed(finished):
@@ -482,7 +538,7 @@ def count_mysql(target: Target, spool_dir: Path) -> dict[str, int]:
         "SELECT HEX(table_name) FROM information_schema.tables WHERE table_schema = "
         f"{_sql_string(name)} AND table_type = 'BASE TABLE' ORDER BY table_name",
     )
-    tables = [bytes.fromhex(h).decode("utf-8", "replace") for h in hexed]
+    tables = [_unhex(h) for h in hexed]
     counts: dict[str, int] = {}
     for at in range(0, len(tables), COUNT_BATCH):
         batch = tables[at : at + COUNT_BATCH]
@@ -498,26 +554,62 @@ def count_mysql(target: Target, spool_dir: Path) -> dict[str, int]:
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
-def _pg_passfile_line(password: str) -> str:
-    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
-    return f"*:*:*:*:{escaped}\n"
+def _pg_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def pg_passfile(db: PostgresDatabase, password: str) -> str:
+    """The passfile's lines: the password for the configured host, port and user only,
+    never `*` for the host (a connection elsewhere must not be handed it). libpq
+    matches a socket in its default directory as `localhost`."""
+    hosts = [db.host or "localhost"]
+    if db.host and db.host.startswith("/"):
+        hosts.append("localhost")
+    port = str(db.port) if db.port else "*"
+    user = _pg_field(db.user) if db.user else "*"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in password):
+        raise ValueError("a control character in the password")
+    return "".join(f"{_pg_field(host)}:{port}:*:{user}:{_pg_field(password)}\n" for host in hosts)
 
 
 @contextlib.contextmanager
 def _pg_env(target: Target, spool_dir: Path) -> Iterator[dict[str, str]]:
-    """The environment for pg_dump/psql: a 0600 passfile that is removed afterwards."""
-    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
-    env.setdefault("PGCONNECT_TIMEOUT", "15")
-    passfile = spool_dir / ".pgpass"
+    """The environment for pg_dump/psql: a 0600 passfile (new, in the private
+    `spool_dir`) that is removed afterwards."""
+    assert isinstance(target.db, PostgresDatabase)
+    env = {k: v for k, v in os.environ.items() if k not in PG_ENVIRONMENT}
+    env["PGCONNECT_TIMEOUT"] = os.environ.get("PGCONNECT_TIMEOUT", "15")
+    passfile: Path | None = None
     if target.password is not None:
-        fd = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(_pg_passfile_line(target.password))
+        try:
+            lines = pg_passfile(target.db, target.password)
+        except ValueError:
+            raise _fail(
+                target,
+                target.db.name,
+                "the password",
+                1,
+                "error: the password holds a control character (a line break, a tab...); refused",
+            ) from None
+        passfile = spool_file(spool_dir, "pgpass", "")
+        passfile.write_text(lines)
         env["PGPASSFILE"] = str(passfile)
     try:
         yield env
     finally:
-        passfile.unlink(missing_ok=True)
+        if passfile is not None:
+            passfile.unlink(missing_ok=True)
+
+
+# libpq's variables that would send a connection (and the password) elsewhere than the
+# job says, or hand it another password
+PG_ENVIRONMENT = {"PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGDATABASE", "PGOPTIONS"}
+
+
+def pg_dbname(name: str) -> str:
+    """`--dbname=` for a database called `name`: libpq reads a dbname holding `=` as a
+    connection string (`host=elsewhere port=...`), so it is given as one, quoted."""
+    return "dbname='" + name.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _pg_args(db: PostgresDatabase) -> list[str]:
@@ -544,8 +636,7 @@ def _pg_query(target: Target, env: dict[str, str], psql: str, database: str, sql
             "ON_ERROR_STOP=1",
             "-c",
             sql,
-            "--dbname",
-            database,
+            f"--dbname={pg_dbname(database)}",
         ],
         env=env,
     )
@@ -589,7 +680,7 @@ def load_postgres(
             "--no-owner",
             "--no-privileges",
             "--exit-on-error",
-            f"--dbname={db.name}",
+            f"--dbname={pg_dbname(db.name)}",
             str(dump),
         ]
         finished = process.stream(argv, lambda _: None, env=env, cancel=cancel)
@@ -641,39 +732,41 @@ def dump_postgres(target: Target, spool_dir: Path, cancel: threading.Event) -> l
         raise _fail(target, db.name, " or ".join(exc.names), None, str(exc)) from None
     dumps: list[Dump] = []
     with _pg_env(target, spool_dir) as env:
-        if db.name == "all":
-            names = _pg_query(
+        if db.name == "all":  # as hex: a name may hold a line break
+            hexed = _pg_query(
                 target,
                 env,
                 psql,
                 "postgres",
-                "SELECT datname FROM pg_database WHERE NOT datistemplate "
-                "AND datname <> 'postgres' ORDER BY datname",
+                "SELECT encode(convert_to(datname, 'UTF8'), 'hex') FROM pg_database "
+                "WHERE NOT datistemplate AND datname <> 'postgres' ORDER BY datname",
             )
+            names = [_unhex(h) for h in hexed]
             _require_some(target, names, psql)
         else:
             names = [db.name]
         for name in names:
-            tables = _pg_query(
+            hexed = _pg_query(
                 target,
                 env,
                 psql,
                 name,
-                "SELECT schemaname || '.' || tablename FROM pg_tables WHERE "
-                "schemaname NOT IN ('pg_catalog', 'information_schema') "
+                "SELECT encode(convert_to(schemaname || '.' || tablename, 'UTF8'), 'hex') "
+                "FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') "
                 "ORDER BY 1",
             )
             item = Dump(
                 name,
                 "postgresql",
-                f"databases/{name}.pgdump",
-                spool_dir / f"{name}.pgdump.zst",
+                f"databases/{member_label(name)}.pgdump",
+                spool_file(spool_dir, name, ".pgdump.zst"),
                 True,
-                tables=tables,
+                tables=[_unhex(h) for h in hexed],
             )
-            argv = [tool, *_pg_args(db), "--format=custom", f"--dbname={name}"]
+            dbname = f"--dbname={pg_dbname(name)}"
+            argv = [tool, *_pg_args(db), "--format=custom", dbname]
             with process.Session(
-                [psql, *_pg_args(db), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", name],
+                [psql, *_pg_args(db), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", dbname],
                 env=env,
             ) as held:
                 snapshot = held.ask(PG_SNAPSHOT, timeout=PG_ANSWER_SECONDS, cancel=cancel)
@@ -729,7 +822,13 @@ def dump_sqlite(target: Target, spool_dir: Path, cancel: threading.Event) -> lis
     db = target.db
     assert isinstance(db, SqliteDatabase)
     name = db.dump_name
-    item = Dump(name, "sqlite", f"databases/{name}.sqlite3", spool_dir / f"{name}.sqlite3", False)
+    item = Dump(
+        name,
+        "sqlite",
+        f"databases/{member_label(name)}.sqlite3",
+        spool_file(spool_dir, name, ".sqlite3"),
+        False,
+    )
     dumps: list[Dump] = []
     with _timed(dumps, item):
         try:

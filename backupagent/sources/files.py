@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from backupagent import trust
 from backupagent.config import AgentConfig, Job
 from backupagent.incremental import Stat, stat_of
 
@@ -95,12 +96,15 @@ def walk(
         prefix = archive_name(directory).rstrip("/") + "/"  # once per directory
         base = directory if directory.endswith("/") else directory + "/"
         try:
-            if parent is None:  # the root as configured, a link to it included
-                here = Directory(os.open(name, _DIRECTORY))
+            if parent is None:  # the root as configured, through links of root only
+                here = Directory(trust.open_directory(Path(name)))
             else:
                 here = Directory(os.open(name, _DIRECTORY | os.O_NOFOLLOW, dir_fd=parent.fd))
             with os.scandir(here.fd) as it:
                 children = sorted(it, key=_NAME)
+        except trust.Untrusted as exc:
+            warn(directory, f"skipped: {exc}")
+            continue
         except OSError as exc:
             if exc.errno in _EXHAUSTED:
                 raise

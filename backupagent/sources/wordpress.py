@@ -7,14 +7,20 @@ is reported as a problem, never guessed.
 
 from __future__ import annotations
 
+import errno
+import itertools
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import SecretStr
 
+from backupagent import process, trust
 from backupagent.config import Job, MysqlDatabase
 from backupagent.sources.databases import Target
+from backupagent.text import printable
 
 SETTINGS = ("DB_NAME", "DB_USER", "DB_PASSWORD", "DB_HOST")
 
@@ -159,10 +165,17 @@ def evaluate(expression: str) -> Value:
     return "".join(parts)
 
 
+# wp-config.php is a tenant's: what it may make the parser do is bounded
+MAX_CALLS = 1000  # define() calls, and assignments, read from one file
+SCAN_WINDOW = 1 << 14  # characters one call's arguments (or one assignment) may span
+
+
 def _call_arguments(code: str, start: int) -> tuple[list[str], int]:
-    """Split the arguments of a call whose "(" is at `start`; returns them and the end index."""
+    """Split the arguments of a call whose "(" is at `start`; returns them and the end
+    index (no arguments for a call longer than SCAN_WINDOW)."""
     depth, i, args, current = 0, start, [], start + 1
-    while i < len(code):
+    end = min(len(code), start + SCAN_WINDOW)
+    while i < end:
         ch = code[i]
         if ch in "'\"":
             i = _string_end(code, i)
@@ -178,24 +191,29 @@ def _call_arguments(code: str, start: int) -> tuple[list[str], int]:
             args.append(code[current:i])
             current = i + 1
         i += 1
-    return args, len(code)
+    return [], end
 
 
 def parse_php(php: str) -> PhpAssignments:
-    """Collect `define('NAME', value)` calls and `$name = value;` assignments."""
+    """Collect `define('NAME', value)` calls and `$name = value;` assignments (the
+    first MAX_CALLS of each, each within SCAN_WINDOW: the time taken stays linear in
+    the file's size, whatever it holds)."""
     code = strip_comments(php)
     found = PhpAssignments()
-    for match in re.finditer(r"\bdefine\s*\(", code, re.IGNORECASE):
+    calls = re.finditer(r"\bdefine\s*\(", code, re.IGNORECASE)
+    for match in itertools.islice(calls, MAX_CALLS):
         args, _ = _call_arguments(code, match.end() - 1)
         if len(args) >= 2:
             name = evaluate(args[0])
             if isinstance(name, str):
                 found.constants[name] = evaluate(args[1])
-    for match in re.finditer(r"\$([A-Za-z_]\w*)\s*=(?!=)", code):
-        end = match.end()
-        while end < len(code) and code[end] != ";":
+    assignments = re.finditer(r"\$([A-Za-z_]\w*)\s*=(?!=)", code)
+    for match in itertools.islice(assignments, MAX_CALLS):
+        end, limit = match.end(), min(len(code), match.end() + SCAN_WINDOW)
+        while end < limit and code[end] != ";":
             end = _string_end(code, end) if code[end] in "'\"" else end + 1
-        found.variables[match[1]] = evaluate(code[match.end() : end])
+        value = code[match.end() : end] if end < limit else "(longer than the parser reads)"
+        found.variables[match[1]] = evaluate(value)
     return found
 
 
@@ -234,22 +252,39 @@ class Site:
     target: Target
 
 
-def find_config(root: Path) -> Path:
-    """wp-config.php in the root, or one level up as WordPress allows."""
-    here = root / "wp-config.php"
-    above = root.parent / "wp-config.php"
-    if not here.exists() and above.exists() and not (root.parent / "wp-settings.php").exists():
-        return above
-    return here
+MAX_FILE = 1 << 20  # bytes of wp-config.php (or version.php) read, at most
+MAX_SETTING = 1024  # characters of one DB_* setting or $table_prefix
 
 
 def read_site(root: Path, job: Job) -> Site:
-    """Parse wp-config.php (and the version file) into a MySQL dump target."""
-    config_file = find_config(root)
+    """Parse wp-config.php (and the version file) into a MySQL dump target.
+
+    The file is a tenant's: it is opened under the site root without following a link
+    (a link could lead to another site's), must be a regular file of at most MAX_FILE
+    bytes (a FIFO would block, /dev/zero never end) and belong to the directory's owner
+    or root (a hard link to another site's file belongs to that site); every value is
+    data, refused if it holds a control character. The database clients then run as the
+    file's owner (process.Identity), not as root."""
+    config_file = root / "wp-config.php"
     try:
-        text = config_file.read_text(encoding="utf-8", errors="replace")
+        root_fd = trust.open_directory(root)
+    except trust.Untrusted as exc:
+        raise WordPressError(config_file, [str(exc)]) from None
     except OSError as exc:
-        raise WordPressError(config_file, [f"cannot read: {exc.strerror or exc}"]) from None
+        raise WordPressError(
+            config_file, [f"cannot open the site: {exc.strerror or exc}"]
+        ) from None
+    try:
+        config_file, text, owner = _read_config(root, root_fd)
+        version = _read_version(root_fd)
+    finally:
+        os.close(root_fd)
+    return _site(root, config_file, text, owner, version, job)
+
+
+def _site(
+    root: Path, config_file: Path, text: str, owner: os.stat_result, version: str | None, job: Job
+) -> Site:
     parsed = parse_php(text)
     if DEBIAN_INCLUDE in text and SETTINGS[0] not in parsed.constants:
         raise WordPressError(config_file, [debian_packaged(DEBIAN_ETC)])
@@ -261,14 +296,19 @@ def read_site(root: Path, job: Job) -> Site:
             problems.append(f"{name} is not defined")
         elif isinstance(value, Unevaluable):
             problems.append(
-                f"{name} is set by an expression that needs PHP to evaluate ({value.source}); "
-                "define it as a plain string"
+                f"{name} is set by an expression that needs PHP to evaluate "
+                f"({printable(value.source[:200])}); define it as a plain string"
             )
         else:
             values[name] = "" if value is None else str(value)
+            if unsafe := _unsafe(values[name]):
+                problems.append(f"{name} {unsafe}")
     prefix = parsed.variables.get("table_prefix", "wp_")
     if isinstance(prefix, Unevaluable) or not isinstance(prefix, str):
-        problems.append(f"$table_prefix is not a plain string ({prefix})")
+        shown = prefix.source[:200] if isinstance(prefix, Unevaluable) else str(prefix)
+        problems.append(f"$table_prefix is not a plain string ({printable(shown)})")
+    elif unsafe := _unsafe(prefix):
+        problems.append(f"$table_prefix {unsafe}")
     if problems:
         raise WordPressError(config_file, problems)
     assert isinstance(prefix, str)
@@ -291,8 +331,95 @@ def read_site(root: Path, job: Job) -> Site:
         ("socket", "DB_HOST"),
     )
     only_prefix = prefix if job.wordpress_tables == "prefix" else None
-    target = Target(db, values["DB_PASSWORD"], keys, "", config_file, only_prefix)
-    return Site(root, config_file, values["DB_NAME"], prefix, read_version(root), target)
+    target = Target(
+        db,
+        values["DB_PASSWORD"],
+        keys,
+        "",
+        config_file,
+        only_prefix,
+        run_as=process.Identity.owner_of(owner),
+    )
+    return Site(root, config_file, values["DB_NAME"], prefix, version, target)
+
+
+def _unsafe(value: str) -> str | None:
+    """Why a setting from wp-config.php is refused, or None: values are data, and a
+    line break in one would be a new option for the database client."""
+    for char in value:
+        if 0xDC80 <= ord(char) < 0xDD00:
+            return "is not valid UTF-8; refused"
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            return (
+                f"contains a control character (\\x{ord(char):02x}); refused: it could change "
+                "how the database client is called"
+            )
+    if len(value) > MAX_SETTING:
+        return f"is longer than {MAX_SETTING} characters; refused"
+    return None
+
+
+_OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def _read_config(root: Path, root_fd: int) -> tuple[Path, str, os.stat_result]:
+    """wp-config.php in the root, or one level up as WordPress allows: its path, text
+    and status."""
+    here = root / "wp-config.php"
+    if _exists("wp-config.php", root_fd):
+        return (here, *_read_tenant_file(here, "wp-config.php", root_fd))
+    above = root.parent / "wp-config.php"
+    parent_fd = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        if _exists("wp-config.php", parent_fd) and not _exists("wp-settings.php", parent_fd):
+            return (above, *_read_tenant_file(above, "wp-config.php", parent_fd))
+    finally:
+        os.close(parent_fd)
+    raise WordPressError(here, ["cannot read: No such file or directory"])
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _read_tenant_file(shown: Path, name: str, dir_fd: int) -> tuple[str, os.stat_result]:
+    """The text of a file a tenant wrote, bounded and without following a link (see
+    read_site); its status says whose it is."""
+    try:
+        fd = os.open(name, _OPEN, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WordPressError(
+                shown,
+                [
+                    "is a symbolic link; refused: it could lead to another site's settings "
+                    "(make it a file of its own)"
+                ],
+            ) from None
+        raise WordPressError(shown, [f"cannot read: {exc.strerror or exc}"]) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        directory = os.fstat(dir_fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise WordPressError(shown, ["is not a regular file (a FIFO or a device?); refused"])
+        only_root = directory.st_uid == 0 and not directory.st_mode & 0o022
+        if info.st_uid not in (0, directory.st_uid) and not only_root:
+            raise WordPressError(
+                shown,
+                [
+                    f"belongs to {trust.owner_name(info.st_uid)}, not to the owner of its "
+                    f"directory ({trust.owner_name(directory.st_uid)}) or root; refused: it "
+                    "could be another site's file linked here"
+                ],
+            )
+        data = handle.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise WordPressError(shown, [f"is larger than {MAX_FILE} bytes; refused"])
+    return data.decode("utf-8", "surrogateescape"), info
 
 
 DEBIAN_ETC = Path("/etc/wordpress")  # where Debian's and Ubuntu's packaged WordPress
@@ -312,11 +439,17 @@ def debian_packaged(etc: Path) -> str:
     )
 
 
-def read_version(root: Path) -> str | None:
-    """$wp_version from wp-includes/version.php, if readable."""
+def _read_version(root_fd: int) -> str | None:
+    """$wp_version from wp-includes/version.php, if it can be read as read_site reads."""
     try:
-        text = (root / "wp-includes" / "version.php").read_text(encoding="utf-8", errors="replace")
+        includes = os.open("wp-includes", _OPEN | os.O_DIRECTORY, dir_fd=root_fd)
     except OSError:
         return None
+    try:
+        text, _ = _read_tenant_file(Path("version.php"), "version.php", includes)
+    except WordPressError:
+        return None
+    finally:
+        os.close(includes)
     version = parse_php(text).variables.get("wp_version")
-    return version if isinstance(version, str) else None
+    return version if isinstance(version, str) and not _unsafe(version) else None

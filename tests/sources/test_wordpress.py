@@ -48,7 +48,7 @@ def _site(tmp_path: Path, name: str, version: str | None = "6.4.2"):
             "oldstyle.php",
             "site2",
             "user2",
-            'dollar$sign "quoted" tab\there',
+            'dollar$sign "quoted" tab\\there',
             DbHost("db.example.com", 3307, None),
             "site2_",
         ),
