@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from backupagent.text import printable
+
 if TYPE_CHECKING:
     from apscheduler.triggers.base import BaseTrigger
     from apscheduler.triggers.cron import CronTrigger
@@ -52,13 +54,14 @@ class Problem:
     key: str | None = None
 
     def __str__(self) -> str:
-        """`jobs.toml: [jobs.nightly] sources: /srv/www does not exist`."""
+        """`jobs.toml: [jobs.nightly] sources: /srv/www does not exist`; a name a tenant
+        chose (a directory's) cannot drive the terminal: control characters are escaped."""
         parts = [f"{self.file}:"]
         if self.table:
             parts.append(f"[{self.table}]" if self.key else f"[{self.table}]:")
         if self.key:
             parts.append(f"{self.key}:")
-        return " ".join([*parts, self.message])
+        return printable(" ".join([*parts, self.message]), keep="")
 
 
 class ConfigError(Exception):
@@ -76,6 +79,25 @@ def _must_be_absolute(path: Path) -> Path:
 
 
 AbsolutePath = Annotated[Path, AfterValidator(_must_be_absolute)]
+
+
+def _trusted_file(path: Path | None) -> Path | None:
+    """A file the configuration names (a password, a key, a CA): it must exist and be
+    one that only root can change (trust.file_problem), or a local user could swap the
+    key the agent trusts or the password it sends."""
+    from backupagent import trust
+
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    why = trust.file_problem(path)
+    if why is not None:
+        raise ValueError(f"{path} {why}")
+    return path
+
+
+TrustedFile = Annotated[Path, AfterValidator(_trusted_file)]
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -144,6 +166,10 @@ class _Credentials(_Table):
                 raise ValueError(
                     f"password_file: cannot read {self.password_file}: {reason}"
                 ) from None
+            try:
+                _trusted_file(self.password_file)
+            except ValueError as exc:
+                raise ValueError(f"password_file: {exc}") from None
         if self.password_env is not None and self.password_env not in os.environ:
             raise ValueError(f"password_env: environment variable {self.password_env} is not set")
         return self
@@ -178,7 +204,7 @@ class EmailSettings(_Credentials):
     smtp_port: StrictInt | None = Field(default=None, ge=1, le=65535)  # 25, 587 or 465
     smtp_tls: Literal["none", "starttls", "implicit"] = "starttls"
     smtp_user: str | None = None  # with password_file / password_env / password
-    smtp_ca_file: Path | None = None  # CA for a relay with a private certificate
+    smtp_ca_file: TrustedFile | None = None  # CA for a relay with a private certificate
     timeout: float = Field(default=30.0, gt=0, le=600)
 
     @property
@@ -288,7 +314,7 @@ class FtpDestination(_Credentials, _Reaching, _DestinationTable):
     active_ports: str | None = None  # "50000-50100": local ports for active mode
     tls: Literal["none", "explicit", "implicit"] = "none"
     tls_verify: StrictBool = True
-    tls_ca_file: Path | None = None  # CA bundle for a private or self-signed certificate
+    tls_ca_file: TrustedFile | None = None  # CA bundle for a private or self-signed certificate
     tls_fingerprint: str | None = None  # SHA-256 of the server certificate (pinning)
     tls_max_version: Literal["1.2", "1.3"] | None = None  # "1.2" for servers where 1.3 breaks reuse
     final_reply_timeout: float = Field(default=300.0, gt=0, le=86400)  # 226 after the last byte
@@ -313,13 +339,6 @@ class FtpDestination(_Credentials, _Reaching, _DestinationTable):
             return digits
         return value
 
-    @field_validator("tls_ca_file")
-    @classmethod
-    def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
-        return value
-
     @property
     def active_port_range(self) -> range | None:
         if self.active_ports is None:
@@ -342,9 +361,9 @@ class SftpDestination(_Credentials, _Reaching, _DestinationTable):
     host: str = Field(min_length=1)
     port: StrictInt = Field(default=22, ge=1, le=65535)
     user: str = Field(min_length=1)
-    key_file: Path | None = None  # a private key (OpenSSH format); else the password
+    key_file: TrustedFile | None = None  # a private key (OpenSSH format); else the password
     host_key: str | None = None  # the server's key as `ssh-keygen -l` prints it: SHA256:...
-    known_hosts: Path | None = None  # or an OpenSSH known_hosts file that names the host
+    known_hosts: TrustedFile | None = None  # or an OpenSSH known_hosts file that names the host
     directory: str = "."  # relative to the login directory unless it starts with /
 
     @field_validator("host_key")
@@ -354,13 +373,6 @@ class SftpDestination(_Credentials, _Reaching, _DestinationTable):
             raise ValueError(
                 "must be a key fingerprint as `ssh-keygen -l -f KEY` prints it: SHA256:..."
             )
-        return value
-
-    @field_validator("key_file", "known_hosts")
-    @classmethod
-    def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no such file: {value}")
         return value
 
     @model_validator(mode="after")
@@ -481,7 +493,8 @@ class Job(_Table):
     # databases, on the job's own servers ("configured") or on throwaway local ones
     drill_schedule: str | None = None
     drill_server: Literal["configured", "local"] = "configured"
-    drill_identity: AbsolutePath | None = None  # age identity file, for encrypted backups
+    # age identity file, for encrypted backups
+    drill_identity: Annotated[TrustedFile, AfterValidator(_must_be_absolute)] | None = None
     email: EmailSettings | None = None  # overrides [agent.email] for this job
     ping: PingSettings | None = None
     encrypt_to: list[str] | None = None  # age recipients (age1... or ssh-...); [] = clear
@@ -572,6 +585,7 @@ class Config(BaseModel):
     # "jobs.NAME" / "destinations.NAME" -> the included file that defines it (not jobs.toml)
     files: dict[str, Path] = {}
     discovered: list[str] = []  # jobs made by [discover] (a [jobs.NAME] may add to one)
+    skipped: list[Problem] = []  # sites [discover] found and skipped, with the reason
     agent: AgentConfig = AgentConfig()
     destinations: dict[str, Destination] = {}
     jobs: dict[str, Job] = {}
@@ -736,6 +750,13 @@ def load_config(path: Path) -> Config:
 
 
 def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    """A TOML file of the configuration, refused unless only root can change it: its
+    hooks run as root (trust.file_problem)."""
+    from backupagent import trust
+
+    why = trust.file_problem(path) if path.exists() else None
+    if why is not None:
+        raise ConfigError([Problem(label, f"not trusted: {path} {why}")])
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -782,7 +803,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                     )
     destination_tables = found.get("destinations", {})
     job_tables = found.setdefault("jobs", {})
-    sites = _discover(raw, path, label, problems)
+    skipped: list[Problem] = []
+    sites = _discover(raw, path, label, problems, skipped)
     for name, root in sites.items():  # a [jobs.NAME] of a found site adds to it
         document, table = job_tables.get(name, (documents[0], {}))
         job_tables[name] = (document, {"wordpress": str(root), **table})
@@ -855,6 +877,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         path=path,
         files=files,
         discovered=sorted(sites),
+        skipped=skipped,
         agent=agent or AgentConfig(),
         destinations=destinations,
         jobs=jobs,
@@ -886,19 +909,22 @@ class Discover(_Table):
 
 
 def _discover(
-    raw: dict[str, Any], path: Path, label: str, problems: list[Problem]
+    raw: dict[str, Any], path: Path, label: str, problems: list[Problem], skipped: list[Problem]
 ) -> dict[str, Path]:
-    """The WordPress sites `[discover]` finds, by job name."""
+    """The WordPress sites `[discover]` finds, by job name; those it skips are said in
+    `skipped` (warnings: one site's name never stops the others)."""
     from backupagent.discovery import wordpress_sites
 
     settings = _validate(Discover, raw.get("discover", {}), "discover", label, problems)
     if settings is None or not settings.wordpress:
         return {}
     found = wordpress_sites(settings.wordpress, path.parent)
-    for name, roots in found.clashes.items():
-        sites = ", ".join(map(str, roots))
-        message = f"the sites {sites} would all be job {name!r}: make the pattern tell them apart"
-        problems.append(Problem(label, message, "discover", "wordpress"))
+    for root, why in found.skipped.items():
+        message = (
+            f"the site {printable(str(root))} is skipped: {printable(why)} (the other sites "
+            "run; make the pattern tell it apart, or give it a [jobs.NAME] of its own)"
+        )
+        skipped.append(Problem(label, message, "discover", "wordpress"))
     return found.sites
 
 
@@ -1069,8 +1095,8 @@ SECRET_KEYS = {"password"}
 
 
 def config_warnings(config: Config, only_job: str | None = None) -> list[Problem]:
-    """What is valid but unsafe: password files that others may read (of every table,
-    or of those `only_job` uses)."""
+    """What is valid but unsafe: password and key files that others may read (of every
+    table, or of those `only_job` uses)."""
     jobs = {only_job: config.jobs[only_job]} if only_job else config.jobs
     used = {name for job in jobs.values() for name in job.destination_names}
     # (the [table] holding it, the key before password_file, the settings)
@@ -1079,23 +1105,25 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[Problem
         *(("agent.email", "", config.agent.email),) * (config.agent.email is not None),
     ]
     for name, job in jobs.items():
+        tables.append((f"jobs.{name}", "", job))
         tables += [(f"jobs.{name}", f"databases[{i}].", d) for i, d in enumerate(job.databases)]
         if job.email is not None:
             tables.append((f"jobs.{name}.email", "", job.email))
-    warnings = []
+    warnings = [] if only_job else list(config.skipped)
     for where, prefix, table in tables:
-        path = getattr(table, "password_file", None)
-        if path is None:
-            continue
-        try:
-            mode = path.stat().st_mode
-        except OSError:
-            continue
-        if mode & 0o077:
-            message = f"{path} may be read by others (mode {mode & 0o777:o}): chmod 600 {path}"
-            owner = ".".join(where.split(".")[:2])  # jobs.NAME.email is in jobs.NAME's file
-            label = config.label_of(owner)
-            warnings.append(Problem(label, message, where, f"{prefix}password_file"))
+        for attribute in ("password_file", "key_file", "drill_identity"):
+            path = getattr(table, attribute, None)
+            if path is None:
+                continue
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue
+            if mode & 0o077:
+                message = f"{path} may be read by others (mode {mode & 0o777:o}): chmod 600 {path}"
+                owner = ".".join(where.split(".")[:2])  # jobs.NAME.email is in jobs.NAME's file
+                label = config.label_of(owner)
+                warnings.append(Problem(label, message, where, f"{prefix}{attribute}"))
     return warnings
 
 

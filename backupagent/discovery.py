@@ -19,28 +19,37 @@ WILDCARD = re.compile(r"[*?\[]")
 
 @dataclass(frozen=True)
 class Found:
-    """What discovery found: sites by job name, and names two sites would share."""
+    """What discovery found: sites by job name, and the sites it skipped with the reason
+    (two sites whose names make one job name, a path no job may hold). A site's owner
+    picks its directory's name: one bad name skips that site, never the others."""
 
     sites: dict[str, Path]
-    clashes: dict[str, list[Path]]
+    skipped: dict[Path, str]
 
 
 def wordpress_sites(patterns: list[str], base: Path) -> Found:
     """Every directory matching `patterns` (relative ones to `base`) with a
     wp-config.php in it, in sorted order."""
     by_name: dict[str, list[Path]] = {}
+    skipped: dict[Path, str] = {}
     for pattern in patterns:
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
         for match in sorted(glob.glob(full.rstrip("/") or "/")):
             root = Path(match)
-            if root.is_dir() and (root / "wp-config.php").is_file():
-                found = by_name.setdefault(job_name(full, root), [])
-                if root not in found:
-                    found.append(root)
-    return Found(
-        {name: roots[0] for name, roots in by_name.items() if len(roots) == 1},
-        {name: roots for name, roots in by_name.items() if len(roots) > 1},
-    )
+            if not (root.is_dir() and (root / "wp-config.php").is_file()):
+                continue
+            if not str(root).isprintable():
+                skipped[root] = "its path holds a control character"
+                continue
+            found = by_name.setdefault(job_name(full, root), [])
+            if root not in found:
+                found.append(root)
+    for name, roots in by_name.items():
+        if len(roots) > 1:
+            for root in roots:
+                others = ", ".join(str(r) for r in roots if r != root)
+                skipped[root] = f"it and {others} would all be job {name!r}"
+    return Found({name: roots[0] for name, roots in by_name.items() if len(roots) == 1}, skipped)
 
 
 def job_name(pattern: str, root: Path) -> str:

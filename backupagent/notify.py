@@ -161,8 +161,9 @@ def after_run(config: Config, job: str, result: RunResult) -> None:
     write_metrics(config)
 
 
-def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
-    """The Prometheus exposition text for every job's latest runs (pure)."""
+def metrics_text(latest: dict[str, dict[str, Run | None]], skipped: int = 0) -> str:
+    """The Prometheus exposition text for every job's latest runs, and the number of
+    sites [discover] skipped (pure)."""
     families = [
         (
             "backupagent_last_success_timestamp_seconds",
@@ -186,6 +187,10 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
             "backupagent_last_drill_success_timestamp_seconds",
             "Start of the last restore drill that restored the newest backup and loaded "
             "its dumps (with the rows counted at dump time, where it recorded them).",
+        ),
+        (
+            "backupagent_discover_skipped_sites",
+            "Sites [discover] found and skipped (a name that clashes or no job may hold).",
         ),
     ]
     samples: dict[str, list[str]] = {name: [] for name, _ in families}
@@ -219,6 +224,7 @@ def metrics_text(latest: dict[str, dict[str, Run | None]]) -> str:
             for result in RESULTS:
                 flag = 1 if entry["result"] == result else 0
                 samples[families[7][0]].append(f'{{{where},result="{result}"}} {flag}')
+    samples[families[10][0]].append(f" {skipped}")
     lines = []
     for name, help_text in families:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
@@ -238,7 +244,7 @@ def write_metrics(config: Config) -> None:
     temp = None
     try:
         with History(config.agent.state_dir) as history:
-            text = metrics_text(history.latest_per_job(also=config.jobs))
+            text = metrics_text(history.latest_per_job(also=config.jobs), len(config.skipped))
         target.parent.mkdir(parents=True, exist_ok=True)
         # not *.prom: node_exporter reads every *.prom in the directory, dotfiles too
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -138,6 +138,8 @@ class Daemon:
 
     def plan(self, config: Config) -> None:
         """(Re)create one cron trigger per scheduled job; running jobs are not touched."""
+        for skipped in config.skipped:
+            self.log.warning("a discovered site is skipped", problem=str(skipped))
         for aps_job in self.scheduler.get_jobs():
             if aps_job.id.startswith("cron:"):
                 aps_job.remove()

@@ -9,6 +9,7 @@ mounted must not fill the root disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from backupagent import trust
 from backupagent.config import Config, LocalDestination, Retention
 from backupagent.destinations.base import (
     Capped,
@@ -88,6 +90,41 @@ class LocalDirectory:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise self._problem(f"cannot create {self.path}", exc) from None
+        self._check_private()
+
+    def _check_private(self) -> None:
+        """Nobody but the agent may write the directory: another user could swap a
+        backup between its writing and its rename, or plant a link for root to follow."""
+        try:
+            fd = trust.open_directory(self.path)
+        except trust.Untrusted as exc:
+            raise self._untrusted(str(exc)) from None
+        except OSError as exc:
+            raise self._problem(f"cannot open {self.path}", exc) from None
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if info.st_uid not in (0, os.geteuid()):
+            raise self._untrusted(f"{self.path} belongs to {trust.owner_name(info.st_uid)}")
+        if info.st_mode & 0o022:
+            raise self._untrusted(
+                f"{self.path} may be written by others (mode {info.st_mode & 0o7777:o})"
+            )
+
+    def _untrusted(self, what: str) -> LocalProblem:
+        return LocalProblem(
+            what,
+            Diagnosis(
+                Category.PATH,
+                f"{self.path} is not private to the agent",
+                (what,),
+                f"another user could swap or read a backup as it is written: chown root "
+                f"{self.path} and chmod 700 it (a CIFS mount: dir_mode=0700,uid=0), or "
+                "choose another `path`",
+                keys=("path",),
+            ),
+        )
 
     def survey(self) -> list[str] | None:
         self._check_mount()
@@ -153,20 +190,27 @@ class LocalDirectory:
         self, path: Path, name: str, sha256: str, progress: Callable[[int], None] | None = None
     ) -> None:
         with path.open("rb") as source:
-            self._publish(name, iter(lambda: source.read(CHUNK), b""), progress)
-        self._verify(name, path.stat().st_size, sha256)
+            held = self._publish(name, iter(lambda: source.read(CHUNK), b""), progress)
+        self._verify(name, held, path.stat().st_size, sha256)
 
     def publish_bytes(self, data: bytes, name: str) -> None:
-        self._publish(name, iter([data]), None)
-        self._verify(name, len(data), hashlib.sha256(data).hexdigest())
+        held = self._publish(name, iter([data]), None)
+        self._verify(name, held, len(data), hashlib.sha256(data).hexdigest())
 
-    def _publish(self, name: str, blocks: Any, progress: Callable[[int], None] | None) -> None:
+    def _publish(
+        self, name: str, blocks: Any, progress: Callable[[int], None] | None
+    ) -> tuple[int, str]:
+        """Write `name` under a temporary name, read it back through the descriptor
+        that wrote it (never by name: a name can be swapped), rename it; returns the
+        size and SHA-256 it holds."""
         final = self._at(name)  # refused before anything is written
-        temp = temp_name(name)
-        self._will_write(temp, name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        temp = self._at(temp_name(name))
+        self._will_write(temp.name, name)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(self._at(temp), flags, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)  # a killed run's (a link is removed, never followed)
+            fd = os.open(temp, flags, 0o600)
             try:
                 for block in blocks:
                     raise_if_cancelled(self.cancel)
@@ -176,9 +220,13 @@ class LocalDirectory:
                     if progress:
                         progress(len(block))
                 os.fsync(fd)
+                held = _read_back(fd)
+                os.replace(temp, final)
+                renamed, mine = os.lstat(final), os.fstat(fd)
             finally:
                 os.close(fd)
-            os.replace(self._at(temp), final)
+            if (renamed.st_dev, renamed.st_ino) != (mine.st_dev, mine.st_ino):
+                raise DestinationError(f"{final} was replaced by another file as it was published")
             directory = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(directory)  # the rename itself survives a power cut
@@ -186,11 +234,10 @@ class LocalDirectory:
                 os.close(directory)
         except OSError as exc:
             raise self._problem(f"writing {self._at(name)}", exc) from None
+        return held
 
-    def _verify(self, name: str, size: int, sha256: str) -> None:
-        with self._at(name).open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            held = handle.tell()
+    def _verify(self, name: str, held_by: tuple[int, str], size: int, sha256: str) -> None:
+        held, digest = held_by
         if held != size or digest != sha256:
             raise DestinationError(
                 f"{self._at(name)} holds {held} bytes (SHA-256 {digest}), {size} were written"
@@ -256,6 +303,15 @@ class LocalDirectory:
 
     def close(self) -> None:
         pass
+
+
+def _read_back(fd: int) -> tuple[int, str]:
+    """Size and SHA-256 of what the open file `fd` holds, read from its start."""
+    digest, at = hashlib.sha256(), 0
+    while block := os.pread(fd, CHUNK, at):
+        digest.update(block)
+        at += len(block)
+    return at, digest.hexdigest()
 
 
 def open_for_job(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -47,6 +47,10 @@ BLOCK = 128 << 10  # bytes per SFTP read or write request (OpenSSH takes up to 2
 IN_FLIGHT = 32  # requests outstanding at once: the window that makes SFTP fast
 MAX_NAMES = 1_000_000  # a listing of more names is refused
 MAX_LISTING_BYTES = 64 << 20  # ... or of more bytes of names (as FTP's)
+# Every request waits `timeout` for its answer; a listing, however many READDIR replies
+# it takes, gets this many times `timeout` in all: a server that trickles a name at a
+# time cannot hold a run for MAX_NAMES timeouts.
+LISTING_TIMEOUTS = 10
 MAX_REASON = 300  # characters of a server's error text kept (it reaches the advice)
 # AES-GCM first: with AES-NI it is what lets asyncssh keep up with OpenSSH (the bench)
 CIPHERS = "^aes128-gcm@openssh.com,aes256-gcm@openssh.com"
@@ -268,7 +272,7 @@ class Sftp:
     def survey(self) -> list[str] | None:
         async def look() -> list[str] | None:
             sftp = await self._connected()
-            if not await sftp.isdir(self._path("")):
+            if not await self._bounded(sftp.isdir(self._path(""))):
                 return None
             return await self._listing()
 
@@ -285,7 +289,17 @@ class Sftp:
         sftp = await self._connected()
         names: list[str] = []
         held = 0
-        async for entry in sftp.scandir(self._path("")):
+        timeout = self.settings.timeout
+        deadline = asyncio.get_running_loop().time() + LISTING_TIMEOUTS * timeout
+        entries = sftp.scandir(self._path("")).__aiter__()
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TimeoutError(f"the listing took over {LISTING_TIMEOUTS * timeout:g}s")
+            try:
+                entry = await asyncio.wait_for(entries.__anext__(), min(timeout, left))
+            except StopAsyncIteration:
+                break
             name = entry.filename.decode("utf-8", "surrogateescape")
             held += len(name)
             if len(names) >= MAX_NAMES or held > MAX_LISTING_BYTES:
@@ -314,7 +328,7 @@ class Sftp:
                     self.log.info("resuming upload", name=temp, offset=held, of=size)
             await self._write(path, temp, held, progress)
             await self._rename(temp, name)
-            stored = (await sftp.stat(self._path(name))).size
+            stored = (await self._bounded(sftp.stat(self._path(name)))).size
             if stored != size:
                 raise DestinationError(
                     f"size check failed: the server reports {stored} bytes for {name}, "
@@ -329,9 +343,9 @@ class Sftp:
         self._will_write(temp, name)
 
         async def send() -> None:
-            sftp = await self._connected()
-            async with sftp.open(self._path(temp), "wb") as remote:
-                await remote.write(data, 0)
+            await self._connected()
+            async with self._opened(temp, "wb") as remote:
+                await self._bounded(remote.write(data, 0))
             await self._rename(temp, name)
 
         self._call("manifest upload", send)
@@ -481,9 +495,26 @@ class Sftp:
         joined = name if base == "." else (f"{base}/{name}" if name else base)
         return joined.encode("utf-8", "surrogateescape")
 
+    async def _bounded(self, op: Awaitable[T]) -> T:
+        """One request's answer, within `timeout`: no server can hang a run."""
+        return await asyncio.wait_for(op, self.settings.timeout)
+
+    @contextlib.asynccontextmanager
+    async def _opened(self, name: str, mode: str) -> AsyncIterator[Any]:
+        """A remote file, opened and closed each within `timeout` (a failure inside is
+        the one said: closing after it may fail too)."""
+        remote = await self._bounded(self._sftp.open(self._path(name), mode))
+        try:
+            yield remote
+        except BaseException:
+            with contextlib.suppress(*_ERRORS):
+                await self._bounded(remote.close())
+            raise
+        await self._bounded(remote.close())
+
     async def _size_or_none(self, name: str) -> int | None:
         try:
-            return int((await self._sftp.stat(self._path(name))).size)
+            return int((await self._bounded(self._sftp.stat(self._path(name)))).size)
         except asyncssh.SFTPNoSuchFile:
             return None
 
@@ -494,7 +525,7 @@ class Sftp:
         request must be answered within `timeout`."""
         timeout = self.settings.timeout
         # resuming: open without truncating and write on from `offset`
-        async with self._sftp.open(self._path(name), "r+b" if offset else "wb") as remote:
+        async with self._opened(name, "r+b" if offset else "wb") as remote:
             slots = asyncio.Semaphore(IN_FLIGHT)
             pending: set[asyncio.Task[Any]] = set()
             failed: list[BaseException] = []
@@ -528,11 +559,11 @@ class Sftp:
         """posix-rename (atomic, replaces) where offered; else remove, then rename.
         A retry after a lost connection may find it done already."""
         try:
-            await self._sftp.posix_rename(self._path(old), self._path(new))
+            await self._bounded(self._sftp.posix_rename(self._path(old), self._path(new)))
         except asyncssh.SFTPOpUnsupported:
             with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                await self._sftp.remove(self._path(new))
-            await self._sftp.rename(self._path(old), self._path(new))
+                await self._bounded(self._sftp.remove(self._path(new)))
+            await self._bounded(self._sftp.rename(self._path(old), self._path(new)))
         except asyncssh.SFTPNoSuchFile:
             if await self._size_or_none(new) is None:
                 raise
@@ -542,7 +573,7 @@ class Sftp:
         await self._connected()
         for name in names:
             with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                await self._sftp.remove(self._path(name))
+                await self._bounded(self._sftp.remove(self._path(name)))
 
     async def _read_into(
         self, name: str, sink: Callable[[bytes], None], offset: int, most: int
@@ -551,21 +582,24 @@ class Sftp:
         more than it may hold), each request answered within `timeout`."""
         sftp = await self._connected()
         try:
-            remote = await sftp.open(self._path(name), "rb")
+            remote = await self._bounded(sftp.open(self._path(name), "rb"))
         except asyncssh.SFTPError as exc:
             if isinstance(exc, asyncssh.SFTPNoSuchFile | asyncssh.SFTPPermissionDenied):
                 raise Unreadable(f"{name}: {_reason(exc)}") from None
             raise
-        async with remote:
+        try:
             at, end = offset, offset + most
             while at < end:
                 want = min(BLOCK * 16, end - at)
-                block = await asyncio.wait_for(remote.read(want, at), self.settings.timeout)
+                block = await self._bounded(remote.read(want, at))
                 if not block:
                     return
                 self.moved = True
                 sink(block)
                 at += len(block)
+        finally:
+            with contextlib.suppress(*_ERRORS):
+                await self._bounded(remote.close())
 
     def _will_write(self, *names: str) -> None:
         self.written.extend(n for n in names if n not in self.written)
