@@ -64,7 +64,12 @@ def start_mariadb(base: Path) -> Iterator[MariaDB]:
     )
     data, sock = base / "data", base / "mysqld.sock"
     user = ["--user=root"] if os.geteuid() == 0 else []
-    subprocess.run(
+    # its own temporary directory: bootstraps started at one instant collided in /tmp
+    # ("Could not remove temporary table '/tmp/#sql-temptable-...'")
+    (base / "tmp").mkdir()
+    os.chmod(base / "tmp", 0o1777)
+    env = {**os.environ, "TMPDIR": str(base / "tmp")}
+    installed = subprocess.run(
         [
             "mariadb-install-db",
             "--no-defaults",
@@ -73,10 +78,13 @@ def start_mariadb(base: Path) -> Iterator[MariaDB]:
             "--auth-root-authentication-method=normal",
             *user,
         ],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
+        env=env,
     )
+    if installed.returncode != 0:
+        raise RuntimeError(f"mariadb-install-db failed: {installed.stdout}{installed.stderr}")
     mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
     server = subprocess.Popen(
         [
@@ -88,6 +96,7 @@ def start_mariadb(base: Path) -> Iterator[MariaDB]:
             f"--pid-file={base / 'mariadbd.pid'}",
             f"--log-error={base / 'error.log'}",
             "--innodb-buffer-pool-size=64M",
+            f"--tmpdir={base / 'tmp'}",
             *user,
         ],
         stdout=subprocess.DEVNULL,

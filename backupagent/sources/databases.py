@@ -133,12 +133,13 @@ DUMP_JOB = 2 << 20
 
 def member_label(name: str) -> str:
     """A database's name as an archive member's (and a spool file's) name: the name
-    itself when it is plain, else with every other byte as %XX. A name comes from a
+    itself when it is plain (letters, digits, `_$.-`), else with every other byte as %XX
+    (the member always ends in .sql/.pgdump/.sqlite3, so no part is `.` or `..`). A name comes from a
     server or a tenant (`name = "all"`, wp-config.php): `../x` or `a/b` must never
     become a path. One name gives one label, and no two names the same."""
-    if re.fullmatch(r"[A-Za-z0-9_$-][A-Za-z0-9_$.-]*", name):
+    if re.fullmatch(r"[A-Za-z0-9_$.-]+", name):
         return name
-    safe = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$-"
+    safe = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$.-"
     return "".join(
         chr(b) if b in safe else f"%{b:02X}" for b in name.encode("utf-8", "surrogateescape")
     )
@@ -337,7 +338,10 @@ def _mysql_run(
     stdin: BinaryIO | None = None,
 ) -> process.Finished:
     assert isinstance(target.db, MysqlDatabase)
-    fd = process.secret_fd(_mysql_options(target), target.run_as)
+    try:
+        fd = process.secret_fd(_mysql_options(target), target.run_as)
+    except PermissionError:
+        raise _cannot_switch(target, tool) from None
     try:
         # --defaults-extra-file must come first; /dev/fd/N is the inherited pipe
         return process.stream(
@@ -348,8 +352,28 @@ def _mysql_run(
             stdin=stdin,
             run_as=target.run_as,
         )
+    except PermissionError:
+        if target.run_as is None:
+            raise
+        raise _cannot_switch(target, tool) from None
     finally:
         os.close(fd)
+
+
+def _cannot_switch(target: Target, tool: str) -> DumpFailed:
+    """The clients of a site run as its owner, and this process may not become them."""
+    assert target.run_as is not None
+    return _fail(
+        target,
+        _server_name(target),
+        tool,
+        1,
+        f"error: the database clients of this site run as the owner of its settings "
+        f"(uid {target.run_as.uid}), not as root, and this process may not switch users: "
+        "under systemd the unit's CapabilityBoundingSet needs CAP_SETUID CAP_SETGID "
+        "CAP_CHOWN CAP_KILL (the shipped units have them: install them again with "
+        'scripts/install, README "Security")',
+    )
 
 
 def _mysql_query(target: Target, client: str, name: str, sql: str) -> list[str]:

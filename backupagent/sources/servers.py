@@ -133,8 +133,8 @@ def _cannot_switch() -> ServerFailed:
     return ServerFailed(
         f"a throwaway server runs as the user {RUN_AS!r}, and this process may not switch "
         "users (under systemd: the unit's CapabilityBoundingSet lacks CAP_SETUID and "
-        'CAP_SETGID; add them with a drop-in, README "Restore drills"), or set '
-        'drill_server = "configured"'
+        "CAP_SETGID, which the shipped units have: install them again with scripts/install, "
+        'README "Running under systemd"), or set drill_server = "configured"'
     )
 
 

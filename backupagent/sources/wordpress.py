@@ -106,6 +106,12 @@ _DOUBLE_ESCAPES = {
 }
 
 
+def _byte(value: int) -> str:
+    """The byte PHP's `\\xFF` or `\\377` puts in a string: past ASCII it is a raw byte,
+    kept as the surrogate the "surrogateescape" decoder would make of it."""
+    return chr(value) if value < 0x80 else chr(0xDC00 + value)
+
+
 def _unquote(literal: str) -> str | Unevaluable:
     """The value of one PHP string literal; interpolating strings are Unevaluable."""
     body = literal[1:-1]
@@ -119,9 +125,9 @@ def _unquote(literal: str) -> str | Unevaluable:
         if seq in _DOUBLE_ESCAPES:
             return _DOUBLE_ESCAPES[seq]
         if seq[0] == "x":
-            return chr(int(seq[1:], 16))
+            return _byte(int(seq[1:], 16))
         if seq[0] in "01234567":
-            return chr(int(seq, 8) % 256)
+            return _byte(int(seq, 8) % 256)
         return match.group(0)
 
     return re.sub(r"\\(x[0-9A-Fa-f]{1,2}|[0-7]{1,3}|.)", escape, body)

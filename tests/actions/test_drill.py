@@ -404,8 +404,8 @@ def test_a_local_drill_that_may_not_switch_users_says_what_to_allow(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "may not switch users" in done.stdout and "CAP_SETUID and CAP_SETGID" in done.stdout
 
-    # the README's drop-in: the units' bounding set with those two added
-    allowed = "-all,+dac_read_search,+dac_override,+setuid,+setgid"
+    # the shipped units' bounding set
+    allowed = "-all,+dac_read_search,+dac_override,+setuid,+setgid,+chown,+kill"
     done = subprocess.run(
         [setpriv, f"--bounding-set={allowed}", *argv], capture_output=True, text=True, timeout=300
     )
