@@ -103,7 +103,22 @@ def _safe_ancestors(real: Path) -> str | None:
 def private_directory(path: Path) -> Path:
     """`path`, created (0700) if missing, checked to be a directory of this process's
     user that nobody else can write, reached through directories nobody else can
-    rename entries in. Raises Untrusted (saying who could, and what to do) or OSError."""
+    rename entries in. Raises Untrusted (saying who could, and what to do) or OSError;
+    nothing is made below a directory that fails the check."""
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if existing != path:
+        fd = open_directory(existing)
+        try:
+            why = _safe_ancestors(real_path(fd) / "new")
+        finally:
+            os.close(fd)
+        if why is not None:
+            raise Untrusted(
+                f"{path}: {why}, who could swap what the agent writes below it; "
+                "choose a directory only root can change"
+            )
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = open_directory(path)
     try:

@@ -95,8 +95,11 @@ def _keygen(path: Path, kind: str = "ed25519") -> str:
 
 
 @contextlib.contextmanager
-def running_sshd(directory: Path, password: str | None = None) -> Iterator[Sshd]:
-    """sshd for the duration of the block; with `password`, for a new user with it."""
+def running_sshd(
+    directory: Path, password: str | None = None, subsystem: str = "internal-sftp"
+) -> Iterator[Sshd]:
+    """sshd for the duration of the block; with `password`, for a new user with it;
+    `subsystem` serves SFTP (a command line, or sshd's own)."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o755)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # its privilege separation dir
@@ -133,7 +136,7 @@ PermitRootLogin prohibit-password
 PasswordAuthentication {"yes" if password else "no"}
 KbdInteractiveAuthentication no
 UsePAM {"yes" if password else "no"}
-Subsystem sftp internal-sftp
+Subsystem sftp {subsystem}
 LogLevel VERBOSE
 """
     )

@@ -14,6 +14,7 @@ synchronous, as the seam is, and a cancel request closes the connection at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -213,15 +214,16 @@ class _Loop:
 
     def run(self, coroutine: Coroutine[Any, Any, T], cancel: threading.Event | None) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        while True:
-            try:
-                return future.result(0.2)
-            except TimeoutError:
-                if cancel is not None and cancel.is_set():
-                    future.cancel()
-                    raise Cancelled("the run was stopped") from None
-            except asyncio.CancelledError:
-                raise Cancelled("the run was stopped") from None
+        # waited on apart from its result: the coroutine's own TimeoutError (a request
+        # not answered within `timeout`) is the same class as result()'s "not yet"
+        while not concurrent.futures.wait([future], 0.2).done:
+            if cancel is not None and cancel.is_set():
+                future.cancel()
+                raise Cancelled("the run was stopped")
+        try:
+            return future.result()
+        except asyncio.CancelledError:
+            raise Cancelled("the run was stopped") from None
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

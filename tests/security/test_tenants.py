@@ -9,17 +9,15 @@ import io
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from backupagent.config import Config, load_config
+from backupagent.config import Config
 from backupagent.ftpserver import LocalFtpServer
 
 from ..actions.test_backup import REMOTE, download_archive
