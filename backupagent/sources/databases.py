@@ -134,9 +134,9 @@ DUMP_JOB = 2 << 20
 def member_label(name: str) -> str:
     """A database's name as an archive member's (and a spool file's) name: the name
     itself when it is plain (letters, digits, `_$.-`), else with every other byte as %XX
-    (the member always ends in .sql/.pgdump/.sqlite3, so no part is `.` or `..`). A name comes from a
-    server or a tenant (`name = "all"`, wp-config.php): `../x` or `a/b` must never
-    become a path. One name gives one label, and no two names the same."""
+    (the member ends in .sql, .pgdump or .sqlite3, so no part is `.` or `..`). A name
+    comes from a server or a tenant (`name = "all"`, wp-config.php): `../x` or `a/b`
+    must never become a path. One name gives one label, and no two names the same."""
     if re.fullmatch(r"[A-Za-z0-9_$.-]+", name):
         return name
     safe = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_$.-"
