@@ -173,7 +173,7 @@ def evaluate(expression: str) -> Value:
 
 # wp-config.php is a tenant's: what it may make the parser do is bounded
 MAX_CALLS = 1000  # define() calls, and assignments, read from one file
-SCAN_WINDOW = 1 << 14  # characters one call's arguments (or one assignment) may span
+SCAN_WINDOW = 1 << 12  # characters one call's arguments (or one assignment) may span
 
 
 def _call_arguments(code: str, start: int) -> tuple[list[str], int]:

@@ -128,3 +128,35 @@ def _mount_of(path: Path) -> str:
     from backupagent.destinations.local import mount_point
 
     return str(mount_point(path))
+
+
+def test_a_file_swapped_after_its_rename_is_refused_and_never_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user who could write the directory plants a link in the window after
+    the rename: the read-back is through the descriptor that wrote the file, and the
+    name is checked to hold that very file. (Before: the name was opened again, and the
+    error showed the size and SHA-256 of whatever the link led to.)"""
+    import hashlib
+
+    from backupagent.destinations import local
+    from backupagent.destinations.base import DestinationError
+
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:secret-hash:19000::::::\n")
+    target = tmp_path / "nas"
+    target.mkdir(mode=0o700)
+    real_replace = os.replace
+
+    def replace_then_swap(src: str | Path, dst: str | Path) -> None:
+        real_replace(src, dst)
+        os.unlink(dst)
+        os.symlink(secret, dst)
+
+    directory = local.LocalDirectory(target)
+    data = b"backup bytes"
+    monkeypatch.setattr(local.os, "replace", replace_then_swap)
+    with pytest.raises(DestinationError, match="was replaced by another file") as raised:
+        directory.publish_bytes(data, "www-x.manifest.json")
+    assert hashlib.sha256(secret.read_bytes()).hexdigest() not in str(raised.value)
+    assert str(len(secret.read_bytes())) not in str(raised.value)

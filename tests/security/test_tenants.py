@@ -375,3 +375,59 @@ def test_the_site_database_clients_run_as_the_sites_owner(
     uids = set(seen.read_text().split())
     assert uids == {str(tenants.owner.uid)}, uids
     assert len(published(ftp_server)) == 1
+
+
+# --- [discover]: one site's name never stops the others ----------------------------------
+
+
+def test_a_discovered_site_with_a_bad_name_is_skipped_and_the_others_run(
+    site_db: MariaDB,
+    tenants: Tenants,
+    public_dir: Path,
+    ftp_server: LocalFtpServer,
+    tmp_path: Path,
+) -> None:
+    """Before, a control character in one site's directory name, or two names that
+    make one job name, made the whole configuration invalid: every site's backup
+    stopped (exit 2)."""
+    sites = public_dir / "sites"
+    sites.mkdir()
+    for name in ("ok", "a b", "a-b", "evil\x1b]0;pwned\x07"):
+        make_site(sites / name, tenants.owner.uid, tenants.owner.gid, wp_config(site_db))
+    password = tmp_path / "ftp.pass"
+    password.write_text(ftp_server.password + "\n")
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        f"""
+[agent]
+state_dir = "{tmp_path}/state"
+log_dir = "{tmp_path}/log"
+spool_dir = "{tmp_path}/spool"
+metrics_file = "{tmp_path}/metrics.prom"
+
+[defaults]
+destination = "test"
+
+[discover]
+wordpress = "{sites}/*/"
+
+[destinations.test]
+type = "ftp"
+host = "{ftp_server.host}"
+port = {ftp_server.port}
+user = "{ftp_server.user}"
+password_file = "{password}"
+directory = "/{REMOTE}"
+timeout = 5
+"""
+    )
+    checked = cli(config, "check")
+    listed = cli(config, "list", "--json")
+    ran = cli(config, "run-job", "ok")
+
+    assert checked.returncode == 0, said(checked)
+    assert said(checked).count("is skipped") == 3
+    assert "\x1b" not in said(checked) and "\\x1b" in said(checked)
+    assert [j["job"] for j in json.loads(listed.stdout)["jobs"]] == ["ok"]
+    assert ran.returncode == 0, said(ran)
+    assert "backupagent_discover_skipped_sites 3" in (tmp_path / "metrics.prom").read_text()

@@ -172,3 +172,32 @@ def test_commented_defines_are_ignored() -> None:
     found = parse_php((CORPUS / "oldstyle.php").read_text())
     assert found.constants["DB_NAME"] == "site2"
     assert found.constants["DB_USER"] == "user2"
+
+
+@pytest.mark.parametrize(
+    ("literal", "value"),
+    [('"a\\xffb"', "a\udcffb"), ('"a\\377b"', "a\udcffb"), ('"a\\x41"', "aA"), ('"\\101"', "A")],
+)
+def test_escapes_past_ascii_are_raw_bytes_as_php_makes_them(literal: str, value: str) -> None:
+    """PHP's "\\xff" is one byte, not the character U+00FF: it is kept as that byte,
+    which read_site then refuses as not UTF-8."""
+    assert evaluate(literal) == value
+
+
+def test_a_hostile_file_parses_in_bounded_time() -> None:
+    """1 MiB of unclosed calls and assignments (before: every one scanned to the end
+    of the file, hours of work); in a child with a time limit, so a regression fails
+    instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    script = (
+        "from backupagent.sources.wordpress import parse_php\n"
+        "text = '<?php ' + 'define(' * 80_000 + '$a = ' * 80_000 + \"'x\" * 80_000\n"
+        "found = parse_php(text)\n"
+        "print(len(found.constants), len(found.variables))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
