@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -120,7 +121,9 @@ class VolumeWriter:
             raise Cancelled("the upload stopped")
         self.count += 1
         self._path = self.spool / volume_name(self.archive, self.count)
-        self._file = self._path.open("wb")
+        # new, and never through a link: the spool is private, and stays so (README "Security")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._file = os.fdopen(os.open(self._path, flags, 0o600), "wb")
         return self._file
 
     def _finish(self) -> None:

@@ -45,7 +45,7 @@ def test_sites_are_directories_with_wp_config(tmp_path: Path) -> None:
     (tmp_path / "www" / "file.txt").write_text("x")
     found = wordpress_sites(["www/*/"], tmp_path)  # relative to jobs.toml's directory
     assert found.sites == {"one": tmp_path / "www/one", "two": tmp_path / "www/two"}
-    assert found.clashes == {}
+    assert found.skipped == {}
 
 
 JOBS = """
@@ -95,15 +95,20 @@ def test_a_found_site_without_what_it_needs_is_said_of_discover(tmp_path: Path) 
     ]
 
 
-def test_two_sites_with_one_name_are_refused(tmp_path: Path) -> None:
+def test_two_sites_with_one_name_are_skipped_and_the_others_run(tmp_path: Path) -> None:
     site(tmp_path / "a" / "blog")
     site(tmp_path / "b" / "blog")
+    site(tmp_path / "b" / "shop")
     path = tmp_path / "jobs.toml"
     text = JOBS.format(www=tmp_path).replace(
         f'"{tmp_path}/*/"', f'["{tmp_path}/a/*", "{tmp_path}/b/*"]'
     )
     path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    (problem,) = info.value.problems
-    assert problem.table == "discover" and "would all be job 'blog'" in problem.message
+    config = load_config(path)  # one tenant's directory name never stops the others
+    assert sorted(config.jobs) == ["shop"]
+    assert sorted(str(p) for p in config.skipped) == [
+        f"jobs.toml: [discover] wordpress: the site {tmp_path}/{a}/blog is skipped: it and "
+        f"{tmp_path}/{b}/blog would all be job 'blog' (the other sites run; make the pattern tell it "
+        "apart, or give it a [jobs.NAME] of its own)"
+        for a, b in (("a", "b"), ("b", "a"))
+    ]

@@ -147,10 +147,14 @@ def test_a_hostile_value_in_wp_config_is_refused_naming_the_file_and_key(
         wp_config(site_db, **{key: literal.format(plugins=plugins)}),
     )
     config = write_config(job=f'wordpress = "{root}"')
+    good = make_site(public_dir / "good", owner.uid, owner.gid, wp_config(site_db))
+    with config.path.open("a") as handle:  # another site on the host
+        handle.write(f'\n[jobs.good]\ndestination = "test"\nwordpress = "{good}"\n')
     before = snapshot(public_dir)
 
     checked = cli(config.path, "check")
     ran = cli(config.path, "run-job", "www")
+    other = cli(config.path, "run-job", "good")
 
     assert checked.returncode == 2, said(checked)
     assert ran.returncode == 1, said(ran)
@@ -159,7 +163,8 @@ def test_a_hostile_value_in_wp_config_is_refused_naming_the_file_and_key(
         assert f"{key} " in said(result) and refusal in said(result)
         assert "\x1b" not in said(result)
     assert not marker.exists()
-    assert published(ftp_server) == []
+    assert other.returncode == 0, said(other)  # the other site's backup is whole
+    assert len(published(ftp_server)) == 1
     assert snapshot(public_dir) == before
 
 
