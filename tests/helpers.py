@@ -18,12 +18,12 @@ from typing import Any
 import zstandard
 
 
-def cli(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(config: Path | None, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """`python -m backupagent [--config CONFIG] ARGS...` as a user would run it."""
     argv = [sys.executable, "-m", "backupagent"]
     if config is not None:
         argv += ["--config", str(config)]
-    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300)
+    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=timeout)
 
 
 def python_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:

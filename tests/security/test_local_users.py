@@ -5,8 +5,6 @@ ran or received a backup."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,52 +12,9 @@ import pytest
 
 from backupagent.ftpserver import LocalFtpServer
 
-from ..actions.test_backup import REMOTE
-from ..helpers import snapshot
+from ..helpers import cli, snapshot
 from .conftest import Tenants
-
-
-def _said(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "backupagent", "--config", str(config), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
-
-
-def _jobs_toml(tmp_path: Path, server: LocalFtpServer, site: Path, spool: Path) -> Path:
-    password = tmp_path / "ftp.pass"
-    password.write_text(server.password + "\n")
-    path = tmp_path / "jobs.toml"
-    path.write_text(
-        f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{spool}"
-
-[destinations.test]
-type = "ftp"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-password_file = "{password}"
-directory = "/{REMOTE}"
-timeout = 5
-
-[jobs.www]
-destination = "test"
-sources = ["{site}"]
-"""
-    )
-    return path
-
-
-def _published(server: LocalFtpServer) -> list[str]:
-    where = server.root / REMOTE
-    return sorted(p.name for p in where.glob("*.manifest.json")) if where.exists() else []
-
+from .jobs import ftp_jobs_toml, published, said
 
 # --- the spool -----------------------------------------------------------------------
 
@@ -124,15 +79,15 @@ def test_a_spool_another_user_prepared_stops_the_run_and_gets_nothing(
     tmp.chmod(0o1777)
     set_up, refusal = _made_first(tmp, tenants)[case]
     set_up()
-    config = _jobs_toml(tmp_path, ftp_server, site, tmp / "backupagent")
+    config = ftp_jobs_toml(tmp_path, ftp_server, f'sources = ["{site}"]', spool=tmp / "backupagent")
     before = snapshot(public_dir)
 
-    ran = _cli(config, "run-job", "www")
+    ran = cli(config, "run-job", "www")
 
-    assert ran.returncode == 1, _said(ran)
-    assert refusal in _said(ran) and "spool_dir" in _said(ran)
+    assert ran.returncode == 1, said(ran)
+    assert refusal in said(ran) and "spool_dir" in said(ran)
     assert snapshot(public_dir) == before
-    assert _published(ftp_server) == []
+    assert published(ftp_server) == []
 
 
 def test_a_spool_in_a_sticky_directory_of_everyone_is_fine(
@@ -142,9 +97,9 @@ def test_a_spool_in_a_sticky_directory_of_everyone_is_fine(
     tmp = public_dir / "tmp"
     tmp.mkdir()
     tmp.chmod(0o1777)
-    config = _jobs_toml(tmp_path, ftp_server, site, tmp / "backupagent")
-    ran = _cli(config, "run-job", "www")
-    assert ran.returncode == 0, _said(ran)
+    config = ftp_jobs_toml(tmp_path, ftp_server, f'sources = ["{site}"]', spool=tmp / "backupagent")
+    ran = cli(config, "run-job", "www")
+    assert ran.returncode == 0, said(ran)
     assert oct((tmp / "backupagent" / "www").stat().st_mode & 0o777) == "0o700"
 
 
@@ -208,7 +163,7 @@ def test_a_configuration_file_another_user_could_change_is_refused(
     """Before, an include file owned by another user (or writable by others) was
     accepted: its `before` hook ran as root, and `check` said OK."""
     marker = tmp_path / "hook-ran"
-    config = _jobs_toml(tmp_path, ftp_server, site, tmp_path / "spool")
+    config = ftp_jobs_toml(tmp_path, ftp_server, f'sources = ["{site}"]', spool=tmp_path / "spool")
     config.write_text(
         config.read_text().replace("[agent]\n", '[agent]\ninclude = ["jobs.d/*.toml"]\n')
     )
@@ -221,15 +176,15 @@ def test_a_configuration_file_another_user_could_change_is_refused(
     set_up, named = _files(tmp_path, tenants)[case]
     set_up(config, include)
 
-    checked = _cli(config, "check")
-    ran = _cli(config, "run-job", "evil")
+    checked = cli(config, "check")
+    ran = cli(config, "run-job", "evil")
 
-    assert checked.returncode == 2, _said(checked)
+    assert checked.returncode == 2, said(checked)
     assert named in checked.stderr
     assert "not trusted" in checked.stderr or "password_file" in checked.stderr
-    assert ran.returncode == 2, _said(ran)
+    assert ran.returncode == 2, said(ran)
     assert not marker.exists()
-    assert _published(ftp_server) == []
+    assert published(ftp_server) == []
 
 
 # --- a local destination ----------------------------------------------------------------
@@ -264,8 +219,8 @@ destination = "nas"
 sources = ["{site}"]
 """
     )
-    ran = _cli(config, "run-job", "www")
-    assert ran.returncode == 1, _said(ran)
-    assert "is not private to the agent" in _said(ran)
-    assert "chmod 700" in _said(ran)
+    ran = cli(config, "run-job", "www")
+    assert ran.returncode == 1, said(ran)
+    assert "is not private to the agent" in said(ran)
+    assert "chmod 700" in said(ran)
     assert list(target.iterdir()) == []

@@ -8,7 +8,6 @@ import contextlib
 import json
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,53 +21,20 @@ from backupagent.ftpserver import LocalFtpServer
 from ..actions.test_drill import _rewrite
 from ..conftest import require_system
 from ..databases import MariaDB, Postgres
+from ..helpers import cli
 from ..sshd import Sshd, missing, running_sshd
+from .jobs import ftp_jobs_toml, said
 from .test_tenants import _members
 
 MY_PW = "all 'my pw"
 PG_PW = "all:pg \\pw"
 
 
-def _cli(config: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "backupagent", "--config", str(config), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-
-
-def _said(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
 def _jobs_toml(tmp_path: Path, server: LocalFtpServer, databases: str, extra: str = "") -> Path:
-    password = tmp_path / "ftp.pass"
-    password.write_text(server.password + "\n")
     site = tmp_path / "www"
     site.mkdir(exist_ok=True)
     (site / "index.php").write_text("<?php\n")
-    path = tmp_path / "jobs.toml"
-    path.write_text(
-        f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
-[destinations.test]
-type = "ftp"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-password_file = "{password}"
-directory = "/backups/site"
-timeout = 5
-
-[jobs.www]
-destination = "test"
-sources = ["{site}"]
-{databases}
-{extra}
-"""
-    )
-    return path
+    return ftp_jobs_toml(tmp_path, server, f'sources = ["{site}"]\n{databases}\n{extra}')
 
 
 def _entry(**fields: object) -> str:
@@ -143,8 +109,8 @@ def test_a_postgresql_name_like_a_connection_string_stays_a_name(
             password_file=str(tmp_path / "pg.pass"),
         )
         config = _jobs_toml(tmp_path, ftp_server, entry)
-        ran = _cli(config, "run-job", "www", "--json")
-        assert ran.returncode == 0, _said(ran)
+        ran = cli(config, "run-job", "www", "--json")
+        assert ran.returncode == 0, said(ran)
         assert listener.connections == 0
         assert PG_PW.encode() not in listener.received
         from backupagent.config import load_config
@@ -185,8 +151,8 @@ def test_one_odd_mysql_name_never_stops_the_others(
             password_file=str(tmp_path / "my.pass"),
         )
         config = _jobs_toml(tmp_path, ftp_server, entry)
-        ran = _cli(config, "run-job", "www", "--json")
-        assert ran.returncode == 0, _said(ran)
+        ran = cli(config, "run-job", "www", "--json")
+        assert ran.returncode == 0, said(ran)
         from backupagent.config import load_config
 
         members = _members(load_config(config), json.loads(ran.stdout)["backup_id"])
@@ -230,8 +196,8 @@ def loadable(mariadb: MariaDB, ftp_server: LocalFtpServer, tmp_path: Path) -> It
         password_file=str(tmp_path / "my.pass"),
     )
     config = _jobs_toml(tmp_path, ftp_server, entry, 'drill_server = "local"')
-    ran = _cli(config, "run-job", "www", "--json")
-    assert ran.returncode == 0, _said(ran)
+    ran = cli(config, "run-job", "www", "--json")
+    assert ran.returncode == 0, said(ran)
     yield config
     mariadb.sql("DROP DATABASE IF EXISTS loadme_copy;")
 
@@ -256,7 +222,7 @@ def test_a_dumps_client_commands_never_run(
     server altered (without mariadb-dump's sandbox line) ran `\\! id > /tmp/x`."""
     markers = _markers()
     marker = markers / "ran"
-    backup_id = json.loads(_cli(loadable, "backups", "www", "--json").stdout)["backups"][0][
+    backup_id = json.loads(cli(loadable, "backups", "www", "--json").stdout)["backups"][0][
         "backup_id"
     ]
     hostile = CLIENT_COMMANDS[command].format(marker=marker).encode()
@@ -270,7 +236,7 @@ def test_a_dumps_client_commands_never_run(
         ),
     )
     if through.startswith("restore"):
-        done = _cli(
+        done = cli(
             loadable,
             "restore",
             "www",
@@ -288,9 +254,9 @@ def test_a_dumps_client_commands_never_run(
             str(tmp_path / "my.pass"),
         )
     else:
-        done = _cli(loadable, "drill", "www")
-    assert done.returncode == 1, _said(done)
-    assert "sandbox" in _said(done).lower()
+        done = cli(loadable, "drill", "www")
+    assert done.returncode == 1, said(done)
+    assert "sandbox" in said(done).lower()
     assert not marker.exists()
     assert list(markers.iterdir()) == []
 
@@ -339,16 +305,16 @@ def test_a_hostile_postgresql_dump_reaches_nothing_outside_its_database(
             password_file=str(tmp_path / "pg.pass"),
         )
         config = _jobs_toml(tmp_path, ftp_server, entry, 'drill_server = "local"')
-        assert _cli(config, "run-job", "www").returncode == 0
+        assert cli(config, "run-job", "www").returncode == 0
 
-        drilled = _cli(config, "drill", "www", "--json")
-        assert drilled.returncode == 1, _said(drilled)
+        drilled = cli(config, "drill", "www", "--json")
+        assert drilled.returncode == 1, said(drilled)
         (checked,) = json.loads(drilled.stdout)["databases"]
         assert (
             "permission denied" in checked["problems"][0] or "superuser" in checked["problems"][0]
         )
 
-        restored = _cli(
+        restored = cli(
             config,
             "restore",
             "www",
@@ -367,7 +333,7 @@ def test_a_hostile_postgresql_dump_reaches_nothing_outside_its_database(
             "--db-password-file",
             str(tmp_path / "pg.pass"),
         )
-        assert restored.returncode == 1, _said(restored)
+        assert restored.returncode == 1, said(restored)
         assert list(markers.iterdir()) == []
     finally:
         postgres.sql("DROP DATABASE IF EXISTS evilload_copy;")
@@ -402,10 +368,10 @@ def test_an_sftp_server_that_never_answers_cannot_hang_a_run(
     with running_sshd(tmp_path / "sshd", subsystem=subsystem) as server:
         config = _sftp_config(tmp_path, site, server)
         # a server that never answers: how long `timeout` is cannot change the outcome
-        ran = _cli(config, "run-job", "www", "--json", timeout=120)
-        history = _cli(config, "history", "www", "--json")
-    assert ran.returncode in (0, 1), _said(ran)
-    assert "timed out" in _said(ran), _said(ran)
+        ran = cli(config, "run-job", "www", "--json", timeout=120)
+        history = cli(config, "history", "www", "--json")
+    assert ran.returncode in (0, 1), said(ran)
+    assert "timed out" in said(ran), said(ran)
     runs = json.loads(history.stdout)["runs"]
     assert runs[0]["result"] != "running"
 

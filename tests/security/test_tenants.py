@@ -20,11 +20,12 @@ import pytest
 from backupagent.config import Config
 from backupagent.ftpserver import LocalFtpServer
 
-from ..actions.test_backup import REMOTE, download_archive
+from ..actions.test_backup import download_archive
 from ..conftest import require_system
 from ..databases import MariaDB
 from ..helpers import cli, decompress, snapshot
 from .conftest import Tenants
+from .jobs import ftp_jobs_toml, published, said
 
 WriteConfig = Callable[..., Config]
 DB_PASSWORD = "tenant pw"
@@ -97,15 +98,6 @@ def make_site(root: Path, owner_uid: int, owner_gid: int, config: str | bytes) -
     for path in [root, *root.rglob("*")]:
         os.chown(path, owner_uid, owner_gid, follow_symlinks=False)
     return root
-
-
-def said(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
-def published(server: LocalFtpServer) -> list[str]:
-    where = server.root / REMOTE
-    return sorted(p.name for p in where.glob("*.manifest.json")) if where.exists() else []
 
 
 # --- wp-config.php values are data ------------------------------------------------------
@@ -221,8 +213,12 @@ def test_an_odd_password_reaches_the_server_as_written(
 
 def _members(config: Config, backup_id: str) -> dict[str, bytes]:
     raw = decompress(download_archive(config, backup_id))
+    members: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        for member in tar.getmembers():
+            if member.isfile() and (data := tar.extractfile(member)) is not None:
+                members[member.name] = data.read()
+    return members
 
 
 def test_db_name_with_dots_and_slashes_is_a_name_never_a_path(
@@ -399,32 +395,12 @@ def test_a_discovered_site_with_a_bad_name_is_skipped_and_the_others_run(
     sites.mkdir()
     for name in ("ok", "a b", "a-b", "evil\x1b]0;pwned\x07"):
         make_site(sites / name, tenants.owner.uid, tenants.owner.gid, wp_config(site_db))
-    password = tmp_path / "ftp.pass"
-    password.write_text(ftp_server.password + "\n")
-    config = tmp_path / "jobs.toml"
-    config.write_text(
-        f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-metrics_file = "{tmp_path}/metrics.prom"
-
-[defaults]
-destination = "test"
-
-[discover]
-wordpress = "{sites}/*/"
-
-[destinations.test]
-type = "ftp"
-host = "{ftp_server.host}"
-port = {ftp_server.port}
-user = "{ftp_server.user}"
-password_file = "{password}"
-directory = "/{REMOTE}"
-timeout = 5
-"""
+    config = ftp_jobs_toml(
+        tmp_path,
+        ftp_server,
+        None,
+        agent=f'metrics_file = "{tmp_path}/metrics.prom"',
+        tables=f'[defaults]\ndestination = "test"\n\n[discover]\nwordpress = "{sites}/*/"\n',
     )
     checked = cli(config, "check")
     listed = cli(config, "list", "--json")
