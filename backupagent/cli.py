@@ -777,7 +777,7 @@ def files_command(
     obj: _Context, job: str, wanted: str, identity: Path | None, only: str | None, as_json: bool
 ) -> None:
     """What a backup holds: path, type, size, mtime (an incremental: the whole point)."""
-    from backupagent.actions.restore import downloaded
+    from backupagent.actions.restore import fetching
     from backupagent.retrieve import listing
     from backupagent.views import member_view, streamed
 
@@ -786,10 +786,10 @@ def files_command(
     identities = _identities(identity)
 
     def show() -> None:
-        with downloaded(config, job, wanted, identities, name) as (backup, layers):
-            rows = (member_view(m) for m in listing(layers, identities))
+        with fetching(config, job, wanted, identities, name) as source:
+            rows = (member_view(m) for m in listing(source, identities))
             if as_json:
-                head = {"job": job, "backup_id": backup.backup_id}
+                head = {"job": job, "backup_id": source.backup.backup_id}
                 for piece in streamed(head, "members", rows):
                     click.echo(piece, nl=False)
                 return

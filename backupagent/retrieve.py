@@ -1,9 +1,12 @@
-"""Getting data back: list backups, download with resume, check, extract safely.
+"""Getting data back: list backups, stream them in, extract safely.
 
-Nothing is extracted before the archive's size and SHA-256 match its manifest and
-every member has passed unpack.judge (no absolute names, no `..`, hard links only to
-files of the archive, no devices, no links leading out unless asked for), and the
-target has room for it all; unpack.Writer then writes without following any link.
+A backup's volumes stream in one ahead of the reader (incoming.py: at most two in the
+spool, each checked against its manifest's SHA-256 before a byte of it is used) and
+are decompressed once. Every member is judged as it arrives (unpack.Admission: no
+absolute names, no `..`, hard links only to files of the archive, no devices, no links
+leading out unless asked for); unpack.Writer writes without following any link. The
+target must be empty and have room first; a refusal or a failure removes what was
+written.
 """
 
 from __future__ import annotations
@@ -15,20 +18,19 @@ import hashlib
 import re
 import shutil
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import zstandard
 
-from backupagent import crypto, incremental, trust, unpack
+from backupagent import crypto, trust, unpack
 from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
-from backupagent.crypto import AGE_SUFFIX
 from backupagent.destinations import open_destination
-from backupagent.destinations.base import CutShort, Destination, Unreadable
+from backupagent.destinations.base import CutShort, Destination, SpoolFull, Unreadable
+from backupagent.incoming import HELD, VolumeMismatch, VolumeStream, check_room, spool_needed
 from backupagent.manifest import Manifest
 from backupagent.retention import (
     RemoteBackup,
@@ -186,132 +188,87 @@ def private_directory(path: Path, key: str) -> Path:
         raise RestoreError(f"cannot use {path} ([agent] {key}): {exc.strerror or exc}") from None
 
 
-def download(
-    config: Config,
-    job: str,
-    backup: BackupInfo,
-    workdir: Path,
-    cancel: threading.Event | None = None,
-    name: str | None = None,
-) -> list[Path]:
-    """The archive's volumes from the job's destination into `workdir`; see `fetched`."""
-    destination = open_destination(config, job, cancel=cancel, name=name)
-    try:
-        return fetched(destination, backup, workdir, config.agent.spool_dir / job)
-    finally:
-        destination.close()
+@dataclass
+class Fetching:
+    """A chosen backup and the ones it builds on (`links`, full first), streamed from
+    an open destination through `workdir`, a private directory of the spool."""
 
+    destination: Destination
+    links: list[BackupInfo]
+    workdir: Path
 
-def fetched(destination: Destination, backup: BackupInfo, workdir: Path, spool: Path) -> list[Path]:
-    """The archive's volumes in `workdir` (private: 0700, files 0600), in order; a
-    download that breaks is resumed. The server may send no more than the manifest
-    declares."""
-    private_directory(spool, "spool_dir")
-    private_directory(workdir, "spool_dir")
-    paths = []
-    for volume in backup.volumes:
+    @property
+    def backup(self) -> BackupInfo:
+        return self.links[-1]
+
+    def check_spool(self) -> None:
+        """RestoreError unless the spool has room for the volumes a stream holds."""
+        needed = max(spool_needed(link.volumes) for link in self.links)
         try:
-            destination.download(volume.name, workdir / volume.name, volume.size)
-        except CutShort as exc:  # the server holds another file than the manifest says
-            raise RestoreError(str(exc)) from None
-        paths.append(workdir / volume.name)
-    return paths
+            check_room(self.workdir, needed, f"{HELD} volumes of {self.backup.backup_id}")
+        except SpoolFull as exc:
+            raise RestoreError(f"{exc}; nothing was downloaded") from None
 
-
-def check(volumes: list[Path], backup: BackupInfo) -> None:
-    """Each volume's size and SHA-256 against the manifest: a tampered or truncated
-    archive is refused."""
-    for path, expected in zip(volumes, backup.volumes, strict=True):
-        size = path.stat().st_size
-        with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        if size != expected.size or digest != expected.sha256:
+    @contextlib.contextmanager
+    def tar(
+        self, link: BackupInfo, identities: list[Any] | None
+    ) -> Iterator[tuple[VolumeStream, tarfile.TarFile]]:
+        """`link`'s archive as a forward-only tar reader over its volumes as they
+        arrive, decrypted first if it is an age file; its damage as RestoreError."""
+        name = link.archive
+        if link.encrypted and not identities:
             raise RestoreError(
-                f"{path.name} does not match its manifest ({size} bytes, SHA-256 {digest}; "
-                f"the manifest says {expected.size} bytes, {expected.sha256}): it was "
-                "changed or cut short; nothing was extracted"
+                f"{name} is encrypted (age): give --identity FILE with a private key "
+                "for one of the recipients named in the manifest"
             )
-
-
-class _Joined:
-    """The volumes read one after the other, as the single stream they were cut from."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = list(paths)
-        self.handle: BinaryIO | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        while True:
-            if self.handle is None:
-                if not self.paths:
-                    return b""
-                self.handle = self.paths.pop(0).open("rb")
-            data = self.handle.read(n)
-            if data or n == 0:
-                return data
-            self.handle.close()
-            self.handle = None
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if self.handle is not None:
-            self.handle.close()
-
-
-@contextlib.contextmanager
-def _members(volumes: list[Path], identities: list[Any] | None = None) -> Iterator[tarfile.TarFile]:
-    """The archive as a forward-only tar reader, decrypting first if it is an age file."""
-    name = volumes[0].name
-    encrypted = name.endswith(AGE_SUFFIX) or f"{AGE_SUFFIX}." in name
-    if encrypted and not identities:
-        raise RestoreError(
-            f"{name} is encrypted (age): give --identity FILE with a private key "
-            "for one of the recipients named in the manifest"
-        )
-    raw = _Joined(volumes)
-    try:
-        decrypt: Any = (
-            crypto.decrypting(raw, identities or [])  # type: ignore[arg-type]
-            if encrypted
-            else contextlib.nullcontext(raw)
-        )
-        with (
-            decrypt as clear,
-            zstandard.ZstdDecompressor().stream_reader(clear, read_across_frames=True) as plain,
-            unpack.open_stream(plain) as tar,
-        ):
-            yield tar
-    finally:
-        raw.close()
+        with VolumeStream(self.destination, link.volumes, self.workdir) as stream:
+            try:
+                decrypt: Any = (
+                    crypto.decrypting(stream, identities or [])  # type: ignore[arg-type]
+                    if link.encrypted
+                    else contextlib.nullcontext(stream)
+                )
+                with (
+                    decrypt as clear,
+                    zstandard.ZstdDecompressor().stream_reader(
+                        clear, read_across_frames=True
+                    ) as plain,
+                    unpack.open_stream(plain) as tar,
+                ):
+                    yield stream, tar
+            except VolumeMismatch as exc:
+                raise RestoreError(str(exc)) from None
+            except SpoolFull as exc:
+                raise RestoreError(str(exc)) from None
+            except CutShort as exc:
+                raise RestoreError(str(exc)) from None
+            except _UNREADABLE as exc:
+                raise RestoreError(f"{name} cannot be read to the end: {exc}") from None
 
 
 _UNREADABLE = (tarfile.TarError, zstandard.ZstdError, EOFError, crypto.CryptoError)
 
 
-def scan(
-    archive: list[Path], identities: list[Any] | None = None, outside_links: bool = False
-) -> unpack.Plan:
-    """Read the whole archive and judge every member (the first pass of a restore, and
-    the "decompresses and reads to the end" check of `verify`)."""
+def read_through(
+    source: Fetching, link: BackupInfo, identities: list[Any] | None = None
+) -> unpack.Plan | None:
+    """Every volume of `link` downloaded and checked against its manifest, and its
+    archive read to the end with every member judged (`verify`); None when it is
+    encrypted and no identity was given (only the volumes are checked)."""
+    if link.encrypted and not identities:
+        with VolumeStream(source.destination, link.volumes, source.workdir) as stream:
+            try:
+                stream.drain()
+            except (VolumeMismatch, SpoolFull, CutShort) as exc:
+                raise RestoreError(str(exc)) from None
+        return None
     try:
-        with _members(archive, identities) as tar:
-            return unpack.plan(unpack.members(tar), outside_links)
+        with source.tar(link, identities) as (stream, tar):
+            judged = unpack.plan(unpack.members(tar))
+            stream.drain()  # what follows the tar's end is checked too
+            return judged
     except unpack.UnsafeArchive as exc:
-        raise RestoreError(f"refusing the archive: {exc}; nothing was extracted") from None
-    except _UNREADABLE as exc:
-        raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
-
-
-def extract(
-    archive: list[Path],
-    dest: Path,
-    identities: list[Any] | None = None,
-    outside_links: bool = False,
-) -> unpack.Report:
-    """Extract into an empty `dest`, once `scan` has admitted every member."""
-    return extract_chain([(archive, frozenset())], dest, identities, outside_links)
+        raise RestoreError(f"refusing the archive: {exc}") from None
 
 
 def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
@@ -335,113 +292,191 @@ def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
 
 
 def extract_chain(
-    chain: list[tuple[list[Path], frozenset[str]]],
+    source: Fetching,
     dest: Path,
     identities: list[Any] | None = None,
     outside_links: bool = False,
     include: Callable[[str], bool] | None = None,
 ) -> unpack.Report:
-    """Extract the point the last of `chain` was, into an empty `dest`: each backup of
-    the chain is (its volumes, the paths it records as deleted), full first. Every
-    archive is judged first (unpack.plan); then each path comes from the latest backup
-    that holds it (incremental.layers), databases from the last one only. With
-    `include` (wanted_by), only the members it wants, the directories above them and
-    the files their hard links point to are written; RestoreError when none is."""
+    """Extract the point `source`'s backup was, into an empty `dest`, in one pass over
+    each archive as its volumes arrive: newest backup first, each path from the latest
+    that holds it unless deleted after (incremental.layers), databases from the newest
+    only. Each member is judged as it streams; a refusal, a volume that fails its hash
+    or any other failure removes what was written (`dest` is left as found). With
+    `include` (wanted_by), a first pass finds the members it wants, the directories
+    above them and the files their hard links point to; RestoreError when none is."""
+    created = _empty_target(dest)
+    try:  # nothing is written before these
+        selected = _select(source, identities, outside_links, include) if include else None
+        _check_target(source, dest, selected)
+    except BaseException:
+        _remove_written(dest, created)
+        raise
     try:
+        writer = unpack.Writer(dest)
+        for tar, member, judgement in _chosen(source, identities, outside_links, selected):
+            data = tar.extractfile(member) if member.isreg() else None
+            writer.add(member, judgement, data)
+        return writer.finish()
+    except BaseException as exc:
+        _remove_written(dest, created)
+        left = f"; nothing of it was left in {dest}"
+        # a member's data is read here, not in _chosen: the stream's faults arrive here
+        if isinstance(exc, RestoreError | VolumeMismatch | SpoolFull | CutShort):
+            raise RestoreError(f"{exc}{left}") from None
+        if isinstance(exc, _UNREADABLE):
+            raise RestoreError(f"the archive cannot be read to the end: {exc}{left}") from None
+        if isinstance(exc, unpack.UnsafeArchive):
+            raise RestoreError(f"refusing the archive: {exc}{left}") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise RestoreError(f"{dest} is full: {_free(dest)} bytes free{left}") from None
+        if isinstance(exc, OSError):
+            raise RestoreError(f"writing into {dest} failed: {exc}{left}") from None
+        raise
+
+
+def _empty_target(dest: Path) -> bool:
+    """`dest` as an empty directory (made if missing: True); RestoreError otherwise."""
+    try:
+        made = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
         if any(dest.iterdir()):
             raise RestoreError(f"{dest} is not empty: restore into an empty directory")
     except OSError as exc:
         raise RestoreError(f"cannot use {dest}: {exc.strerror or exc}") from None
-    chosen = _Chosen(chain, identities, outside_links, include)
-    free = shutil.disk_usage(dest).free
-    if chosen.needed > free:
-        raise RestoreError(
-            f"{dest} has {free} bytes free, the backup needs {chosen.needed}: "
-            "restore somewhere with more room; nothing was extracted"
-        )
-    writer = unpack.Writer(dest, outside_links)
+    return made
+
+
+def _remove_written(dest: Path, created: bool) -> None:
+    """What a failed restore wrote: `dest` as it was (empty, or not there)."""
+    if created:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for entry in list(dest.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _free(path: Path) -> int:
     try:
-        for tar, member in chosen:
-            writer.add(member, tar.extractfile(member) if member.isreg() else None)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise RestoreError(f"{dest} is full (the backup needs {chosen.needed} bytes)") from None
-        raise RestoreError(f"writing into {dest} failed: {exc}") from None
-    return writer.finish()
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
-def listing(
-    chain: list[tuple[list[Path], frozenset[str]]], identities: list[Any] | None = None
-) -> Iterator[tarfile.TarInfo]:
-    """What extract_chain would write (and skip), member by member: `files JOB`."""
-    for _tar, member in _Chosen(chain, identities, outside_links=True, include=None):
+def needed_bytes(links: list[BackupInfo]) -> int:
+    """What a restore of `links` writes, as the manifests say: a full's bytes read; for
+    a chain, the most any of its backups read (the full, as a rule; an estimate, as
+    what the chain deleted and re-added is not known before it streams)."""
+    return max((link.manifest.contents.bytes for link in links if link.manifest), default=0)
+
+
+def _check_target(source: Fetching, dest: Path, selected: _Selected | None) -> None:
+    """RestoreError unless `dest` has room for what the restore writes (and the spool's
+    volumes, when both are on one filesystem), before anything is downloaded."""
+    needed = selected.bytes if selected is not None else needed_bytes(source.links)
+    spool = max(spool_needed(link.volumes) for link in source.links)
+    with contextlib.suppress(OSError):
+        if dest.stat().st_dev == source.workdir.stat().st_dev and selected is None:
+            needed += spool
+    free = _free(dest)
+    if needed > free:
+        raise RestoreError(
+            f"{dest} has {free} bytes free, the backup needs {needed}: restore somewhere "
+            "with more room; nothing was extracted"
+        )
+
+
+def listing(source: Fetching, identities: list[Any] | None = None) -> Iterator[tarfile.TarInfo]:
+    """What extract_chain would write (and skip), member by member, newest backup of
+    a chain first: `files JOB`."""
+    for _tar, member, _judgement in _chosen(source, identities, True, None):
         yield member
 
 
-class _Chosen:
-    """The members of a chain that make its last point, in archive order. Made by the
-    first pass (every archive judged, sizes summed, names kept only for a chain or an
-    `include`); iterating is the second pass."""
+def _chosen(
+    source: Fetching,
+    identities: list[Any] | None,
+    outside_links: bool,
+    selected: _Selected | None,
+) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, unpack.Judgement]]:
+    """The members that make the point, with their judgement, as they stream: every
+    member of every archive is judged (an unsafe one anywhere refuses the restore)."""
+    choice = _Choice(single=len(source.links) == 1)
+    for number in reversed(range(len(source.links))):
+        link = source.links[number]
+        newest = number == len(source.links) - 1
+        with source.tar(link, identities) as (_stream, tar):
+            admission = unpack.Admission(outside_links)
+            for member in unpack.members(tar):
+                judgement = admission.judge(member)
+                if selected is not None and member.name not in selected.names:
+                    continue
+                if choice.wants(member.name, newest):
+                    yield tar, member, judgement
+        choice.passed(link.manifest.deleted if link.manifest else [])
 
-    def __init__(
-        self,
-        chain: list[tuple[list[Path], frozenset[str]]],
-        identities: list[Any] | None,
-        outside_links: bool,
-        include: Callable[[str], bool] | None,
-    ) -> None:
-        self.chain = chain
-        self.identities = identities
-        single = len(chain) == 1  # a full: every member, no names kept (memory bounded)
-        found: list[incremental.Layer] = []
-        noted = _Noted()
-        self.selected = _Selected(include) if include is not None else None
-        self.needed = 0
-        for number, (archive, deleted) in enumerate(chain):
-            names: set[str] = set()
-            with self._reading(archive) as tar:  # also proves the identity fits
-                members = unpack.members(tar)
-                if not single:
-                    members = noted.members(members, names, number)
-                if self.selected is not None:
-                    members = self.selected.members(members)
-                self.needed = unpack.plan(members, outside_links).bytes
-            last = number == len(chain) - 1
-            kept = names if last else {n for n in names if n.startswith("files/")}
-            found.append(incremental.Layer(str(number), frozenset(kept), deleted))
-        self.source = None if single else incremental.layers(found)
-        if self.source is not None:
-            self.needed = sum(
-                size for (n, name), size in noted.sizes.items() if self.source.get(name) == str(n)
+
+class _Choice:
+    """Which members of a chain make its last point, decided as they stream, newest
+    backup first: a path is taken from the first backup that holds it, unless a newer
+    one deleted it; paths outside files/ (dumps) from the newest only. The names seen
+    are bounded in all by unpack.MAX_KEPT_BYTES (a long chain cannot add up what one
+    archive may not hold); a full keeps none."""
+
+    def __init__(self, single: bool) -> None:
+        self.single = single
+        self.done: set[str] = set()  # taken from a newer backup
+        self.gone: set[str] = set()  # deleted by a newer backup
+        self.kept = 0
+
+    def wants(self, name: str, newest: bool) -> bool:
+        if self.single:
+            return True
+        if not newest and not name.startswith("files/"):
+            return False
+        if name in self.done or name in self.gone:
+            return False
+        self._keep(name)
+        self.done.add(name)
+        return True
+
+    def passed(self, deleted: list[str]) -> None:
+        """A backup read to its end: what it deleted is gone for the older ones."""
+        if not self.single:
+            for name in deleted:
+                self._keep(name)
+                self.gone.add(name)
+
+    def _keep(self, name: str) -> None:
+        self.kept += len(name) + unpack.KEPT_OVERHEAD
+        if self.kept > unpack.MAX_KEPT_BYTES:
+            raise unpack.UnsafeArchive(
+                f"the chain's archives name more than {unpack.MAX_KEPT_BYTES} bytes of "
+                "members: refused rather than exhaust memory"
             )
-        if self.selected is not None:
-            if not self.selected.names:
-                raise RestoreError(
-                    "no member of the backup matches --include; nothing was extracted"
-                )
-            self.needed = self.selected.bytes
 
-    def __iter__(self) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-        for number, (archive, _deleted) in enumerate(self.chain):
-            with self._reading(archive, second_pass=True) as tar:
-                for member in unpack.members(tar):
-                    if self.selected is not None and member.name not in self.selected.names:
-                        continue
-                    if self.source is None or self.source.get(member.name) == str(number):
-                        yield tar, member
 
-    @contextlib.contextmanager
-    def _reading(self, archive: list[Path], second_pass: bool = False) -> Iterator[tarfile.TarFile]:
-        """The archive's tar stream; its refusal or damage as RestoreError."""
-        try:
-            with _members(archive, self.identities) as tar:
-                yield tar
-        except unpack.UnsafeArchive as exc:
-            done = "" if second_pass else "; nothing was extracted"
-            raise RestoreError(f"refusing the archive: {exc}{done}") from None
-        except _UNREADABLE as exc:
-            raise RestoreError(f"{archive[0].name} cannot be read to the end: {exc}") from None
+def _select(
+    source: Fetching,
+    identities: list[Any] | None,
+    outside_links: bool,
+    include: Callable[[str], bool],
+) -> _Selected:
+    """The first pass of `restore --include`: the names it wants (every archive
+    streamed and judged once, nothing written)."""
+    selected = _Selected(include)
+    for link in reversed(source.links):
+        with source.tar(link, identities) as (_stream, tar):
+            admission = unpack.Admission(outside_links)
+            for member in selected.members(unpack.members(tar)):
+                admission.judge(member)
+    if not selected.names:
+        raise RestoreError("no member of the backup matches --include; nothing was extracted")
+    return selected
 
 
 class _Selected:
@@ -471,30 +506,6 @@ class _Selected:
                     )
                 if member.isreg():
                     self.bytes += member.size
-            yield member
-
-
-class _Noted:
-    """Every member name of a chain's archives (and regular file sizes), bounded in all
-    by unpack.MAX_KEPT_BYTES: a long chain cannot add up what one archive may not hold."""
-
-    def __init__(self) -> None:
-        self.sizes: dict[tuple[int, str], int] = {}
-        self.kept = 0
-
-    def members(
-        self, members: Iterator[tarfile.TarInfo], names: set[str], n: int
-    ) -> Iterator[tarfile.TarInfo]:
-        for member in members:
-            self.kept += len(member.name) + unpack.KEPT_OVERHEAD
-            if self.kept > unpack.MAX_KEPT_BYTES:
-                raise unpack.UnsafeArchive(
-                    f"the chain's archives name more than {unpack.MAX_KEPT_BYTES} bytes of "
-                    "members: refused rather than exhaust memory"
-                )
-            names.add(member.name)
-            if member.isreg():
-                self.sizes[(n, member.name)] = member.size
             yield member
 
 

@@ -1,13 +1,15 @@
 """Extracting an archive that may have been crafted by whoever controls the server.
 
 Every member is judged by `judge` (a pure function, the rules of PEP 706's `data`
-filter and stricter) in a first pass over the whole archive, before anything is
-written. The second pass writes with calls that never follow a symbolic link: files
-are opened with O_EXCL | O_NOFOLLOW under directories this code created itself, owner,
-mode and times are set through the open descriptor, hard links only point at regular
-files this restore wrote, and symbolic links are made last, where nothing will be
-written through them. tarfile's own extraction (and its hard-link fallback, which
-creates a link and then follows it) is never used.
+filter and stricter) as it streams in (`Admission`, which also bounds what a restore
+keeps in memory); the first member that must be refused stops the restore, which then
+removes what it wrote (retrieve.py: the target is an empty directory it owns). The
+Writer never follows a symbolic link: files are opened with O_EXCL | O_NOFOLLOW under
+directories this code created itself, owner, mode and times are set through the open
+descriptor, and hard links (only to regular files this restore wrote) and symbolic
+links are made last, when nothing more will be written through them. tarfile's own
+extraction (and its hard-link fallback, which creates a link and then follows it) is
+never used.
 """
 
 from __future__ import annotations
@@ -161,13 +163,19 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
 
 
-def plan(items: Iterable[tarfile.TarInfo], outside_links: bool = False) -> Plan:
-    """Judge every member; UnsafeArchive at the first one that must be refused."""
-    result = Plan()
-    files: set[str] = set()
-    kept = 0  # what the writing pass will hold: see MAX_KEPT_BYTES
-    for member in items:
-        judgement = judge(member, files, outside_links)
+class Admission:
+    """One archive's members judged in order as they stream (judge, and the bounds on
+    what a restore keeps in memory); UnsafeArchive at the first that must be refused."""
+
+    def __init__(self, outside_links: bool = False) -> None:
+        self.outside_links = outside_links
+        self.result = Plan()
+        self.files: set[str] = set()
+        self.kept = 0  # what the writing keeps until its end: see MAX_KEPT_BYTES
+
+    def judge(self, member: tarfile.TarInfo) -> Judgement:
+        result = self.result
+        judgement = judge(member, self.files, self.outside_links)
         if judgement.verdict is Verdict.REFUSE:
             raise UnsafeArchive(f"unsafe member {member.name!r}: {judgement.reason}")
         if judgement.verdict is Verdict.SKIP:
@@ -175,34 +183,42 @@ def plan(items: Iterable[tarfile.TarInfo], outside_links: bool = False) -> Plan:
                 result.skipped.append(f"{member.name}: {judgement.reason}")
         else:
             if member.isreg():
-                files.add("/".join(_parts(member.name)))
+                self.files.add("/".join(_parts(member.name)))
                 result.bytes += member.size
-            if member.isreg() or member.isdir() or member.issym():
-                kept += len(member.name) + len(member.linkname) + KEPT_OVERHEAD
+            self.kept += len(member.name) + len(member.linkname) + KEPT_OVERHEAD
         result.members += 1
-        if result.members > MAX_MEMBERS or kept > MAX_KEPT_BYTES:
+        if result.members > MAX_MEMBERS or self.kept > MAX_KEPT_BYTES:
             raise UnsafeArchive(
                 f"more than {MAX_MEMBERS} members, or more than {MAX_KEPT_BYTES} bytes of "
                 "names to keep: refused rather than exhaust memory"
             )
-    return result
+        return judgement
+
+
+def plan(items: Iterable[tarfile.TarInfo], outside_links: bool = False) -> Plan:
+    """Judge every member; UnsafeArchive at the first one that must be refused."""
+    admission = Admission(outside_links)
+    for member in items:
+        admission.judge(member)
+    return admission.result
 
 
 class Writer:
-    """The second pass: writes admitted members under `dest` without following links."""
+    """Writes members an Admission let in under `dest` without following links; hard
+    links and symbolic links are made at the end (`finish`), when every file is there."""
 
-    def __init__(self, dest: Path, outside_links: bool = False) -> None:
+    def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.outside_links = outside_links
         self.report = Report()
         self.files: set[str] = set()
+        self.hardlinks: list[tuple[str, str]] = []
         self.links: list[_Later] = []
         self.directories: list[_Later] = []
         self.as_root = os.geteuid() == 0
 
-    def add(self, member: tarfile.TarInfo, data: IO[bytes] | None) -> None:
-        judgement = judge(member, self.files, self.outside_links)
-        if judgement.verdict is Verdict.REFUSE:  # the same bytes passed plan(): cannot happen
+    def add(self, member: tarfile.TarInfo, judgement: Judgement, data: IO[bytes] | None) -> None:
+        """Write `member` (`data`: a regular file's bytes) as `judgement` says."""
+        if judgement.verdict is Verdict.REFUSE:  # an Admission raised already
             raise UnsafeArchive(f"unsafe member {member.name!r}: {judgement.reason}")
         if judgement.verdict is Verdict.SKIP:
             if len(self.report.skipped) < MAX_SKIPPED_LISTED:
@@ -215,7 +231,7 @@ class Writer:
             self._directory(rel)
             self.directories.append(_Later.of(rel, member))
         elif member.islnk():
-            self._hardlink(rel, "/".join(_parts(member.linkname)))
+            self.hardlinks.append((rel, "/".join(_parts(member.linkname))))
         else:
             assert data is not None
             self._file(rel, member, data)
@@ -274,7 +290,10 @@ class Writer:
         self.report.hardlinks += 1
 
     def finish(self) -> Report:
-        """Symbolic links last, then each directory's owner, mode and time, deepest first."""
+        """Hard links to the files written, symbolic links, then each directory's
+        owner, mode and time, deepest first."""
+        for rel, target in self.hardlinks:
+            self._hardlink(rel, target)
         for link in self.links:
             self._symlink(link)
         for later in sorted(self.directories, key=lambda d: -d.rel.count("/")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,18 @@ def ftp_table(name: str, server: Any, password_file: Path, extra: str = "") -> s
         f'[destinations.{name}]\ntype = "ftp"\nhost = "{server.host}"\nport = {server.port}\n'
         f'user = "{server.user}"\npassword_file = "{password_file}"\ntimeout = 5\n{extra}\n'
     )
+
+
+@contextlib.contextmanager
+def small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (`256k`) mounted at `where`, a new directory; root only."""
+    from .conftest import require_system
+
+    require_system(os.geteuid() == 0, "mounting a small tmpfs needs root")
+    where.mkdir(mode=0o700)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)]
+    subprocess.run(mount, check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True, capture_output=True)

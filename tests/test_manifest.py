@@ -113,7 +113,9 @@ def test_a_server_sending_more_than_declared_is_cut_off(
     write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
 ) -> None:
     """The manifest says 1,024 bytes; the server has 20 MiB: no more than that is kept."""
-    from backupagent.retrieve import RestoreError, download, list_backups
+    from backupagent.destinations import open_destination
+    from backupagent.incoming import VolumeMismatch, VolumeStream
+    from backupagent.retrieve import list_backups
 
     config = write_config()
     folder = ftp_server.root / "backups/site"
@@ -121,13 +123,20 @@ def test_a_server_sending_more_than_declared_is_cut_off(
     (folder / f"{ID}.tar.zst.0001").write_bytes(b"\0" * (20 << 20))
     (folder / f"{ID}.manifest.json").write_bytes(_with(files=_volume(size=1024)))
     (backup,), _ = list_backups(config, "www")
-    workdir = config.agent.spool_dir / "www" / "restore-test"
-    with pytest.raises(RestoreError, match=r"more of .* than its manifest's size"):
-        download(config, "www", backup, workdir)
-    kept = sum(p.stat().st_size for p in workdir.iterdir())
-    assert kept <= 1024
-    assert oct(workdir.stat().st_mode & 0o777) == "0o700"
-    assert all(p.stat().st_mode & 0o777 == 0o600 for p in workdir.iterdir())
+    workdir = tmp_path / "restore-test"
+    workdir.mkdir(mode=0o700)
+    destination = open_destination(config, "www")
+    kept: list[int] = []
+    try:
+        with VolumeStream(destination, backup.volumes, workdir) as stream:
+            with pytest.raises(VolumeMismatch, match=r"more of .* than its manifest's size"):
+                stream.read()
+            kept = [p.stat().st_size for p in workdir.iterdir()]
+            assert all(p.stat().st_mode & 0o777 == 0o600 for p in workdir.iterdir())
+    finally:
+        destination.close()
+    assert sum(kept) <= 1024
+    assert list(workdir.iterdir()) == []  # the stream leaves nothing behind
 
 
 @pytest.mark.parametrize("how", ["others may write", "another user owns it"])

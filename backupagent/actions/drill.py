@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from backupagent.actions.restore import downloaded, live_databases
+from backupagent.actions.restore import fetching, live_databases
 from backupagent.config import Config, MysqlDatabase, PostgresDatabase
 from backupagent.crypto import CryptoError, load_identities
 from backupagent.destinations.base import DestinationError
@@ -200,18 +200,16 @@ def _drill(
         name = destination or spec.destination_names[0]
         with (
             connection_slots(config.agent.state_dir, config.connection_limits([name]), cancel),
-            downloaded(config, job, "latest", identities, destination, cancel) as (
-                backup,
-                layers,
-            ),
+            fetching(config, job, "latest", identities, destination, cancel) as source,
         ):
+            backup = source.backup
             drilled.backup_id = backup.backup_id
             assert backup.manifest is not None  # chosen backups are readable
             if spec.drill_server == "configured" and any(
                 d.engine in LOADED_ENGINES for d in backup.manifest.databases
             ):
                 _made_here(config, job, backup.backup_id, backup.sha256)
-            report = extract_chain(layers, files, identities)
+            report = extract_chain(source, files, identities)
             drilled.files = report.files
             log.info("drill extracted", backup_id=backup.backup_id, files=report.files)
             dumps = backup.manifest.databases

@@ -1,8 +1,9 @@
-"""`backupagent restore`: choose a backup, download it, check it against its manifest,
-extract it safely into an empty directory, and load a MySQL dump on request.
+"""`backupagent restore`: choose a backup, stream it in (each volume checked against
+its manifest before it is used), extract it safely into an empty directory, and load
+a MySQL dump on request.
 
-Nothing is extracted before every volume matches its manifest and every member has
-passed unpack.judge (retrieve.py); the downloaded volumes never outlive the restore.
+retrieve.py judges every member as it arrives and removes what it wrote when the
+restore fails; the spool holds two volumes at most, and none outlives the restore.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from backupagent.config import Config, MysqlDatabase, PostgresDatabase
 from backupagent.destinations import open_destination
 from backupagent.retrieve import (
     BackupInfo,
+    Fetching,
     RestoreError,
     chain,
-    check,
     choose,
     extract_chain,
-    fetched,
     listed,
     load_database,
     private_directory,
@@ -80,26 +80,23 @@ def restore(
             f"--into {load.into} is the database job '{job}' backs up; loading a "
             "backup over it needs --overwrite-live"
         )
-    with downloaded(config, job, wanted, identities, destination) as (backup, layers):
+    with fetching(config, job, wanted, identities, destination) as source:
         selection = wanted_by(include) if include else None
-        report = extract_chain(layers, target, identities, outside_links, selection)
-    return Restored(backup, report)
-
-
-Layers = list[tuple[list[Path], frozenset[str]]]  # each archive of a chain, and its deletions
+        report = extract_chain(source, target, identities, outside_links, selection)
+    return Restored(source.backup, report)
 
 
 @contextlib.contextmanager
-def downloaded(
+def fetching(
     config: Config,
     job: str,
     wanted: str,
     identities: list[Any] | None,
     destination: str | None,
     cancel: threading.Event | None = None,
-) -> Iterator[tuple[BackupInfo, Layers]]:
-    """The backup `wanted` and the ones it builds on, downloaded into a private
-    directory of the spool and checked against their manifests; removed afterwards."""
+) -> Iterator[Fetching]:
+    """The backup `wanted` and the ones it builds on, ready to stream in through a
+    private directory of the spool (checked for room first); removed afterwards."""
     opened = open_destination(config, job, cancel=cancel, name=destination)
     try:
         backups, _ = listed(opened, job)
@@ -115,22 +112,10 @@ def downloaded(
         spool = private_directory(config.agent.spool_dir / job, "spool_dir")
         workdir = Path(tempfile.mkdtemp(prefix="restore-", dir=spool))  # 0700, its own
         try:
-            try:
-                archives = [
-                    fetched(opened, link, workdir / link.backup_id, spool) for link in links
-                ]
-            finally:
-                opened.close()
-            for link, archive in zip(links, archives, strict=True):
-                check(archive, link)
-            yield (
-                backup,
-                [
-                    (archive, frozenset(link.manifest.deleted if link.manifest else ()))
-                    for link, archive in zip(links, archives, strict=True)
-                ],
-            )
-        finally:  # downloaded backups do not linger
+            source = Fetching(opened, links, workdir)
+            source.check_spool()
+            yield source
+        finally:  # downloaded volumes do not linger
             shutil.rmtree(workdir, ignore_errors=True)
     finally:
         opened.close()

@@ -1,6 +1,7 @@
-"""`backupagent verify` and scheduled verifies: download a backup, check every
-volume's SHA-256 against its manifest and read the archive to the end, recorded as a
-run (the job's lock, log, history row and notifications: recording.py)."""
+"""`backupagent verify` and scheduled verifies: stream a backup in (two volumes in the
+spool at most), check every volume's SHA-256 against its manifest and read the archive
+to the end, recorded as a run (the job's lock, log, history row and notifications:
+recording.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,15 @@ from backupagent.destinations.base import DestinationError
 from backupagent.limits import connection_slots
 from backupagent.outcome import Outcome, Trigger
 from backupagent.recording import recorded_run
-from backupagent.retrieve import RestoreError, chain, check, choose, fetched, listed, scan
+from backupagent.retrieve import (
+    Fetching,
+    RestoreError,
+    chain,
+    choose,
+    listed,
+    private_directory,
+    read_through,
+)
 from backupagent.workers import Cancelled
 
 
@@ -47,16 +56,15 @@ def verify(
             result.backup_id = backup.backup_id
             result.stats = ArchiveStats(archive_bytes=backup.size)
             links = chain(backups, backup)  # an incremental is checked with its chain
+            private_directory(config.agent.spool_dir / job, "spool_dir")
+            private_directory(workdir, "spool_dir")
+            source = Fetching(opened, links, workdir)
+            source.check_spool()
             members = read = 0
             for link in links:
-                archive = fetched(
-                    opened, link, workdir / link.backup_id, config.agent.spool_dir / job
-                )
-                check(archive, link)
-                if not (link.encrypted and not identities):
-                    planned = scan(archive, identities)
+                planned = read_through(source, link, identities)
+                if planned is not None:
                     members, read = members + planned.members, read + planned.bytes
-                shutil.rmtree(workdir / link.backup_id, ignore_errors=True)
             of = f" and the {len(links) - 1} it builds on" if len(links) > 1 else ""
             if any(link.encrypted for link in links) and not identities:
                 message = (

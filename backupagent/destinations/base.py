@@ -14,8 +14,11 @@ backup complete. Until then `rollback` removes what the run wrote.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import secrets
+import shutil
 import socket
 import threading
 import time
@@ -44,6 +47,11 @@ class Unreadable(DestinationError):
 
 class CutShort(DestinationError):
     """The destination holds less of a file than its manifest declares, or sends more."""
+
+
+class SpoolFull(DestinationError):
+    """This host's disk filled up while a download was written: a local fault, never
+    the server's (an OSError from the write would be taken for a network error)."""
 
 
 @dataclass(frozen=True)
@@ -154,9 +162,11 @@ class Destination(Protocol):
         """A small file, whole; CutShort past `limit` bytes (nothing more is read)."""
         ...
 
-    def download(self, name: str, target: Path, size: int) -> None:
+    def download(self, name: str, target: Path, size: int) -> str:
         """`name` into `target` (0600, never through a link): exactly `size` bytes,
-        resumed where it broke off; CutShort when the other side has fewer or more."""
+        resumed where it broke off, and their SHA-256 (hashed as they were written);
+        CutShort when the other side has fewer or more, SpoolFull when this host's disk
+        is."""
         ...
 
     def close(self) -> None: ...
@@ -217,9 +227,10 @@ class Retrying:
 
 class PartialFile:
     """The local side of a resumable download: `target.partial`, appended to, never
-    followed through a link, renamed to `target` once it holds `size` bytes."""
+    followed through a link, hashed as it is written, renamed to `target` once it holds
+    `size` bytes."""
 
-    FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
     def __init__(self, target: Path, size: int, name: str | None = None) -> None:
         self.target = target
@@ -227,6 +238,8 @@ class PartialFile:
         self.name = name or target.name  # the file's name at the destination
         self.path = target.with_name(target.name + ".partial")
         self.starts: list[int] = []  # where each attempt began
+        self.digest = hashlib.sha256()
+        self.hashed = 0  # bytes of the file in `digest`
 
     def attempt(self) -> _Appending | None:
         """Open for the next attempt; None when it is complete already. CutShort when
@@ -236,6 +249,7 @@ class PartialFile:
         except OSError as exc:
             raise DestinationError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         held = os.fstat(fd).st_size
+        self._catch_up(fd, held)
         if held >= self.size:
             os.close(fd)
             return None
@@ -246,23 +260,50 @@ class PartialFile:
                 "its manifest declares: it was cut short; nothing was extracted"
             )
         self.starts.append(held)
-        return _Appending(fd, self.size - held, self.name, held)
+        return _Appending(fd, self.size - held, self, held)
 
-    def finish(self) -> None:
+    def _catch_up(self, fd: int, held: int) -> None:
+        """Hash what an earlier attempt wrote but did not hash (a write cut short)."""
+        while self.hashed < held:
+            block = os.pread(fd, min(1 << 20, held - self.hashed), self.hashed)
+            if not block:
+                break
+            self.digest.update(block)
+            self.hashed += len(block)
+
+    def finish(self) -> str:
+        """The complete file under its name; its SHA-256."""
+        if self.hashed != self.size:  # complete at the first attempt: nothing to catch up
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                self._catch_up(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
         os.replace(self.path, self.target)
+        return self.digest.hexdigest()
 
 
 class _Appending:
-    """A download sink that refuses a byte past the declared size."""
+    """A download sink that refuses a byte past the declared size and hashes the rest."""
 
-    def __init__(self, fd: int, room: int, name: str, offset: int) -> None:
-        self.fd, self.room, self.name, self.offset = fd, room, name, offset
+    def __init__(self, fd: int, room: int, partial: PartialFile, offset: int) -> None:
+        self.fd, self.room, self.partial, self.offset = fd, room, partial, offset
+        self.name = partial.name
 
     def __call__(self, block: bytes) -> None:
         if len(block) > self.room:
             raise CutShort(f"the server sent more of {self.name} than its manifest's size: refused")
+        try:
+            write_all(self.fd, block)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(full_message(self.partial.path, self.room)) from None
+            raise DestinationError(
+                f"cannot write {self.partial.path}: {exc.strerror or exc}"
+            ) from None
         self.room -= len(block)
-        write_all(self.fd, block)
+        self.partial.digest.update(block)  # blocks come in order, from what was hashed
+        self.partial.hashed += len(block)
 
     @property
     def complete(self) -> bool:
@@ -276,6 +317,19 @@ class _Appending:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def full_message(path: Path, needed: int) -> str:
+    """`the spool on this host is full: ...` for a write into `path` that needs `needed`
+    more bytes."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    return (
+        f"the spool on this host is full: {free} bytes free in {path.parent}, {needed} more "
+        "needed (a local fault, not the server's: free space or set [agent] spool_dir)"
+    )
 
 
 class Capped:

@@ -266,7 +266,7 @@ class LocalDirectory:
         self._copy(name, sink, 0)
         return bytes(sink.data)
 
-    def download(self, name: str, target: Path, size: int) -> None:
+    def download(self, name: str, target: Path, size: int) -> str:
         partial = PartialFile(target, size, name)
         appending = partial.attempt()
         if appending is not None:
@@ -277,7 +277,7 @@ class LocalDirectory:
                         f"{self._at(name)} holds {size - appending.room} of the {size} bytes "
                         "its manifest declares: it was cut short; nothing was extracted"
                     )
-        partial.finish()
+        return partial.finish()
 
     def _copy(self, name: str, sink: Callable[[bytes], None], offset: int) -> None:
         try:

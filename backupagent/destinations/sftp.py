@@ -383,7 +383,7 @@ class Sftp:
 
         return self._call(f"download of {name}", fetch)
 
-    def download(self, name: str, target: Path, size: int) -> None:
+    def download(self, name: str, target: Path, size: int) -> str:
         partial = PartialFile(target, size, name)
 
         async def fetch(_attempt: int) -> None:
@@ -400,7 +400,7 @@ class Sftp:
                     )
 
         self._call_attempts(f"download of {name}", fetch)
-        partial.finish()
+        return partial.finish()
 
     def close(self) -> None:
         conn, self._conn, self._sftp = self._conn, None, None

@@ -19,7 +19,7 @@ from backupagent.state import History
 
 from ..conftest import WriteConfig
 from ..destinations.test_ftp import point_at
-from ..helpers import archived_tree, cli, plant_backup, tree
+from ..helpers import archived_tree, cli, plant_backup, small_disk, tree
 
 REMOTE = Path("backups/site")
 
@@ -259,7 +259,33 @@ def test_restore_across_volumes_resumes_one_and_refuses_a_changed_one(
     again = cli(config.path, "restore", "www", "--to", str(tmp_path / "again"))
     assert again.returncode == 1
     assert f"{volumes[5].name} does not match its manifest" in again.stderr
-    assert not (tmp_path / "again").exists() or not any((tmp_path / "again").iterdir())
+    # volumes 1-5 were extracted before the sixth arrived: all of it removed again
+    assert "nothing of it was left in" in again.stderr
+    assert not (tmp_path / "again").exists()
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_spool_without_room_for_two_volumes_is_said_before_downloading(
+    write_config: WriteConfig, server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    (site / "more.bin").write_bytes(os.urandom(400_000))
+    config = point_at(write_config(job='volume_size = "64K"'), server)
+    assert cli(config.path, "run-job", "www").returncode == 0
+    with small_disk(tmp_path / "small", "100k") as small:
+        config.path.write_text(
+            config.path.read_text().replace(str(config.agent.spool_dir), str(small))
+        )
+        target = tmp_path / "restored"
+        restored = cli(config.path, "restore", "www", "--to", str(target))
+        verified = cli(config.path, "verify", "www")
+        held = [p for p in small.rglob("*") if p.is_file()]
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert "the spool on this host is too small" in restored.stderr
+    assert "2 volumes of" in restored.stderr and "nothing was downloaded" in restored.stderr
+    assert not target.exists() or not any(target.iterdir())
+    assert verified.returncode == 1 and "the spool on this host is too small" in verified.stdout
+    assert "server" not in verified.stdout.split("FAILED", 1)[-1].split("\n")[0]
+    assert held == []
 
 
 def test_verify_takes_the_jobs_lock_and_is_recorded(

@@ -29,7 +29,7 @@ from backupagent.destinations.local import LocalDirectory
 from backupagent.destinations.sftp import Sftp
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.retention import complete_backups, temp_name
-from backupagent.retrieve import check, fetched, listed, scan
+from backupagent.retrieve import Fetching, listed, read_through
 from backupagent.workers import Cancelled
 
 from ..conftest import WriteConfig, require_system
@@ -101,7 +101,7 @@ def test_published_files_keep_their_names_and_bytes(opened: Opened, tmp_path: Pa
     assert sorted(destination.names()) == ["a.manifest.json", "a.tar.zst.0001"]
     assert destination.read("a.manifest.json", 100) == b'{"x": 1}'
     target = tmp_path / "back"
-    destination.download("a.tar.zst.0001", target, path.stat().st_size)
+    assert destination.download("a.tar.zst.0001", target, path.stat().st_size) == digest
     assert target.read_bytes() == path.read_bytes()
     assert os.stat(target).st_mode & 0o777 == 0o600
 
@@ -223,10 +223,12 @@ def test_a_job_runs_into_a_local_directory_and_restores_from_it(
     assert not any(name.endswith(temp_name("")) for name in _held(nas) or ())
     found, leftovers = listed(LocalDirectory(nas), "www")
     assert [b.backup_id for b in found] == [second.backup_id] and leftovers == []
-    archive = fetched(LocalDirectory(nas), found[0], tmp_path / "work", tmp_path / "spool")
-    check(archive, found[0])
-    assert found[0].manifest is not None
-    assert scan(archive).bytes == found[0].manifest.contents.bytes
+    (tmp_path / "work").mkdir(mode=0o700)
+    source = Fetching(LocalDirectory(nas), found, tmp_path / "work")
+    judged = read_through(source, found[0])
+    assert found[0].manifest is not None and judged is not None
+    assert judged.bytes == found[0].manifest.contents.bytes
+    assert list((tmp_path / "work").iterdir()) == []  # the volumes did not linger
     now = dt.datetime.now(dt.UTC)
     assert [
         d.keep for d in prune.plan("www", sorted(_held(nas) or ()), Retention(), now).decisions

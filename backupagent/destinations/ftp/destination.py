@@ -151,7 +151,7 @@ class Ftp:
         self._fetching(name, fetch)
         return bytes(sink.data)
 
-    def download(self, name: str, target: Path, size: int) -> None:
+    def download(self, name: str, target: Path, size: int) -> str:
         partial = PartialFile(target, size, name)
 
         def fetch(session: FtpSession, _attempt: int) -> None:
@@ -168,7 +168,7 @@ class Ftp:
                     )
 
         self._fetching(name, fetch)
-        partial.finish()
+        return partial.finish()
 
     def _fetching(self, name: str, fetch: Callable[[FtpSession, int], None]) -> None:
         """A download; a file the server refuses to send (550) is Unreadable."""
