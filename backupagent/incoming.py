@@ -24,6 +24,8 @@ from backupagent.destinations.base import CutShort, Destination, SpoolFull
 from backupagent.manifest import Volume
 
 HELD = 2  # volumes in the spool at once: the one read, the one downloading
+AHEAD_BLOCKS = 8  # ReadAhead's queue: at most this many blocks of AHEAD_BLOCK in memory
+AHEAD_BLOCK = 1 << 20
 _END = object()
 
 
@@ -155,3 +157,65 @@ def _check(destination: Destination, volume: Volume, path: Path) -> None:
             f"{volume.name} does not match its manifest (SHA-256 {digest}; the manifest "
             f"says {volume.sha256}): it was changed or cut short"
         )
+
+
+class ReadAhead:
+    """`raw` read by a thread of its own, AHEAD_BLOCKS blocks ahead of the reader: the
+    decompression (zstd releases the GIL) runs beside the tar parsing and the writing,
+    as `zstd -d | tar -x` runs in two processes. Its faults reach the reader. Use as a
+    context manager: leaving stops the thread."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self._blocks: queue.Queue[object] = queue.Queue(AHEAD_BLOCKS)
+        self._stop = threading.Event()
+        self._buffer = b""
+        self._at = 0
+        self._done: object = None  # _END or the fault, once the thread handed it over
+        self._thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                block = self.raw.read(AHEAD_BLOCK)
+                self._blocks.put(block if block else _END)
+                if not block:
+                    return
+        except BaseException as exc:  # re-raised by read() in the reading thread
+            self._blocks.put(exc)
+
+    def read(self, n: int = -1) -> bytes:
+        if self._at >= len(self._buffer):
+            if self._done is None:
+                item = self._blocks.get()
+                if isinstance(item, bytes):
+                    self._buffer, self._at = item, 0
+                else:
+                    self._done = item
+            if self._done is not None:
+                if isinstance(self._done, BaseException):
+                    raise self._done
+                return b""
+        end = len(self._buffer) if n is None or n < 0 else self._at + n
+        data = self._buffer[self._at : end]
+        self._at += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # unblock a put into a full queue
+            with contextlib.suppress(queue.Empty):
+                self._blocks.get_nowait()
+            self._thread.join(0.05)
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -30,7 +30,14 @@ from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import CutShort, Destination, SpoolFull, Unreadable
-from backupagent.incoming import HELD, VolumeMismatch, VolumeStream, check_room, spool_needed
+from backupagent.incoming import (
+    HELD,
+    ReadAhead,
+    VolumeMismatch,
+    VolumeStream,
+    check_room,
+    spool_needed,
+)
 from backupagent.manifest import Manifest
 from backupagent.retention import (
     RemoteBackup,
@@ -233,7 +240,8 @@ class Fetching:
                     zstandard.ZstdDecompressor().stream_reader(
                         clear, read_across_frames=True
                     ) as plain,
-                    unpack.open_stream(plain) as tar,
+                    ReadAhead(plain) as ahead,  # type: ignore[arg-type]
+                    unpack.open_stream(ahead) as tar,  # type: ignore[arg-type]
                 ):
                     yield stream, tar
             except VolumeMismatch as exc:

@@ -133,7 +133,58 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 def open_stream(fileobj: IO[bytes]) -> tarfile.TarFile:
     """A forward-only tar reader over `fileobj` with bounded headers."""
-    return tarfile.open(fileobj=fileobj, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
+    forward: Any = Forward(fileobj)
+    return tarfile.open(fileobj=forward, mode="r:", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
+
+
+class Forward:
+    """A stream read forward only, with tell() and forward seek(): tarfile's "r:" mode
+    reads it without what "r|" costs (its buffer copied whole at every 512-byte
+    header read). A seek backwards, which reading in order never needs, is refused."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.buffer = b""
+        self.at = 0  # where in `buffer` the next read starts
+        self.base = 0  # the stream's offset of buffer[0]
+
+    def tell(self) -> int:
+        return self.base + self.at
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0:
+            rest = [self.read(CHUNK)]
+            while rest[-1]:
+                rest.append(self.read(CHUNK))
+            return b"".join(rest)
+        if len(self.buffer) - self.at >= n:
+            self.at += n
+            return self.buffer[self.at - n : self.at]
+        parts = [self.buffer[self.at :]]
+        got = len(parts[0])
+        self.base, self.buffer, self.at = self.tell() + got, b"", 0
+        while got < n:
+            block = self.raw.read(max(CHUNK, n - got))
+            if not block:
+                break
+            if got + len(block) <= n:
+                parts.append(block)
+                got += len(block)
+                self.base += len(block)
+            else:
+                self.buffer, self.at = block, n - got
+                parts.append(block[: self.at])
+                got = n
+        return b"".join(parts)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = offset if whence == os.SEEK_SET else self.tell() + offset
+        if whence not in (os.SEEK_SET, os.SEEK_CUR) or target < self.tell():
+            raise OSError(errno.ESPIPE, "the archive is read forward only")
+        while self.tell() < target:
+            if not self.read(min(CHUNK, target - self.tell())):
+                break
+        return self.tell()
 
 
 def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -214,6 +265,7 @@ class Writer:
         self.hardlinks: list[tuple[str, str]] = []
         self.links: list[_Later] = []
         self.directories: list[_Later] = []
+        self.made: set[str] = set()  # directories made (or found) in the target
         self.as_root = os.geteuid() == 0
 
     def add(self, member: tarfile.TarInfo, judgement: Judgement, data: IO[bytes] | None) -> None:
@@ -241,14 +293,20 @@ class Writer:
 
     def _directory(self, rel: str) -> bool:
         """Make `rel` and its parents as real directories; False if something else is there."""
+        if rel in self.made:
+            return True
         current = str(self.dest)
-        for part in _parts(rel):
+        parts = _parts(rel)
+        for n, part in enumerate(parts, 1):
             current = os.path.join(current, part)
+            if "/".join(parts[:n]) in self.made:
+                continue
             try:
                 os.mkdir(current, 0o700)
             except FileExistsError:
                 if not stat.S_ISDIR(os.lstat(current).st_mode):
                     return False
+        self.made.add("/".join(parts))  # within the names the Admission bounds
         return True
 
     def _parent_ready(self, rel: str) -> bool:
@@ -354,7 +412,7 @@ def _copy(data: IO[bytes], fd: int, size: int) -> None:
         chunk = data.read(min(CHUNK, size - written))
         if not chunk:
             raise UnsafeArchive("a member ended before its declared size")
-        if chunk.count(0) == len(chunk):
+        if chunk[0] == 0 and chunk[-1] == 0 and chunk.count(0) == len(chunk):
             os.lseek(fd, len(chunk), os.SEEK_CUR)
         else:
             write_all(fd, chunk)

@@ -66,7 +66,7 @@ def start_mariadb(base: Path) -> Iterator[MariaDB]:
     user = ["--user=root"] if os.geteuid() == 0 else []
     # its own temporary directory: bootstraps started at one instant collided in /tmp
     # ("Could not remove temporary table '/tmp/#sql-temptable-...'")
-    (base / "tmp").mkdir()
+    (base / "tmp").mkdir(parents=True)
     os.chmod(base / "tmp", 0o1777)
     env = {**os.environ, "TMPDIR": str(base / "tmp")}
     installed = subprocess.run(

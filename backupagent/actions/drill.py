@@ -198,23 +198,25 @@ def _drill(
     try:
         files = scratch / "files"
         name = destination or spec.destination_names[0]
-        with (
-            connection_slots(config.agent.state_dir, config.connection_limits([name]), cancel),
-            fetching(config, job, "latest", identities, destination, cancel) as source,
-        ):
-            backup = source.backup
-            drilled.backup_id = backup.backup_id
-            assert backup.manifest is not None  # chosen backups are readable
-            if spec.drill_server == "configured" and any(
-                d.engine in LOADED_ENGINES for d in backup.manifest.databases
-            ):
-                _made_here(config, job, backup.backup_id, backup.sha256)
-            report = extract_chain(source, files, identities)
-            drilled.files = report.files
-            log.info("drill extracted", backup_id=backup.backup_id, files=report.files)
-            dumps = backup.manifest.databases
         with contextlib.ExitStack() as stack:
             places = _Places(config, job, stack)
+            with (
+                connection_slots(config.agent.state_dir, config.connection_limits([name]), cancel),
+                fetching(config, job, "latest", identities, destination, cancel) as source,
+            ):
+                backup = source.backup
+                drilled.backup_id = backup.backup_id
+                assert backup.manifest is not None  # chosen backups are readable
+                dumps = backup.manifest.databases
+                if spec.drill_server == "configured" and any(
+                    d.engine in LOADED_ENGINES for d in dumps
+                ):
+                    _made_here(config, job, backup.backup_id, backup.sha256)
+                for entry in dumps:  # before a byte is downloaded
+                    _may_create(entry, places, scratch)
+                report = extract_chain(source, files, identities)
+                drilled.files = report.files
+                log.info("drill extracted", backup_id=backup.backup_id, files=report.files)
             for entry in dumps:
                 drilled.dumps.append(_dump(entry, files, scratch, places, cancel))
     finally:
@@ -346,22 +348,8 @@ def _loaded_counts(
     """Load the dump into a new scratch database, count its rows, drop it."""
     engine = ENGINES[entry.engine]
     checked.into = scratch_name(places.job)
-    admin, target, owner = places.targets(entry, checked.into)
-    if checked.into in places.live:  # cannot happen; never risk it
-        raise DrillError(f"the scratch name {checked.into} is a live database")
     work = scratch / "passfiles"
-    work.mkdir(exist_ok=True)
-    try:  # fails if the name exists: never a database made by anyone else
-        engine.create(admin, work, owner)
-    except DumpFailed as exc:
-        failed = f"{entry.member}: the scratch database {checked.into} could not be created"
-        if places.local:
-            raise DrillError(f"{failed} on the throwaway server ({said(exc)})") from None
-        raise DrillError(
-            f"{failed} on the job's server ({said(exc)}); the drill needs a "
-            "database user that may create and drop databases named "
-            f'{checked.into.rsplit("_", 1)[0]}_*, or drill_server = "local"'
-        ) from None
+    admin, target = _create(entry, checked.into, places, work)
     log = structlog.get_logger("backupagent.drill")
     try:
         log.info("loading into a scratch database", dump=checked.member, into=checked.into)
@@ -374,6 +362,40 @@ def _loaded_counts(
     finally:
         with contextlib.suppress(DumpFailed):
             engine.drop(admin, work)
+
+
+def _may_create(entry: DatabaseDump, places: _Places, scratch: Path) -> None:
+    """Before the download: a scratch database for `entry` can be made where it will
+    load (made and dropped again; a throwaway server is started here). DrillError if
+    not, naming what the drill needs."""
+    if entry.engine not in ENGINES:
+        return
+    try:
+        admin, _target = _create(entry, scratch_name(places.job), places, scratch / "passfiles")
+    except DrillError as exc:
+        raise DrillError(f"{exc}; nothing was downloaded") from None
+    with contextlib.suppress(DumpFailed):
+        ENGINES[entry.engine].drop(admin, scratch / "passfiles")
+
+
+def _create(entry: DatabaseDump, name: str, places: _Places, work: Path) -> tuple[Target, Target]:
+    """The new scratch database `name` for `entry`: (who drops it, who loads into it)."""
+    admin, target, owner = places.targets(entry, name)
+    if name in places.live:  # cannot happen; never risk it
+        raise DrillError(f"the scratch name {name} is a live database")
+    work.mkdir(exist_ok=True)
+    try:  # fails if the name exists: never a database made by anyone else
+        ENGINES[entry.engine].create(admin, work, owner)
+    except DumpFailed as exc:
+        failed = f"{entry.member}: the scratch database {name} could not be created"
+        if places.local:
+            raise DrillError(f"{failed} on the throwaway server ({said(exc)})") from None
+        raise DrillError(
+            f"{failed} on the job's server ({said(exc)}); the drill needs a "
+            "database user that may create and drop databases named "
+            f'{name.rsplit("_", 1)[0]}_*, or drill_server = "local"'
+        ) from None
+    return admin, target
 
 
 def _local_target(server: servers.Server, user: str, name: str) -> Target:
