@@ -689,15 +689,30 @@ def restore(
 @backup_option
 @identity_option
 @destination_option
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 100, min_open=True),
+    metavar="PERCENT",
+    help="Read back only this share of the volumes, those not read back lately first.",
+)
 @click.pass_obj
-def verify(obj: _Context, job: str, wanted: str, identity: Path | None, only: str | None) -> None:
+def verify(
+    obj: _Context,
+    job: str,
+    wanted: str,
+    identity: Path | None,
+    only: str | None,
+    sample: float | None,
+) -> None:
     """Download a backup, check its hashes and read it to the end, without extracting."""
     from backupagent.actions.verify import verify as verify_backup
 
     config = obj.job(job)
     identities, name = _identities(identity), _destination(config, job, only)
     ok, message, log_path = _recorded(
-        lambda: verify_backup(config, job, wanted, identities=identities, destination=name)
+        lambda: verify_backup(
+            config, job, wanted, identities=identities, destination=name, sample=sample
+        )
     )
     click.echo(("OK: " if ok else "FAILED: ") + printable(message))
     click.echo(f"Log: {log_path}")

@@ -489,6 +489,9 @@ class Job(_Table):
     incremental: StrictBool = False  # after a full, only what changed (incremental.py)
     full_every: StrictInt | str = 7  # a full every N runs (7), or once it is that old ("7d")
     verify_schedule: str | None = None  # cron: download and check the newest backup
+    # a scheduled verify reads back only this percentage of the volumes, rotating
+    # (readback.py): the whole backup within about 100 / verify_sample verifies
+    verify_sample: Annotated[float, Field(gt=0, le=100)] | None = None
     # cron: restore the newest backup into scratch space and load its dumps into scratch
     # databases, on the job's own servers ("configured") or on throwaway local ones
     drill_schedule: str | None = None

@@ -21,6 +21,7 @@ import structlog
 if TYPE_CHECKING:
     from email.message import EmailMessage
 
+from backupagent import readback
 from backupagent.config import Config, EmailSettings, PingSettings
 from backupagent.logging import read_events
 from backupagent.outcome import BACKUP_TRIGGERS, OK, Outcome, RunResult
@@ -161,9 +162,14 @@ def after_run(config: Config, job: str, result: RunResult) -> None:
     write_metrics(config)
 
 
-def metrics_text(latest: dict[str, dict[str, Run | None]], skipped: int = 0) -> str:
-    """The Prometheus exposition text for every job's latest runs, and the number of
-    sites [discover] skipped (pure)."""
+def metrics_text(
+    latest: dict[str, dict[str, Run | None]],
+    skipped: int = 0,
+    read_back: dict[str, float] | None = None,
+) -> str:
+    """The Prometheus exposition text for every job's latest runs, the number of
+    sites [discover] skipped, and when each job's backup was last read back in full
+    (readback.py) (pure)."""
     families = [
         (
             "backupagent_last_success_timestamp_seconds",
@@ -191,6 +197,11 @@ def metrics_text(latest: dict[str, dict[str, Run | None]], skipped: int = 0) -> 
         (
             "backupagent_discover_skipped_sites",
             "Sites [discover] found and skipped (a name that clashes or no job may hold).",
+        ),
+        (
+            "backupagent_last_full_readback_timestamp_seconds",
+            "When every volume of one backup was last read back and matched its manifest "
+            "(a full verify, or the last of a rotation of sampled ones).",
         ),
     ]
     samples: dict[str, list[str]] = {name: [] for name, _ in families}
@@ -225,6 +236,8 @@ def metrics_text(latest: dict[str, dict[str, Run | None]], skipped: int = 0) -> 
                 flag = 1 if entry["result"] == result else 0
                 samples[families[7][0]].append(f'{{{where},result="{result}"}} {flag}')
     samples[families[10][0]].append(f" {skipped}")
+    for job, when in sorted((read_back or {}).items()):
+        samples[families[11][0]].append(f'{{job="{_escape(job)}"}} {when:.3f}')
     lines = []
     for name, help_text in families:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
@@ -244,7 +257,13 @@ def write_metrics(config: Config) -> None:
     temp = None
     try:
         with History(config.agent.state_dir) as history:
-            text = metrics_text(history.latest_per_job(also=config.jobs), len(config.skipped))
+            latest = history.latest_per_job(also=config.jobs)
+        read_back = {
+            job: when
+            for job in config.jobs
+            if (when := readback.load(config.agent.state_dir, job).full_timestamp()) is not None
+        }
+        text = metrics_text(latest, len(config.skipped), read_back)
         target.parent.mkdir(parents=True, exist_ok=True)
         # not *.prom: node_exporter reads every *.prom in the directory, dotfiles too
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")

@@ -226,8 +226,13 @@ class Daemon:
             destinations = self.config.jobs[name].destination_names
             for destination in destinations if kind == "verify" else destinations[:1]:
                 if kind == "verify":
+                    sample = self.config.jobs[name].verify_sample
                     ok, message, _ = verify(
-                        self.config, name, cancel=self.cancel, destination=destination
+                        self.config,
+                        name,
+                        cancel=self.cancel,
+                        destination=destination,
+                        sample=sample,
                     )
                 else:
                     drilled = drill(self.config, name, self.cancel, destination=destination)
