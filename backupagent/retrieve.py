@@ -244,17 +244,15 @@ class Fetching:
                     unpack.open_stream(ahead) as tar,  # type: ignore[arg-type]
                 ):
                     yield stream, tar
-            except VolumeMismatch as exc:
-                raise RestoreError(str(exc)) from None
-            except SpoolFull as exc:
-                raise RestoreError(str(exc)) from None
-            except CutShort as exc:
+            except _STREAM_FAULTS as exc:
                 raise RestoreError(str(exc)) from None
             except _UNREADABLE as exc:
                 raise RestoreError(f"{name} cannot be read to the end: {exc}") from None
 
 
 _UNREADABLE = (tarfile.TarError, zstandard.ZstdError, EOFError, crypto.CryptoError)
+# what a stream of volumes meets on the way: a volume unlike its manifest, a full spool
+_STREAM_FAULTS = (VolumeMismatch, SpoolFull, CutShort)
 
 
 def read_through(
@@ -267,7 +265,7 @@ def read_through(
         with VolumeStream(source.destination, link.volumes, source.workdir) as stream:
             try:
                 stream.drain()
-            except (VolumeMismatch, SpoolFull, CutShort) as exc:
+            except _STREAM_FAULTS as exc:
                 raise RestoreError(str(exc)) from None
         return None
     try:
@@ -330,7 +328,7 @@ def extract_chain(
         _remove_written(dest, created)
         left = f"; nothing of it was left in {dest}"
         # a member's data is read here, not in _chosen: the stream's faults arrive here
-        if isinstance(exc, RestoreError | VolumeMismatch | SpoolFull | CutShort):
+        if isinstance(exc, (RestoreError, *_STREAM_FAULTS)):
             raise RestoreError(f"{exc}{left}") from None
         if isinstance(exc, _UNREADABLE):
             raise RestoreError(f"the archive cannot be read to the end: {exc}{left}") from None

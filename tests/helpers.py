@@ -169,9 +169,11 @@ def plant_backup(
     backup_id: str,
     members: list[tuple[tarfile.TarInfo, bytes | None]],
     tar_format: int = tarfile.PAX_FORMAT,
+    volume_size: int | None = None,
 ) -> bytes:
     """A consistent archive and manifest in `folder`, as an attacker who can write to
-    the server could make them; returns the compressed archive."""
+    the server could make them (cut into volumes of `volume_size`, if given); returns
+    the compressed archive."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tar_format) as tar:
         for info, data in members:
@@ -180,17 +182,22 @@ def plant_backup(
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     archive = zstandard.ZstdCompressor().compress(raw.getvalue())
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{backup_id}.tar.zst.0001"
-    (folder / name).write_bytes(archive)
+    step = volume_size or len(archive)
+    files = []
+    for n, start in enumerate(range(0, len(archive), step), 1):
+        piece = archive[start : start + step]
+        name = f"{backup_id}.tar.zst.{n:04d}"
+        (folder / name).write_bytes(piece)
+        files.append(
+            {"name": name, "size": len(piece), "sha256": hashlib.sha256(piece).hexdigest()}
+        )
     manifest = {
         "format": 1,
         "job": backup_id.split("-2")[0],
         "backup_id": backup_id,
         "created": "2026-11-22T05:00:00+00:00",
-        "files": [
-            {"name": name, "size": len(archive), "sha256": hashlib.sha256(archive).hexdigest()}
-        ],
-        "archive": {"name": f"{backup_id}.tar.zst", "size": len(archive), "volume_size": 1 << 26},
+        "files": files,
+        "archive": {"name": f"{backup_id}.tar.zst", "size": len(archive), "volume_size": step},
         "contents": {"files": len(members)},
     }
     (folder / f"{backup_id}.manifest.json").write_text(json.dumps(manifest))

@@ -158,6 +158,34 @@ def test_member_escaping_the_target_is_refused(
     assert not target.exists() or not any(target.iterdir())  # checked before anything is written
 
 
+def test_an_unsafe_member_volumes_into_the_stream_removes_what_was_written(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, tmp_path: Path
+) -> None:
+    """Members are judged as they stream: six files (three volumes) are written before
+    the unsafe one arrives; the refusal then takes them out again, and nothing outside
+    the target is touched."""
+    config = write_config()
+    fine = [(tarfile.TarInfo(f"files/site/f{n}.bin"), os.urandom(100_000)) for n in range(6)]
+    evil = (tarfile.TarInfo("files/../../escaped.txt"), b"gotcha")
+    archive = plant_backup(
+        ftp_server.root / REMOTE, "www-20261122T050000.000Z-abcdef", [*fine, evil],
+        volume_size=128 << 10,
+    )  # fmt: skip
+    assert len(archive) > 4 * (128 << 10)
+    target = tmp_path / "restored"
+    target.mkdir()
+    around = sorted(p.name for p in tmp_path.iterdir())
+    result = cli(config.path, "restore", "www", "--to", str(target))
+    assert result.returncode == 1
+    assert "unsafe member 'files/../../escaped.txt'" in result.stderr
+    assert f"nothing of it was left in {target}" in result.stderr
+    assert list(target.iterdir()) == []  # left as it was found: there, and empty
+    made = {p.name for p in tmp_path.iterdir()} - set(around)
+    assert made <= {"state", "log", "spool"}  # the agent's own, nothing else
+    assert not (tmp_path / "escaped.txt").exists()
+    assert list((config.agent.spool_dir / "www").iterdir()) == []
+
+
 def test_backups_lists_complete_ones_and_leftovers(
     write_config: WriteConfig, ftp_server: LocalFtpServer
 ) -> None:
