@@ -16,7 +16,7 @@ from backupagent.incoming import HELD, VolumeMismatch, VolumeStream, check_room,
 from backupagent.manifest import Volume
 
 from .conftest import WriteConfig
-from .helpers import small_disk
+from .helpers import small_disk, wait_for
 
 VOLUME = 256 << 10
 
@@ -40,17 +40,21 @@ def _held(spool: Path) -> int:
 
 def test_the_volumes_read_as_one_stream_with_two_in_the_spool_at_most(tmp_path: Path) -> None:
     """The reader goes slowly (64 KiB at a time) and the local destination is fast: a
-    download that ran ahead of its slot would show as a third file in the spool."""
+    download that ran ahead of its slot would show as a third file in the spool. While
+    the first volume is read, the second arrives (the download runs one ahead)."""
     volumes, whole = _volumes(tmp_path / "nas", 12)
     spool = tmp_path / "spool"
     spool.mkdir(mode=0o700)
     read, most = bytearray(), 0
     with VolumeStream(LocalDirectory(tmp_path / "nas"), volumes, spool) as stream:
+        read += stream.read(64 << 10)
+        wait_for(lambda: (spool / volumes[1].name).exists(), "the second volume")
+        most = _held(spool)
         while block := stream.read(64 << 10):
             read += block
             most = max(most, _held(spool))
     assert bytes(read) == whole
-    assert most == HELD == 2  # one read, one downloading: never a third
+    assert most == HELD == 2  # one read, one downloaded ahead: never a third
     assert _held(spool) == 0
 
 
