@@ -14,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
 import threading
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from backupagent.destinations.base import CutShort, Destination, SpoolFull
+from backupagent.destinations.base import CutShort, Destination, SpoolFull, free_bytes
 from backupagent.manifest import Volume
 
 HELD = 2  # volumes in the spool at once: the one read, the one downloading
@@ -40,7 +39,7 @@ def spool_needed(volumes: list[Volume]) -> int:
 
 def check_room(directory: Path, needed: int, what: str) -> None:
     """SpoolFull unless `directory` has `needed` bytes free (`what` names the need)."""
-    free = shutil.disk_usage(directory).free
+    free = free_bytes(directory)
     if free < needed:
         raise SpoolFull(
             f"the spool on this host is too small: {free} bytes free in {directory}, "

@@ -6,7 +6,7 @@
 - `changes`: what an incremental archives (new or changed paths) and records as
   deleted, against the index of the backup before it;
 - `next_kind`: full or incremental, from the chain so far and `full_every`;
-- `layers`: for restoring a point, which backup of its chain supplies each path;
+- `Newest`: for restoring a point, which backup of its chain supplies each path;
 - `keep_chains`: retention that never keeps an incremental without its ancestors.
 
 The run's side is actions/increments.py; restoring a chain is retrieve.extract_chain.
@@ -220,26 +220,45 @@ def chain_of(backup_id: str, parents: Mapping[str, str | None]) -> list[str] | N
     return list(reversed(chain)) if chain[-1] in parents else None
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One backup of a chain, as restore sees it."""
-
-    backup_id: str
-    members: frozenset[str]
-    deleted: frozenset[str]
+class TooManyNames(Exception):
+    """A chain names more paths than a restore may keep in memory."""
 
 
-def layers(chain: Sequence[Layer]) -> dict[str, str]:
-    """For each path of the restored point, the backup of the chain that supplies it
-    (the latest that holds it, unless deleted after). Paths absent from the result are
-    not restored."""
-    source: dict[str, str] = {}
-    for layer in chain:
-        for path in layer.deleted:
-            source.pop(path, None)
-        for path in layer.members:
-            source[path] = layer.backup_id
-    return source
+class Newest:
+    """Which paths of a chain make its last point, decided as the backups stream in,
+    newest first (`wants` for each path of one backup, then `passed` with what that
+    backup deleted): a path comes from the newest backup that holds it, unless one
+    newer still deleted it. The names it keeps are bounded by `limit` bytes in all (a
+    long chain cannot add up what one archive may not hold)."""
+
+    OVERHEAD = 100  # bytes of bookkeeping per name kept, beyond the name
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.done: set[str] = set()  # taken from a newer backup
+        self.gone: set[str] = set()  # deleted by a newer backup
+        self.kept = 0
+
+    def wants(self, path: str) -> bool:
+        if path in self.done or path in self.gone:
+            return False
+        self._keep(path)
+        self.done.add(path)
+        return True
+
+    def passed(self, deleted: Iterable[str]) -> None:
+        """A backup read to its end: what it deleted is gone for the older ones."""
+        for path in deleted:
+            self._keep(path)
+            self.gone.add(path)
+
+    def _keep(self, path: str) -> None:
+        self.kept += len(path) + self.OVERHEAD
+        if self.kept > self.limit:
+            raise TooManyNames(
+                f"the chain's archives name more than {self.limit} bytes of members: "
+                "refused rather than exhaust memory"
+            )
 
 
 def keep_chains(keep: Iterable[str], parents: Mapping[str, str | None]) -> set[str]:

@@ -25,11 +25,17 @@ from typing import Any
 
 import zstandard
 
-from backupagent import crypto, trust, unpack
+from backupagent import crypto, incremental, trust, unpack
 from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
 from backupagent.destinations import open_destination
-from backupagent.destinations.base import CutShort, Destination, SpoolFull, Unreadable
+from backupagent.destinations.base import (
+    CutShort,
+    Destination,
+    SpoolFull,
+    Unreadable,
+    free_bytes,
+)
 from backupagent.incoming import (
     HELD,
     ReadAhead,
@@ -246,6 +252,8 @@ class Fetching:
                     yield stream, tar
             except _STREAM_FAULTS as exc:
                 raise RestoreError(str(exc)) from None
+            except (unpack.UnsafeArchive, incremental.TooManyNames) as exc:
+                raise RestoreError(f"refusing the archive: {exc}") from None
             except _UNREADABLE as exc:
                 raise RestoreError(f"{name} cannot be read to the end: {exc}") from None
 
@@ -268,13 +276,10 @@ def read_through(
             except _STREAM_FAULTS as exc:
                 raise RestoreError(str(exc)) from None
         return None
-    try:
-        with source.tar(link, identities) as (stream, tar):
-            judged = unpack.plan(unpack.members(tar))
-            stream.drain()  # what follows the tar's end is checked too
-            return judged
-    except unpack.UnsafeArchive as exc:
-        raise RestoreError(f"refusing the archive: {exc}") from None
+    with source.tar(link, identities) as (stream, tar):
+        judged = unpack.plan(unpack.members(tar))
+        stream.drain()  # what follows the tar's end is checked too
+        return judged
 
 
 def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
@@ -306,7 +311,7 @@ def extract_chain(
 ) -> unpack.Report:
     """Extract the point `source`'s backup was, into an empty `dest`, in one pass over
     each archive as its volumes arrive: newest backup first, each path from the latest
-    that holds it unless deleted after (incremental.layers), databases from the newest
+    that holds it unless deleted after (incremental.Newest), databases from the newest
     only. Each member is judged as it streams; a refusal, a volume that fails its hash
     or any other failure removes what was written (`dest` is left as found). With
     `include` (wanted_by), a first pass finds the members it wants, the directories
@@ -335,7 +340,7 @@ def extract_chain(
         if isinstance(exc, unpack.UnsafeArchive):
             raise RestoreError(f"refusing the archive: {exc}{left}") from None
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise RestoreError(f"{dest} is full: {_free(dest)} bytes free{left}") from None
+            raise RestoreError(f"{dest} is full: {free_bytes(dest)} bytes free{left}") from None
         if isinstance(exc, OSError):
             raise RestoreError(f"writing into {dest} failed: {exc}{left}") from None
         raise
@@ -366,13 +371,6 @@ def _remove_written(dest: Path, created: bool) -> None:
                 entry.unlink(missing_ok=True)
 
 
-def _free(path: Path) -> int:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:
-        return 0
-
-
 def needed_bytes(links: list[BackupInfo]) -> int:
     """What a restore of `links` writes, as the manifests say: a full's bytes read; for
     a chain, the most any of its backups read (the full, as a rule; an estimate, as
@@ -388,7 +386,7 @@ def _check_target(source: Fetching, dest: Path, selected: _Selected | None) -> N
     with contextlib.suppress(OSError):
         if dest.stat().st_dev == source.workdir.stat().st_dev and selected is None:
             needed += spool
-    free = _free(dest)
+    free = free_bytes(dest)
     if needed > free:
         raise RestoreError(
             f"{dest} has {free} bytes free, the backup needs {needed}: restore somewhere "
@@ -411,59 +409,24 @@ def _chosen(
 ) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, unpack.Judgement]]:
     """The members that make the point, with their judgement, as they stream: every
     member of every archive is judged (an unsafe one anywhere refuses the restore)."""
-    choice = _Choice(single=len(source.links) == 1)
+    newest = incremental.Newest(unpack.MAX_KEPT_BYTES) if len(source.links) > 1 else None
     for number in reversed(range(len(source.links))):
         link = source.links[number]
-        newest = number == len(source.links) - 1
+        last = number == len(source.links) - 1
         with source.tar(link, identities) as (_stream, tar):
             admission = unpack.Admission(outside_links)
             for member in unpack.members(tar):
                 judgement = admission.judge(member)
                 if selected is not None and member.name not in selected.names:
                     continue
-                if choice.wants(member.name, newest):
-                    yield tar, member, judgement
-        choice.passed(link.manifest.deleted if link.manifest else [])
-
-
-class _Choice:
-    """Which members of a chain make its last point, decided as they stream, newest
-    backup first: a path is taken from the first backup that holds it, unless a newer
-    one deleted it; paths outside files/ (dumps) from the newest only. The names seen
-    are bounded in all by unpack.MAX_KEPT_BYTES (a long chain cannot add up what one
-    archive may not hold); a full keeps none."""
-
-    def __init__(self, single: bool) -> None:
-        self.single = single
-        self.done: set[str] = set()  # taken from a newer backup
-        self.gone: set[str] = set()  # deleted by a newer backup
-        self.kept = 0
-
-    def wants(self, name: str, newest: bool) -> bool:
-        if self.single:
-            return True
-        if not newest and not name.startswith("files/"):
-            return False
-        if name in self.done or name in self.gone:
-            return False
-        self._keep(name)
-        self.done.add(name)
-        return True
-
-    def passed(self, deleted: list[str]) -> None:
-        """A backup read to its end: what it deleted is gone for the older ones."""
-        if not self.single:
-            for name in deleted:
-                self._keep(name)
-                self.gone.add(name)
-
-    def _keep(self, name: str) -> None:
-        self.kept += len(name) + unpack.KEPT_OVERHEAD
-        if self.kept > unpack.MAX_KEPT_BYTES:
-            raise unpack.UnsafeArchive(
-                f"the chain's archives name more than {unpack.MAX_KEPT_BYTES} bytes of "
-                "members: refused rather than exhaust memory"
-            )
+                if newest is not None and (  # a chain: dumps from its newest backup only
+                    (not last and not member.name.startswith("files/"))
+                    or not newest.wants(member.name)
+                ):
+                    continue
+                yield tar, member, judgement
+            if newest is not None and link.manifest is not None:
+                newest.passed(link.manifest.deleted)
 
 
 def _select(

@@ -226,8 +226,22 @@ class Figures:
         self.spool.append(run[2])
 
 
-def compare(scale: int, pairs: int, kind: str = "wordpress") -> tuple[Figures, Figures]:
-    base = Path(tempfile.mkdtemp(prefix="ba-compare-"))
+@dataclass
+class Host:
+    """What a bench runs against: its directory, a MariaDB, an FTP server's root and port."""
+
+    base: Path
+    db: MariaDB
+    ftp_root: Path
+    port: int
+    server: str  # vsftpd or pyftpdlib
+
+
+@contextlib.contextmanager
+def bench_host(prefix: str, under: str | None = None) -> Iterator[Host]:
+    """A temporary directory (below `under`) with a throwaway MariaDB and FTP server,
+    all removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
     os.chmod(base, 0o755)
     servers = start_mariadb(base / "db")
     db = next(servers)
@@ -236,10 +250,17 @@ def compare(scale: int, pairs: int, kind: str = "wordpress") -> tuple[Figures, F
     port = free_port()
     try:
         with ftp_server(ftp_root, port) as server_name:
-            return _compare(base, db, ftp_root, port, server_name, scale, pairs, kind)
+            yield Host(base, db, ftp_root, port, server_name)
     finally:
         servers.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def compare(scale: int, pairs: int, kind: str = "wordpress") -> tuple[Figures, Figures]:
+    with bench_host("ba-compare-") as host:
+        return _compare(
+            host.base, host.db, host.ftp_root, host.port, host.server, scale, pairs, kind
+        )
 
 
 def _compare(

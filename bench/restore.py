@@ -27,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,18 +34,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.compare import (
     Figures,
+    bench_host,
     compile_agent,
     database_key,
     fill_database,
-    free_port,
-    ftp_server,
     reference_url,
     site_pipeline,
     timed,
     write_jobs,
 )
 from bench.site import make_site
-from tests.databases import start_mariadb
 
 
 @contextlib.contextmanager
@@ -60,52 +57,42 @@ def tmpfs(where: Path, size: str) -> Iterator[Path]:
 
 
 def bench(scale: int, pairs: int, places: list[str]) -> None:
-    base = Path(tempfile.mkdtemp(prefix="ba-restore-", dir="/var/tmp"))
-    os.chmod(base, 0o755)
-    servers = start_mariadb(base / "db")
-    db = next(servers)
-    ftp_root = base / "ftp"
-    ftp_root.mkdir()
-    port = free_port()
-    try:
-        with ftp_server(ftp_root, port) as server_name:
-            site = base / "site"
-            make_site(site, scale, "wordpress")
-            fill_database(db, scale, "wordpress")
-            config = write_jobs(base, port, site, keep=1, job=database_key(base, db))
-            env = {
-                **os.environ,
-                "MYSQL_PWD": db.root_password,
-                "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-            }
-            agent = [sys.executable, "-m", "backupagent", "--config", str(config)]
-            timed([*agent, "run-job", "bench"], env, None)
-            dump = (
-                f"mariadb-dump --no-defaults --socket={db.socket} --user=root "
-                "--single-transaction --quick --routines --triggers --events --hex-blob wp | "
-                f"zstd -3 -T0 -q | curl -sS --ftp-create-dirs -T - {reference_url(port)}/db.sql.zst"
-            )
-            timed(["bash", "-c", f"{site_pipeline(site, port)}; {dump}"], env, None)
-            files = [p for p in site.rglob("*") if p.is_file()]
-            volumes = sorted((ftp_root / "agent").glob("*.tar.zst.*"))
-            print(
-                f"WordPress site at scale {scale}: "
-                f"{sum(p.stat().st_size for p in files) / 2**20:.0f} MiB in {len(files)} files; "
-                f"backup: {len(volumes)} volumes, "
-                f"{sum(v.stat().st_size for v in volumes) / 2**20:.1f} MiB; FTP server "
-                f"{server_name}; {os.cpu_count()} cores"
-            )
-            for place in places:
-                with contextlib.ExitStack() as stack:
-                    where = base / f"targets-{place}"
-                    if place == "tmpfs":
-                        stack.enter_context(tmpfs(where, f"{4 * scale + 2}G"))
-                    else:
-                        where.mkdir()
-                    _alternate(agent, env, port, where, base / "spool", pairs, place)
-    finally:
-        servers.close()
-        shutil.rmtree(base, ignore_errors=True)
+    with bench_host("ba-restore-", "/var/tmp") as host:
+        base, db, port = host.base, host.db, host.port
+        site = base / "site"
+        make_site(site, scale, "wordpress")
+        fill_database(db, scale, "wordpress")
+        config = write_jobs(base, port, site, keep=1, job=database_key(base, db))
+        env = {
+            **os.environ,
+            "MYSQL_PWD": db.root_password,
+            "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        }
+        agent = [sys.executable, "-m", "backupagent", "--config", str(config)]
+        timed([*agent, "run-job", "bench"], env, None)
+        dump = (
+            f"mariadb-dump --no-defaults --socket={db.socket} --user=root "
+            "--single-transaction --quick --routines --triggers --events --hex-blob wp | "
+            f"zstd -3 -T0 -q | curl -sS --ftp-create-dirs -T - {reference_url(port)}/db.sql.zst"
+        )
+        timed(["bash", "-c", f"{site_pipeline(site, port)}; {dump}"], env, None)
+        files = [p for p in site.rglob("*") if p.is_file()]
+        volumes = sorted((host.ftp_root / "agent").glob("*.tar.zst.*"))
+        print(
+            f"WordPress site at scale {scale}: "
+            f"{sum(p.stat().st_size for p in files) / 2**20:.0f} MiB in {len(files)} files; "
+            f"backup: {len(volumes)} volumes, "
+            f"{sum(v.stat().st_size for v in volumes) / 2**20:.1f} MiB; FTP server "
+            f"{host.server}; {os.cpu_count()} cores"
+        )
+        for place in places:
+            with contextlib.ExitStack() as stack:
+                where = base / f"targets-{place}"
+                if place == "tmpfs":
+                    stack.enter_context(tmpfs(where, f"{4 * scale + 2}G"))
+                else:
+                    where.mkdir()
+                _alternate(agent, env, port, where, base / "spool", pairs, place)
 
 
 def _alternate(

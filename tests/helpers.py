@@ -256,11 +256,12 @@ class Watched:
         return getattr(self.inner, attribute)
 
 
-def agent_table(tmp_path: Path, extra: str = "") -> str:
-    """jobs.toml's [agent] table with every directory under `tmp_path`."""
+def agent_table(tmp_path: Path, extra: str = "", spool: Path | None = None) -> str:
+    """jobs.toml's [agent] table with every directory under `tmp_path` (the spool
+    elsewhere, if given)."""
     return (
         f'[agent]\nstate_dir = "{tmp_path}/state"\nlog_dir = "{tmp_path}/log"\n'
-        f'spool_dir = "{tmp_path}/spool"\n{extra}\n'
+        f'spool_dir = "{spool or tmp_path / "spool"}"\n{extra}\n'
     )
 
 

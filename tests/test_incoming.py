@@ -115,6 +115,8 @@ def test_a_full_spool_over_ftp_is_not_taken_for_a_network_error(
 ) -> None:
     from backupagent.destinations import open_destination
 
+    # retry_wait shortened: a full disk is never retried, and were it taken for a
+    # network error, the retries would end in the same CutShort however long they wait
     config = write_config(dest="retry_wait = 0.1")
     folder = ftp_server.root / "backups/site"
     folder.mkdir(parents=True)

@@ -10,15 +10,15 @@ import zstandard
 
 from backupagent.incremental import (
     BadIndex,
-    Layer,
     Link,
+    Newest,
     Stat,
+    TooManyNames,
     chain_of,
     changes,
     decode,
     encode,
     keep_chains,
-    layers,
     next_kind,
     parse_full_every,
 )
@@ -157,13 +157,36 @@ def test_chain_of(parents, wanted, chain) -> None:
     assert chain_of(wanted, parents) == chain
 
 
+Layer = tuple[str, frozenset[str], frozenset[str]]  # a backup: its id, paths, deletions
+
+
+def layers(chain: list[Layer]) -> dict[str, str]:
+    """For each path of the point, the backup Newest takes it from: the chain fed
+    newest first, as a restore streams it."""
+    newest, source = Newest(1 << 20), {}
+    for backup_id, members, deleted in reversed(chain):
+        for path in sorted(members):
+            if newest.wants(path):
+                source[path] = backup_id
+        newest.passed(deleted)
+    return source
+
+
 def test_layers_give_each_path_its_latest_source_and_drop_deletions() -> None:
-    full = Layer("f", frozenset({"d", "d/a", "d/b", "x"}), frozenset())
-    one = Layer("i1", frozenset({"d/a", "y"}), frozenset({"x"}))
-    two = Layer("i2", frozenset({"x", "d"}), frozenset({"d/b"}))  # x comes back
+    full: Layer = ("f", frozenset({"d", "d/a", "d/b", "x"}), frozenset())
+    one: Layer = ("i1", frozenset({"d/a", "y"}), frozenset({"x"}))
+    two: Layer = ("i2", frozenset({"x", "d"}), frozenset({"d/b"}))  # x comes back
     assert layers([full]) == {"d": "f", "d/a": "f", "d/b": "f", "x": "f"}
     assert layers([full, one]) == {"d": "f", "d/a": "i1", "d/b": "f", "y": "i1"}
     assert layers([full, one, two]) == {"d": "i2", "d/a": "i1", "x": "i2", "y": "i1"}
+
+
+def test_a_chain_naming_more_than_the_limit_is_refused() -> None:
+    newest = Newest(250)
+    assert newest.wants("a")
+    assert not newest.wants("a")  # taken already: nothing more kept
+    with pytest.raises(TooManyNames, match="more than 250 bytes"):
+        newest.passed(["b", "c"])
 
 
 @pytest.mark.parametrize(

@@ -272,13 +272,8 @@ class PartialFile:
             self.hashed += len(block)
 
     def finish(self) -> str:
-        """The complete file under its name; its SHA-256."""
-        if self.hashed != self.size:  # complete at the first attempt: nothing to catch up
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                self._catch_up(fd, os.fstat(fd).st_size)
-            finally:
-                os.close(fd)
+        """The complete file under its name; its SHA-256 (every byte was hashed by the
+        sink or by `attempt`'s catching up)."""
         os.replace(self.path, self.target)
         return self.digest.hexdigest()
 
@@ -319,16 +314,21 @@ class _Appending:
         self.close()
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes free for this user in `directory`'s filesystem (0 if it cannot be told)."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0
+
+
 def full_message(path: Path, needed: int) -> str:
     """`the spool on this host is full: ...` for a write into `path` that needs `needed`
     more bytes."""
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        free = 0
     return (
-        f"the spool on this host is full: {free} bytes free in {path.parent}, {needed} more "
-        "needed (a local fault, not the server's: free space or set [agent] spool_dir)"
+        f"the spool on this host is full: {free_bytes(path.parent)} bytes free in "
+        f"{path.parent}, {needed} more needed (a local fault, not the server's: free space "
+        "or set [agent] spool_dir)"
     )
 
 

@@ -186,6 +186,20 @@ def test_an_unsafe_member_volumes_into_the_stream_removes_what_was_written(
     assert list((config.agent.spool_dir / "www").iterdir()) == []
 
 
+def test_files_refuses_an_unsafe_archive_without_a_traceback(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config()
+    _plant(ftp_server, [("files/fine.txt", b"ok"), ("../escaped.txt", b"x")], ID_PLANTED)
+    listed = cli(config.path, "files", "www")
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    assert "refusing the archive: unsafe member '../escaped.txt'" in listed.stderr
+    assert "Traceback" not in listed.stderr
+
+
+ID_PLANTED = "www-20261122T050000.000Z-abcdef"
+
+
 def test_backups_lists_complete_ones_and_leftovers(
     write_config: WriteConfig, ftp_server: LocalFtpServer
 ) -> None:

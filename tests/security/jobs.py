@@ -9,6 +9,7 @@ from pathlib import Path
 from backupagent.ftpserver import LocalFtpServer
 
 from ..actions.test_backup import REMOTE
+from ..helpers import agent_table, ftp_table
 
 
 def ftp_jobs_toml(
@@ -28,25 +29,9 @@ def ftp_jobs_toml(
     www = "" if job is None else f'[jobs.www]\ndestination = "test"\n{job}\n'
     path = tmp_path / "jobs.toml"
     path.write_text(
-        f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{spool or tmp_path / "spool"}"
-{agent}
-
-[destinations.test]
-type = "ftp"
-host = "{server.host}"
-port = {server.port}
-user = "{server.user}"
-password_file = "{password}"
-directory = "/{REMOTE}"
-timeout = 5
-
-{www}
-{tables}
-"""
+        agent_table(tmp_path, agent, spool)
+        + ftp_table("test", server, password, f'directory = "/{REMOTE}"')
+        + f"{www}\n{tables}\n"
     )
     return path
 

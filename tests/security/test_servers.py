@@ -21,7 +21,7 @@ from backupagent.ftpserver import LocalFtpServer
 from ..actions.test_drill import _rewrite
 from ..conftest import require_system
 from ..databases import MariaDB, Postgres
-from ..helpers import cli
+from ..helpers import agent_table, cli
 from ..sshd import Sshd, missing, running_sshd
 from .jobs import ftp_jobs_toml, said
 from .test_tenants import _members
@@ -379,12 +379,8 @@ def test_an_sftp_server_that_never_answers_cannot_hang_a_run(
 def _sftp_config(tmp_path: Path, site: Path, server: Sshd) -> Path:
     path = tmp_path / "jobs.toml"
     path.write_text(
-        f"""
-[agent]
-state_dir = "{tmp_path}/state"
-log_dir = "{tmp_path}/log"
-spool_dir = "{tmp_path}/spool"
-
+        agent_table(tmp_path)
+        + f"""
 [destinations.box]
 type = "sftp"
 host = "127.0.0.1"
