@@ -17,12 +17,12 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import structlog
 import zstandard
 
-from backupagent import crypto, stored
+from backupagent import contents, crypto, stored
 from backupagent.hashing import HashingWriter, Sink
 from backupagent.sources.files import Entry
 
@@ -42,6 +42,7 @@ class ArchiveStats:
     archive_bytes: int = 0
     sha256: str = ""
     warnings: list[str] = field(default_factory=list)
+    contents: bytes = b""  # the content index (contents.py), when one was asked for
 
 
 BLOCK = tarfile.BLOCKSIZE
@@ -224,6 +225,16 @@ def tar_info(
     return info
 
 
+class Volumes(Protocol):
+    """The volume writer as the archive sees it: a volume can be handed over early."""
+
+    size: int
+
+    def room(self) -> int: ...
+
+    def cut(self) -> None: ...
+
+
 class _TarStream:
     """PAX tar members written straight into the compressor.
 
@@ -234,13 +245,40 @@ class _TarStream:
     again (stored.py).
     """
 
-    def __init__(self, out: Any, below: Any) -> None:
+    def __init__(
+        self,
+        out: Any,
+        below: Any,
+        index: contents.Recorder | None = None,
+        position: Callable[[], int] = lambda: 0,
+        volumes: Volumes | None = None,
+    ) -> None:
         self.out = out  # the compressor
         self.below = below  # what the compressor writes to
         self.buffer = bytearray()
         self.chunk = bytearray(CHUNK)
         self.offset = 0
         self.hard_links: dict[tuple[int, int], str] = {}
+        self.index = index
+        self.position = position  # archive bytes written so far (after end_frame: exact)
+        self.volumes = volumes
+
+    def note(self, name: str, kind: bytes, size: int, mtime: int, link: str = "") -> None:
+        """A member about to be written, in the content index; when a segment is due,
+        the frame ends before it and the point is recorded (and a nearly full volume
+        handed over)."""
+        index = self.index
+        if index is None:
+            return
+        at = self.offset + len(self.buffer)
+        if index.due(at, size):
+            self.end_frame()
+            at = self.offset
+            index.restart(at, self.position())
+            volumes = self.volumes
+            if volumes is not None and contents.cut_early(volumes.room(), volumes.size):
+                volumes.cut()
+        index.add(name, kind, size, mtime, link, at)
 
     def header(self, info: tarfile.TarInfo) -> None:
         self._put(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
@@ -355,6 +393,8 @@ def write_archive(
     recipients: list[str] | None = None,
     on_entry: Callable[[], None] | None = None,
     hashed: bool = True,
+    indexed: bool = False,
+    volumes: Volumes | None = None,
 ) -> ArchiveStats:
     """Write `entries` as a zstd-compressed PAX tar into `out`; unreadable files become warnings.
 
@@ -366,6 +406,10 @@ def write_archive(
     compression threads. With `recipients`, the compressed stream is encrypted to
     them (age) before it reaches `out`; the size and SHA-256 returned are those of
     what reaches `out` (no SHA-256 with `hashed=False`: `out` hashes itself).
+
+    `indexed` records the content index (contents.py) in the stats: with restart
+    points unless encrypted; `volumes` (the writer `out` is, or feeds) is then cut
+    early at a restart where the next segment might not fit.
     """
     log = structlog.get_logger("backupagent.archive")
     stats = ArchiveStats()
@@ -380,7 +424,9 @@ def write_archive(
     compressor = zstandard.ZstdCompressor(level=level, threads=threads)
     encrypt = crypto.encrypting(sink, recipients) if recipients else contextlib.nullcontext(sink)
     with encrypt as target, compressor.stream_writer(target, closefd=False) as zstream:
-        tar = _TarStream(zstream, target)
+        index = contents.Recorder(restartable=not recipients) if indexed else None
+        position = (lambda: sink.size) if not recipients else (lambda: 0)
+        tar = _TarStream(zstream, target, index, position, None if recipients else volumes)
         for entry in entries:
             if isinstance(entry, Entry):
                 _add(tar, entry, stats, warn, on_bytes)
@@ -395,6 +441,8 @@ def write_archive(
     if counted:
         counted.flush()
     stats.archive_bytes = sink.size
+    if index is not None:
+        stats.contents = index.encode((tar.offset, sink.size))
     stats.sha256 = sink.hash.hexdigest() if hashed else ""
     return stats
 
@@ -429,6 +477,7 @@ def _add_dump(tar: _TarStream, dump: Dump, on_bytes: Callable[[int], None] | Non
     info.size = dump.size
     info.mode = 0o600
     info.mtime = int(dump.spool.stat().st_mtime)
+    tar.note(dump.arcname, tarfile.REGTYPE, dump.size, info.mtime)
     tar.header(info)
     with dump.spool.open("rb") as raw:
         if dump.compressed:
@@ -488,6 +537,7 @@ def _add(
             # one read, so a change while it is read shows in its length: a second
             # fstat would cost more than the rest of the file's work
             data = os.read(fd, size + 1)
+            tar.note(entry.arcname, tarfile.REGTYPE, size, int(before.st_mtime))
             tar.small_file(header, data, size)
             if on_bytes:
                 on_bytes(size)
@@ -529,10 +579,13 @@ def _read_member(
         return None
     key = (before.st_dev, before.st_ino)
     if before.st_nlink > 1 and key in tar.hard_links:
-        tar.member(entry.arcname, before, tarfile.LNKTYPE, tar.hard_links[key])
+        target = tar.hard_links[key]
+        tar.note(entry.arcname, tarfile.LNKTYPE, 0, int(before.st_mtime), target)
+        tar.member(entry.arcname, before, tarfile.LNKTYPE, target)
         return 0, False, before
     if before.st_nlink > 1:
         tar.hard_links[key] = entry.arcname
+    tar.note(entry.arcname, tarfile.REGTYPE, size, int(before.st_mtime))
     tar.member(entry.arcname, before)
     try:
         missing, grew = tar.copy(fd, size, on_bytes)
@@ -561,6 +614,7 @@ def _add_other(
     except OSError as exc:
         warn(entry.path, f"vanished before it was read, skipped: {exc.strerror or exc}")
         return
+    tar.note(entry.arcname, _TYPES[kind], 0, int(st.st_mtime), target)
     tar.member(entry.arcname, st, _TYPES[kind], target)
     if kind == stat.S_IFDIR:
         stats.directories += 1

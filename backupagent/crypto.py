@@ -78,6 +78,19 @@ def encrypting(sink: BinaryIO, recipients: list[str]) -> Iterator[BinaryIO]:
         yield writer
 
 
+def encrypt(data: bytes, recipients: list[str]) -> bytes:
+    """Small bytes (a content index) encrypted to `recipients`, as one age file."""
+    return bytes(pyrage.encrypt(data, [parse_recipient(r) for r in recipients]))
+
+
+def decrypt(data: bytes, identities: list[Any]) -> bytes:
+    """`encrypt` undone; CryptoError when no identity fits or the file is damaged."""
+    try:
+        return bytes(pyrage.decrypt(data, identities))
+    except Exception as exc:  # pyrage raises its own error types
+        raise CryptoError(f"cannot decrypt: {exc}") from None
+
+
 @contextlib.contextmanager
 def decrypting(source: BinaryIO, identities: list[Any]) -> Iterator[Any]:
     """A readable stream of `source` decrypted (a thread feeds it through a pipe)."""

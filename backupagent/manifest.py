@@ -93,6 +93,8 @@ class Manifest(_Part):
     deleted: list[Annotated[str, Field(max_length=4096)]] = Field(default=[], max_length=10_000_000)
     index: Volume | None = None  # the uploaded index: whole after a full, own entries after
     index_sha256: Sha256 | None = None  # an incremental; this: SHA-256 of the whole index
+    # every member and where it starts (contents.py): `files` and `restore --include`
+    content_index: Volume | None = None
 
     @model_validator(mode="after")
     def _volumes_of_this_backup(self) -> Manifest:
@@ -106,6 +108,11 @@ class Manifest(_Part):
             raise ValueError(f"archive.name {self.archive.name!r} is not of {self.backup_id}")
         if self.index is not None and self.index.name != f"{self.backup_id}.index.zst":
             raise ValueError(f"index.name {self.index.name!r} is not of {self.backup_id}")
+        contents = rf"^{re.escape(self.backup_id)}\.contents\.zst(\.age)?$"
+        if self.content_index is not None and not re.match(contents, self.content_index.name):
+            raise ValueError(
+                f"content_index.name {self.content_index.name!r} is not of {self.backup_id}"
+            )
         job_run = rf"^{re.escape(self.job)}-\d{{8}}T\d{{6}}\.\d{{3}}Z-[0-9a-f]{{6}}$"
         if self.parent is not None and (
             not re.match(job_run, self.parent) or self.parent >= self.backup_id

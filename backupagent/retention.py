@@ -15,6 +15,7 @@ from backupagent.config import Retention
 ARCHIVE_SUFFIX = ".tar.zst"
 MANIFEST_SUFFIX = ".manifest.json"
 INDEX_SUFFIX = ".index.zst"  # an incremental job's index of the backup (incremental.py)
+CONTENTS_SUFFIX = ".contents.zst"  # every backup's content index (contents.py), + .age
 TEMP_SUFFIX = ".partial"
 RUN_ID_PATTERN = r"(?P<stamp>\d{8}T\d{6}\.\d{3}Z)-(?P<nonce>[0-9a-f]{6})"
 
@@ -29,6 +30,10 @@ def manifest_name(backup_id: str) -> str:
 
 def index_name(backup_id: str) -> str:
     return backup_id + INDEX_SUFFIX
+
+
+def contents_name(backup_id: str, encrypted: bool = False) -> str:
+    return backup_id + CONTENTS_SUFFIX + (".age" if encrypted else "")
 
 
 def temp_name(final_name: str, tag: str = "") -> str:
@@ -75,6 +80,7 @@ def name_pattern(job: str) -> re.Pattern[str]:
     return re.compile(
         rf"^(?P<id>{re.escape(job)}-{RUN_ID_PATTERN})"
         rf"(?P<kind>{re.escape(MANIFEST_SUFFIX)}|{re.escape(INDEX_SUFFIX)}"
+        rf"|{re.escape(CONTENTS_SUFFIX)}(?:\.age)?"
         rf"|{re.escape(ARCHIVE_SUFFIX)}(?:\.age)?(?:\.\d{{4}})?)"
         rf"(?P<temp>(?:\.(?:passive|active))?{re.escape(TEMP_SUFFIX)})?$"
     )

@@ -93,6 +93,10 @@ class VolumeWriter:
         if self._file is not None:
             self._file.flush()
 
+    def room(self) -> int:
+        """Bytes the volume being written takes before it is full."""
+        return self.size - self._written
+
     def close(self) -> None:
         """Hand over the last, shorter volume."""
         self.cut()

@@ -49,11 +49,19 @@ def test_age_cli_decrypts_the_backup(
     result = run_job(config, "www")
     assert result.outcome == "success", result.error
     names = sorted(p.name for p in (ftp_server.root / REMOTE).iterdir())
-    volumes = names[1:]
-    assert names[0] == f"{result.backup_id}.manifest.json"
+    volumes = names[2:]
+    assert names[:2] == [
+        f"{result.backup_id}.contents.zst.age",
+        f"{result.backup_id}.manifest.json",
+    ]
     assert len(volumes) > 2
-    assert volumes == [f"{result.backup_id}.tar.zst.age.{i:04d}" for i in range(1, len(names))]
-    manifest_text = (ftp_server.root / REMOTE / names[0]).read_text()
+    assert volumes == [
+        f"{result.backup_id}.tar.zst.age.{i:04d}" for i in range(1, len(volumes) + 1)
+    ]
+    # the content index is an age file too: no name of the site in the clear
+    listing = (ftp_server.root / REMOTE / names[0]).read_bytes()
+    assert listing.startswith(b"age-encryption.org/v1") and b"index.php" not in listing
+    manifest_text = (ftp_server.root / REMOTE / names[1]).read_text()
     manifest = json.loads(manifest_text)
     assert manifest["encryption"]["format"] == "age-encryption.org/v1"
     assert manifest["encryption"]["recipients"][0].startswith("sha256:")

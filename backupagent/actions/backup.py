@@ -29,7 +29,7 @@ from backupagent.actions import increments, prune
 from backupagent.actions.fanout import Fanout, Member
 from backupagent.archive import FLUSH, ArchiveStats, Flush, write_archive
 from backupagent.config import Config, config_warnings
-from backupagent.crypto import AGE_SUFFIX, fingerprint
+from backupagent.crypto import AGE_SUFFIX, encrypt, fingerprint
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import Destination, DestinationError, Hooks
 from backupagent.diagnosis import (
@@ -47,7 +47,13 @@ from backupagent.manifest import Volume as ManifestVolume
 from backupagent.outcome import DestinationResult, Outcome, RunResult, Trigger
 from backupagent.progress import Progress, logged_progress
 from backupagent.recording import recorded_run
-from backupagent.retention import RUN_ID_PATTERN, archive_name, index_name, manifest_name
+from backupagent.retention import (
+    RUN_ID_PATTERN,
+    archive_name,
+    contents_name,
+    index_name,
+    manifest_name,
+)
 from backupagent.sources.databases import Dump, DumpFailed, dump, targets_from_job
 from backupagent.sources.files import Entry, Scan, job_roots, own_directories
 from backupagent.sources.wordpress import Site, WordPressError, read_site
@@ -242,7 +248,9 @@ class _Run:
             sealed = self.increment.seal() if self.increment is not None else None
             if sealed is not None:
                 destination.publish_bytes(sealed.uploaded, index_name(self.backup_id))
-            manifest = self._manifest(stats, volumes, dumps, site, sealed)
+            listing = self._content_index(stats)
+            destination.publish_bytes(listing.data, listing.name)
+            manifest = self._manifest(stats, volumes, dumps, site, sealed, listing)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
             self.result.manifest_sha256 = hashlib.sha256(manifest).hexdigest()
@@ -425,6 +433,8 @@ class _Run:
                 on_entry=self.progress.entry_archived,
                 on_bytes=self.progress.archived,
                 hashed=False,  # each volume is hashed: once over the data is enough
+                indexed=True,
+                volumes=pipeline.writer,
             )
         except BaseException as exc:
             upload_error = pipeline.abort()
@@ -462,13 +472,22 @@ class _Run:
         if self.progress.uploaded:
             self.progress.uploaded(n)
 
+    def _content_index(self, stats: ArchiveStats) -> _Upload:
+        """The content index as uploaded: encrypted like the archive, if it is."""
+        if self.recipients:
+            return _Upload(
+                contents_name(self.backup_id, True), encrypt(stats.contents, self.recipients)
+            )
+        return _Upload(contents_name(self.backup_id), stats.contents)
+
     def _manifest(
         self,
         stats: ArchiveStats,
         volumes: list[Volume],
         dumps: list[Dump],
         site: Site | None,
-        sealed: increments.Sealed | None = None,
+        sealed: increments.Sealed | None,
+        listing: _Upload,
     ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
         return Manifest(
@@ -526,6 +545,11 @@ class _Run:
                 sha256=hashlib.sha256(sealed.uploaded).hexdigest(),
             ),
             index_sha256=None if sealed is None else hashlib.sha256(sealed.index).hexdigest(),
+            content_index=ManifestVolume(
+                name=listing.name,
+                size=len(listing.data),
+                sha256=hashlib.sha256(listing.data).hexdigest(),
+            ),
         ).to_json()
 
     def _prune(self, destination: Destination) -> None:
@@ -581,6 +605,12 @@ class _Run:
             if entry.name == name:
                 entry.suggestion = text
         self.result.suggestion = "\n\n".join(filter(None, [self.result.suggestion, text]))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Upload:
+    name: str
+    data: bytes
 
 
 @contextlib.contextmanager

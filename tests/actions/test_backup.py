@@ -55,7 +55,8 @@ def test_round_trip(
     assert result.exit_code == 0
     archive = f"{result.backup_id}.tar.zst.0001"  # small: one volume
     manifest = f"{result.backup_id}.manifest.json"
-    assert remote_files(ftp_server) == [manifest, archive]
+    listing = f"{result.backup_id}.contents.zst"
+    assert remote_files(ftp_server) == [listing, manifest, archive]
 
     data = download(config, archive)
     meta = json.loads(download(config, manifest))
@@ -162,7 +163,7 @@ def test_retention_keeps_newest_and_spares_other_jobs(
     ids = [run_job(config, "www").backup_id for _ in range(5)]
     names = remote_files(ftp_server)
     kept = sorted(
-        {n.split(".tar")[0].split(".manifest")[0] for n in names if n.startswith("www-2026")}
+        {n[: len(ids[0])] for n in names if n.startswith("www-2026")}
     )
     assert kept == sorted(ids[-3:])
     for name in foreign:
@@ -269,7 +270,8 @@ def test_volumes_are_uploaded_while_the_archive_is_written(
     names = [v["name"] for v in meta["files"]]
     assert len(names) >= 10
     assert names == [f"{result.backup_id}.tar.zst.{i:04d}" for i in range(1, len(names) + 1)]
-    assert remote_files(ftp_server) == sorted([manifest, *names])
+    listing = f"{result.backup_id}.contents.zst"
+    assert remote_files(ftp_server) == sorted([listing, manifest, *names])
     assert {v["size"] for v in meta["files"][:-1]} == {64 << 10}
 
     data = download_archive(config, result.backup_id)

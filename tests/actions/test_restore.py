@@ -266,7 +266,7 @@ def test_prune_dry_run_then_for_real(write_config: WriteConfig, ftp_server: Loca
     assert "(newest)" in dry.stdout and "(beyond the policy)" in dry.stdout
     assert sorted(p.name for p in (ftp_server.root / REMOTE).iterdir()) == before
     assert cli(config.path, "prune", "www").returncode == 0
-    assert len(list((ftp_server.root / REMOTE).iterdir())) == 2  # one archive + its manifest
+    assert len(list((ftp_server.root / REMOTE).iterdir())) == 3  # archive, index, manifest
 
 
 # RETR: the manifest, then each volume in turn; the third volume's transfer breaks
