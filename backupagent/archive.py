@@ -276,7 +276,9 @@ class _TarStream:
             at = self.offset
             index.restart(at, self.position())
             volumes = self.volumes
-            if volumes is not None and contents.cut_early(volumes.room(), volumes.size):
+            if volumes is not None and contents.cut_early(
+                volumes.room(), volumes.size, index.bound
+            ):
                 volumes.cut()
         index.add(name, kind, size, mtime, link, at)
 
@@ -424,7 +426,13 @@ def write_archive(
     compressor = zstandard.ZstdCompressor(level=level, threads=threads)
     encrypt = crypto.encrypting(sink, recipients) if recipients else contextlib.nullcontext(sink)
     with encrypt as target, compressor.stream_writer(target, closefd=False) as zstream:
-        index = contents.Recorder(restartable=not recipients) if indexed else None
+        index = None
+        if indexed:
+            index = (
+                contents.Recorder(False)
+                if recipients
+                else contents.spaced(volumes.size if volumes else None)
+            )
         position = (lambda: sink.size) if not recipients else (lambda: 0)
         tar = _TarStream(zstream, target, index, position, None if recipients else volumes)
         for entry in entries:
@@ -615,6 +623,8 @@ def _add_other(
         warn(entry.path, f"vanished before it was read, skipped: {exc.strerror or exc}")
         return
     tar.note(entry.arcname, _TYPES[kind], 0, int(st.st_mtime), target)
+    if kind == stat.S_IFDIR and tar.index is not None:
+        tar.index.directory(st.st_mode, st.st_uid, st.st_gid)
     tar.member(entry.arcname, st, _TYPES[kind], target)
     if kind == stat.S_IFDIR:
         stats.directories += 1

@@ -2,7 +2,8 @@
 header starts in the tar stream, and the restart points where decompression may begin.
 
 The archive writer (archive.py) ends its zstd frame at a member boundary every
-RESTART_EVERY bytes of tar, and around every member over BIG, and records each such
+RESTART_EVERY bytes of tar (less for small volumes: `spaced`), and around every member
+over BIG, and records each such
 point as (tar offset, archive offset): from there, `zstd -d | tar -x` works on its own.
 So `files` reads only this index, and `restore --include` downloads only the volumes
 that hold the compressed bytes from the restart before a wanted member to the one after
@@ -31,9 +32,6 @@ import zstandard
 FORMAT = 1
 RESTART_EVERY = 4 << 20  # tar bytes between restarts (zstd level 3's window is 2 MiB)
 BIG = 1 << 20  # a member larger than this is a segment of its own
-# the most a segment of small members can take compressed: RESTART_EVERY of members,
-# one more member up to BIG, and what zstd adds to stored data
-SEGMENT_BOUND = RESTART_EVERY + BIG + (64 << 10)
 MAX_BYTES = 1 << 30  # decompressed
 MAX_MEMBERS = 5_000_000  # as unpack.MAX_MEMBERS
 MAX_NAME = 4096
@@ -61,22 +59,36 @@ class Recorder:
     """The index as the archive is written: member by member, restart by restart."""
 
     restartable: bool  # False for an encrypted archive: the listing only
+    every: int = RESTART_EVERY
+    big: int = BIG
     names: list[str] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     links: dict[int, str] = field(default_factory=dict)
+    dirs: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # mode, uid, gid
     restarts: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])
     end: tuple[int, int] = (0, 0)
     _big: bool = False  # the member before was over BIG
 
     def due(self, at: int, size: int) -> bool:
         """Whether a member of `size` starting at tar offset `at` begins a segment."""
-        big, self._big = self._big, size > BIG
+        big, self._big = self._big, size > self.big
         if not self.restartable or at == self.restarts[-1][0]:
             return False
-        return big or size > BIG or at - self.restarts[-1][0] >= RESTART_EVERY
+        return big or size > self.big or at - self.restarts[-1][0] >= self.every
+
+    def directory(self, mode: int, uid: int, gid: int) -> None:
+        """The member just added is a directory with these (restore --include makes the
+        directories above what it wants from the index, not from the stream)."""
+        self.dirs[len(self.names) - 1] = (mode & 0o7777, uid, gid)
+
+    @property
+    def bound(self) -> int:
+        """The most a segment of small members takes compressed: `every` bytes of them,
+        one more up to `big`, and what zstd may add to data it cannot compress."""
+        return self.every + self.big + (self.every >> 4)
 
     def restart(self, at: int, position: int) -> None:
         self.restarts.append((at, position))
@@ -100,6 +112,7 @@ class Recorder:
             "mtimes": self.mtimes,
             "offsets": self.offsets,
             "links": {str(i): link for i, link in self.links.items()},
+            "dirs": {str(i): list(meta) for i, meta in self.dirs.items()},
             "restarts": self.restarts if self.restartable else [],
             "end": list(end) if self.restartable else [],
         }
@@ -107,10 +120,17 @@ class Recorder:
         return zstandard.ZstdCompressor(level=3).compress(text.encode())
 
 
-def cut_early(room: int, size: int) -> bool:
+def spaced(volume_size: int | None) -> Recorder:
+    """A recorder whose segments are small beside the volumes (a sixteenth at most)."""
+    every = RESTART_EVERY if volume_size is None else min(RESTART_EVERY, volume_size // 16)
+    return Recorder(restartable=True, every=every, big=min(BIG, every))
+
+
+def cut_early(room: int, size: int, bound: int) -> bool:
     """Whether a volume with `room` bytes left (of `size`) is handed over at a restart:
-    the next segment of small members might not fit, and would then need two volumes."""
-    return room < min(SEGMENT_BOUND, size // 4)
+    the next segment of small members (at most `bound`) might not fit, and would then
+    need two volumes. Never more than a quarter of a volume is given up."""
+    return room < min(bound, size // 4)
 
 
 @dataclass(frozen=True)
@@ -123,6 +143,7 @@ class Contents:
     mtimes: list[int]
     offsets: list[int]
     links: dict[int, str]
+    dirs: dict[int, tuple[int, int, int]]  # a directory's mode, uid and gid
     restarts: list[tuple[int, int]]  # empty: not restartable (encrypted)
     end: tuple[int, int] | None  # tar bytes and archive bytes in all
 
@@ -184,10 +205,11 @@ def decode(data: bytes, archive_size: int) -> Contents:
     if any(b <= a for a, b in itertools.pairwise(offsets)):
         raise BadContents("the offsets do not increase")
     links = _links(document.get("links"), count)
+    dirs = _dirs(document.get("dirs"), types)
     restarts, end = _restarts(document.get("restarts"), document.get("end"), archive_size)
     if end is not None and offsets and offsets[-1] >= end[0]:
         raise BadContents("a member starts past the end of the tar stream")
-    return Contents(names, types, sizes, mtimes, offsets, links, restarts, end)
+    return Contents(names, types, sizes, mtimes, offsets, links, dirs, restarts, end)
 
 
 def _links(value: object, count: int) -> dict[int, str]:
@@ -201,6 +223,19 @@ def _links(value: object, count: int) -> dict[int, str]:
             raise BadContents(f"a link is not a string of 1 to {MAX_NAME} characters")
         links[int(key)] = link
     return links
+
+
+def _dirs(value: object, types: str) -> dict[int, tuple[int, int, int]]:
+    if not isinstance(value, dict):
+        raise BadContents("the directories are not an object")
+    dirs = {}
+    for key, meta in value.items():
+        if not (key.isdigit() and int(key) < len(types) and types[int(key)] == "5"):
+            raise BadContents("a directory entry is not a directory member's number")
+        if not _integers(meta, 3) or min(meta) < 0 or meta[0] > 0o7777:
+            raise BadContents("a directory's mode, uid and gid are not three small integers")
+        dirs[int(key)] = (meta[0], meta[1], meta[2])
+    return dirs
 
 
 def _restarts(

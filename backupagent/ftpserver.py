@@ -153,6 +153,7 @@ class LocalFtpServer:
         authorizer.add_user(user, password, str(root), perm="elradfmwMT")
         self._block = threading.Event()
         self.faults = faults or {}
+        self.sent: list[tuple[str, int]] = []  # (file name, bytes) of each download
         outer = self
 
         base: type[FTPHandler] = FTPHandler
@@ -198,6 +199,19 @@ class LocalFtpServer:
                 if (digest := self._digest("HASH", path, "sha256")) is not None:
                     size = os.path.getsize(path)
                     self.respond(f"213 SHA-256 0-{size} {digest} {os.path.basename(path)}")
+
+            def log_transfer(
+                self,
+                cmd: str,
+                filename: str,
+                receive: bool,
+                completed: bool,
+                elapsed: float,
+                bytes: int,
+            ) -> None:
+                if not receive:
+                    outer.sent.append((os.path.basename(filename), bytes))
+                super().log_transfer(cmd, filename, receive, completed, elapsed, bytes)
 
             def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
                 planned = outer.faults.get(cmd)

@@ -79,19 +79,25 @@ class VolumeStream:
         except BaseException as exc:  # re-raised by read() in the reading thread
             self._ready.put(exc)
 
+    def _next(self) -> bool:
+        """The next volume, checked, opened for reading; False at the end."""
+        item = self._ready.get()
+        if item is _END:
+            self._ready.put(_END)  # a later read is at the end too
+            return False
+        if isinstance(item, BaseException):
+            self._ready.put(item)
+            raise item
+        assert isinstance(item, Path)
+        self._current = item
+        self._handle = item.open("rb")
+        return True
+
     def read(self, n: int = -1) -> bytes:
         while True:
-            if self._handle is None:
-                item = self._ready.get()
-                if item is _END:
-                    self._ready.put(_END)  # a later read is at the end too
-                    return b""
-                if isinstance(item, BaseException):
-                    self._ready.put(item)
-                    raise item
-                assert isinstance(item, Path)
-                self._current = item
-                self._handle = item.open("rb")
+            if self._handle is None and not self._next():
+                return b""
+            assert self._handle is not None
             data = self._handle.read(n)
             if data or n == 0:
                 return data
@@ -99,6 +105,20 @@ class VolumeStream:
 
     def readable(self) -> bool:
         return True
+
+    def skip(self, n: int) -> None:
+        """Pass over `n` bytes (a seek in the volume at hand; a volume passed over whole
+        is still downloaded and checked: the spans come from the volumes asked for)."""
+        while n > 0:
+            if self._handle is None and not self._next():
+                return
+            assert self._handle is not None
+            here = self._handle.tell()
+            step = min(n, os.fstat(self._handle.fileno()).st_size - here)
+            self._handle.seek(here + step)
+            n -= step
+            if n:
+                self._release()
 
     def drain(self) -> None:
         """Read to the end: every volume downloaded and checked."""
@@ -156,6 +176,36 @@ def _check(destination: Destination, volume: Volume, path: Path) -> None:
             f"{volume.name} does not match its manifest (SHA-256 {digest}; the manifest "
             f"says {volume.sha256}): it was changed or cut short"
         )
+
+
+class Spans:
+    """Only `spans` (start, end offsets, in order) of a stream, read as one: the rest
+    is skipped. Each span of an archive is whole zstd frames (contents.ranges)."""
+
+    def __init__(self, stream: VolumeStream, spans: list[tuple[int, int]]) -> None:
+        self.stream = stream
+        self.spans = list(reversed(spans))
+        self.at = 0
+
+    def read(self, n: int = -1) -> bytes:
+        while self.spans:
+            start, end = self.spans[-1]
+            if self.at < start:
+                self.stream.skip(start - self.at)
+                self.at = start
+            want = end - self.at if n is None or n < 0 else min(n, end - self.at)
+            data = self.stream.read(want)
+            self.at += len(data)
+            if self.at >= end:
+                self.spans.pop()
+            if data:
+                return data
+            if want:
+                raise CutShort("the archive ends before the part the content index names")
+        return b""
+
+    def readable(self) -> bool:
+        return True
 
 
 class ReadAhead:

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 import zstandard
 
-from backupagent import crypto, incremental, trust, unpack
+from backupagent import contents, crypto, incremental, trust, unpack
 from backupagent import manifest as manifest_model
 from backupagent.config import Config, MysqlDatabase
 from backupagent.destinations import open_destination
@@ -39,6 +40,7 @@ from backupagent.destinations.base import (
 from backupagent.incoming import (
     HELD,
     ReadAhead,
+    Spans,
     VolumeMismatch,
     VolumeStream,
     check_room,
@@ -201,6 +203,18 @@ def private_directory(path: Path, key: str) -> Path:
         raise RestoreError(f"cannot use {path} ([agent] {key}): {exc.strerror or exc}") from None
 
 
+@dataclass(frozen=True)
+class Part:
+    """What `restore --include` reads of one archive: the spans of it that hold the
+    members it wants (in the concatenation of `volumes`, the only ones downloaded),
+    and the directories it wants, made from the index (`given`), not streamed."""
+
+    wanted: frozenset[str]
+    volumes: list[manifest_model.Volume]
+    spans: list[tuple[int, int]]
+    given: tuple[tarfile.TarInfo, ...] = ()
+
+
 @dataclass
 class Fetching:
     """A chosen backup and the ones it builds on (`links`, full first), streamed from
@@ -209,6 +223,61 @@ class Fetching:
     destination: Destination
     links: list[BackupInfo]
     workdir: Path
+
+    def index(self, link: BackupInfo, identities: list[Any] | None) -> contents.Contents | None:
+        """`link`'s content index, downloaded and checked against its manifest and the
+        archive's size; None when it has none (made before indexes were). BadContents
+        when it cannot be used (changed, damaged, or encrypted with no identity)."""
+        data = self.index_bytes(link)
+        if data is None or link.manifest is None:
+            return None
+        pinned = link.manifest.content_index
+        assert pinned is not None
+        if link.encrypted:
+            if not identities:
+                raise contents.BadContents(f"{pinned.name} is encrypted: no --identity given")
+            try:
+                data = crypto.decrypt(data, identities)
+            except crypto.CryptoError as exc:
+                raise contents.BadContents(f"{pinned.name}: {exc}") from None
+        try:
+            return contents.decode(data, link.manifest.size)
+        except contents.BadContents as exc:
+            raise contents.BadContents(f"{pinned.name}: {exc}") from None
+
+    def index_bytes(self, link: BackupInfo) -> bytes | None:
+        """`link`'s content index as uploaded, checked against its manifest."""
+        pinned = link.manifest.content_index if link.manifest else None
+        if pinned is None:
+            return None
+        try:
+            data = self.destination.read(pinned.name, pinned.size)
+        except (CutShort, Unreadable) as exc:
+            raise contents.BadContents(f"{pinned.name} cannot be read: {exc}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != pinned.size or digest != pinned.sha256:
+            raise contents.BadContents(
+                f"{pinned.name} does not match its manifest (SHA-256 {digest}; the manifest "
+                f"says {pinned.sha256}): it was changed or cut short"
+            )
+        return data
+
+    def indexes(self, identities: list[Any] | None) -> list[contents.Contents] | None:
+        """Every link's content index, or None (logged when one was unusable) when one
+        has none: then each archive is read whole."""
+        found = []
+        for link in self.links:
+            try:
+                index = self.index(link, identities)
+            except contents.BadContents as exc:
+                structlog.get_logger("backupagent.restore").warning(
+                    "content index not used: the backup is read whole", reason=str(exc)
+                )
+                return None
+            if index is None:
+                return None
+            found.append(index)
+        return found
 
     @property
     def backup(self) -> BackupInfo:
@@ -224,22 +293,26 @@ class Fetching:
 
     @contextlib.contextmanager
     def tar(
-        self, link: BackupInfo, identities: list[Any] | None
+        self, link: BackupInfo, identities: list[Any] | None, part: Part | None = None
     ) -> Iterator[tuple[VolumeStream, tarfile.TarFile]]:
         """`link`'s archive as a forward-only tar reader over its volumes as they
-        arrive, decrypted first if it is an age file; its damage as RestoreError."""
+        arrive, decrypted first if it is an age file; its damage as RestoreError.
+        With `part`, only its volumes are downloaded and its spans read."""
         name = link.archive
         if link.encrypted and not identities:
             raise RestoreError(
                 f"{name} is encrypted (age): give --identity FILE with a private key "
                 "for one of the recipients named in the manifest"
             )
-        with VolumeStream(self.destination, link.volumes, self.workdir) as stream:
+        volumes = link.volumes if part is None else part.volumes
+        with VolumeStream(self.destination, volumes, self.workdir) as stream:
             try:
                 decrypt: Any = (
                     crypto.decrypting(stream, identities or [])  # type: ignore[arg-type]
                     if link.encrypted
-                    else contextlib.nullcontext(stream)
+                    else contextlib.nullcontext(
+                        stream if part is None else Spans(stream, part.spans)
+                    )
                 )
                 with (
                     decrypt as clear,
@@ -269,6 +342,14 @@ def read_through(
     """Every volume of `link` downloaded and checked against its manifest, and its
     archive read to the end with every member judged (`verify`); None when it is
     encrypted and no identity was given (only the volumes are checked)."""
+    index = None
+    try:  # without an identity, an encrypted backup's index is checked as uploaded
+        if link.encrypted and not identities:
+            source.index_bytes(link)
+        else:
+            index = source.index(link, identities)
+    except contents.BadContents as exc:
+        raise RestoreError(f"the content index is unusable: {exc}") from None
     if link.encrypted and not identities:
         with VolumeStream(source.destination, link.volumes, source.workdir) as stream:
             try:
@@ -277,9 +358,45 @@ def read_through(
                 raise RestoreError(str(exc)) from None
         return None
     with source.tar(link, identities) as (stream, tar):
-        judged = unpack.plan(unpack.members(tar))
+        members = unpack.members(tar)
+        judged = unpack.plan(members if index is None else _matching(members, index, link))
         stream.drain()  # what follows the tar's end is checked too
         return judged
+
+
+def _matching(
+    members: Iterator[tarfile.TarInfo], index: contents.Contents, link: BackupInfo
+) -> Iterator[tarfile.TarInfo]:
+    """`members`, each checked against the content index's row for it (name, type,
+    size, mtime, where its header starts): verify proves the index right too."""
+    rows = index.rows()
+    for member in members:
+        row = next(rows, None)
+        if row is None or row != _row_of(member, row):
+            raise RestoreError(
+                f"the content index of {link.backup_id} does not match its archive at "
+                f"{member.name!r}"
+                + ("" if row is None else f" (the index lists {row.name!r} there)")
+            )
+        yield member
+    if next(rows, None) is not None:
+        raise RestoreError(
+            f"the content index of {link.backup_id} lists members its archive does not hold"
+        )
+
+
+def _row_of(member: tarfile.TarInfo, row: contents.Row) -> contents.Row:
+    """The row the index should hold for `member` (its end taken as the row's: the next
+    member's offset is checked at the next member)."""
+    return contents.Row(
+        member.name,
+        member.type.decode("ascii", "replace"),
+        member.size if member.isreg() else 0,
+        int(member.mtime),
+        member.linkname if member.issym() or member.islnk() else "",
+        member.offset,
+        row.end,
+    )
 
 
 def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
@@ -317,16 +434,27 @@ def extract_chain(
     `include` (wanted_by), a first pass finds the members it wants, the directories
     above them and the files their hard links point to; RestoreError when none is."""
     created = _empty_target(dest)
+    parts: dict[int, Part] | None = None
+    selected: _Selected | None = None
     try:  # nothing is written before these
-        selected = _select(source, identities, outside_links, include) if include else None
+        indexes = source.indexes(identities) if include else None
+        if include and indexes and all(i.restartable for i in indexes):
+            selected, parts = _planned(source, indexes, include)
+        elif include:
+            selected = _select(source, identities, outside_links, include)
         _check_target(source, dest, selected)
     except BaseException:
         _remove_written(dest, created)
         raise
     try:
         writer = unpack.Writer(dest)
-        for tar, member, judgement in _chosen(source, identities, outside_links, selected):
-            data = tar.extractfile(member) if member.isreg() else None
+        chosen = (
+            _chosen(source, identities, outside_links, selected)
+            if parts is None
+            else _parts(source, identities, outside_links, parts)
+        )
+        for tar, member, judgement in chosen:
+            data = tar.extractfile(member) if tar is not None and member.isreg() else None
             writer.add(member, judgement, data)
         return writer.finish()
     except BaseException as exc:
@@ -396,9 +524,114 @@ def _check_target(source: Fetching, dest: Path, selected: _Selected | None) -> N
 
 def listing(source: Fetching, identities: list[Any] | None = None) -> Iterator[tarfile.TarInfo]:
     """What extract_chain would write (and skip), member by member, newest backup of
-    a chain first: `files JOB`."""
-    for _tar, member, _judgement in _chosen(source, identities, True, None):
-        yield member
+    a chain first: `files JOB`. From the content indexes alone when every backup of
+    the chain has one; else each archive is streamed and judged."""
+    indexes = source.indexes(identities)
+    if indexes is None:
+        for _tar, member, _judgement in _chosen(source, identities, True, None):
+            yield member
+        return
+    for _number, row in _point(source, indexes):
+        yield _member(row)
+
+
+def _point(
+    source: Fetching, indexes: list[contents.Contents]
+) -> Iterator[tuple[int, contents.Row]]:
+    """The rows that make the chain's point, newest backup first, with the number of
+    the backup each comes from: the rule of `_chosen`, over the indexes."""
+    newest = incremental.Newest(unpack.MAX_KEPT_BYTES) if len(source.links) > 1 else None
+    for number in reversed(range(len(source.links))):
+        last = number == len(source.links) - 1
+        for row in indexes[number].rows():
+            if newest is not None and (
+                (not last and not row.name.startswith("files/")) or not newest.wants(row.name)
+            ):
+                continue
+            yield number, row
+        manifest = source.links[number].manifest
+        if newest is not None and manifest is not None:
+            newest.passed(manifest.deleted)
+
+
+def _member(row: contents.Row) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(row.name)
+    member.type = row.type.encode()
+    member.size, member.mtime, member.linkname = row.size, row.mtime, row.link
+    return member
+
+
+def _planned(
+    source: Fetching, indexes: list[contents.Contents], include: Callable[[str], bool]
+) -> tuple[_Selected, dict[int, Part]]:
+    """`restore --include` from the content indexes: the members wanted (as `_select`
+    finds them), and of each backup the volumes and spans that hold them, and the
+    files its wanted hard links point to (the stream must admit those first)."""
+    selected = _Selected(include)
+    for _ in selected.members(_member(row) for _, row in _point(source, indexes)):
+        pass  # selected notes the names
+    if not selected.names:
+        raise RestoreError("no member of the backup matches --include; nothing was extracted")
+    wanted: dict[int, set[int]] = {}
+    names: dict[int, set[str]] = {}
+    for number, row in _point(source, indexes):
+        if row.name in selected.names:
+            names.setdefault(number, set()).add(row.name)
+    parts = {}
+    for number, chosen in names.items():
+        index, link = indexes[number], source.links[number]
+        positions = {name: i for i, name in enumerate(index.names) if name in chosen}
+        given = {name: i for name, i in positions.items() if i in index.dirs}
+        streamed = {name: i for name, i in positions.items() if name not in given}
+        targets = {index.links[i] for i in streamed.values() if index.types[i] == "1"}
+        wanted[number] = set(streamed.values()) | {
+            i for i, name in enumerate(index.names) if name in targets
+        }
+        spans = contents.ranges(index, sorted(wanted[number]))
+        numbers, inner = contents.needed(spans, [v.size for v in link.volumes])
+        parts[number] = Part(
+            frozenset(streamed),
+            [link.volumes[v] for v in numbers],
+            inner,
+            tuple(_directory(index, i) for i in given.values()),
+        )
+    return selected, parts
+
+
+def _directory(index: contents.Contents, i: int) -> tarfile.TarInfo:
+    """A directory member as the index records it (judged and written like one from
+    the stream: it carries only a name, a mode, owners and a time)."""
+    member = tarfile.TarInfo(index.names[i])
+    member.type = tarfile.DIRTYPE
+    member.mode, member.uid, member.gid = index.dirs[i]
+    member.mtime = index.mtimes[i]
+    return member
+
+
+def _parts(
+    source: Fetching, identities: list[Any] | None, outside_links: bool, parts: dict[int, Part]
+) -> Iterator[tuple[tarfile.TarFile | None, tarfile.TarInfo, unpack.Judgement]]:
+    """The wanted members of each backup's part, newest backup first, judged as they
+    stream; RestoreError when a member its index promised is not in its spans."""
+    for number in sorted(parts, reverse=True):
+        link, part = source.links[number], parts[number]
+        met: set[str] = set()
+        admission = unpack.Admission(outside_links)
+        for member in part.given:
+            yield None, member, admission.judge(member)
+        if not part.wanted:
+            continue
+        with source.tar(link, identities, part) as (_stream, tar):
+            for member in unpack.members(tar):
+                judgement = admission.judge(member)
+                if member.name in part.wanted and member.name not in met:
+                    met.add(member.name)
+                    yield tar, member, judgement
+        if missing := sorted(part.wanted - met):
+            raise RestoreError(
+                f"the content index of {link.backup_id} does not match its archive: "
+                f"{missing[0]!r} is not where it says"
+            )
 
 
 def _chosen(

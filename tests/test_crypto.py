@@ -126,3 +126,19 @@ def test_bad_recipient_is_a_config_error(write_config: WriteConfig) -> None:
     assert any(
         str(p).startswith("jobs.toml: [jobs.www] encrypt_to: entry 1") for p in info.value.problems
     )
+
+
+def test_files_of_an_encrypted_backup_reads_only_its_encrypted_index(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, keys: dict, site: Path
+) -> None:
+    config = write_config(job=f'encrypt_to = ["{keys["recipient"]}"]\nvolume_size = "64K"')
+    assert run_job(config, "www").outcome == "success"
+    ftp_server.sent.clear()
+    listed = cli(config.path, "files", "www", "--json", "--identity", str(keys["identity"]))
+    assert listed.returncode == 0, listed.stderr
+    got = [name for name, _ in ftp_server.sent]
+    assert len(got) == 2 and got[1].endswith(".contents.zst.age"), got
+    paths = {row["path"] for row in json.loads(listed.stdout)["members"]}
+    assert str(site / "index.php") in paths and str(site / "wp-content/uploads/big.bin") in paths
+    wrong = cli(config.path, "files", "www", "--identity", str(keys["other"]))
+    assert wrong.returncode == 1 and "cannot decrypt" in wrong.stderr

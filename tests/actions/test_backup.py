@@ -162,9 +162,7 @@ def test_retention_keeps_newest_and_spares_other_jobs(
         (d / name).write_bytes(b"x")
     ids = [run_job(config, "www").backup_id for _ in range(5)]
     names = remote_files(ftp_server)
-    kept = sorted(
-        {n[: len(ids[0])] for n in names if n.startswith("www-2026")}
-    )
+    kept = sorted({n[: len(ids[0])] for n in names if n.startswith("www-2026")})
     assert kept == sorted(ids[-3:])
     for name in foreign:
         assert name in names

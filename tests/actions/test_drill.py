@@ -451,9 +451,12 @@ def test_a_drill_stopped_during_a_load_drops_its_scratch_database(
 
 
 def _leftover_servers() -> list[str]:
-    """Throwaway servers still running (their data directory is on their command line)."""
-    found = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in found.splitlines() if "backupagent-drill-" in line]
+    """Throwaway servers left running by a drill that has ended (their data directory
+    is on their command line; orphaned, so their parent is now init): those of drills
+    that other tests run meanwhile still have theirs."""
+    found = subprocess.run(["ps", "-eo", "ppid=,args="], capture_output=True, text=True).stdout
+    rows = (line.strip().split(None, 1) for line in found.splitlines())
+    return [args for ppid, args in rows if ppid == "1" and "backupagent-drill-" in args]
 
 
 def test_a_backup_without_row_counts_loads_with_a_warning(

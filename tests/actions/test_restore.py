@@ -8,12 +8,14 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from backupagent.cli import _size
+from backupagent.config import Config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.state import History
 
@@ -447,3 +449,166 @@ def test_files_escapes_what_a_hostile_archive_names(
     assert row.split("\t")[3] == "/srv/\\x1b]0;owned\\x07\\x09name"
     member = json.loads(cli(config.path, "files", "www", "--json").stdout)["members"][0]
     assert member["path"] == "/srv/\x1b]0;owned\x07\tname" and member["mtime"] is None
+
+
+# The content index (contents.py): `files` and `restore --include` read what they need
+
+
+def _many_files(site: Path) -> list[Path]:
+    """200 incompressible files of 3 KB: about ten 64 KiB volumes."""
+    made = []
+    for d in range(10):
+        for f in range(20):
+            path = site / "wp-content" / "uploads" / f"y{d}" / f"photo{f}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(3000))
+            made.append(path)
+    return made
+
+
+def _backed_up(write_config: WriteConfig, site: Path, job: str = "") -> tuple[Config, list[Path]]:
+    """A backup of the site with `_many_files` in it, in 64 KiB volumes."""
+    made = _many_files(site)
+    config = write_config(job=f'volume_size = "64K"\n{job}')
+    assert cli(config.path, "run-job", "www").returncode == 0
+    return config, made
+
+
+def _downloaded(server: LocalFtpServer) -> list[str]:
+    return [name for name, _ in server.sent]
+
+
+def test_restore_include_of_one_file_downloads_only_its_volume(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config, made = _backed_up(write_config, site)
+    volumes = sorted((ftp_server.root / REMOTE).glob("*.tar.zst.0*"))
+    assert len(volumes) >= 8
+    for wanted in (made[0], made[97], made[-1]):
+        ftp_server.sent.clear()
+        target = tmp_path / f"one-{wanted.name}-{wanted.parent.name}"
+        done = cli(config.path, "restore", "www", "--to", str(target), "--include", str(wanted))
+        assert done.returncode == 0, done.stdout + done.stderr
+        restored = [p for p in target.rglob("*") if p.is_file()]
+        assert [p.read_bytes() for p in restored] == [wanted.read_bytes()]
+        got = _downloaded(ftp_server)
+        assert got[0].endswith(".manifest.json") and got[1].endswith(".contents.zst")
+        assert len(got) == 3 and ".tar.zst.0" in got[2], got  # one volume of many
+        sent = dict(ftp_server.sent)
+        assert sent[got[2]] == (ftp_server.root / REMOTE / got[2]).stat().st_size
+
+
+def test_files_reads_only_the_index(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path
+) -> None:
+    config, _ = _backed_up(write_config, site)
+    ftp_server.sent.clear()
+    listed = cli(config.path, "files", "www", "--json")
+    assert listed.returncode == 0, listed.stderr
+    got = _downloaded(ftp_server)
+    assert len(got) == 2 and got[0].endswith(".manifest.json") and got[1].endswith(".contents.zst")
+    paths = {row["path"] for row in json.loads(listed.stdout)["members"]}
+    assert str(site / "wp-content/uploads/y3/photo7.jpg") in paths
+
+
+def _rewrite_index(directory: Path, change: Callable[[dict], None]) -> None:
+    """The content index changed as `change` says, and the manifest made to pin it (as
+    a server that rewrites both could)."""
+    (listing,) = directory.glob("*.contents.zst")
+    document = json.loads(zstandard.ZstdDecompressor().stream_reader(listing.read_bytes()).read())
+    change(document)
+    data = zstandard.ZstdCompressor().compress(json.dumps(document).encode())
+    listing.write_bytes(data)
+    (manifest_path,) = directory.glob("*.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["content_index"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_an_index_unlike_its_manifest_is_not_used_and_verify_fails(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    (listing,) = (ftp_server.root / REMOTE).glob("*.contents.zst")
+    listing.write_bytes(listing.read_bytes()[:-1] + b"\0")
+    shown = cli(config.path, "files", "www", "--json")  # from the archive instead
+    assert shown.returncode == 0, shown.stderr
+    assert str(site / "index.php") in {r["path"] for r in json.loads(shown.stdout)["members"]}
+    target = tmp_path / "one"
+    done = cli(config.path, "restore", "www", "--to", str(target), "--include", "index.php")
+    assert done.returncode == 0, done.stderr
+    assert (target / "files" / str(site).lstrip("/") / "index.php").read_bytes() == (
+        site / "index.php"
+    ).read_bytes()
+    checked = cli(config.path, "verify", "www")
+    assert checked.returncode == 1
+    assert "content index" in checked.stdout and "does not match its manifest" in checked.stdout
+
+
+def test_an_index_that_lies_about_the_archive_is_caught(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    """Pinned by its manifest, yet wrong (two members' names swapped): verify fails;
+    restore --include writes what the stream holds under each name, never what the
+    index says is there."""
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    wanted = f"files{site}/index.php"
+
+    def swap(document: dict) -> None:
+        names = document["names"]
+        i, j = names.index(wanted), names.index(f"files{site}/keep.log.txt")
+        names[i], names[j] = names[j], names[i]
+
+    _rewrite_index(ftp_server.root / REMOTE, swap)
+    checked = cli(config.path, "verify", "www")
+    assert checked.returncode == 1
+    assert "content index" in checked.stdout and "does not match its archive" in checked.stdout
+    target = tmp_path / "lied"
+    done = cli(config.path, "restore", "www", "--to", str(target), "--include", "index.php")
+    assert done.returncode == 0, done.stderr  # one span holds both: the stream has it
+    (found,) = [p for p in target.rglob("*") if p.is_file()]
+    assert found.name == "index.php" and found.read_bytes() == (site / "index.php").read_bytes()
+
+
+def test_an_index_naming_a_member_past_its_span_refuses_the_restore(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config, made = _backed_up(write_config, site)
+    wanted = f"files{made[150]}"
+
+    def rename(document: dict) -> None:  # the first member's name moved to the 150th file
+        names = document["names"]
+        names[names.index(wanted)] = names[3]
+        names[3] = wanted
+
+    _rewrite_index(ftp_server.root / REMOTE, rename)
+    target = tmp_path / "wrong"
+    done = cli(config.path, "restore", "www", "--to", str(target), "--include", str(made[150]))
+    assert done.returncode == 1
+    assert "does not match its archive" in done.stderr and "is not where it says" in done.stderr
+    assert not target.exists() or not any(target.iterdir())
+
+
+def test_restore_include_from_a_chain_takes_each_file_from_its_newest_backup(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
+) -> None:
+    config, made = _backed_up(write_config, site, "incremental = true\nfull_every = 10")
+    made[5].write_bytes(b"changed after the full\n")
+    (site / "index.php").unlink()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    target = tmp_path / "chain"
+    done = cli(
+        config.path, "restore", "www", "--to", str(target),
+        "--include", str(made[5]), "--include", str(made[6]), "--include", str(site / "index.php"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    base = target / "files" / str(site).lstrip("/")
+    assert (base / made[5].relative_to(site)).read_bytes() == b"changed after the full\n"
+    assert (base / made[6].relative_to(site)).read_bytes() == made[6].read_bytes()
+    assert not (base / "index.php").exists()  # deleted since the full
+    listed = json.loads(cli(config.path, "files", "www", "--json").stdout)["members"]
+    rows = {r["path"]: r for r in listed}
+    assert str(site / "index.php") not in rows
+    assert rows[str(made[5])]["size"] == len(b"changed after the full\n")
