@@ -65,6 +65,9 @@ pasv_max_port={pasv_end}
 userlist_enable=NO
 chroot_local_user=YES
 allow_writeable_chroot=YES
+xferlog_enable=YES
+xferlog_std_format=YES
+xferlog_file={xferlog}
 """
 BENCH_USER, BENCH_PASSWORD = "babench", "bench-pw"
 
@@ -112,7 +115,13 @@ def ftp_server(root: Path, port: int) -> Iterator[str]:
         empty.mkdir()
         conf = root.parent / "vsftpd.conf"
         conf.write_text(
-            VSFTPD_CONF.format(port=port, empty=empty, pasv=port + 1, pasv_end=port + 50)
+            VSFTPD_CONF.format(
+                port=port,
+                empty=empty,
+                pasv=port + 1,
+                pasv_end=port + 50,
+                xferlog=transfers_log(root),
+            )
         )
         server = subprocess.Popen(["vsftpd", str(conf)], stderr=subprocess.PIPE)
         try:
@@ -123,6 +132,28 @@ def ftp_server(root: Path, port: int) -> Iterator[str]:
             server.wait()
     finally:
         subprocess.run(["userdel", BENCH_USER], check=False)
+
+
+def transfers_log(root: Path) -> Path:
+    """Where vsftpd logs each transfer (xferlog format: the bytes it sent, by name)."""
+    return root.parent / "xferlog"
+
+
+def sent_since(root: Path, mark: int) -> list[tuple[str, int]]:
+    """(file name, bytes) of each download the server logged past byte `mark` of its
+    transfer log; bench/restore.py counts what a command made the server send."""
+    log = transfers_log(root)
+    if not log.exists():
+        return []
+    with log.open("rb") as handle:
+        handle.seek(mark)
+        lines = handle.read().decode(errors="replace").splitlines()
+    sent = []
+    for line in lines:  # date (5 fields), seconds, host, bytes, name, type, flag, direction
+        fields = line.split()
+        if len(fields) > 11 and fields[11] == "o":
+            sent.append((Path(fields[8]).name, int(fields[7])))
+    return sent
 
 
 def _wait_for_port(port: int, server: subprocess.Popen) -> None:

@@ -1,6 +1,6 @@
 """backupagent restore against the pipeline an expert would use to get a site back.
 
-    python bench/restore.py [--scale 1] [--pairs 5] [--target disk|tmpfs|both]
+    python bench/restore.py [--scale 1] [--pairs 5] [--target disk|tmpfs|both|none]
 
 Builds bench/site.py's WordPress tree and its MariaDB database (as bench/compare.py),
 starts vsftpd on 127.0.0.1 (pyftpdlib when vsftpd cannot run here), backs the site
@@ -13,8 +13,14 @@ reference (`tar | zstd -3 -T0 | curl -T`, and the dump the same way), then alter
 into an empty TARGET on disk (below /var/tmp) or on a tmpfs, each run after one
 unmeasured run of each side. It prints each pair's wall times and ratio
 (agent/reference), their median, the peak RSS of each process tree and the peak size
-of the agent's spool (the bound: two volumes). Figures, not tests: nothing here
-asserts a target. Needs root (or a user who may run mariadbd), tar, zstd and curl.
+of the agent's spool (the bound: two volumes).
+
+Then, from the same backup, what the content index buys: `backupagent files bench`
+and `backupagent restore bench --include FILE` of one small file in the middle of the
+site, each timed (median of --pairs) with the bytes the server sent, counted from
+vsftpd's transfer log (not counted under pyftpdlib). `--target none` runs only these.
+Figures, not tests: nothing here asserts a target. Needs root (or a user who may run
+mariadbd), tar, zstd and curl.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ from bench.compare import (
     database_key,
     fill_database,
     reference_url,
+    sent_since,
     site_pipeline,
     timed,
+    transfers_log,
     write_jobs,
 )
 from bench.site import make_site
@@ -93,6 +101,47 @@ def bench(scale: int, pairs: int, places: list[str]) -> None:
                 else:
                     where.mkdir()
                 _alternate(agent, env, port, where, base / "spool", pairs, place)
+        _partial(agent, env, host.ftp_root, site, base / "partial", pairs, volumes)
+
+
+def _partial(
+    agent: list[str],
+    env: dict[str, str],
+    ftp_root: Path,
+    site: Path,
+    target: Path,
+    pairs: int,
+    volumes: list[Path],
+) -> None:
+    """`files` and a one-file `restore --include`: time and what the server sent."""
+    small = sorted(p for p in site.rglob("*.php") if p.stat().st_size < 32 << 10)
+    wanted = small[len(small) // 2]
+    log = transfers_log(ftp_root)
+    commands = {
+        "files": [*agent, "files", "bench"],
+        "one file": [*agent, "restore", "bench", "--to", str(target), "--include", str(wanted)],
+    }
+    print(
+        f"  from the index ({len(volumes)} volumes, the largest "
+        f"{max(v.stat().st_size for v in volumes)} bytes; one file: {wanted}, "
+        f"{wanted.stat().st_size} bytes):"
+    )
+    for what, argv in commands.items():
+        times, sent = [], []
+        for _ in range(pairs + 1):  # the first unmeasured
+            shutil.rmtree(target, ignore_errors=True)
+            mark = log.stat().st_size if log.exists() else 0
+            times.append(timed(argv, env, None)[0])
+            sent.append(sent_since(ftp_root, mark))
+        names = [name for name, _ in sent[-1]]
+        print(
+            f"    {what}: median {statistics.median(times[1:]):.2f} s "
+            f"({min(times[1:]):.2f} to {max(times[1:]):.2f}); the server sent "
+            f"{sum(n for _, n in sent[-1])} bytes: {len(names)} files, "
+            f"{sum('.tar.zst.' in n for n in names)} of them volumes"
+            + ("" if log.exists() else " (not counted: no vsftpd transfer log)")
+        )
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def _alternate(
@@ -150,12 +199,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--target", choices=("disk", "tmpfs", "both"), default="both")
+    parser.add_argument("--target", choices=("disk", "tmpfs", "both", "none"), default="both")
     args = parser.parse_args()
     missing = [t for t in ("tar", "zstd", "curl", "mariadb-dump") if shutil.which(t) is None]
     if missing:
         raise SystemExit(f"missing: {', '.join(missing)}")
-    places = ["disk", "tmpfs"] if args.target == "both" else [args.target]
+    places = {"both": ["disk", "tmpfs"], "none": []}.get(args.target, [args.target])
     bench(args.scale, args.pairs, places)
 
 

@@ -28,6 +28,11 @@ def _tree(root: Path, seed: int = 1) -> Path:
             size = rnd.choice([10, 900, 30_000, 200_000, 2_000_000])
             data = os.urandom(size) if f % 3 else b"text %d " % f * (size // 7 + 1)
             (root / f"d{d}" / f"f{f}").write_bytes(data[:size])
+    long = root / ("ü" * 60) / ("a-long-name-" * 12)  # PAX headers: the offset is theirs
+    long.parent.mkdir()
+    long.write_bytes(b"long\n")
+    os.link(long, root / "hard")
+    (root / "link").symlink_to("d0/f0")
     return root
 
 

@@ -9,10 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.destinations.base import PartialFile, SpoolFull
+from backupagent.destinations.base import CutShort, PartialFile, SpoolFull
 from backupagent.destinations.local import LocalDirectory
 from backupagent.ftpserver import LocalFtpServer
-from backupagent.incoming import HELD, VolumeMismatch, VolumeStream, check_room, spool_needed
+from backupagent.incoming import (
+    HELD,
+    Spans,
+    VolumeMismatch,
+    VolumeStream,
+    check_room,
+    spool_needed,
+)
 from backupagent.manifest import Volume
 
 from .conftest import WriteConfig
@@ -145,3 +152,37 @@ def test_a_download_is_hashed_as_written_and_across_a_resume(tmp_path: Path) -> 
         rest(data[100_000:])
     assert again.finish() == hashlib.sha256(data).hexdigest()
     assert target.read_bytes() == data
+
+
+SPANS = [
+    [(0, 10)],
+    [(5, VOLUME - 3), (VOLUME + 100, 3 * VOLUME - 10)],  # across a volume's end
+    [(2 * VOLUME - 5, 2 * VOLUME + 5), (3 * VOLUME, 4 * VOLUME - 10)],
+    [(4 * VOLUME - 20, 4 * VOLUME - 10)],  # all skipped but the end of the last
+]
+
+
+@pytest.mark.parametrize("spans", SPANS)
+def test_spans_of_the_stream_read_as_one_and_the_rest_skipped(
+    tmp_path: Path, spans: list[tuple[int, int]]
+) -> None:
+    volumes, whole = _volumes(tmp_path / "nas", 4)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    with VolumeStream(LocalDirectory(tmp_path / "nas"), volumes, spool) as stream:
+        reader = Spans(stream, spans)
+        got = b"".join(iter(lambda: reader.read(7000), b""))
+    assert got == b"".join(whole[a:b] for a, b in spans)
+    assert _held(spool) == 0
+
+
+def test_a_span_past_the_end_of_the_stream_is_an_error(tmp_path: Path) -> None:
+    volumes, whole = _volumes(tmp_path / "nas", 2)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    with VolumeStream(LocalDirectory(tmp_path / "nas"), volumes, spool) as stream:
+        reader = Spans(stream, [(10, 20), (len(whole) - 5, len(whole) + 50)])
+        assert reader.read() == whole[10:20]
+        assert reader.read() == whole[-5:]
+        with pytest.raises(CutShort, match="ends before the part the content index names"):
+            reader.read()
