@@ -454,7 +454,7 @@ def extract_chain(
             else _parts(source, identities, outside_links, parts)
         )
         for tar, member, judgement in chosen:
-            data = tar.extractfile(member) if tar is not None and member.isreg() else None
+            data = unpack.data_of(tar, member) if tar is not None and member.isreg() else None
             writer.add(member, judgement, data)
         return writer.finish()
     except BaseException as exc:

@@ -187,6 +187,33 @@ class Forward:
         return self.tell()
 
 
+class _Data:
+    """A member's `size` bytes, read in order straight from the archive's stream."""
+
+    def __init__(self, stream: Forward, size: int) -> None:
+        self.stream, self.left = stream, size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+def data_of(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
+    """A regular member's data as it streams (open_stream's archives): read straight
+    from the forward reader, where tarfile's extractfile adds two buffered layers and
+    copies each block twice more; tarfile's own reader for a sparse member or a
+    stream not at the member's data."""
+    stream = tar.fileobj
+    if (
+        isinstance(stream, Forward)
+        and not member.issparse()
+        and stream.tell() == member.offset_data
+    ):
+        return _Data(stream, member.size)
+    return tar.extractfile(member)
+
+
 def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """The members one by one, without tarfile keeping every header in memory."""
     for member in tar:
@@ -407,17 +434,19 @@ class _Later:
 
 def _copy(data: IO[bytes], fd: int, size: int) -> None:
     """`size` bytes into `fd`; runs of zeros become holes (sparse files stay sparse)."""
-    written = 0
+    written, hole = 0, False
     while written < size:
         chunk = data.read(min(CHUNK, size - written))
         if not chunk:
             raise UnsafeArchive("a member ended before its declared size")
-        if chunk[0] == 0 and chunk[-1] == 0 and chunk.count(0) == len(chunk):
+        hole = chunk[0] == 0 and chunk[-1] == 0 and chunk.count(0) == len(chunk)
+        if hole:
             os.lseek(fd, len(chunk), os.SEEK_CUR)
         else:
             write_all(fd, chunk)
         written += len(chunk)
-    os.ftruncate(fd, size)
+    if hole:  # a file that ends in a hole gets its size here
+        os.ftruncate(fd, size)
 
 
 def write_all(fd: int, data: bytes) -> None:
