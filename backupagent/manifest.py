@@ -106,7 +106,10 @@ class Manifest(_Part):
                 )
         if self.archive is not None and not pattern.match(self.archive.name):
             raise ValueError(f"archive.name {self.archive.name!r} is not of {self.backup_id}")
-        if self.index is not None and self.index.name != f"{self.backup_id}.index.zst":
+        if self.index is not None and self.index.name not in (
+            f"{self.backup_id}.index.zst",
+            f"{self.backup_id}.index.zst.age",
+        ):
             raise ValueError(f"index.name {self.index.name!r} is not of {self.backup_id}")
         contents = rf"^{re.escape(self.backup_id)}\.contents\.zst(\.age)?$"
         if self.content_index is not None and not re.match(contents, self.content_index.name):

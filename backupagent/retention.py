@@ -28,8 +28,8 @@ def manifest_name(backup_id: str) -> str:
     return backup_id + MANIFEST_SUFFIX
 
 
-def index_name(backup_id: str) -> str:
-    return backup_id + INDEX_SUFFIX
+def index_name(backup_id: str, encrypted: bool = False) -> str:
+    return backup_id + INDEX_SUFFIX + (".age" if encrypted else "")
 
 
 def contents_name(backup_id: str, encrypted: bool = False) -> str:
@@ -79,7 +79,7 @@ def name_pattern(job: str) -> re.Pattern[str]:
     `www` never matches the files of `www-db`, nor of `www-20240101T000000.000Z-abcdef.x`."""
     return re.compile(
         rf"^(?P<id>{re.escape(job)}-{RUN_ID_PATTERN})"
-        rf"(?P<kind>{re.escape(MANIFEST_SUFFIX)}|{re.escape(INDEX_SUFFIX)}"
+        rf"(?P<kind>{re.escape(MANIFEST_SUFFIX)}|{re.escape(INDEX_SUFFIX)}(?:\.age)?"
         rf"|{re.escape(CONTENTS_SUFFIX)}(?:\.age)?"
         rf"|{re.escape(ARCHIVE_SUFFIX)}(?:\.age)?(?:\.\d{{4}})?)"
         rf"(?P<temp>(?:\.(?:passive|active))?{re.escape(TEMP_SUFFIX)})?$"

@@ -76,6 +76,18 @@ def test_archive_presence_is_reported() -> None:
     assert [b.has_archive for b in backups] == [False, True]
 
 
+def test_every_file_of_a_backup_is_its_own_and_deleted_with_it() -> None:
+    """The indexes, plain or encrypted, belong to their backup: retention deletes them
+    with it (manifest first), and a job's files never include another job's."""
+    backup_id = "www-20261101T030000.000Z-abcdef"
+    suffixes = [".tar.zst.age.0001", ".index.zst.age", ".contents.zst.age", ".contents.zst"]
+    listing = [backup_id + s for s in [".manifest.json", *suffixes, ".index.zst"]]
+    listing.append("www-db-20261101T030000.000Z-abcdef.contents.zst")
+    (backup,) = complete_backups("www", listing)
+    assert backup.names[0] == f"{backup_id}.manifest.json"
+    assert sorted(backup.names[1:]) == sorted(backup_id + s for s in [*suffixes, ".index.zst"])
+
+
 def calendar(start: str, count: int, step_hours: float) -> list[RemoteBackup]:
     """`count` backups every `step_hours`, as they would be named on the server."""
     first = dt.datetime.fromisoformat(start).replace(tzinfo=dt.UTC)

@@ -246,11 +246,12 @@ class _Run:
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
             sealed = self.increment.seal() if self.increment is not None else None
-            if sealed is not None:
-                destination.publish_bytes(sealed.uploaded, index_name(self.backup_id))
+            stat_index = None if sealed is None else self._stat_index(sealed)
+            if stat_index is not None:
+                destination.publish_bytes(stat_index.data, stat_index.name)
             listing = self._content_index(stats)
             destination.publish_bytes(listing.data, listing.name)
-            manifest = self._manifest(stats, volumes, dumps, site, sealed, listing)
+            manifest = self._manifest(stats, volumes, dumps, site, sealed, listing, stat_index)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
             destination.commit()
             self.result.manifest_sha256 = hashlib.sha256(manifest).hexdigest()
@@ -472,6 +473,15 @@ class _Run:
         if self.progress.uploaded:
             self.progress.uploaded(n)
 
+    def _stat_index(self, sealed: increments.Sealed) -> _Upload:
+        """An incremental job's index as uploaded: every path it holds, so encrypted
+        like the archive, if it is (nothing reads it back but a person recovering)."""
+        if self.recipients:
+            return _Upload(
+                index_name(self.backup_id, True), encrypt(sealed.uploaded, self.recipients)
+            )
+        return _Upload(index_name(self.backup_id), sealed.uploaded)
+
     def _content_index(self, stats: ArchiveStats) -> _Upload:
         """The content index as uploaded: encrypted like the archive, if it is."""
         if self.recipients:
@@ -488,6 +498,7 @@ class _Run:
         site: Site | None,
         sealed: increments.Sealed | None,
         listing: _Upload,
+        stat_index: _Upload | None,
     ) -> bytes:
         """The manifest: what the backup holds and the SHA-256 of what is uploaded; no secrets."""
         return Manifest(
@@ -538,11 +549,11 @@ class _Run:
             parent=self.increment.decided.parent if self.increment else None,
             deleted=sealed.deleted if sealed else [],
             index=None
-            if sealed is None
+            if stat_index is None
             else ManifestVolume(
-                name=index_name(self.backup_id),
-                size=len(sealed.uploaded),
-                sha256=hashlib.sha256(sealed.uploaded).hexdigest(),
+                name=stat_index.name,
+                size=len(stat_index.data),
+                sha256=hashlib.sha256(stat_index.data).hexdigest(),
             ),
             index_sha256=None if sealed is None else hashlib.sha256(sealed.index).hexdigest(),
             content_index=ManifestVolume(

@@ -279,6 +279,11 @@ def test_an_encrypted_chain_restores_with_the_identity(
     (site / "new.txt").write_text("added\n")
     increment = run_job(config, "www")
     assert increment.outcome == "success", increment.error
+    # the indexes name every path: uploaded as age files, no name of the site in them
+    remote = ftp_server.root / "backups/site"
+    indexes = sorted(remote.glob("*.index.zst*")) + sorted(remote.glob("*.contents.zst*"))
+    assert len(indexes) == 4 and all(p.name.endswith(".age") for p in indexes)
+    assert not any(b"new.txt" in p.read_bytes() or b"index.php" in p.read_bytes() for p in indexes)
     args = ["restore", "www", "--to", str(tmp_path / "back"), "--outside-links"]
     refused = cli(config.path, *args)
     assert refused.returncode == 1 and "--identity" in refused.stderr
