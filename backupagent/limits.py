@@ -15,6 +15,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -93,18 +94,30 @@ class DaemonStatus:
     queued: list[str]
 
 
+_STATUS_WRITES = threading.Lock()  # two jobs starting at one second both write it
+
+
 def write_status(state_dir: Path, running: Sequence[str], queued: Sequence[str]) -> None:
-    """Replace daemon.json (temporary file and rename: a reader sees one or the other)."""
-    body = {
-        "pid": os.getpid(),
-        "updated": dt.datetime.now(dt.UTC).isoformat(),
-        "running": list(running),
-        "queued": list(queued),
-    }
-    state_dir.mkdir(parents=True, exist_ok=True)
-    temp = state_dir / f".{STATUS_FILE}.{os.getpid()}.tmp"
-    temp.write_text(json.dumps(body))
-    temp.replace(state_dir / STATUS_FILE)
+    """Replace daemon.json (temporary file and rename: a reader sees one or the other).
+    One writer at a time, each through a temporary file of its own: the lists are read
+    under the lock, so the last file written is the newest state."""
+    with _STATUS_WRITES:
+        body = {
+            "pid": os.getpid(),
+            "updated": dt.datetime.now(dt.UTC).isoformat(),
+            "running": list(running),
+            "queued": list(queued),
+        }
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", suffix=".tmp", dir=state_dir)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(body))
+            os.replace(temp, state_dir / STATUS_FILE)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
 
 
 def read_status(state_dir: Path) -> DaemonStatus | None:

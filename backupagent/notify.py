@@ -257,7 +257,10 @@ def write_metrics(config: Config) -> None:
     temp = None
     try:
         with History(config.agent.state_dir) as history:
-            latest = history.latest_per_job(also=config.jobs)
+            recorded = history.latest_per_job(also=config.jobs)
+        # a job removed from jobs.toml keeps its history, not its metrics: its age alert
+        # would fire for ever
+        latest = {job: runs for job, runs in recorded.items() if job in config.jobs}
         read_back = {
             job: when
             for job in config.jobs

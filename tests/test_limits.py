@@ -115,6 +115,29 @@ def test_the_status_is_read_only_from_a_live_daemon(tmp_path: Path) -> None:
     assert read_status(tmp_path) is None
 
 
+def test_jobs_that_start_together_write_the_status_without_a_clash(tmp_path: Path) -> None:
+    """Eight threads writing at once (as jobs due at one second do): every write
+    succeeds, the file is whole, no temporary file is left."""
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(100):
+                write_status(tmp_path, [f"job{n}"], [str(i)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    status = read_status(tmp_path)
+    assert status is not None and status.queued == ["99"]
+    assert [p.name for p in tmp_path.iterdir()] == ["daemon.json"]
+
+
 def test_max_connections_1_serialises_two_runs(write_config: WriteConfig, tmp_path: Path) -> None:
     """The first run holds the slot while its (test) dump waits; the second run waits
     for the slot, and its whole FTP dialogue comes after the first one's."""

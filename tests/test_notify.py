@@ -20,6 +20,7 @@ from backupagent.actions.verify import verify
 from backupagent.config import load_config
 from backupagent.ftpserver import LocalFtpServer
 from backupagent.logging import read_events
+from backupagent.state import History
 
 from .conftest import WriteConfig
 from .helpers import cli
@@ -241,6 +242,29 @@ def test_metrics_temporary_file_is_not_read_as_metrics_and_goes_on_failure(
     assert len(renamed) == 2
     assert sorted(p.name for p in textfiles.iterdir()) == ["backupagent.prom"]
     assert [p.name for p in metrics.iterdir()] == ["keep"]
+
+
+def test_metrics_name_only_the_configured_jobs(write_config: WriteConfig, tmp_path: Path) -> None:
+    """A job removed from jobs.toml keeps its history but leaves the metrics."""
+    metrics = tmp_path / "textfile" / "backupagent.prom"
+    config = write_config()
+    config.path.write_text(
+        config.path.read_text().replace("[agent]\n", f'[agent]\nmetrics_file = "{metrics}"\n')
+    )
+    text = config.path.read_text()
+    config.path.write_text(
+        text + text[text.index("[jobs.www]") :].replace("[jobs.www]", "[jobs.old]")
+    )
+    both = load_config(config.path)
+    assert run_job(both, "old").outcome == "success"
+    assert 'job="old"' in metrics.read_text()
+    config.path.write_text(text)  # `old` removed
+    only = load_config(config.path)
+    assert run_job(only, "www").outcome == "success"
+    exported = metrics.read_text()
+    assert 'job="www"' in exported and 'job="old"' not in exported
+    with History(only.agent.state_dir) as history:
+        assert "old" in history.latest_per_job(also=only.jobs)  # the history keeps it
 
 
 def test_progress_events_without_a_terminal(write_config: WriteConfig, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def _unit(name: str) -> configparser.ConfigParser:
         ("backupagent.service", "Service", "Type", "notify"),
         ("backupagent.service", "Service", "ExecReload", "/bin/kill -HUP $MAINPID"),
         ("backupagent.service", "Service", "Restart", "on-failure"),
+        ("backupagent.service", "Service", "RestartPreventExitStatus", "2"),  # a bad config
         ("backupagent.service", "Service", "ProtectSystem", "strict"),
         ("backupagent.service", "Service", "NoNewPrivileges", "yes"),
         ("backupagent.service", "Service", "SystemCallFilter", "@system-service"),
