@@ -17,14 +17,21 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncssh
 import structlog
+
+with warnings.catch_warnings():
+    # asyncssh (and pyOpenSSL, which it imports where installed) name DSA keys at
+    # import; cryptography 51 warns at each (10 blocks per command in cron mail and
+    # the journal). No DSA key is used: only this warning, only during this import.
+    warnings.filterwarnings("ignore", "DSA is deprecated")
+    import asyncssh
 
 from backupagent.config import Config, SftpDestination
 from backupagent.destinations.base import (
