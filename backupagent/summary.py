@@ -53,12 +53,29 @@ def print_summary(result: RunResult) -> None:
         if len(result.warnings) > 20:
             lines.append([(f"  … and {len(result.warnings) - 20} more in the log", "")])
     if result.suggestion:
-        # its first sentence is the headline's: say it once
+        # its first sentence is the headline's: say it once; the evidence, then the advice
         body = result.suggestion.removeprefix(f"Job '{result.job}': {result.error}.").lstrip("\n")
-        lines.append([("Suggestion:", "bold yellow")])
-        lines.append([(body, "")])
+        evidence, advice = evidence_and_advice(body)
+        if evidence:
+            lines.append([("Evidence:", "bold")])
+            lines.extend([(line, "")] for line in evidence)
+        if advice:
+            lines.append([("Suggestion:", "bold yellow")])
+            lines.append([(advice, "")])
     lines.append([(f"Log: {result.log_path}", "")])
     _print_lines(lines)
+
+
+def evidence_and_advice(body: str) -> tuple[list[str], str]:
+    """A suggestion's text (diagnosis.advice) taken apart: the indented lines under its
+    leading `Evidence:`, and what follows them (the change to make)."""
+    rows = body.split("\n")
+    if not rows or rows[0] != "Evidence:":
+        return [], body
+    end = 1
+    while end < len(rows) and rows[end].startswith("  "):
+        end += 1
+    return rows[1:end], "\n".join(rows[end:]).strip("\n")
 
 
 def print_dry_run(plan: DryRun) -> None:

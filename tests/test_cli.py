@@ -137,7 +137,10 @@ def test_run_job_failure_exits_1_with_suggestion_and_logs_highlight(
     headline = result.stdout.splitlines()[0]
     verdict = headline.split(" — ", 1)[1].removesuffix("; nothing was published.")
     assert result.stdout.count(verdict) == 1  # the suggestion does not repeat the headline
-    assert result.stdout.split("Suggestion:\n", 1)[1].startswith("Evidence:")
+    # the evidence first, then the advice under its heading (never an empty heading)
+    evidence, advice = result.stdout.split("Evidence:\n", 1)[1].split("Suggestion:\n", 1)
+    assert evidence.startswith("  ") and "EPSV" in evidence
+    assert advice.split("\n", 1)[0].strip() and "set passive = false" in advice
     logs = cli(config.path, "logs", "www")
     assert "==================== SUGGESTION ====================" in logs.stdout
     run_id = Path(result.stdout.split("Log: ")[1].split()[0]).stem
