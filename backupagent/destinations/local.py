@@ -166,7 +166,22 @@ class LocalDirectory:
                     keys=("path", "keep"),
                 ),
             )
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if exc.errno == errno.EROFS:  # the shipped units: ProtectSystem=strict
+            return LocalProblem(
+                f"{what}: {reason}",
+                Diagnosis(
+                    Category.PATH,
+                    f"{self.path} is on a filesystem that is read-only to this process",
+                    (f"{what}: {reason}",),
+                    "under systemd, every path but those named in ReadWritePaths= is "
+                    "read-only (ProtectSystem=strict): run `systemctl edit backupagent` "
+                    "(and `systemctl edit backupagent-run@` if you use the timers), add "
+                    f"`ReadWritePaths={self.path}` under [Service], then `systemctl restart "
+                    "backupagent`; outside systemd, the filesystem is mounted read-only",
+                    keys=("path",),
+                ),
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM):
             return LocalProblem(
                 f"{what}: {reason}",
                 Diagnosis(

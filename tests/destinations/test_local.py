@@ -124,6 +124,20 @@ def test_a_full_disk_is_named_and_leaves_nothing_half_published(
     assert events[-1]["category"] == "server_out_of_space"
 
 
+def test_a_read_only_path_gets_the_systemd_drop_in(tmp_path: Path, site: Path, tmpfs: Path) -> None:
+    """As under the shipped units (ProtectSystem=strict): EROFS names ReadWritePaths=
+    with the destination's path, not "give this user write access"."""
+    (tmpfs / "backups").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    config = local_config(tmp_path, site, tmpfs / "backups")
+    result = run_job(config, "www")
+    assert result.outcome == "failed"
+    assert result.error is not None and "read-only" in result.error
+    assert f"ReadWritePaths={tmpfs / 'backups'}" in (result.suggestion or "")
+    assert "write access" not in (result.suggestion or "")
+    assert list((tmpfs / "backups").iterdir()) == []
+
+
 def _mount_of(path: Path) -> str:
     from backupagent.destinations.local import mount_point
 
