@@ -477,20 +477,34 @@ def history(obj: _Context, job: str, limit: int, as_json: bool) -> None:
             run.run_id,
             _when(run.started),
             f"{run.seconds:.1f}s" if run.seconds is not None else "-",
-            _size(run.bytes_uploaded) if run.bytes_uploaded is not None else "-",
+            _moved(run),
             run.result,
             run.trigger,
-            _last_line(run.suggestion or run.error or ""),
+            _note(run.error or "", run.suggestion or ""),
         ]
         for run in runs
     ]
-    _table(["run", "started", "took", "uploaded", "result", "trigger", "note"], rows, 4)
+    _table(["run", "started", "took", "bytes", "result", "trigger", "note"], rows, 4)
 
 
-def _last_line(text: str) -> str:
-    """A suggestion's last line is its change or advice: the part worth a column."""
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else ""
+def _moved(run: Any) -> str:
+    """What a run moved: a backup uploads, a verify or a drill reads."""
+    from backupagent.outcome import BACKUP_TRIGGERS
+
+    if run.bytes_uploaded is None:
+        return "-"
+    verb = "uploaded" if run.trigger in BACKUP_TRIGGERS else "read"
+    return f"{_size(run.bytes_uploaded)} {verb}"
+
+
+def _note(error: str, suggestion: str) -> str:
+    """What failed, and the last line of the suggestion (its change or advice): the
+    part worth a column."""
+    lines = suggestion.strip().splitlines()
+    advice = lines[-1] if lines else ""
+    if advice == error or not advice:
+        return error
+    return f"{error} — {advice}" if error else advice
 
 
 def _when(moment: dt.datetime | str | None) -> str:

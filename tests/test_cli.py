@@ -238,13 +238,31 @@ def test_list_and_history_are_plain_text_when_piped(write_config: WriteConfig) -
         "run",
         "started",
         "took",
-        "uploaded",
+        "bytes",
         "result",
         "trigger",
         "note",
     ]
     assert history[1].split("\t")[4:6] == ["failed", "verify"]  # every run, newest first
     assert history[2].split("\t")[4:6] == ["success", "manual"]
+    assert history[2].split("\t")[3].endswith(" uploaded")
+
+
+def test_history_says_what_failed_and_what_to_change(
+    write_config: WriteConfig, ftp_server: LocalFtpServer
+) -> None:
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    assert cli(config.path, "verify", "www").returncode == 0
+    ftp_server.block_passive()
+    assert cli(config.path, "run-job", "www").returncode == 1
+    failed, verified, backed_up = (
+        line.split("\t") for line in cli(config.path, "history", "www").stdout.splitlines()[1:4]
+    )
+    assert failed[4] == "failed" and failed[6].startswith("the data connection in passive mode")
+    assert "set passive = false" in failed[6]
+    assert verified[5] == "verify" and verified[3].endswith(" read")
+    assert backed_up[3].endswith(" uploaded")
 
 
 def test_old_run_logs_are_pruned(write_config: WriteConfig, tmp_path: Path) -> None:
