@@ -87,6 +87,21 @@ def test_a_second_install_upgrades_and_keeps_the_config(installed: Path) -> None
     assert (installed / "usr/local/bin/backupagent").resolve().exists()
 
 
+def test_the_command_runs_on_the_systems_python_for_every_user(installed: Path) -> None:
+    """Not the first python3 on PATH (root's pyenv here): other users may run it."""
+    config = (installed / "opt/backupagent/pyvenv.cfg").read_text()
+    home = next(line.split("=", 1)[1].strip() for line in config.splitlines() if "home" in line)
+    if Path("/usr/bin/python3").exists():
+        assert home == "/usr/bin"
+    if os.geteuid() == 0 and shutil.which("setpriv"):  # the interpreter the venv runs on
+        ran = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             str(Path(home) / "python3"), "-c", "print('ran')"],
+            capture_output=True, text=True, cwd="/",
+        )  # fmt: skip
+        assert ran.stdout == "ran\n", ran.stderr
+
+
 def test_without_root_and_without_root_dir_it_refuses() -> None:
     if os.geteuid() != 0:
         argv = [str(REPO / "scripts" / "install")]
