@@ -1097,9 +1097,56 @@ def _nested_model(model: type[BaseModel], field: str) -> type[BaseModel] | None:
 SECRET_KEYS = {"password"}
 
 
+# values copied from an example and not replaced: valid, but a backup made with them
+# goes nowhere or cannot be restored (age's own README key: nobody holds its identity)
+AGE_EXAMPLE_KEY = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+_EXAMPLE_HOST = re.compile(r"(?:^|[./@])example\.(?:com|org|net)(?:$|[:/])", re.IGNORECASE)
+
+
+def placeholder(value: str) -> str | None:
+    """Why `value` looks like an example's placeholder, or None (pure)."""
+    if value == AGE_EXAMPLE_KEY:
+        return (
+            "is the example key from age's README: nobody holds its identity, so no "
+            "backup made with it could be restored; make your own with `backupagent keygen`"
+        )
+    if "your-uuid" in value:
+        return "still holds the example's `your-uuid`: put your check's own URL"
+    if _EXAMPLE_HOST.search(value):
+        return "names an example.com/.org/.net host, reserved for examples: put the real one"
+    return None
+
+
+def _placeholders(config: Config, jobs: dict[str, Job], used: set[str]) -> list[Problem]:
+    """Every value of the tables in use that is an example's placeholder."""
+    values: list[tuple[str, str, str]] = []  # (table, key, value)
+    for name, destination in config.destinations.items():
+        if name in used:
+            values.append((f"destinations.{name}", "host", getattr(destination, "host", "")))
+            values += [(f"destinations.{name}", "encrypt_to", r) for r in destination.encrypt_to]
+    emails = [("agent.email", config.agent.email)]
+    for name, job in jobs.items():
+        values += [(f"jobs.{name}", "encrypt_to", r) for r in job.encrypt_to or []]
+        emails.append((f"jobs.{name}.email", job.email))
+        if job.ping is not None:
+            for key in ("url", "on_start", "on_success", "on_failure"):
+                values.append((f"jobs.{name}.ping", key, getattr(job.ping, key) or ""))
+    for table, email in emails:
+        if email is not None:
+            values += [(table, "to", address) for address in email.to]
+            values.append((table, "sender", email.sender or ""))
+    found = []
+    for table, key, value in values:
+        if value and (why := placeholder(value)) is not None:
+            label = config.label_of(".".join(table.split(".")[:2]))
+            found.append(Problem(label, f"{value!r} {why}", table, key))
+    return found
+
+
 def config_warnings(config: Config, only_job: str | None = None) -> list[Problem]:
-    """What is valid but unsafe: password and key files that others may read (of every
-    table, or of those `only_job` uses)."""
+    """What is valid but unsafe: password and key files that others may read, and
+    values left as an example's placeholders (of every table, or of those `only_job`
+    uses)."""
     jobs = {only_job: config.jobs[only_job]} if only_job else config.jobs
     used = {name for job in jobs.values() for name in job.destination_names}
     # (the [table] holding it, the key before password_file, the settings)
@@ -1127,7 +1174,7 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[Problem
                 owner = ".".join(where.split(".")[:2])  # jobs.NAME.email is in jobs.NAME's file
                 label = config.label_of(owner)
                 warnings.append(Problem(label, message, where, f"{prefix}{attribute}"))
-    return warnings
+    return warnings + _placeholders(config, jobs, used)
 
 
 def _unknown_key(key: str, allowed: list[str]) -> str:

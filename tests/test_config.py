@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from backupagent.config import WORDPRESS_EXCLUDES, ConfigError, load_config
+from backupagent.config import (
+    AGE_EXAMPLE_KEY,
+    WORDPRESS_EXCLUDES,
+    ConfigError,
+    config_warnings,
+    load_config,
+    placeholder,
+)
 
 BASE = """
 [destinations.offsite]
@@ -255,8 +262,63 @@ def test_example_file_is_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     path.write_text(re.sub(r"/etc/backupagent/[\w-]+\.pass", str(secret), text))
     config = load_config(path)
     assert set(config.jobs) == {"nightly", "blog"}
-    assert [d.type for d in config.jobs["nightly"].databases] == ["mysql", "postgresql", "sqlite"]
     assert config.jobs["blog"].wordpress_exclude == WORDPRESS_EXCLUDES
+    # inert: what a first backup needs is live, every optional feature commented out
+    assert config.agent.email is None and config.agent.timezone is None
+    assert config.agent.metrics_file is None
+    for name, job in config.jobs.items():
+        assert job.ping is None and job.email is None and not job.databases
+        assert not config.recipients_for(name) and job.verify_schedule is None
+    # and `check` says which example values are still in
+    placeholders = [str(w) for w in config_warnings(config) if "for examples" in w.message]
+    assert placeholders and "[destinations.offsite] host" in placeholders[0]
+
+
+PLACEHOLDERS = [
+    (AGE_EXAMPLE_KEY, "age's README"),
+    ("https://hc-ping.com/your-uuid", "your-uuid"),
+    ("ftp.example.com", "example.com"),
+    ("ops@example.org", "example.com/.org"),
+    ("https://example.net:8443/ping", "example.com/.org/.net"),
+    ("backup.example.com.au", None),  # a real domain that only starts so
+    ("myexample.com", None),
+    ("ftp.host.de", None),
+    ("age1realkeyrealkey", None),
+]
+
+
+@pytest.mark.parametrize(("value", "said"), PLACEHOLDERS)
+def test_placeholders_from_examples_are_recognised(value: str, said: str | None) -> None:
+    why = placeholder(value)
+    assert (why is None) if said is None else (why is not None and said in why)
+
+
+def test_check_warns_about_each_placeholder_in_use(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("x\n")
+    secret.chmod(0o600)
+    path = tmp_path / "jobs.toml"
+    path.write_text(f"""
+[agent.email]
+to = ["ops@example.org"]
+[destinations.offsite]
+type = "ftp"
+host = "ftp.example.com"
+password_file = "{secret}"
+[jobs.nightly]
+destination = "offsite"
+sources = ["{tmp_path}"]
+encrypt_to = ["{AGE_EXAMPLE_KEY}"]
+[jobs.nightly.ping]
+url = "https://hc-ping.com/your-uuid"
+""")
+    found = {(w.table, w.key) for w in config_warnings(load_config(path))}
+    assert found >= {
+        ("agent.email", "to"),
+        ("destinations.offsite", "host"),
+        ("jobs.nightly", "encrypt_to"),
+        ("jobs.nightly.ping", "url"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -374,12 +436,13 @@ def test_a_password_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
     secret.write_text("s3cret\n")
     secret.chmod(0o644)
     config = _load(tmp_path, dest=f'password_file = "{secret}"')
-    assert [str(w) for w in config_warnings(config)] == [
+    modes = [str(w) for w in config_warnings(config) if w.key == "password_file"]
+    assert modes == [
         f"jobs.toml: [destinations.offsite] password_file: {secret} may be read by others "
         f"(mode 644): chmod 600 {secret}"
     ]
     secret.chmod(0o600)
-    assert config_warnings(config) == []
+    assert [w.key for w in config_warnings(config)] == ["host"]  # ftp.example.com, BASE's
 
 
 # --- [agent] include and [defaults] ----------------------------------------------------
