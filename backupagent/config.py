@@ -980,7 +980,7 @@ def _defaults(raw: dict[str, Any], label: str, problems: list[Problem]) -> dict[
     for key in defaults:
         if key not in Job.model_fields:
             problems.append(
-                Problem(label, _unknown_key(key, list(Job.model_fields)), "defaults", key)
+                Problem(label, _unknown_key(key, list(Job.model_fields), Job), "defaults", key)
             )
     return {k: v for k, v in defaults.items() if k in Job.model_fields}
 
@@ -1062,7 +1062,7 @@ def _describe(model: type[BaseModel], err: Any) -> tuple[str, str]:
         table = next((DATABASE_MODELS[t] for t in tags if t in DATABASE_MODELS), model)
         if table is model and len(loc) == 2:  # a key of a table inside: [jobs.x.email] ...
             table = _nested_model(model, str(loc[0])) or model
-        msg = _unknown_key(str(loc[-1]), list(table.model_fields))
+        msg = _unknown_key(str(loc[-1]), list(table.model_fields), table)
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "value_error" and (
@@ -1177,7 +1177,35 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[Problem
     return warnings + _placeholders(config, jobs, used)
 
 
-def _unknown_key(key: str, allowed: list[str]) -> str:
+def _unknown_key(key: str, allowed: list[str], model: type[BaseModel] | None = None) -> str:
+    """`unknown key; did you mean ...?`: the closest key of this table, unless a key of
+    the other kind of table (a job's for a destination, a destination's for a job or
+    [defaults]) is closer: `retires` in [defaults] means `retries`, not `require`."""
     close = difflib.get_close_matches(key, allowed, n=1)
+    other = _other_tables(model)
+    if other is not None:
+        where, keys = other
+        theirs = difflib.get_close_matches(key, keys, n=1)
+        if theirs and (
+            not close
+            or difflib.SequenceMatcher(None, key, theirs[0]).ratio()
+            > difflib.SequenceMatcher(None, key, close[0]).ratio()
+        ):
+            if theirs[0] == key:
+                return f"unknown key: {key!r} is a key of {where}, not of this table"
+            return f"unknown key; did you mean {theirs[0]!r} (a key of {where})?"
     hint = f"; did you mean {close[0]!r}?" if close else f" (allowed: {', '.join(allowed)})"
     return f"unknown key{hint}"
+
+
+def _other_tables(model: type[BaseModel] | None) -> tuple[str, list[str]] | None:
+    """The keys a mistyped key of `model`'s table may have been meant for."""
+    if model is Job:
+        keys = {k for m in DESTINATION_MODELS.values() for k in m.model_fields}
+        return "[destinations.*]", sorted(keys - set(Job.model_fields))
+    if model in DESTINATION_MODELS.values():
+        keys = set(Job.model_fields) - {
+            k for m in DESTINATION_MODELS.values() for k in m.model_fields
+        }
+        return "[jobs.*]", sorted(keys)
+    return None

@@ -59,6 +59,25 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
             {"job": "pasive = true"},
             "jobs.toml: [jobs.nightly] pasive: unknown key; did you mean 'passive'?",
         ),
+        (  # a destination's key in a job: said so, not the nearest job key ('require')
+            {"job": "retires = 3"},
+            "jobs.toml: [jobs.nightly] retires: unknown key; did you mean 'retries' "
+            "(a key of [destinations.*])?",
+        ),
+        (
+            {"job": "keep = 3"},
+            "jobs.toml: [jobs.nightly] keep: unknown key: 'keep' is a key of "
+            "[destinations.*], not of this table",
+        ),
+        (
+            {"dest": "full_every = 7"},
+            "jobs.toml: [destinations.offsite] full_every: unknown key: 'full_every' is a key "
+            "of [jobs.*], not of this table",
+        ),
+        (
+            {"dest": 'hots = "x"'},
+            "jobs.toml: [destinations.offsite] hots: unknown key; did you mean 'host'?",
+        ),
         (
             {"extra": TWO.format('schedule = "61 3 * * *"\nsources = ["/srv"]')},
             "jobs.toml: [jobs.two] schedule: '61 3 * * *' is not a valid cron",
