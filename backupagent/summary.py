@@ -113,8 +113,11 @@ def print_dry_run(plan: DryRun) -> None:
         head = f"Database: {dump.engine} {dump.name} on {dump.server}"
         if dump.problem:
             lines.append([(f"{head}: ", ""), (f"cannot be dumped: {dump.problem}", "red")])
+            if dump.advice:
+                lines.append([(f"  {dump.advice}", "")])
         else:
-            lines.append([(f"{head}, by {dump.tool}", "")])
+            logged_in = "" if dump.engine == "sqlite" else ": logged in"
+            lines.append([(f"{head}, by {dump.tool}{logged_in}", "")])
     for dest in plan.destinations:
         head = f"Destination {dest.name} ({dest.type} {dest.where}): "
         if dest.error is not None:
@@ -122,7 +125,10 @@ def print_dry_run(plan: DryRun) -> None:
             lines.extend([(f"  {line}", "")] for line in (dest.suggestion or "").splitlines())
             continue
         if not dest.directory_exists:
-            state = "reached; the directory does not exist yet (a run creates it)"
+            state = (
+                "reached; the directory does not exist yet: a run creates it, and whether "
+                "this user may was not tried (a dry run creates nothing)"
+            )
         else:
             newest = f", newest {dest.newest}" if dest.newest else ""
             state = f"reached; {count(dest.backups, 'backup')} of this job there{newest}"

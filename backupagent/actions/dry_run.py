@@ -2,21 +2,26 @@
 
 The sources are walked as a run walks them (the same roots, excludes and skipped
 directories), counting what would be archived and what each exclude pattern removed;
-the database dumps are listed with the tool that would make them; each destination is
-logged into and its directory listed without creating it. Nothing is written: not on
-the server, not in the spool, the history or the run logs.
+the database dumps are listed with the tool that would make them, and each server is
+logged into as the dump would (`SELECT 1`); each destination is logged into and its
+directory listed without creating it. Nothing is left anywhere: not on the server,
+the history or the run logs; a PostgreSQL password passes through a 0600 passfile in
+a private directory of the spool, removed at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import stat
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backupagent import process
+from backupagent import process, trust
 from backupagent.config import Config, MysqlDatabase, PostgresDatabase, SqliteDatabase
 from backupagent.destinations import open_destination
 from backupagent.destinations.base import DestinationError
@@ -26,7 +31,9 @@ from backupagent.retention import complete_backups
 from backupagent.sources.databases import (
     MYSQL_DUMP_TOOLS,
     PG_DUMP_TOOLS,
+    DumpFailed,
     Target,
+    login,
     targets_from_job,
 )
 from backupagent.sources.files import job_roots, own_directories, walk
@@ -66,6 +73,7 @@ class DumpPlan:
     server: str  # host and port, socket, or the SQLite file
     tool: str | None = None
     problem: str | None = None
+    advice: str | None = None  # what to change, when the login said why it failed
 
 
 @dataclass
@@ -214,7 +222,8 @@ def _size(path: str) -> int:
 
 
 def plan_dumps(config: Config, job_name: str) -> list[DumpPlan]:
-    """Each database a run would dump, the tool it would use, and what would stop it."""
+    """Each database a run would dump, the tool it would use, and what would stop it
+    (each server logged into, as the dump would)."""
     job = config.jobs[job_name]
     plans: list[DumpPlan] = []
     try:
@@ -227,7 +236,39 @@ def plan_dumps(config: Config, job_name: str) -> list[DumpPlan]:
         except WordPressError as exc:
             where = exc.config_file or job.wordpress
             plans.append(DumpPlan("mysql", "?", str(where), problem="; ".join(exc.problems)))
-    return plans + [_plan_dump(target) for target in targets]
+    planned = [_plan_dump(target) for target in targets]
+    servers = [
+        (plan, target)
+        for plan, target in zip(planned, targets, strict=True)
+        if plan.problem is None and not isinstance(target.db, SqliteDatabase)
+    ]
+    if servers:
+        try:
+            with _scratch(config, job_name) as spool:
+                for plan, target in servers:
+                    try:
+                        login(target, spool)
+                    except DumpFailed as exc:
+                        found = exc.diagnosis
+                        said = [line for line in found.evidence if line][-1:]  # the server's
+                        plan.problem = "; ".join([f"cannot log in: {found.what}", *said])
+                        keys = ", ".join(found.keys)
+                        plan.advice = f"{found.advice} ({keys})" if keys else found.advice
+        except (trust.Untrusted, OSError) as exc:  # `check` names the spool's problem
+            for plan, _target in servers:
+                plan.problem = f"the login was not tried: the spool cannot be used ({exc})"
+    return plans + planned
+
+
+@contextlib.contextmanager
+def _scratch(config: Config, job_name: str) -> Iterator[Path]:
+    """A private directory of the spool for the logins' passfiles, removed after."""
+    spool = trust.private_directory(config.agent.spool_dir / job_name)
+    scratch = Path(tempfile.mkdtemp(prefix="dry-run-", dir=spool))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _plan_dump(target: Target) -> DumpPlan:

@@ -384,6 +384,27 @@ def _mysql_query(target: Target, client: str, name: str, sql: str) -> list[str]:
     return [line for line in out.decode("utf-8", "replace").splitlines() if line]
 
 
+def login(target: Target, spool_dir: Path) -> None:
+    """Log in as the dump would (the same client, user, password and server, as the
+    same user) and run `SELECT 1` in the database: `run-job --dry-run`'s check that a
+    wrong password or a missing database shows before a night's run. DumpFailed, with
+    the dump's diagnosis, when it cannot; SQLite has nothing to log in to."""
+    db = target.db
+    if isinstance(db, MysqlDatabase):
+        client = _mysql_client(target)
+        # the name from wp-config.php is a value of its own argument, never an option
+        chosen = [] if db.name == "all" else [f"--database={db.name}"]
+        finished = _mysql_run(target, client, ["-N", "-B", *chosen, "-e", "SELECT 1"], _drop)
+        if _looks_failed(finished):
+            raise _fail(target, db.name, client, finished.returncode, finished.stderr)
+    elif isinstance(db, PostgresDatabase):
+        _pg_admin(target, spool_dir, "postgres" if db.name == "all" else db.name, "SELECT 1")
+
+
+def _drop(_data: bytes) -> None:
+    """Output nobody needs."""
+
+
 def _unhex(text: str) -> str:
     return bytes.fromhex(text.strip()).decode("utf-8", "surrogateescape")
 

@@ -13,6 +13,7 @@ from backupagent.actions.dry_run import dry_run
 from backupagent.ftpserver import LocalFtpServer
 
 from ..conftest import WriteConfig
+from ..databases import MariaDB, Postgres
 from ..helpers import cli, snapshot
 
 
@@ -102,3 +103,50 @@ def test_what_would_stop_the_dumps_and_the_sources(
     assert report["sources"][0]["files"] == 4
     assert {d["name"] for d in report["dumps"]} == {"app", "gone", "wp"}
     assert report["destinations"][0]["error"] is None
+
+
+def test_the_database_servers_are_logged_into_as_the_dump_would(
+    write_config: WriteConfig, mariadb: MariaDB, postgres: Postgres, tmp_path: Path
+) -> None:
+    """A wrong DB password fails the dry run, as it would fail the run half a second in;
+    the right one, and a missing database, are told apart. Nothing is left in the spool."""
+    mariadb.sql(
+        "CREATE DATABASE IF NOT EXISTS dryshop; "
+        "CREATE USER IF NOT EXISTS 'dry'@'localhost' IDENTIFIED BY 'right-pw'; "
+        "GRANT ALL ON dryshop.* TO 'dry'@'localhost';"
+    )
+    good, bad = tmp_path / "good.pass", tmp_path / "bad.pass"
+    good.write_text("right-pw\n")
+    bad.write_text("wrong-pw\n")
+    for secret in (good, bad):
+        secret.chmod(0o600)
+
+    def mysql(name: str, secret: Path) -> str:
+        return (
+            f'{{ type = "mysql", name = "{name}", user = "dry", '
+            f'password_file = "{secret}", socket = "{mariadb.socket}" }}'
+        )
+
+    super_pass = tmp_path / "pg.pass"
+    super_pass.write_text(postgres.superuser_password + "\n")
+    super_pass.chmod(0o600)
+    pg = (
+        f'{{ type = "postgresql", name = "nodb_here", host = "{postgres.socket_dir}", '
+        f'port = {postgres.port}, user = "postgres", password_file = "{super_pass}" }}'
+    )
+    config = write_config(
+        job=f"databases = [{mysql('dryshop', good)}, {mysql('dryshop2', bad)}, {pg}]"
+    )
+    plan = dry_run(config, "www")
+    first, second, third = plan.dumps
+    assert first.problem is None
+    assert second.problem is not None and second.problem.startswith("cannot log in")
+    assert "Access denied for user 'dry'" in second.problem
+    assert "password_file" in (second.advice or "")
+    assert third.problem is not None and "nodb_here" in third.problem
+    assert not plan.ok
+    assert not any((tmp_path / "spool").rglob("*pgpass*"))
+    shown = cli(config.path, "run-job", "www", "--dry-run")
+    assert shown.returncode == 1
+    assert "mariadb-dump: logged in" in shown.stdout or "mysqldump: logged in" in shown.stdout
+    assert "cannot log in" in shown.stdout
