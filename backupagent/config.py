@@ -482,6 +482,8 @@ class Job(_Table):
     exclude: list[str] = []
     databases: list[Database] = []
     wordpress: AbsolutePath | None = None  # a site root: its files plus the wp-config.php database
+    # Debian's packaged WordPress: the /etc/wordpress/config-HOST.php its wp-config.php includes
+    wordpress_config: AbsolutePath | None = None
     wordpress_exclude: list[str] = WORDPRESS_EXCLUDES  # replaces the default list when set
     wordpress_tables: Literal["all", "prefix"] = "all"  # "prefix": only $table_prefix tables
     catch_up: StrictBool = True  # run once at daemon start if a scheduled run was missed

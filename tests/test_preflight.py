@@ -82,7 +82,7 @@ def test_debians_packaged_wordpress_fails_check_with_what_to_write(
     assert result.returncode == 2
     (line,) = [x for x in result.stderr.splitlines() if "[jobs.www] wordpress:" in x]
     assert f"{site / 'wp-config.php'}: Debian's packaged WordPress" in line
-    assert "`databases = [" in line
+    assert "wordpress_config = " in line
 
 
 def test_an_unreadable_wp_config_fails_check(write_config: WriteConfig, tmp_path: Path) -> None:

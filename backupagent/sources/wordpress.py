@@ -50,6 +50,9 @@ class PhpAssignments:
 
     constants: dict[str, Value] = field(default_factory=dict)
     variables: dict[str, Value] = field(default_factory=dict)
+    # `if (!defined('X')) define('X', ...)`: a value for when nothing before defined X
+    # (Debian's packaged wp-config.php gives DB_NAME 'wordpress' so, after its include)
+    fallbacks: dict[str, Value] = field(default_factory=dict)
 
 
 def strip_comments(php: str) -> str:
@@ -200,6 +203,10 @@ def _call_arguments(code: str, start: int) -> tuple[list[str], int]:
     return [], end
 
 
+# `if (!defined('NAME') ...)` (and `{`) right before a define: the define is a fallback
+_GUARD = re.compile(r"\bif\s*\(\s*!\s*defined\s*\(\s*(['\"])(\w+)\1\s*\)[^;{}]*\)\s*\{?\s*\Z")
+
+
 def parse_php(php: str) -> PhpAssignments:
     """Collect `define('NAME', value)` calls and `$name = value;` assignments (the
     first MAX_CALLS of each, each within SCAN_WINDOW: the time taken stays linear in
@@ -212,7 +219,11 @@ def parse_php(php: str) -> PhpAssignments:
         if len(args) >= 2:
             name = evaluate(args[0])
             if isinstance(name, str):
-                found.constants[name] = evaluate(args[1])
+                guard = _GUARD.search(code, max(0, match.start() - SCAN_WINDOW), match.start())
+                if guard is not None and guard[2] == name:
+                    found.fallbacks.setdefault(name, evaluate(args[1]))
+                else:
+                    found.constants[name] = evaluate(args[1])
     assignments = re.finditer(r"\$([A-Za-z_]\w*)\s*=(?!=)", code)
     for match in itertools.islice(assignments, MAX_CALLS):
         end, limit = match.end(), min(len(code), match.end() + SCAN_WINDOW)
@@ -285,15 +296,47 @@ def read_site(root: Path, job: Job) -> Site:
         version = _read_version(root_fd)
     finally:
         os.close(root_fd)
-    return _site(root, config_file, text, owner, version, job)
+    parsed = parse_php(text)
+    if DEBIAN_INCLUDE in text:  # Debian's package: the settings are in /etc/wordpress
+        if job.wordpress_config is None:
+            raise WordPressError(config_file, [debian_packaged(DEBIAN_ETC)])
+        config_file, included, owner = _read_included(job.wordpress_config)
+        parsed = merged(parsed, parse_php(included))
+    else:
+        parsed = merged(parsed, PhpAssignments())
+    return _site(root, config_file, parsed, owner, version, job)
+
+
+def merged(main: PhpAssignments, included: PhpAssignments) -> PhpAssignments:
+    """What PHP ends up with when `main` includes `included` first: the included file's
+    constants and variables, then `main`'s, then the fallbacks of either for what
+    neither defined (pure)."""
+    constants = {**included.fallbacks, **main.fallbacks, **main.constants, **included.constants}
+    return PhpAssignments(constants, {**main.variables, **included.variables})
+
+
+def _read_included(path: Path) -> tuple[Path, str, os.stat_result]:
+    """`wordpress_config`: Debian's /etc/wordpress/config-HOST.php, read as wp-config.php
+    is (no link followed, a regular file, its directory's owner's or root's)."""
+    try:
+        directory = trust.open_directory(path.parent)
+    except (trust.Untrusted, OSError) as exc:
+        reason = exc if isinstance(exc, trust.Untrusted) else (exc.strerror or exc)
+        raise WordPressError(path, [f"cannot open its directory: {reason}"]) from None
+    try:
+        return (path, *_read_tenant_file(path, path.name, directory))
+    finally:
+        os.close(directory)
 
 
 def _site(
-    root: Path, config_file: Path, text: str, owner: os.stat_result, version: str | None, job: Job
+    root: Path,
+    config_file: Path,
+    parsed: PhpAssignments,
+    owner: os.stat_result,
+    version: str | None,
+    job: Job,
 ) -> Site:
-    parsed = parse_php(text)
-    if DEBIAN_INCLUDE in text and SETTINGS[0] not in parsed.constants:
-        raise WordPressError(config_file, [debian_packaged(DEBIAN_ETC)])
     problems = []
     values: dict[str, str] = {}
     for name in SETTINGS:
@@ -439,9 +482,9 @@ def debian_packaged(etc: Path) -> str:
     return (
         "Debian's packaged WordPress: wp-config.php includes /etc/wordpress/config-HOST.php, "
         f"chosen by the host name of each web request, which a backup cannot know{where}; "
-        "replace `wordpress = ...` with the site's files in `sources` and its database in "
-        '`databases = [{ type = "mysql", name = ..., user = ..., password_file = ... }]`, '
-        "copied from that file"
+        'name the site\'s in the job: wordpress_config = "/etc/wordpress/config-HOST.php" '
+        "(its uploads live in WP_CONTENT_DIR, /var/lib/wordpress/wp-content unless that "
+        "file says otherwise: add it to `sources`)"
     )
 
 

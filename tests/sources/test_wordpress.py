@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,10 +17,13 @@ from backupagent.sources.wordpress import (
     Unevaluable,
     WordPressError,
     evaluate,
+    merged,
     parse_db_host,
     parse_php,
     read_site,
 )
+
+from ..conftest import require_system
 
 CORPUS = Path(__file__).parent / "wp-configs"
 JOB = Job(destination="d", wordpress=Path("/var/www/html"))
@@ -103,7 +111,7 @@ def test_debians_packaged_wordpress_says_what_to_write_instead(tmp_path: Path) -
         _site(tmp_path, "debian.php")
     (problem,) = info.value.problems
     assert problem.startswith("Debian's packaged WordPress: wp-config.php includes")
-    assert "`sources`" in problem and "`databases = [" in problem
+    assert 'wordpress_config = "/etc/wordpress/config-HOST.php"' in problem
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
@@ -201,3 +209,104 @@ def test_a_hostile_file_parses_in_bounded_time() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="session")
+def debian_wordpress() -> Path:
+    """/usr/share/wordpress of Debian's own `wordpress` package (apt-get download, dpkg
+    -x; kept in .cache/debian-wordpress): its real wp-config.php, fallbacks and all."""
+    unpacked = Path(__file__).parents[2] / ".cache" / "debian-wordpress"
+    config = unpacked / "usr/share/wordpress/wp-config.php"
+    if not config.exists():
+        tools = shutil.which("apt-get") and shutil.which("dpkg")
+        require_system(bool(tools), "apt-get and dpkg are needed for Debian's wordpress")
+        unpacked.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=unpacked.parent) as download:
+            got = subprocess.run(
+                ["apt-get", "download", "wordpress"], cwd=download, capture_output=True, text=True
+            )
+            require_system(got.returncode == 0, f"apt-get download wordpress: {got.stderr[-300:]}")
+            (deb,) = Path(download).glob("wordpress_*.deb")
+            subprocess.run(["dpkg", "-x", str(deb), f"{download}/x"], check=True)
+            with contextlib.suppress(OSError):  # another test worker's came first
+                os.rename(f"{download}/x", unpacked)
+    return unpacked / "usr/share/wordpress"
+
+
+def _debian_site(tmp_path: Path, packaged: Path) -> Path:
+    root = tmp_path / "usr-share-wordpress"
+    (root / "wp-includes").mkdir(parents=True)
+    shutil.copy(packaged / "wp-config.php", root / "wp-config.php")
+    shutil.copy(packaged / "wp-includes" / "version.php", root / "wp-includes" / "version.php")
+    return root
+
+
+def test_debians_real_wp_config_needs_the_included_file_named(
+    tmp_path: Path, debian_wordpress: Path
+) -> None:
+    """Its fallbacks (`if (!defined('DB_NAME')) define('DB_NAME', 'wordpress')`) are not
+    the site's settings: without wordpress_config the job is refused, naming the key."""
+    root = _debian_site(tmp_path, debian_wordpress)
+    with pytest.raises(WordPressError) as info:
+        read_site(root, Job(destination="d", wordpress=root))
+    (problem,) = info.value.problems
+    assert problem.startswith("Debian's packaged WordPress") and "wordpress_config" in problem
+
+
+def test_debians_real_wp_config_with_its_included_file(
+    tmp_path: Path, debian_wordpress: Path
+) -> None:
+    """As Debian's setup-mysql writes /etc/wordpress/config-HOST.php: its values win; what
+    it leaves out takes the package's fallback (DB_HOST 'localhost'); the version is
+    the package's."""
+    root = _debian_site(tmp_path, debian_wordpress)
+    etc = tmp_path / "etc-wordpress"
+    etc.mkdir()
+    included = etc / "config-blog.example.net.php"
+    included.write_text(
+        "<?php\n# Created by setup-mysql\n"
+        "define('DB_NAME', 'blogdb');\ndefine('DB_USER', 'bloguser');\n"
+        "define('DB_PASSWORD', 'it''s \\\\ secret');\n".replace("''", "\\'")
+        + "define('SECRET_KEY', 'k');\ndefine('WP_CONTENT_DIR', '/srv/blog/wp-content');\n"
+        "$table_prefix = 'blog_';\n?>\n"
+    )
+    site = read_site(root, Job(destination="d", wordpress=root, wordpress_config=included))
+    db = site.target.db
+    assert (site.database, db.user, site.target.password) == (
+        "blogdb",
+        "bloguser",
+        "it's \\ secret",
+    )
+    assert db.host == "localhost"  # the package's fallback: the included file has no DB_HOST
+    assert site.table_prefix == "blog_" and site.config_file == included
+    assert site.version is not None and site.version.startswith("6.")
+    (root / "wp-config.php").unlink()
+    (root / "wp-config.php").symlink_to(debian_wordpress / "wp-config.php")
+    with pytest.raises(WordPressError):  # a link is not followed, as for any site
+        read_site(root, Job(destination="d", wordpress=root, wordpress_config=included))
+
+
+def test_an_included_file_that_is_a_link_is_refused(tmp_path: Path, debian_wordpress: Path) -> None:
+    root = _debian_site(tmp_path, debian_wordpress)
+    etc = tmp_path / "etc-wordpress"
+    etc.mkdir()
+    (tmp_path / "elsewhere.php").write_text("<?php define('DB_NAME', 'x');\n")
+    (etc / "config-x.php").symlink_to(tmp_path / "elsewhere.php")
+    with pytest.raises(WordPressError):
+        read_site(root, Job(destination="d", wordpress=root, wordpress_config=etc / "config-x.php"))
+
+
+FALLBACKS = [
+    ("<?php if (!defined('DB_NAME')) define('DB_NAME', 'a');", {}, {"DB_NAME": "a"}),
+    ("<?php if ( ! defined( 'DB_NAME' ) ) { define( 'DB_NAME', 'a' ); }", {}, {"DB_NAME": "a"}),
+    ("<?php define('DB_NAME', 'b');", {"DB_NAME": "b"}, {}),
+    # guarded by another name: a plain define
+    ("<?php if (!defined('X')) define('DB_NAME', 'c');", {"DB_NAME": "c"}, {}),
+]
+
+
+@pytest.mark.parametrize(("php", "constants", "fallbacks"), FALLBACKS)
+def test_guarded_defines_are_fallbacks(php: str, constants: dict, fallbacks: dict) -> None:
+    parsed = parse_php(php)
+    assert (parsed.constants, parsed.fallbacks) == (constants, fallbacks)
+    assert merged(parsed, parse_php("<?php define('DB_NAME', 'z');")).constants["DB_NAME"] == "z"
