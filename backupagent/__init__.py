@@ -1,4 +1,5 @@
-"""backupagent: backs up web hosts to FTP/FTPS and explains why a transfer failed."""
+"""backupagent: backs up web hosts to FTP/FTPS, SFTP or a directory, and explains why a
+transfer failed."""
 
 import sys
 

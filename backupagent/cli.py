@@ -144,7 +144,8 @@ def _taking_config(callback: Callable[..., Any] | None) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="backupagent")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
-    """Back up web hosts to FTP/FTPS, and explain why a transfer failed."""
+    """Back up web hosts (files and databases) to FTP/FTPS, SFTP or a directory, and explain
+    why a transfer failed."""
     configure(verbose=verbose)
     ctx.obj = _Context(config_path)
 

@@ -6,6 +6,7 @@ models and never looks up a key with a fallback of its own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import difflib
 import hashlib
@@ -1163,6 +1164,18 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[Problem
             tables.append((f"jobs.{name}.email", "", job.email))
     warnings = [] if only_job else list(config.skipped)
     for where, prefix, table in tables:
+        owner = ".".join(where.split(".")[:2])  # jobs.NAME.email is in jobs.NAME's file
+        if getattr(table, "password", None) is not None:  # inline, in the file itself
+            held = config.file_of(owner)
+            with contextlib.suppress(OSError):
+                mode = held.stat().st_mode
+                if mode & 0o077:
+                    message = (
+                        f"{held} holds this password inline and may be read by others (mode "
+                        f"{mode & 0o777:o}): chmod 600 {held}, or move it to password_file"
+                    )
+                    label = config.label_of(owner)
+                    warnings.append(Problem(label, message, where, f"{prefix}password"))
         for attribute in ("password_file", "key_file", "drill_identity"):
             path = getattr(table, attribute, None)
             if path is None:
@@ -1173,7 +1186,6 @@ def config_warnings(config: Config, only_job: str | None = None) -> list[Problem
                 continue
             if mode & 0o077:
                 message = f"{path} may be read by others (mode {mode & 0o777:o}): chmod 600 {path}"
-                owner = ".".join(where.split(".")[:2])  # jobs.NAME.email is in jobs.NAME's file
                 label = config.label_of(owner)
                 warnings.append(Problem(label, message, where, f"{prefix}{attribute}"))
     return warnings + _placeholders(config, jobs, used)

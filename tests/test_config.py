@@ -464,6 +464,17 @@ def test_a_password_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
     assert [w.key for w in config_warnings(config)] == ["host"]  # ftp.example.com, BASE's
 
 
+def test_a_jobs_toml_others_may_read_holding_a_password_is_a_warning(tmp_path: Path) -> None:
+    config = _load(tmp_path, dest='password = "inline-secret"')
+    config.path.chmod(0o644)
+    (found,) = [w for w in config_warnings(config) if w.key == "password"]
+    assert found.table == "destinations.offsite"
+    assert "holds this password inline and may be read by others (mode 644)" in found.message
+    assert "inline-secret" not in str(found)
+    config.path.chmod(0o600)
+    assert [w.key for w in config_warnings(config)] == ["host"]
+
+
 # --- [agent] include and [defaults] ----------------------------------------------------
 
 MAIN = """
