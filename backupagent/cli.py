@@ -710,6 +710,7 @@ def restore(
     metavar="PERCENT",
     help="Read back only this share of the volumes, those not read back lately first.",
 )
+@json_option
 @click.pass_obj
 def verify(
     obj: _Context,
@@ -718,9 +719,11 @@ def verify(
     identity: Path | None,
     only: str | None,
     sample: float | None,
+    as_json: bool,
 ) -> None:
     """Download a backup, check its hashes and read it to the end, without extracting."""
     from backupagent.actions.verify import verify as verify_backup
+    from backupagent.views import document
 
     config = obj.job(job)
     identities, name = _identities(identity), _destination(config, job, only)
@@ -729,8 +732,12 @@ def verify(
             config, job, wanted, identities=identities, destination=name, sample=sample
         )
     )
-    click.echo(("OK: " if ok else "FAILED: ") + printable(message))
-    click.echo(f"Log: {log_path}")
+    if as_json:
+        result = "success" if ok else "failed"
+        click.echo(document(job=job, result=result, message=message, log=str(log_path)))
+    else:
+        click.echo(("OK: " if ok else "FAILED: ") + printable(message))
+        click.echo(f"Log: {log_path}")
     sys.exit(0 if ok else 1)
 
 
@@ -771,14 +778,23 @@ def drill(obj: _Context, job: str, identity: Path | None, only: str | None, as_j
 @job_argument
 @click.option("--dry-run", is_flag=True, help="Only print what would be deleted and why.")
 @destination_option
+@json_option
 @click.pass_obj
-def prune(obj: _Context, job: str, dry_run: bool, only: str | None) -> None:
+def prune(obj: _Context, job: str, dry_run: bool, only: str | None, as_json: bool) -> None:
     """Apply retention now: print each backup kept or deleted, with the reason."""
     from backupagent.actions.prune import Plan, prune_job
+    from backupagent.views import document
 
     config = obj.job(job)
 
     def show(plan: Plan) -> None:
+        if as_json:  # printed before anything is deleted, as the text is
+            decisions = [
+                {"backup_id": d.backup.backup_id, "keep": d.keep, "reasons": list(d.reasons)}
+                for d in plan.decisions
+            ]
+            click.echo(document(job=job, dry_run=dry_run, backups=decisions, stale=plan.stale))
+            return
         for d in plan.decisions:
             verdict = "keep  " if d.keep else "delete"
             click.echo(f"{verdict} {d.backup.backup_id}  ({'; '.join(d.reasons)})")

@@ -316,6 +316,26 @@ def test_run_job_list_history_backups_as_json(write_config: WriteConfig) -> None
     assert ISO_UTC.match(backup["created"])
 
 
+def test_verify_and_prune_as_json(write_config: WriteConfig) -> None:
+    config = write_config()
+    ids = [json.loads(cli(config.path, "run-job", "www", "--json").stdout)["backup_id"]]
+    ids.append(json.loads(cli(config.path, "run-job", "www", "--json").stdout)["backup_id"])
+    checked = cli(config.path, "verify", "www", "--json")
+    assert checked.returncode == 0, checked.stderr
+    verified = json.loads(checked.stdout)
+    assert verified["format"] == 1 and verified["result"] == "success"
+    assert verified["job"] == "www" and "SHA-256 matches" in verified["message"]
+    assert Path(verified["log"]).is_file()
+    config.path.write_text(config.path.read_text().replace("keep = 3", "keep = 1"))
+    planned = cli(config.path, "prune", "www", "--dry-run", "--json")
+    assert planned.returncode == 0, planned.stderr
+    plan = json.loads(planned.stdout)
+    assert plan["dry_run"] is True and plan["stale"] == []
+    verdicts = {b["backup_id"]: b["keep"] for b in plan["backups"]}
+    assert verdicts == {ids[1]: True, ids[0]: False}
+    assert all(b["reasons"] for b in plan["backups"])
+
+
 def test_a_failed_run_as_json_carries_the_suggestion(
     write_config: WriteConfig, ftp_server: LocalFtpServer
 ) -> None:
