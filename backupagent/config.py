@@ -275,6 +275,9 @@ class Retention(_Table):
     keep_daily: StrictInt = Field(default=0, ge=0)  # plus the newest of each of the last N days
     keep_weekly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N ISO weeks
     keep_monthly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N months
+    keep_yearly: StrictInt = Field(default=0, ge=0)  # ... of each of the last N years
+    # every backup made within this long of now ("30d", "8w", "1y", "36h")
+    keep_within: Annotated[dt.timedelta | None, BeforeValidator(lambda v: parse_span(v))] = None
     partial_grace_hours: float = Field(default=24.0, gt=0)  # then crashed runs' uploads go
 
 
@@ -635,6 +638,21 @@ class Config(BaseModel):
     def destination_of(self, job_name: str, name: str | None = None) -> Destination:
         """The settings of the job's destination `name` (by default its first)."""
         return self.destinations[name or self.jobs[job_name].destination_names[0]]
+
+
+def parse_span(value: object) -> dt.timedelta | None:
+    """`keep_within`: `"30d"`, `"8w"`, `"1y"` (365 days), `"36h"`, or sums (`"1y6w"`)."""
+    if value is None or isinstance(value, dt.timedelta):
+        return value
+    text = str(value).strip()
+    parts = re.findall(r"(\d+)\s*([hdwy])", text)
+    if not parts or re.sub(r"\d+\s*[hdwy]\s*", "", text):
+        raise ValueError(f'{value!r} is not a span (write e.g. "30d", "8w", "1y" or "36h")')
+    hours = {"h": 1, "d": 24, "w": 24 * 7, "y": 24 * 365}
+    span = dt.timedelta(hours=sum(int(n) * hours[unit] for n, unit in parts))
+    if not span:
+        raise ValueError("must be longer than nothing")
+    return span
 
 
 def parse_duration(value: int | str) -> int:

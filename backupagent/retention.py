@@ -117,12 +117,15 @@ def complete_backups(job: str, names: list[str]) -> list[RemoteBackup]:
 @dataclass(frozen=True)
 class Policy:
     """How many backups to keep: the last `keep`, plus the newest of each of the last
-    `daily` days, `weekly` ISO weeks and `monthly` months (grandfather-father-son)."""
+    `daily` days, `weekly` ISO weeks, `monthly` months and `yearly` years
+    (grandfather-father-son), plus every one made `within` of now."""
 
     keep: int = 1
     daily: int = 0
     weekly: int = 0
     monthly: int = 0
+    yearly: int = 0
+    within: dt.timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -140,14 +143,20 @@ _PERIODS: tuple[tuple[str, str, Callable[[dt.datetime], object]], ...] = (
     ("daily", "day", lambda t: t.date()),
     ("weekly", "week", lambda t: t.isocalendar()[:2]),
     ("monthly", "month", lambda t: (t.year, t.month)),
+    ("yearly", "year", lambda t: t.year),
 )
 
 
-def decide(backups: list[RemoteBackup], policy: Policy) -> list[Decision]:
+def decide(
+    backups: list[RemoteBackup], policy: Policy, now: dt.datetime | None = None
+) -> list[Decision]:
     """Keep or delete each complete backup, newest first, with the reasons.
 
     Only complete backups are considered (incomplete ones never count as kept), and
-    the newest one is always kept, whatever the policy says.
+    the newest one is always kept, whatever the policy says. `within` counts from `now`,
+    this host's clock, not from the newest backup: backups a hostile server invents
+    (dated today, or in the future) cannot push the real ones of the period out, as
+    they can push them out of `keep` N.
     """
     ordered = sorted(backups, reverse=True)
     reasons: dict[str, list[str]] = {b.backup_id: [] for b in ordered}
@@ -164,6 +173,11 @@ def decide(backups: list[RemoteBackup], policy: Policy) -> list[Decision]:
                 break
             seen.add(bucket)
             reasons[backup.backup_id].append(f"newest of its {period} ({attribute} = {wanted})")
+    if policy.within is not None:
+        start = (now or dt.datetime.now(dt.UTC)) - policy.within
+        for backup in ordered:
+            if when(backup) >= start:
+                reasons[backup.backup_id].append(f"made within {_span(policy.within)}")
     return [
         Decision(
             b, bool(reasons[b.backup_id]), tuple(reasons[b.backup_id]) or ("beyond the policy",)
@@ -172,8 +186,20 @@ def decide(backups: list[RemoteBackup], policy: Policy) -> list[Decision]:
     ]
 
 
+def _span(within: dt.timedelta) -> str:
+    days, seconds = within.days, within.seconds
+    return f"{days} days" if not seconds else f"{days * 24 + seconds // 3600} hours"
+
+
 def retention_policy(dest: Retention) -> Policy:
-    return Policy(dest.keep, dest.keep_daily, dest.keep_weekly, dest.keep_monthly)
+    return Policy(
+        dest.keep,
+        dest.keep_daily,
+        dest.keep_weekly,
+        dest.keep_monthly,
+        dest.keep_yearly,
+        dest.keep_within,
+    )
 
 
 def select_for_deletion(backups: list[RemoteBackup], keep: int | Policy) -> list[RemoteBackup]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -73,6 +74,11 @@ def _problems(tmp_path: Path, **parts: str) -> list[str]:
             {"dest": "full_every = 7"},
             "jobs.toml: [destinations.offsite] full_every: unknown key: 'full_every' is a key "
             "of [jobs.*], not of this table",
+        ),
+        (
+            {"dest": 'keep_within = "30 days"'},
+            "jobs.toml: [destinations.offsite] keep_within: '30 days' is not a span (write "
+            'e.g. "30d", "8w", "1y" or "36h")',
         ),
         (
             {"dest": 'hots = "x"'},
@@ -462,6 +468,20 @@ def test_a_password_file_others_may_read_is_a_warning(tmp_path: Path) -> None:
     ]
     secret.chmod(0o600)
     assert [w.key for w in config_warnings(config)] == ["host"]  # ftp.example.com, BASE's
+
+
+@pytest.mark.parametrize(
+    ("text", "span"),
+    [
+        ("30d", dt.timedelta(days=30)),
+        ("1y6w", dt.timedelta(days=365 + 42)),
+        ("36h", dt.timedelta(hours=36)),
+    ],
+)
+def test_keep_within_spans(tmp_path: Path, text: str, span: dt.timedelta) -> None:
+    config = _load(tmp_path, dest=f'keep_within = "{text}"\nkeep_yearly = 3')
+    assert config.destinations["offsite"].keep_within == span
+    assert config.destinations["offsite"].keep_yearly == 3
 
 
 def test_a_jobs_toml_others_may_read_holding_a_password_is_a_warning(tmp_path: Path) -> None:

@@ -144,6 +144,42 @@ def test_grandfather_father_son(backups, policy: Policy, kept: list[str]) -> Non
     assert {d.backup for d in decisions if not d.keep} == set(doomed)
 
 
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("backups", "policy", "kept"),
+    [
+        # monthly for three years: the newest of each of the last 2 years
+        (
+            calendar("2023-12-31T03:00", 36, 24 * 30.4),
+            Policy(1, yearly=2),
+            ["20251229", "20261129"],
+        ),
+        # nightly for 20 days: everything of the last 7 days of the host's clock
+        (
+            calendar("2026-11-02T03:00", 20, 24),
+            Policy(1, within=dt.timedelta(days=7)),
+            [f"202611{d}" for d in range(15, 22)],
+        ),
+    ],
+)
+def test_yearly_and_within(backups, policy: Policy, kept: list[str]) -> None:
+    assert kept_days(decide(backups, policy, NOW)) == kept
+
+
+def test_invented_backups_cannot_push_out_the_weeks_kept_within() -> None:
+    """A hostile server adds 50 backups dated after the real ones: keep = 3 then keeps
+    only those, but keep_within counts from this host's clock and keeps the real week."""
+    real = calendar("2026-11-15T03:00", 6, 24)  # up to 2026-11-20
+    fake = calendar("2026-11-21T00:00", 50, 0.1)
+    decisions = decide(real + fake, Policy(3, within=dt.timedelta(days=7)), NOW)
+    kept = {d.backup for d in decisions if d.keep}
+    assert set(real) <= kept
+    only_n = decide(real + fake, Policy(3), NOW)
+    assert not any(d.keep for d in only_n if d.backup in real)  # what restic warns of
+
+
 def test_every_decision_says_why() -> None:
     decisions = decide(calendar("2026-11-01T03:00", 10, 24), Policy(2, 0, 2, 0))
     reasons = {d.backup.stamp[:8]: d.reasons for d in decisions}

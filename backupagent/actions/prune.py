@@ -55,7 +55,7 @@ def plan(
     """What retention does to `job`'s files among `names` at `now`. With `parents`
     (an incremental job: each backup's parent, None for a full), the policy counts
     restorable points, and a kept point keeps every backup it builds on."""
-    decisions = decide(complete_backups(job, names), retention_policy(retention))
+    decisions = decide(complete_backups(job, names), retention_policy(retention), now)
     if parents is not None:
         needed = incremental.keep_chains((d.backup.backup_id for d in decisions if d.keep), parents)
         children = {parent: child for child, parent in parents.items() if parent}
