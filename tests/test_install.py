@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -100,6 +101,21 @@ def test_the_command_runs_on_the_systems_python_for_every_user(installed: Path) 
             capture_output=True, text=True, cwd="/",
         )  # fmt: skip
         assert ran.stdout == "ran\n", ran.stderr
+
+
+def test_an_install_made_on_another_interpreter_is_made_again(tmp_path: Path) -> None:
+    """An older scripts/install took the first python3 on PATH: venv cannot move that
+    one to the system's interpreter in place (ensurepip failed), so it is made anew."""
+    system = Path("/usr/bin/python3")
+    if not system.exists() or Path(sys.executable).resolve() == system.resolve():
+        pytest.skip("needs a python3 other than /usr/bin/python3 running the tests")
+    venv = tmp_path / "opt/backupagent"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    _install(tmp_path)
+    assert (venv / "bin/python3").resolve() == system.resolve()
+    assert (
+        subprocess.run([str(tmp_path / "usr/local/bin/backupagent"), "--version"]).returncode == 0
+    )
 
 
 def test_without_root_and_without_root_dir_it_refuses() -> None:
