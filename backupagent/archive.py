@@ -433,8 +433,8 @@ def write_archive(
                 if recipients
                 else contents.spaced(volumes.size if volumes else None)
             )
-        position = (lambda: sink.size) if not recipients else (lambda: 0)
-        tar = _TarStream(zstream, target, index, position, None if recipients else volumes)
+        # an encrypted archive's index has no restarts: position and volumes go unused
+        tar = _TarStream(zstream, target, index, lambda: sink.size, volumes)
         for entry in entries:
             if isinstance(entry, Entry):
                 _add(tar, entry, stats, warn, on_bytes)

@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import zstandard
+from backupagent import packed
 
 FORMAT = 1
 RESTART_EVERY = 4 << 20  # tar bytes between restarts (zstd level 3's window is 2 MiB)
 BIG = 1 << 20  # a member larger than this is a segment of its own
 MAX_BYTES = 1 << 30  # decompressed
+MAX_UPLOADED = 256 << 20  # as stored: a manifest naming a larger one is not believed
 MAX_MEMBERS = 5_000_000  # as unpack.MAX_MEMBERS
 MAX_NAME = 4096
 TYPES = frozenset("0123456")  # tar's regular, hard link, symlink, char, block, dir, fifo
@@ -62,7 +62,7 @@ class Recorder:
     every: int = RESTART_EVERY
     big: int = BIG
     names: list[str] = field(default_factory=list)
-    types: list[str] = field(default_factory=list)
+    types: list[bytes] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
@@ -97,7 +97,7 @@ class Recorder:
         if link:
             self.links[len(self.names)] = link
         self.names.append(name)
-        self.types.append(kind.decode("ascii", "replace"))
+        self.types.append(kind)
         self.sizes.append(size)
         self.mtimes.append(mtime)
         self.offsets.append(at)
@@ -107,7 +107,7 @@ class Recorder:
         document = {
             "format": FORMAT,
             "names": self.names,
-            "types": "".join(self.types),
+            "types": b"".join(self.types).decode("ascii", "replace"),
             "sizes": self.sizes,
             "mtimes": self.mtimes,
             "offsets": self.offsets,
@@ -116,8 +116,7 @@ class Recorder:
             "restarts": self.restarts if self.restartable else [],
             "end": list(end) if self.restartable else [],
         }
-        text = json.dumps(document, separators=(",", ":"))
-        return zstandard.ZstdCompressor(level=3).compress(text.encode())
+        return packed.pack(document)
 
 
 def spaced(volume_size: int | None) -> Recorder:
@@ -175,17 +174,9 @@ def decode(data: bytes, archive_size: int) -> Contents:
     """An index from the server's bytes (already checked against the manifest's
     SHA-256), every field checked against the others and the archive's size."""
     try:
-        text = zstandard.ZstdDecompressor().stream_reader(data).read(MAX_BYTES + 1)
-    except zstandard.ZstdError as exc:
-        raise BadContents(f"not a zstd stream: {exc}") from None
-    if len(text) > MAX_BYTES:
-        raise BadContents(f"over {MAX_BYTES} bytes decompressed")
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        raise BadContents("not JSON") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise BadContents(f"not a content index of format {FORMAT}")
+        document = packed.unpack(data, MAX_BYTES, FORMAT, "a content index")
+    except packed.Unpackable as exc:
+        raise BadContents(str(exc)) from None
     names, types = document.get("names"), document.get("types")
     if type(names) is not list or len(names) > MAX_MEMBERS:
         raise BadContents(f"no list of at most {MAX_MEMBERS} names")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import os
 import re
 import stat
@@ -24,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-import zstandard
+from backupagent import packed
 
 MAX_INDEX_BYTES = 1 << 30  # decompressed: about 10,000,000 paths
 MAX_INDEX_ENTRIES = 10_000_000
@@ -106,26 +105,16 @@ def encode(index: Index) -> bytes:
     }
     for number, column in enumerate(COLUMNS, start=1):
         document[column] = [r[number] for r in rows]
-    text = json.dumps(document, separators=(",", ":"))
-    return zstandard.ZstdCompressor(level=3).compress(text.encode())
+    return packed.pack(document)
 
 
 def decode(data: bytes) -> dict[str, Stat]:
     """An index read back (from the state directory or the server), every field checked;
     BadIndex for anything else."""
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(data)
-        text = reader.read(MAX_INDEX_BYTES + 1)
-    except zstandard.ZstdError as exc:
-        raise BadIndex(f"not a zstd stream: {exc}") from None
-    if len(text) > MAX_INDEX_BYTES:
-        raise BadIndex(f"over {MAX_INDEX_BYTES} bytes decompressed")
-    try:
-        document = json.loads(text)
-    except (ValueError, RecursionError):
-        raise BadIndex("not JSON") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise BadIndex(f"not an index of format {FORMAT}")
+        document = packed.unpack(data, MAX_INDEX_BYTES, FORMAT, "an index")
+    except packed.Unpackable as exc:
+        raise BadIndex(str(exc)) from None
     paths, kinds = document.get("paths"), document.get("kinds")
     columns = [document.get(c) for c in COLUMNS]
     if type(paths) is not list or len(paths) > MAX_INDEX_ENTRIES:

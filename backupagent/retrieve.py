@@ -250,6 +250,11 @@ class Fetching:
         pinned = link.manifest.content_index if link.manifest else None
         if pinned is None:
             return None
+        if pinned.size > contents.MAX_UPLOADED:
+            raise contents.BadContents(
+                f"{pinned.name}: the manifest says {pinned.size} bytes, over the "
+                f"{contents.MAX_UPLOADED} an index may take; not downloaded"
+            )
         try:
             data = self.destination.read(pinned.name, pinned.size)
         except (CutShort, Unreadable) as exc:
@@ -372,7 +377,7 @@ def _matching(
     rows = index.rows()
     for member in members:
         row = next(rows, None)
-        if row is None or row != _row_of(member, row):
+        if row is None or row[:6] != _row_of(member):
             raise RestoreError(
                 f"the content index of {link.backup_id} does not match its archive at "
                 f"{member.name!r}"
@@ -385,18 +390,13 @@ def _matching(
         )
 
 
-def _row_of(member: tarfile.TarInfo, row: contents.Row) -> contents.Row:
-    """The row the index should hold for `member` (its end taken as the row's: the next
-    member's offset is checked at the next member)."""
-    return contents.Row(
-        member.name,
-        member.type.decode("ascii", "replace"),
-        member.size if member.isreg() else 0,
-        int(member.mtime),
-        member.linkname if member.issym() or member.islnk() else "",
-        member.offset,
-        row.end,
-    )
+def _row_of(member: tarfile.TarInfo) -> tuple[str, str, int, int, str, int]:
+    """What the index's row says of `member`, but its end (the next member's offset,
+    checked at the next member)."""
+    link = member.linkname if member.issym() or member.islnk() else ""
+    size = member.size if member.isreg() else 0
+    kind = member.type.decode("ascii", "replace")
+    return (member.name, kind, size, int(member.mtime), link, member.offset)
 
 
 def wanted_by(patterns: list[str]) -> Callable[[str], bool]:
@@ -572,7 +572,6 @@ def _planned(
         pass  # selected notes the names
     if not selected.names:
         raise RestoreError("no member of the backup matches --include; nothing was extracted")
-    wanted: dict[int, set[int]] = {}
     names: dict[int, set[str]] = {}
     for number, row in _point(source, indexes):
         if row.name in selected.names:
@@ -584,10 +583,10 @@ def _planned(
         given = {name: i for name, i in positions.items() if i in index.dirs}
         streamed = {name: i for name, i in positions.items() if name not in given}
         targets = {index.links[i] for i in streamed.values() if index.types[i] == "1"}
-        wanted[number] = set(streamed.values()) | {
+        wanted = set(streamed.values()) | {
             i for i, name in enumerate(index.names) if name in targets
         }
-        spans = contents.ranges(index, sorted(wanted[number]))
+        spans = contents.ranges(index, sorted(wanted))
         numbers, inner = contents.needed(spans, [v.size for v in link.volumes])
         parts[number] = Part(
             frozenset(streamed),

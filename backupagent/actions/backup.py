@@ -246,10 +246,11 @@ class _Run:
             self.result.stats = stats
             self.result.warnings.extend(stats.warnings)
             sealed = self.increment.seal() if self.increment is not None else None
-            stat_index = None if sealed is None else self._stat_index(sealed)
+            # both indexes name every path: encrypted like the archive, if it is
+            stat_index = None if sealed is None else self._as_uploaded(index_name, sealed.uploaded)
             if stat_index is not None:
                 destination.publish_bytes(stat_index.data, stat_index.name)
-            listing = self._content_index(stats)
+            listing = self._as_uploaded(contents_name, stats.contents)
             destination.publish_bytes(listing.data, listing.name)
             manifest = self._manifest(stats, volumes, dumps, site, sealed, listing, stat_index)
             destination.publish_bytes(manifest, manifest_name(self.backup_id))
@@ -473,22 +474,12 @@ class _Run:
         if self.progress.uploaded:
             self.progress.uploaded(n)
 
-    def _stat_index(self, sealed: increments.Sealed) -> _Upload:
-        """An incremental job's index as uploaded: every path it holds, so encrypted
-        like the archive, if it is (nothing reads it back but a person recovering)."""
+    def _as_uploaded(self, name: Callable[[str, bool], str], data: bytes) -> _Upload:
+        """An index as it is uploaded: named by `name(backup_id, encrypted)`, encrypted
+        to the job's recipients when it has some."""
         if self.recipients:
-            return _Upload(
-                index_name(self.backup_id, True), encrypt(sealed.uploaded, self.recipients)
-            )
-        return _Upload(index_name(self.backup_id), sealed.uploaded)
-
-    def _content_index(self, stats: ArchiveStats) -> _Upload:
-        """The content index as uploaded: encrypted like the archive, if it is."""
-        if self.recipients:
-            return _Upload(
-                contents_name(self.backup_id, True), encrypt(stats.contents, self.recipients)
-            )
-        return _Upload(contents_name(self.backup_id), stats.contents)
+            return _Upload(name(self.backup_id, True), encrypt(data, self.recipients))
+        return _Upload(name(self.backup_id, False), data)
 
     def _manifest(
         self,
@@ -548,19 +539,9 @@ class _Run:
             kind=self.increment.kind if self.increment else "full",
             parent=self.increment.decided.parent if self.increment else None,
             deleted=sealed.deleted if sealed else [],
-            index=None
-            if stat_index is None
-            else ManifestVolume(
-                name=stat_index.name,
-                size=len(stat_index.data),
-                sha256=hashlib.sha256(stat_index.data).hexdigest(),
-            ),
+            index=None if stat_index is None else stat_index.volume(),
             index_sha256=None if sealed is None else hashlib.sha256(sealed.index).hexdigest(),
-            content_index=ManifestVolume(
-                name=listing.name,
-                size=len(listing.data),
-                sha256=hashlib.sha256(listing.data).hexdigest(),
-            ),
+            content_index=listing.volume(),
         ).to_json()
 
     def _prune(self, destination: Destination) -> None:
@@ -622,6 +603,12 @@ class _Run:
 class _Upload:
     name: str
     data: bytes
+
+    def volume(self) -> ManifestVolume:
+        """How the manifest pins it."""
+        return ManifestVolume(
+            name=self.name, size=len(self.data), sha256=hashlib.sha256(self.data).hexdigest()
+        )
 
 
 @contextlib.contextmanager

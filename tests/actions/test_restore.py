@@ -546,6 +546,25 @@ def test_an_index_unlike_its_manifest_is_not_used_and_verify_fails(
     assert "content index" in checked.stdout and "does not match its manifest" in checked.stdout
 
 
+def test_an_index_the_manifest_calls_huge_is_not_downloaded(
+    write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path
+) -> None:
+    """A manifest may name any size: past MAX_UPLOADED the index is not read at all."""
+    config = write_config()
+    assert cli(config.path, "run-job", "www").returncode == 0
+    (manifest_path,) = (ftp_server.root / REMOTE).glob("*.manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["content_index"]["size"] = 10**12
+    manifest_path.write_text(json.dumps(manifest))
+    ftp_server.sent.clear()
+    shown = cli(config.path, "files", "www", "--json")  # from the archive instead
+    assert shown.returncode == 0, shown.stderr
+    assert not any(name.endswith(".contents.zst") for name in _downloaded(ftp_server))
+    assert str(site / "index.php") in {r["path"] for r in json.loads(shown.stdout)["members"]}
+    checked = cli(config.path, "verify", "www")
+    assert checked.returncode == 1 and "not downloaded" in checked.stdout
+
+
 def test_an_index_that_lies_about_the_archive_is_caught(
     write_config: WriteConfig, ftp_server: LocalFtpServer, site: Path, tmp_path: Path
 ) -> None:
